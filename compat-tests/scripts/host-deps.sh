@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs every host package the VM tier needs. Idempotent; cheap when already done.
+set -euo pipefail
+
+stamp=/var/cache/vfio-shim/host-deps.v1
+[ -f "$stamp" ] && exit 0
+
+export DEBIAN_FRONTEND=noninteractive
+sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# bookworm-backports: QEMU 10.0 for the L1 VM. trixie-backports: linux-source-7.3 only, pinned
+# low so nothing else is ever pulled from it.
+sudo_ tee /etc/apt/sources.list.d/vfio-shim-backports.sources >/dev/null <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports trixie-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+sudo_ tee /etc/apt/preferences.d/vfio-shim-pin >/dev/null <<'PIN'
+Package: *
+Pin: release n=trixie-backports
+Pin-Priority: 1
+PIN
+sudo_ apt-get update -qq
+sudo_ apt-get install -y -qq --no-install-recommends \
+  -t bookworm-backports qemu-system-x86 >/dev/null
+sudo_ apt-get install -y -qq --no-install-recommends \
+  bc bison flex libelf-dev libssl-dev cpio xz-utils ccache kmod busybox-static \
+  python3-venv gcc make libc6-dev >/dev/null
+sudo_ mkdir -p /var/cache/vfio-shim
+sudo_ touch "$stamp"

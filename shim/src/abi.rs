@@ -1,0 +1,202 @@
+//! The legacy VFIO uAPI (`<linux/vfio.h>`) as the translator sees it: ioctl numbers, flag
+//! bits and the wire layout of every container/group argument struct.
+//!
+//! Kernel names are kept verbatim. Structs derive zerocopy's traits so decoding is a checked
+//! copy from caller bytes, never a pointer cast. `tests/abi_golden.rs` pins every number and
+//! size as a literal and cross-checks them against the `vfio-bindings` crate.
+#![allow(non_camel_case_types)]
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// `';'`: VFIO and iommufd share this ioctl type byte.
+pub const VFIO_TYPE: u32 = b';' as u32;
+pub const VFIO_BASE: u32 = 100;
+
+/// `_IO(type, nr)`: VFIO ioctls encode neither direction nor size.
+pub const fn io(ty: u32, nr: u32) -> u32 {
+    (ty << 8) | nr
+}
+
+pub const VFIO_API_VERSION: i32 = 0;
+
+// Container ioctls (on /dev/vfio/vfio).
+pub const VFIO_GET_API_VERSION: u32 = io(VFIO_TYPE, VFIO_BASE);
+pub const VFIO_CHECK_EXTENSION: u32 = io(VFIO_TYPE, VFIO_BASE + 1);
+pub const VFIO_SET_IOMMU: u32 = io(VFIO_TYPE, VFIO_BASE + 2);
+// Group ioctls (on /dev/vfio/<N>).
+pub const VFIO_GROUP_GET_STATUS: u32 = io(VFIO_TYPE, VFIO_BASE + 3);
+pub const VFIO_GROUP_SET_CONTAINER: u32 = io(VFIO_TYPE, VFIO_BASE + 4);
+pub const VFIO_GROUP_UNSET_CONTAINER: u32 = io(VFIO_TYPE, VFIO_BASE + 5);
+pub const VFIO_GROUP_GET_DEVICE_FD: u32 = io(VFIO_TYPE, VFIO_BASE + 6);
+// Device ioctls (on a device fd). Numbers collide with the IOMMU ones below: always
+// dispatch on the fd's kind first.
+pub const VFIO_DEVICE_GET_INFO: u32 = io(VFIO_TYPE, VFIO_BASE + 7);
+pub const VFIO_DEVICE_GET_REGION_INFO: u32 = io(VFIO_TYPE, VFIO_BASE + 8);
+pub const VFIO_DEVICE_GET_IRQ_INFO: u32 = io(VFIO_TYPE, VFIO_BASE + 9);
+pub const VFIO_DEVICE_SET_IRQS: u32 = io(VFIO_TYPE, VFIO_BASE + 10);
+pub const VFIO_DEVICE_RESET: u32 = io(VFIO_TYPE, VFIO_BASE + 11);
+pub const VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: u32 = io(VFIO_TYPE, VFIO_BASE + 12);
+pub const VFIO_DEVICE_PCI_HOT_RESET: u32 = io(VFIO_TYPE, VFIO_BASE + 13);
+pub const VFIO_DEVICE_FEATURE: u32 = io(VFIO_TYPE, VFIO_BASE + 17);
+pub const VFIO_DEVICE_BIND_IOMMUFD: u32 = io(VFIO_TYPE, VFIO_BASE + 18);
+pub const VFIO_DEVICE_ATTACH_IOMMUFD_PT: u32 = io(VFIO_TYPE, VFIO_BASE + 19);
+pub const VFIO_DEVICE_DETACH_IOMMUFD_PT: u32 = io(VFIO_TYPE, VFIO_BASE + 20);
+// type1 IOMMU ioctls (on a container with an IOMMU set).
+pub const VFIO_IOMMU_GET_INFO: u32 = io(VFIO_TYPE, VFIO_BASE + 12);
+pub const VFIO_IOMMU_MAP_DMA: u32 = io(VFIO_TYPE, VFIO_BASE + 13);
+pub const VFIO_IOMMU_UNMAP_DMA: u32 = io(VFIO_TYPE, VFIO_BASE + 14);
+pub const VFIO_IOMMU_ENABLE: u32 = io(VFIO_TYPE, VFIO_BASE + 15);
+pub const VFIO_IOMMU_DISABLE: u32 = io(VFIO_TYPE, VFIO_BASE + 16);
+pub const VFIO_IOMMU_DIRTY_PAGES: u32 = io(VFIO_TYPE, VFIO_BASE + 17);
+
+// CHECK_EXTENSION / SET_IOMMU arguments.
+pub const VFIO_TYPE1_IOMMU: u64 = 1;
+pub const VFIO_SPAPR_TCE_IOMMU: u64 = 2;
+pub const VFIO_TYPE1v2_IOMMU: u64 = 3;
+pub const VFIO_DMA_CC_IOMMU: u64 = 4;
+pub const VFIO_EEH: u64 = 5;
+pub const __VFIO_RESERVED_TYPE1_NESTING_IOMMU: u64 = 6;
+pub const VFIO_SPAPR_TCE_v2_IOMMU: u64 = 7;
+pub const VFIO_NOIOMMU_IOMMU: u64 = 8;
+pub const VFIO_UNMAP_ALL: u64 = 9;
+pub const VFIO_UPDATE_VADDR: u64 = 10;
+
+// Group status flags.
+pub const VFIO_GROUP_FLAGS_VIABLE: u32 = 1 << 0;
+pub const VFIO_GROUP_FLAGS_CONTAINER_SET: u32 = 1 << 1;
+
+// GET_INFO.
+pub const VFIO_IOMMU_INFO_PGSIZES: u32 = 1 << 0;
+pub const VFIO_IOMMU_INFO_CAPS: u32 = 1 << 1;
+pub const VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE: u16 = 1;
+pub const VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION: u16 = 2;
+pub const VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL: u16 = 3;
+
+// MAP_DMA / UNMAP_DMA.
+pub const VFIO_DMA_MAP_FLAG_READ: u32 = 1 << 0;
+pub const VFIO_DMA_MAP_FLAG_WRITE: u32 = 1 << 1;
+pub const VFIO_DMA_MAP_FLAG_VADDR: u32 = 1 << 2;
+pub const VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP: u32 = 1 << 0;
+pub const VFIO_DMA_UNMAP_FLAG_ALL: u32 = 1 << 1;
+pub const VFIO_DMA_UNMAP_FLAG_VADDR: u32 = 1 << 2;
+
+// DIRTY_PAGES.
+pub const VFIO_IOMMU_DIRTY_PAGES_FLAG_START: u32 = 1 << 0;
+pub const VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP: u32 = 1 << 1;
+pub const VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP: u32 = 1 << 2;
+
+/// type1's `dma_entry_limit` module parameter default (`U16_MAX`, T1:59).
+pub const DMA_ENTRY_LIMIT_DEFAULT: u32 = 65535;
+/// type1's `DIRTY_BITMAP_SIZE_MAX`: `INT_MAX` pages rounded up to u64 words, in bytes.
+pub const DIRTY_BITMAP_SIZE_MAX: u64 = ((i32::MAX as u64).div_ceil(64) * 64) / 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct vfio_group_status {
+    pub argsz: u32,
+    pub flags: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct vfio_iommu_type1_info {
+    pub argsz: u32,
+    pub flags: u32,
+    pub iova_pgsizes: u64,
+    pub cap_offset: u32,
+    pub pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct vfio_info_cap_header {
+    pub id: u16,
+    pub version: u16,
+    pub next: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct vfio_iova_range {
+    pub start: u64,
+    pub end: u64,
+}
+
+/// Fixed part of `struct vfio_iommu_type1_info_cap_iova_range`; `nr_iovas` ranges follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct vfio_iommu_type1_info_cap_iova_range {
+    pub header: vfio_info_cap_header,
+    pub nr_iovas: u32,
+    pub reserved: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct vfio_iommu_type1_info_cap_migration {
+    pub header: vfio_info_cap_header,
+    pub flags: u32,
+    pub pad: u32,
+    pub pgsize_bitmap: u64,
+    pub max_dirty_bitmap_size: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct vfio_iommu_type1_info_dma_avail {
+    pub header: vfio_info_cap_header,
+    pub avail: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct vfio_iommu_type1_dma_map {
+    pub argsz: u32,
+    pub flags: u32,
+    pub vaddr: u64,
+    pub iova: u64,
+    pub size: u64,
+}
+
+/// Fixed part of `struct vfio_iommu_type1_dma_unmap`; a `vfio_bitmap` may follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct vfio_iommu_type1_dma_unmap {
+    pub argsz: u32,
+    pub flags: u32,
+    pub iova: u64,
+    pub size: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct vfio_bitmap {
+    pub pgsize: u64,
+    pub size: u64,
+    pub data: u64,
+}
+
+/// Fixed part of `struct vfio_iommu_type1_dirty_bitmap`; a `..._get` may follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct vfio_iommu_type1_dirty_bitmap {
+    pub argsz: u32,
+    pub flags: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct vfio_iommu_type1_dirty_bitmap_get {
+    pub iova: u64,
+    pub size: u64,
+    pub bitmap: vfio_bitmap,
+}
+
+/// `offsetofend(struct, field)` for the fields the kernel uses as `minsz`.
+pub mod minsz {
+    pub const GROUP_STATUS: usize = 8;
+    pub const IOMMU_INFO: usize = 16; // through iova_pgsizes
+    pub const DMA_MAP: usize = 32; // through size
+    pub const DMA_UNMAP: usize = 24; // through size
+    pub const DIRTY_BITMAP: usize = 8; // through flags
+}

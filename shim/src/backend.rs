@@ -1,0 +1,113 @@
+//! The one seam between the pure translator and the world: every iommufd and VFIO-cdev
+//! operation the translator needs, named after the native uAPI it stands for.
+//!
+//! Implementations: `vfio_shim_sys::KernelBackend` (real ioctls on `/dev/iommu` and
+//! `/dev/vfio/devices/vfioN`) and [`crate::fake::FakeBackend`] (in memory, for host tests).
+//! Errors are the errno the native call returned; the translator maps them to type1's.
+
+use nix::errno::Errno;
+
+/// One iommufd context (an open `/dev/iommu`). A legacy container owns exactly one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IommufdId(pub u64);
+
+/// An object id inside an iommufd context (IOAS, HWPT, device).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IoasId(pub u32);
+
+/// An opened (and not yet closed) VFIO device cdev held by the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceHandle(pub u64);
+
+/// DMA permissions, from the device's point of view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Prot {
+    pub read: bool,
+    pub write: bool,
+}
+
+/// An inclusive IOVA range `[start, last]`, as `IOMMU_IOAS_IOVA_RANGES` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IovaRange {
+    pub start: u64,
+    pub last: u64,
+}
+
+/// What `IOMMU_IOAS_IOVA_RANGES` says about an IOAS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IoasGeometry {
+    /// Usable IOVA ranges, ascending, already minus every reserved region.
+    pub ranges: Vec<IovaRange>,
+    /// `out_iova_alignment`: the smallest IOVA granule the attached domains accept.
+    pub iova_alignment: u64,
+}
+
+/// A device of an IOMMU group, as sysfs describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupDevice {
+    /// The device's name in its bus, e.g. `0000:00:03.0`; what `GET_DEVICE_FD` matches.
+    pub name: String,
+    /// The bound driver's name (`vfio-pci`), or `None` when no driver is bound.
+    pub driver: Option<String>,
+    /// The VFIO cdev (`/dev/vfio/devices/vfioN`) when the device is bound to a VFIO driver.
+    pub cdev: Option<String>,
+}
+
+/// Every native operation the translator performs.
+///
+/// Object lifetimes follow the kernel's: destroying an IOAS with devices attached fails with
+/// `EBUSY`; closing a device detaches and unbinds it; closing an iommufd destroys its objects.
+pub trait Backend {
+    /// `open("/dev/iommu")`.
+    fn iommufd_open(&mut self) -> Result<IommufdId, Errno>;
+    /// `close()` of the iommufd. Every device bound to it must be closed first.
+    fn iommufd_close(&mut self, ctx: IommufdId);
+
+    /// `IOMMU_IOAS_ALLOC`.
+    fn ioas_alloc(&mut self, ctx: IommufdId) -> Result<IoasId, Errno>;
+    /// `IOMMU_DESTROY` of an IOAS.
+    fn ioas_destroy(&mut self, ctx: IommufdId, ioas: IoasId) -> Result<(), Errno>;
+    /// `IOMMU_IOAS_IOVA_RANGES` (the implementation retries on `EMSGSIZE` itself).
+    fn ioas_geometry(&mut self, ctx: IommufdId, ioas: IoasId) -> Result<IoasGeometry, Errno>;
+    /// `IOMMU_IOAS_MAP` with `IOMMU_IOAS_MAP_FIXED_IOVA` of process memory at `vaddr`.
+    fn ioas_map(
+        &mut self,
+        ctx: IommufdId,
+        ioas: IoasId,
+        iova: u64,
+        vaddr: u64,
+        length: u64,
+        prot: Prot,
+    ) -> Result<(), Errno>;
+    /// `IOMMU_IOAS_UNMAP` of `[iova, iova + length)`; returns the bytes unmapped.
+    /// `length == u64::MAX` with `iova == 0` unmaps everything. Nothing mapped: `ENOENT`.
+    fn ioas_unmap(
+        &mut self,
+        ctx: IommufdId,
+        ioas: IoasId,
+        iova: u64,
+        length: u64,
+    ) -> Result<u64, Errno>;
+
+    /// The IOMMU page sizes of the domain(s) backing `ioas` once devices are attached, as
+    /// type1's `iova_pgsizes` reports them (the intersection over attached devices).
+    fn ioas_pgsizes(&mut self, ctx: IommufdId, ioas: IoasId) -> Result<u64, Errno>;
+
+    /// Whether every domain behind `ioas` enforces cache coherency (`VFIO_DMA_CC_IOMMU`).
+    fn ioas_enforces_coherency(&mut self, ctx: IommufdId, ioas: IoasId) -> Result<bool, Errno>;
+
+    /// The devices in IOMMU group `group` (`/sys/kernel/iommu_groups/<group>/devices`).
+    /// `ENOENT` when there is no such group.
+    fn group_devices(&mut self, group: u32) -> Result<Vec<GroupDevice>, Errno>;
+
+    /// `open()` of the device's VFIO cdev.
+    fn device_open(&mut self, device: &GroupDevice) -> Result<DeviceHandle, Errno>;
+    /// `VFIO_DEVICE_BIND_IOMMUFD`.
+    fn device_bind(&mut self, dev: DeviceHandle, ctx: IommufdId) -> Result<(), Errno>;
+    /// `VFIO_DEVICE_ATTACH_IOMMUFD_PT` to an IOAS.
+    fn device_attach(&mut self, dev: DeviceHandle, ioas: IoasId) -> Result<(), Errno>;
+    /// `VFIO_DEVICE_DETACH_IOMMUFD_PT`.
+    fn device_detach(&mut self, dev: DeviceHandle) -> Result<(), Errno>;
+    /// `close()` of the device cdev (the kernel unbinds it).
+    fn device_close(&mut self, dev: DeviceHandle);
+}
