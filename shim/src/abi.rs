@@ -4,7 +4,7 @@
 //! Kernel names are kept verbatim. Structs derive zerocopy's traits so decoding is a checked
 //! copy from caller bytes, never a pointer cast. `tests/abi_golden.rs` pins every number and
 //! size as a literal and cross-checks them against the `vfio-bindings` crate.
-#![allow(non_camel_case_types)]
+#![allow(non_camel_case_types, non_upper_case_globals)]
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 

@@ -4,3 +4,11 @@
 pub mod abi;
 pub mod backend;
 pub mod ledger;
+pub mod arg;
+pub mod fake;
+pub mod info;
+pub mod translator;
+
+pub use backend::Backend;
+pub use nix::errno::Errno;
+pub use translator::{ContainerId, DeviceGrant, FdTarget, GroupId, GroupReply, Shim};

@@ -1,0 +1,387 @@
+//! An in-memory backend modelling iommufd's IOAS rules, for fast host tests and benchmarks.
+//!
+//! It reproduces what the translator depends on (IO = iommufd/ioas.c,
+//! IOPT = iommufd/io_pagetable.c): an IOAS allows every IOVA until a device is attached, then
+//! only the domain aperture minus reserved regions; maps need the IOVA alignment, must not
+//! touch reserved IOVA (`EINVAL`) nor an existing area (`EEXIST`); unmaps must not split an
+//! area (`ENOENT`) and unmapping nothing is `ENOENT`. Any call can be made to fail once with
+//! a chosen errno, and every call is counted.
+
+use std::collections::{BTreeMap, HashMap};
+
+use nix::errno::Errno;
+
+use crate::backend::*;
+
+/// The operations of [`Backend`], for failure injection and call counting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    IommufdOpen,
+    IoasAlloc,
+    IoasDestroy,
+    IoasGeometry,
+    IoasMap,
+    IoasUnmap,
+    IoasPgsizes,
+    IoasCoherency,
+    GroupDevices,
+    DeviceOpen,
+    DeviceBind,
+    DeviceAttach,
+    DeviceDetach,
+}
+
+/// The emulated platform: what an attached domain looks like.
+#[derive(Clone, Debug)]
+pub struct Platform {
+    /// The domain aperture, inclusive.
+    pub aperture: IovaRange,
+    /// Reserved regions every attached device brings (the x86 MSI window by default).
+    pub reserved: Vec<IovaRange>,
+    pub pgsizes: u64,
+    pub coherent: bool,
+}
+
+impl Default for Platform {
+    /// What QEMU's intel-iommu (aw-bits 39) shows a type1 container in the test VM.
+    fn default() -> Self {
+        Self {
+            aperture: IovaRange { start: 0, last: (1 << 39) - 1 },
+            reserved: vec![IovaRange { start: 0xfee0_0000, last: 0xfeef_ffff }],
+            pgsizes: 0x4020_1000,
+            coherent: true,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Ioas {
+    /// iova -> length of each mapped area.
+    areas: BTreeMap<u64, u64>,
+    attached: usize,
+}
+
+#[derive(Debug, Default)]
+struct Ctx {
+    ioas: HashMap<u32, Ioas>,
+    next_obj: u32,
+}
+
+#[derive(Debug)]
+struct Device {
+    name: String,
+    bound: Option<IommufdId>,
+    attached: Option<IoasId>,
+}
+
+#[derive(Debug, Default)]
+pub struct FakeBackend {
+    pub platform: Platform,
+    groups: BTreeMap<u32, Vec<GroupDevice>>,
+    ctxs: HashMap<u64, Ctx>,
+    devices: HashMap<u64, Device>,
+    next_handle: u64,
+    failures: HashMap<Op, Vec<(usize, Errno)>>,
+    calls: HashMap<Op, usize>,
+}
+
+impl FakeBackend {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds IOMMU group `number` with VFIO-bound PCI devices named `devices`.
+    pub fn with_group(mut self, number: u32, devices: &[&str]) -> Self {
+        let list = devices
+            .iter()
+            .enumerate()
+            .map(|(n, name)| GroupDevice {
+                name: name.to_string(),
+                driver: Some("vfio-pci".into()),
+                cdev: Some(format!("/dev/vfio/devices/vfio{}", number * 16 + n as u32)),
+            })
+            .collect();
+        self.groups.insert(number, list);
+        self
+    }
+
+    /// Adds a group with arbitrary device descriptions (kernel drivers, no cdev, ...).
+    pub fn with_group_devices(mut self, number: u32, devices: Vec<GroupDevice>) -> Self {
+        self.groups.insert(number, devices);
+        self
+    }
+
+    /// Makes the `nth` (0-based, counted from now) call of `op` fail with `errno`.
+    pub fn fail_at(&mut self, op: Op, nth: usize, errno: Errno) {
+        let base = self.calls.get(&op).copied().unwrap_or(0);
+        self.failures.entry(op).or_default().push((base + nth, errno));
+    }
+
+    /// How many times `op` was called.
+    pub fn calls(&self, op: Op) -> usize {
+        self.calls.get(&op).copied().unwrap_or(0)
+    }
+
+    /// Areas mapped in an IOAS, as (iova, length).
+    pub fn areas(&self, ctx: IommufdId, ioas: IoasId) -> Vec<(u64, u64)> {
+        self.ctxs[&ctx.0].ioas[&ioas.0].areas.iter().map(|(a, l)| (*a, *l)).collect()
+    }
+
+    /// Live iommufd contexts and device handles (leak checks).
+    pub fn live_objects(&self) -> (usize, usize) {
+        (self.ctxs.len(), self.devices.len())
+    }
+
+    /// Whether a device is bound, and to which IOAS it is attached.
+    pub fn device_state(&self, name: &str) -> Option<(bool, Option<IoasId>)> {
+        self.devices.values().find(|d| d.name == name).map(|d| (d.bound.is_some(), d.attached))
+    }
+
+    fn enter(&mut self, op: Op) -> Result<(), Errno> {
+        let n = self.calls.entry(op).or_default();
+        let this = *n;
+        *n += 1;
+        if let Some(list) = self.failures.get_mut(&op) {
+            if let Some(pos) = list.iter().position(|(at, _)| *at == this) {
+                return Err(list.remove(pos).1);
+            }
+        }
+        Ok(())
+    }
+
+    fn ioas(&mut self, ctx: IommufdId, ioas: IoasId) -> Result<&mut Ioas, Errno> {
+        self.ctxs.get_mut(&ctx.0).and_then(|c| c.ioas.get_mut(&ioas.0)).ok_or(Errno::ENOENT)
+    }
+
+    fn allowed(&self, ioas: &Ioas) -> Vec<IovaRange> {
+        allowed_ranges(&self.platform, ioas.attached)
+    }
+}
+
+/// What IOMMU_IOAS_IOVA_RANGES reports: everything before any attach, then the aperture
+/// minus every reserved region.
+fn allowed_ranges(platform: &Platform, attached: usize) -> Vec<IovaRange> {
+    {
+        if attached == 0 {
+            return vec![IovaRange { start: 0, last: u64::MAX }];
+        }
+        let mut ranges = vec![platform.aperture];
+        for r in &platform.reserved {
+            ranges = ranges
+                .into_iter()
+                .flat_map(|a| {
+                    let mut out = Vec::new();
+                    if r.last < a.start || r.start > a.last {
+                        out.push(a);
+                    } else {
+                        if r.start > a.start {
+                            out.push(IovaRange { start: a.start, last: r.start - 1 });
+                        }
+                        if r.last < a.last {
+                            out.push(IovaRange { start: r.last + 1, last: a.last });
+                        }
+                    }
+                    out
+                })
+                .collect();
+        }
+        ranges
+    }
+}
+
+impl Backend for FakeBackend {
+    fn iommufd_open(&mut self) -> Result<IommufdId, Errno> {
+        self.enter(Op::IommufdOpen)?;
+        self.next_handle += 1;
+        self.ctxs.insert(self.next_handle, Ctx { next_obj: 1, ..Default::default() });
+        Ok(IommufdId(self.next_handle))
+    }
+
+    fn iommufd_close(&mut self, ctx: IommufdId) {
+        assert!(
+            !self.devices.values().any(|d| d.bound == Some(ctx)),
+            "iommufd closed with devices still bound"
+        );
+        self.ctxs.remove(&ctx.0);
+    }
+
+    fn ioas_alloc(&mut self, ctx: IommufdId) -> Result<IoasId, Errno> {
+        self.enter(Op::IoasAlloc)?;
+        let c = self.ctxs.get_mut(&ctx.0).ok_or(Errno::EBADF)?;
+        let id = c.next_obj;
+        c.next_obj += 1;
+        c.ioas.insert(id, Ioas::default());
+        Ok(IoasId(id))
+    }
+
+    fn ioas_destroy(&mut self, ctx: IommufdId, ioas: IoasId) -> Result<(), Errno> {
+        self.enter(Op::IoasDestroy)?;
+        if self.ioas(ctx, ioas)?.attached > 0 {
+            return Err(Errno::EBUSY);
+        }
+        self.ctxs.get_mut(&ctx.0).expect("checked").ioas.remove(&ioas.0);
+        Ok(())
+    }
+
+    fn ioas_geometry(&mut self, ctx: IommufdId, ioas: IoasId) -> Result<IoasGeometry, Errno> {
+        self.enter(Op::IoasGeometry)?;
+        let state = self.ctxs.get(&ctx.0).and_then(|c| c.ioas.get(&ioas.0)).ok_or(Errno::ENOENT)?;
+        let align = if state.attached > 0 { 1 << self.platform.pgsizes.trailing_zeros() } else { 1 };
+        Ok(IoasGeometry { ranges: self.allowed(state), iova_alignment: align })
+    }
+
+    fn ioas_map(
+        &mut self,
+        ctx: IommufdId,
+        ioas: IoasId,
+        iova: u64,
+        _vaddr: u64,
+        length: u64,
+        _prot: Prot,
+    ) -> Result<(), Errno> {
+        self.enter(Op::IoasMap)?;
+        let align = 1u64 << self.platform.pgsizes.trailing_zeros();
+        let platform = self.platform.clone();
+        let state = self.ioas(ctx, ioas)?;
+        let platform_allowed = allowed_ranges(&platform, state.attached);
+        if length == 0 {
+            return Err(Errno::EINVAL);
+        }
+        if state.attached > 0 && (iova | length) & (align - 1) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let last = iova.checked_add(length - 1).ok_or(Errno::EOVERFLOW)?;
+        if !platform_allowed.iter().any(|r| iova >= r.start && last <= r.last) {
+            return Err(Errno::EINVAL);
+        }
+        let overlaps = state
+            .areas
+            .range(..=last)
+            .next_back()
+            .is_some_and(|(a, l)| a + (l - 1) >= iova);
+        if overlaps {
+            return Err(Errno::EEXIST);
+        }
+        state.areas.insert(iova, length);
+        Ok(())
+    }
+
+    fn ioas_unmap(&mut self, ctx: IommufdId, ioas: IoasId, iova: u64, length: u64) -> Result<u64, Errno> {
+        self.enter(Op::IoasUnmap)?;
+        let state = self.ioas(ctx, ioas)?;
+        let last = if iova == 0 && length == u64::MAX {
+            u64::MAX
+        } else {
+            if length == 0 {
+                return Err(Errno::EINVAL);
+            }
+            iova.checked_add(length - 1).ok_or(Errno::EOVERFLOW)?
+        };
+        let hit: Vec<(u64, u64)> = state
+            .areas
+            .iter()
+            .filter(|(a, l)| **a <= last && *a + (*l - 1) >= iova)
+            .map(|(a, l)| (*a, *l))
+            .collect();
+        if hit.iter().any(|(a, l)| *a < iova || a + (l - 1) > last) {
+            return Err(Errno::ENOENT);
+        }
+        if hit.is_empty() {
+            return Err(Errno::ENOENT);
+        }
+        let mut total = 0;
+        for (a, l) in hit {
+            state.areas.remove(&a);
+            total += l;
+        }
+        Ok(total)
+    }
+
+    fn ioas_pgsizes(&mut self, ctx: IommufdId, ioas: IoasId) -> Result<u64, Errno> {
+        self.enter(Op::IoasPgsizes)?;
+        self.ioas(ctx, ioas)?;
+        Ok(self.platform.pgsizes)
+    }
+
+    fn ioas_enforces_coherency(&mut self, ctx: IommufdId, ioas: IoasId) -> Result<bool, Errno> {
+        self.enter(Op::IoasCoherency)?;
+        let attached = self.ioas(ctx, ioas)?.attached;
+        Ok(attached > 0 && self.platform.coherent)
+    }
+
+    fn group_devices(&mut self, group: u32) -> Result<Vec<GroupDevice>, Errno> {
+        self.enter(Op::GroupDevices)?;
+        self.groups.get(&group).cloned().ok_or(Errno::ENOENT)
+    }
+
+    fn device_open(&mut self, device: &GroupDevice) -> Result<DeviceHandle, Errno> {
+        self.enter(Op::DeviceOpen)?;
+        if device.cdev.is_none() {
+            return Err(Errno::ENODEV);
+        }
+        if self.devices.values().any(|d| d.name == device.name) {
+            // A cdev can be bound once; a second open would fail at bind. Model it here.
+            return Err(Errno::EBUSY);
+        }
+        self.next_handle += 1;
+        self.devices.insert(
+            self.next_handle,
+            Device { name: device.name.clone(), bound: None, attached: None },
+        );
+        Ok(DeviceHandle(self.next_handle))
+    }
+
+    fn device_bind(&mut self, dev: DeviceHandle, ctx: IommufdId) -> Result<(), Errno> {
+        self.enter(Op::DeviceBind)?;
+        if !self.ctxs.contains_key(&ctx.0) {
+            return Err(Errno::EBADF);
+        }
+        let d = self.devices.get_mut(&dev.0).ok_or(Errno::EBADF)?;
+        if d.bound.is_some() {
+            return Err(Errno::EINVAL);
+        }
+        d.bound = Some(ctx);
+        Ok(())
+    }
+
+    fn device_attach(&mut self, dev: DeviceHandle, ioas: IoasId) -> Result<(), Errno> {
+        self.enter(Op::DeviceAttach)?;
+        let d = self.devices.get(&dev.0).ok_or(Errno::EBADF)?;
+        let ctx = d.bound.ok_or(Errno::EINVAL)?;
+        if d.attached.is_some() {
+            return Err(Errno::EBUSY);
+        }
+        // Existing areas must fit the domain (DV: -EADDRINUSE / -EINVAL on conflict).
+        let platform = self.platform.clone();
+        let state = self.ioas(ctx, ioas)?;
+        let allowed_after = allowed_ranges(&platform, state.attached + 1);
+        let fits = state.areas.iter().all(|(a, l)| {
+            allowed_after.iter().any(|r| *a >= r.start && a + (l - 1) <= r.last)
+        });
+        if !fits {
+            return Err(Errno::EADDRINUSE);
+        }
+        state.attached += 1;
+        self.devices.get_mut(&dev.0).expect("checked").attached = Some(ioas);
+        Ok(())
+    }
+
+    fn device_detach(&mut self, dev: DeviceHandle) -> Result<(), Errno> {
+        self.enter(Op::DeviceDetach)?;
+        let d = self.devices.get_mut(&dev.0).ok_or(Errno::EBADF)?;
+        let ctx = d.bound.ok_or(Errno::EINVAL)?;
+        let ioas = d.attached.take().ok_or(Errno::EINVAL)?;
+        self.ioas(ctx, ioas)?.attached -= 1;
+        Ok(())
+    }
+
+    fn device_close(&mut self, dev: DeviceHandle) {
+        if let Some(d) = self.devices.remove(&dev.0) {
+            if let (Some(ctx), Some(ioas)) = (d.bound, d.attached) {
+                if let Ok(state) = self.ioas(ctx, ioas) {
+                    state.attached -= 1;
+                }
+            }
+        }
+    }
+}

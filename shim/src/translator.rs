@@ -1,0 +1,904 @@
+//! The translator: legacy containers and groups, with type1's semantics, over a [`Backend`].
+//!
+//! Object model (mirrors drivers/vfio/container.c and group.c):
+//! - a container owns one iommufd context; `SET_IOMMU` allocates its IOAS and attaches the
+//!   devices of every group already set on it (type1 attaches domains there, CT:264);
+//! - a group's `SET_CONTAINER` opens and binds every VFIO device of the IOMMU group to the
+//!   container's iommufd, which claims DMA ownership as type1 does at that point (CT:436);
+//! - `GET_DEVICE_FD` hands out the bound device; the glue turns the handle into a new fd;
+//! - closing a container fd keeps it alive while groups are attached, closing a group fd keeps
+//!   it alive while its device fds are open, as the kernel's references do.
+//!
+//! Every errno is type1's, in type1's order of checks; the line references are to the Linux
+//! 7.3 tree (T1 = vfio_iommu_type1.c, CT = container.c, GR = group.c).
+
+#![allow(non_upper_case_globals)] // kernel names (VFIO_TYPE1v2_IOMMU) kept verbatim
+
+use std::collections::BTreeMap;
+
+use nix::errno::Errno;
+use zerocopy::IntoBytes;
+
+use crate::abi::*;
+use crate::arg::{read_struct, ArgMemory};
+use crate::backend::{Backend, DeviceHandle, GroupDevice, IoasId, IommufdId, IovaRange, Prot};
+use crate::info::{self, InfoSource};
+use crate::ledger::{Mapping, MappingLedger};
+
+/// A legacy container (an open `/dev/vfio/vfio`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContainerId(pub u64);
+
+/// A legacy group (an open `/dev/vfio/<N>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupId(pub u64);
+
+/// What a file descriptor passed by the caller (to `SET_CONTAINER`) refers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FdTarget {
+    Container(ContainerId),
+    /// An open fd that is not one of our containers.
+    Other,
+    /// Not an open fd.
+    Closed,
+}
+
+/// Tunables with type1's module-parameter defaults.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// type1's `dma_entry_limit` (T1:59).
+    pub dma_entry_limit: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { dma_entry_limit: DMA_ENTRY_LIMIT_DEFAULT }
+    }
+}
+
+/// The type1 IOMMU state of a container after `SET_IOMMU`.
+#[derive(Debug)]
+struct Iommu {
+    v2: bool,
+    ioas: IoasId,
+    ledger: MappingLedger,
+    dma_avail: u32,
+    pgsizes: u64,
+    iova_ranges: Vec<IovaRange>,
+    coherent: bool,
+    dirty_tracking: bool,
+}
+
+impl Iommu {
+    fn min_pgsize(&self) -> u64 {
+        info::min_pgsize(self.pgsizes)
+    }
+
+    /// type1's `vfio_iommu_iova_dma_valid` (T1:1630).
+    fn iova_valid(&self, start: u64, last: u64) -> bool {
+        self.iova_ranges.is_empty()
+            || self.iova_ranges.iter().any(|r| start >= r.start && last <= r.last)
+    }
+}
+
+#[derive(Debug)]
+struct Container {
+    ctx: IommufdId,
+    /// The caller still holds the container fd.
+    open: bool,
+    groups: Vec<GroupId>,
+    iommu: Option<Iommu>,
+}
+
+#[derive(Debug)]
+struct BoundDevice {
+    info: GroupDevice,
+    handle: DeviceHandle,
+    attached: bool,
+}
+
+#[derive(Debug)]
+struct Group {
+    number: u32,
+    /// The caller still holds the group fd.
+    open: bool,
+    container: Option<ContainerId>,
+    /// The group's VFIO devices, bound to the container's iommufd while it is set.
+    devices: Vec<BoundDevice>,
+    /// Device fds handed out by `GET_DEVICE_FD` and not yet closed.
+    device_users: u32,
+}
+
+/// All legacy objects of one process (or one CUSE client), over one backend.
+pub struct Shim<B: Backend> {
+    backend: B,
+    config: Config,
+    containers: BTreeMap<ContainerId, Container>,
+    groups: BTreeMap<GroupId, Group>,
+    next_id: u64,
+}
+
+/// The outcome of `VFIO_GROUP_GET_DEVICE_FD`: the glue installs a new fd for `handle`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceGrant {
+    pub group: GroupId,
+    pub handle: DeviceHandle,
+}
+
+impl<B: Backend> Shim<B> {
+    pub fn new(backend: B) -> Self {
+        Self::with_config(backend, Config::default())
+    }
+
+    pub fn with_config(backend: B, config: Config) -> Self {
+        Self { backend, config, containers: BTreeMap::new(), groups: BTreeMap::new(), next_id: 1 }
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    fn fresh_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    // ---------------------------------------------------------------- containers
+
+    /// `open("/dev/vfio/vfio")`.
+    pub fn open_container(&mut self) -> Result<ContainerId, Errno> {
+        let ctx = self.backend.iommufd_open()?;
+        let id = ContainerId(self.fresh_id());
+        self.containers.insert(id, Container { ctx, open: true, groups: Vec::new(), iommu: None });
+        Ok(id)
+    }
+
+    /// The iommufd context behind a container (the glue may use its fd number).
+    pub fn container_iommufd(&self, id: ContainerId) -> Option<IommufdId> {
+        self.containers.get(&id).map(|c| c.ctx)
+    }
+
+    /// `close()` of a container fd. Groups still set on it keep it alive (CT: kref per group).
+    pub fn close_container(&mut self, id: ContainerId) {
+        if let Some(c) = self.containers.get_mut(&id) {
+            c.open = false;
+        }
+        self.reap_container(id);
+    }
+
+    fn reap_container(&mut self, id: ContainerId) {
+        let Some(c) = self.containers.get(&id) else { return };
+        if c.open || !c.groups.is_empty() {
+            return;
+        }
+        let c = self.containers.remove(&id).expect("present");
+        self.backend.iommufd_close(c.ctx);
+    }
+
+    /// An ioctl on a container fd. `arg` is the raw argument (a value for CHECK_EXTENSION
+    /// and SET_IOMMU); `mem` is the memory it points at for the others.
+    pub fn container_ioctl(
+        &mut self,
+        id: ContainerId,
+        cmd: u32,
+        arg: u64,
+        mem: &mut dyn ArgMemory,
+    ) -> Result<i64, Errno> {
+        let c = self.containers.get(&id).ok_or(Errno::EBADF)?;
+        match cmd {
+            VFIO_GET_API_VERSION => Ok(VFIO_API_VERSION as i64),
+            VFIO_CHECK_EXTENSION => Ok(Self::check_extension(c.iommu.as_ref(), arg)),
+            VFIO_SET_IOMMU => self.set_iommu(id, arg).map(|_| 0),
+            // Without an IOMMU driver every other container ioctl is EINVAL (CT:333,348).
+            _ if c.iommu.is_none() => Err(Errno::EINVAL),
+            VFIO_IOMMU_GET_INFO => self.get_info(id, mem).map(|_| 0),
+            VFIO_IOMMU_MAP_DMA => self.map_dma(id, mem).map(|_| 0),
+            VFIO_IOMMU_UNMAP_DMA => self.unmap_dma(id, mem).map(|_| 0),
+            VFIO_IOMMU_DIRTY_PAGES => self.dirty_pages(id, mem).map(|_| 0),
+            _ => Err(Errno::ENOTTY),
+        }
+    }
+
+    /// type1's answers (T1:2723); before SET_IOMMU the container polls type1 with no
+    /// IOMMU (CT:184).
+    fn check_extension(iommu: Option<&Iommu>, ext: u64) -> i64 {
+        match ext {
+            VFIO_TYPE1_IOMMU | VFIO_TYPE1v2_IOMMU | VFIO_UNMAP_ALL => 1,
+            VFIO_UPDATE_VADDR => iommu.is_some() as i64,
+            VFIO_DMA_CC_IOMMU => iommu.is_some_and(|i| i.coherent) as i64,
+            _ => 0,
+        }
+    }
+
+    fn set_iommu(&mut self, id: ContainerId, ty: u64) -> Result<(), Errno> {
+        let c = self.containers.get(&id).expect("checked");
+        // No group yet, or already set: EINVAL before the type is even looked at (CT:264).
+        if c.groups.is_empty() || c.iommu.is_some() {
+            return Err(Errno::EINVAL);
+        }
+        let v2 = match ty {
+            VFIO_TYPE1_IOMMU => false,
+            VFIO_TYPE1v2_IOMMU => true,
+            // No registered driver claims the type (CT:297).
+            _ => return Err(Errno::ENODEV),
+        };
+        let ctx = c.ctx;
+        let groups = c.groups.clone();
+        let ioas = self.backend.ioas_alloc(ctx)?;
+        for (n, gid) in groups.iter().enumerate() {
+            if let Err(e) = self.attach_group_devices(*gid, ioas) {
+                for g in &groups[..=n] {
+                    self.detach_group_devices(*g);
+                }
+                let _ = self.backend.ioas_destroy(ctx, ioas);
+                return Err(e);
+            }
+        }
+        let mut iommu = Iommu {
+            v2,
+            ioas,
+            ledger: MappingLedger::new(),
+            dma_avail: self.config.dma_entry_limit,
+            pgsizes: 0,
+            iova_ranges: Vec::new(),
+            coherent: false,
+            dirty_tracking: false,
+        };
+        if let Err(e) = Self::refresh_domain_facts(&mut self.backend, ctx, &mut iommu) {
+            for g in &groups {
+                self.detach_group_devices(*g);
+            }
+            let _ = self.backend.ioas_destroy(ctx, ioas);
+            return Err(e);
+        }
+        self.containers.get_mut(&id).expect("checked").iommu = Some(iommu);
+        Ok(())
+    }
+
+    /// Re-reads what type1 derives from its domains: page sizes, usable IOVA ranges and
+    /// coherency. type1 recomputes them on every group attach and detach.
+    fn refresh_domain_facts(backend: &mut B, ctx: IommufdId, iommu: &mut Iommu) -> Result<(), Errno> {
+        let geometry = backend.ioas_geometry(ctx, iommu.ioas)?;
+        iommu.pgsizes = backend.ioas_pgsizes(ctx, iommu.ioas)?;
+        iommu.coherent = backend.ioas_enforces_coherency(ctx, iommu.ioas)?;
+        iommu.iova_ranges = geometry.ranges;
+        Ok(())
+    }
+
+    fn attach_group_devices(&mut self, gid: GroupId, ioas: IoasId) -> Result<(), Errno> {
+        let g = self.groups.get_mut(&gid).expect("group of a container");
+        for n in 0..g.devices.len() {
+            let handle = g.devices[n].handle;
+            if let Err(e) = self.backend.device_attach(handle, ioas) {
+                for d in &mut g.devices[..n] {
+                    let _ = self.backend.device_detach(d.handle);
+                    d.attached = false;
+                }
+                return Err(e);
+            }
+            g.devices[n].attached = true;
+        }
+        Ok(())
+    }
+
+    fn detach_group_devices(&mut self, gid: GroupId) {
+        let g = self.groups.get_mut(&gid).expect("group of a container");
+        for d in &mut g.devices {
+            if d.attached {
+                let _ = self.backend.device_detach(d.handle);
+                d.attached = false;
+            }
+        }
+    }
+
+    fn iommu_mut(&mut self, id: ContainerId) -> (&mut B, IommufdId, &mut Iommu) {
+        let c = self.containers.get_mut(&id).expect("checked");
+        (&mut self.backend, c.ctx, c.iommu.as_mut().expect("checked"))
+    }
+
+    /// T1:2836.
+    fn get_info(&mut self, id: ContainerId, mem: &mut dyn ArgMemory) -> Result<(), Errno> {
+        let argsz: u32 = read_struct(mem, 0)?;
+        if (argsz as usize) < minsz::IOMMU_INFO {
+            return Err(Errno::EINVAL);
+        }
+        let (_, _, iommu) = self.iommu_mut(id);
+        let src = InfoSource {
+            pgsizes: iommu.pgsizes,
+            dma_avail: iommu.dma_avail,
+            iova_ranges: &iommu.iova_ranges,
+        };
+        let (reply, caps) = info::encode(&src, argsz);
+        if let Some(caps) = caps {
+            mem.write(size_of::<vfio_iommu_type1_info>(), &caps)?;
+        }
+        let n = (argsz as usize).min(size_of::<vfio_iommu_type1_info>());
+        mem.write(0, &reply.as_bytes()[..n])
+    }
+
+    /// T1:2895 and `vfio_dma_do_map` (T1:1680).
+    fn map_dma(&mut self, id: ContainerId, mem: &mut dyn ArgMemory) -> Result<(), Errno> {
+        let argsz: u32 = read_struct(mem, 0)?;
+        if (argsz as usize) < minsz::DMA_MAP {
+            return Err(Errno::EINVAL);
+        }
+        let map: vfio_iommu_type1_dma_map = read_struct(mem, 0)?;
+        let known = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE | VFIO_DMA_MAP_FLAG_VADDR;
+        if map.flags & !known != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let set_vaddr = map.flags & VFIO_DMA_MAP_FLAG_VADDR != 0;
+        let (iova, vaddr, size) = (map.iova, map.vaddr, map.size);
+        if size == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let last = iova.checked_add(size - 1).ok_or(Errno::EOVERFLOW)?;
+        vaddr.checked_add(size - 1).ok_or(Errno::EOVERFLOW)?;
+        let prot = Prot {
+            read: map.flags & VFIO_DMA_MAP_FLAG_READ != 0,
+            write: map.flags & VFIO_DMA_MAP_FLAG_WRITE != 0,
+        };
+        let any_prot = prot.read || prot.write;
+        if any_prot == set_vaddr {
+            return Err(Errno::EINVAL);
+        }
+
+        let (backend, ctx, iommu) = self.iommu_mut(id);
+        let pgsize = iommu.min_pgsize();
+        if (size | iova | vaddr) & (pgsize - 1) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let existing = iommu.ledger.find_overlap(iova, size);
+        if set_vaddr {
+            return match existing {
+                None => Err(Errno::ENOENT),
+                Some(m) if !m.vaddr_invalid || m.iova != iova || m.size != size => {
+                    Err(Errno::EINVAL)
+                }
+                Some(m) => {
+                    iommu.ledger.set_vaddr(m.iova, false, Some(vaddr));
+                    Ok(())
+                }
+            };
+        }
+        if existing.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        if iommu.dma_avail == 0 {
+            return Err(Errno::ENOSPC);
+        }
+        if !iommu.iova_valid(iova, last) {
+            return Err(Errno::EINVAL);
+        }
+        backend.ioas_map(ctx, iommu.ioas, iova, vaddr, size, prot)?;
+        iommu.ledger.insert(Mapping { iova, size, vaddr, prot, vaddr_invalid: false });
+        iommu.dma_avail -= 1;
+        Ok(())
+    }
+
+    /// T1:2914 and `vfio_dma_do_unmap` (T1:1391).
+    fn unmap_dma(&mut self, id: ContainerId, mem: &mut dyn ArgMemory) -> Result<(), Errno> {
+        let argsz: u32 = read_struct(mem, 0)?;
+        if (argsz as usize) < minsz::DMA_UNMAP {
+            return Err(Errno::EINVAL);
+        }
+        let mut unmap: vfio_iommu_type1_dma_unmap = read_struct(mem, 0)?;
+        let known = VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP
+            | VFIO_DMA_UNMAP_FLAG_VADDR
+            | VFIO_DMA_UNMAP_FLAG_ALL;
+        if unmap.flags & !known != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let get_dirty = unmap.flags & VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP != 0;
+        let unmap_all = unmap.flags & VFIO_DMA_UNMAP_FLAG_ALL != 0;
+        let invalidate_vaddr = unmap.flags & VFIO_DMA_UNMAP_FLAG_VADDR != 0;
+        if get_dirty && (unmap_all || invalidate_vaddr) {
+            return Err(Errno::EINVAL);
+        }
+        let mut bitmap = vfio_bitmap::default();
+        if get_dirty {
+            if (argsz as usize) < minsz::DMA_UNMAP + size_of::<vfio_bitmap>() {
+                return Err(Errno::EINVAL);
+            }
+            bitmap = read_struct(mem, minsz::DMA_UNMAP)?;
+            if !access_ok(bitmap.data, bitmap.size) {
+                return Err(Errno::EINVAL);
+            }
+            let npages = unmap.size.checked_shr(bitmap.pgsize.trailing_zeros()).unwrap_or(0);
+            verify_bitmap_size(npages, bitmap.size)?;
+        }
+
+        let (backend, ctx, iommu) = self.iommu_mut(id);
+        let pgsize = iommu.min_pgsize();
+        let iova = unmap.iova;
+        if iova & (pgsize - 1) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let last = if unmap_all {
+            if iova != 0 || unmap.size != 0 {
+                return Err(Errno::EINVAL);
+            }
+            u64::MAX
+        } else {
+            if unmap.size == 0 || unmap.size & (pgsize - 1) != 0 {
+                return Err(Errno::EINVAL);
+            }
+            iova.checked_add(unmap.size - 1).ok_or(Errno::EOVERFLOW)?
+        };
+        if get_dirty && (!iommu.dirty_tracking || bitmap.pgsize != pgsize) {
+            return Err(Errno::EINVAL);
+        }
+        // v2 refuses to bisect a mapping at either end (T1:1476).
+        if iommu.v2 && !unmap_all {
+            if iommu.ledger.containing(iova).is_some_and(|m| m.iova != iova) {
+                return Err(Errno::EINVAL);
+            }
+            if iommu.ledger.containing(last).is_some_and(|m| m.last() != last) {
+                return Err(Errno::EINVAL);
+            }
+        }
+
+        // v1 stops at a mapping that starts before the range: success, size 0 (T1:1490).
+        let victims: Vec<Mapping> = iommu
+            .ledger
+            .overlapping(iova, last)
+            .take_while(|m| iommu.v2 || m.iova >= iova)
+            .collect();
+
+        if invalidate_vaddr {
+            if victims.iter().any(|m| m.vaddr_invalid) {
+                return Err(Errno::EINVAL);
+            }
+            let mut unmapped = 0u64;
+            for m in &victims {
+                iommu.ledger.set_vaddr(m.iova, true, None);
+                unmapped += m.size;
+            }
+            unmap.size = unmapped;
+            return mem.write(0, unmap.as_bytes());
+        }
+
+        if get_dirty {
+            for m in &victims {
+                write_dirty_bits(mem, bitmap.data, m, iova, pgsize)?;
+            }
+        }
+        let mut unmapped = 0u64;
+        if let (Some(first), Some(end)) = (victims.first(), victims.last()) {
+            // One native unmap covers them all: no other mapping lies between the first and
+            // the last victim, and none of them is split.
+            let (start, length) = if unmap_all {
+                (0, u64::MAX)
+            } else {
+                (first.iova, end.last() - first.iova + 1)
+            };
+            backend.ioas_unmap(ctx, iommu.ioas, start, length)?;
+            for m in &victims {
+                iommu.ledger.remove(m.iova);
+                iommu.dma_avail += 1;
+                unmapped += m.size;
+            }
+        }
+        unmap.size = unmapped;
+        mem.write(0, unmap.as_bytes())
+    }
+
+    /// `VFIO_IOMMU_DIRTY_PAGES` (T1:2964). With no IOMMU dirty tracking every page of an
+    /// IOMMU-mapped range reads dirty, as in type1 with IOMMU-backed groups.
+    fn dirty_pages(&mut self, id: ContainerId, mem: &mut dyn ArgMemory) -> Result<(), Errno> {
+        let (_, _, iommu) = self.iommu_mut(id);
+        if !iommu.v2 {
+            return Err(Errno::EACCES);
+        }
+        let argsz: u32 = read_struct(mem, 0)?;
+        if (argsz as usize) < minsz::DIRTY_BITMAP {
+            return Err(Errno::EINVAL);
+        }
+        let dirty: vfio_iommu_type1_dirty_bitmap = read_struct(mem, 0)?;
+        let known = VFIO_IOMMU_DIRTY_PAGES_FLAG_START
+            | VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP
+            | VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP;
+        if dirty.flags & !known != 0 || dirty.flags.count_ones() != 1 {
+            return Err(Errno::EINVAL);
+        }
+        match dirty.flags {
+            VFIO_IOMMU_DIRTY_PAGES_FLAG_START => {
+                iommu.dirty_tracking = true;
+                Ok(())
+            }
+            VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP => {
+                iommu.dirty_tracking = false;
+                Ok(())
+            }
+            _ => {
+                let data_size = argsz as usize - minsz::DIRTY_BITMAP;
+                if data_size < size_of::<vfio_iommu_type1_dirty_bitmap_get>() {
+                    return Err(Errno::EINVAL);
+                }
+                let range: vfio_iommu_type1_dirty_bitmap_get =
+                    read_struct(mem, minsz::DIRTY_BITMAP)?;
+                if range.size == 0 {
+                    return Err(Errno::EINVAL);
+                }
+                let last = range.iova.checked_add(range.size - 1).ok_or(Errno::EOVERFLOW)?;
+                if !access_ok(range.bitmap.data, range.bitmap.size) {
+                    return Err(Errno::EINVAL);
+                }
+                let npages =
+                    range.size.checked_shr(range.bitmap.pgsize.trailing_zeros()).unwrap_or(0);
+                verify_bitmap_size(npages, range.bitmap.size)?;
+                let pgsize = iommu.min_pgsize();
+                if range.bitmap.pgsize != pgsize
+                    || range.iova & (pgsize - 1) != 0
+                    || range.size & (pgsize - 1) != 0
+                    || !iommu.dirty_tracking
+                {
+                    return Err(Errno::EINVAL);
+                }
+                // The range must not bisect a mapping (T1:1321).
+                if iommu.ledger.containing(range.iova).is_some_and(|m| m.iova != range.iova)
+                    || iommu.ledger.containing(last).is_some_and(|m| m.last() != last)
+                {
+                    return Err(Errno::EINVAL);
+                }
+                let ranges: Vec<Mapping> = iommu.ledger.starting_in(range.iova, last).collect();
+                for m in &ranges {
+                    write_dirty_bits(mem, range.bitmap.data, m, range.iova, pgsize)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Mappings of a container, ascending (for tests, state dumps and the CUSE daemon).
+    pub fn mappings(&self, id: ContainerId) -> Vec<Mapping> {
+        self.containers
+            .get(&id)
+            .and_then(|c| c.iommu.as_ref())
+            .map(|i| i.ledger.iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether `SET_IOMMU` has happened and which version: `Some(true)` for TYPE1v2.
+    pub fn iommu_version(&self, id: ContainerId) -> Option<bool> {
+        self.containers.get(&id).and_then(|c| c.iommu.as_ref()).map(|i| i.v2)
+    }
+
+    // -------------------------------------------------------------------- groups
+
+    /// `open("/dev/vfio/<number>")`. `ENOENT` when no such VFIO group exists, `EBUSY` when
+    /// it is already open (GR: one opener at a time).
+    pub fn open_group(&mut self, number: u32) -> Result<GroupId, Errno> {
+        let devices = self.backend.group_devices(number)?;
+        // The kernel creates /dev/vfio/<N> only for groups with a VFIO device.
+        if !devices.iter().any(|d| d.cdev.is_some()) {
+            return Err(Errno::ENOENT);
+        }
+        if self.groups.values().any(|g| g.number == number) {
+            return Err(Errno::EBUSY);
+        }
+        let id = GroupId(self.fresh_id());
+        self.groups.insert(
+            id,
+            Group { number, open: true, container: None, devices: Vec::new(), device_users: 0 },
+        );
+        Ok(id)
+    }
+
+    pub fn group_number(&self, id: GroupId) -> Option<u32> {
+        self.groups.get(&id).map(|g| g.number)
+    }
+
+    /// `close()` of a group fd. Open device fds keep the group alive (they hold a
+    /// reference to the group file, GR:262); the last one out detaches it.
+    pub fn close_group(&mut self, id: GroupId) {
+        let Some(g) = self.groups.get_mut(&id) else { return };
+        g.open = false;
+        self.reap_group(id);
+    }
+
+    fn reap_group(&mut self, id: GroupId) {
+        let Some(g) = self.groups.get(&id) else { return };
+        if g.open || g.device_users > 0 {
+            return;
+        }
+        if g.container.is_some() {
+            self.detach_container(id);
+        }
+        self.groups.remove(&id);
+    }
+
+    /// An ioctl on a group fd. `resolve` tells what a caller-supplied fd is.
+    pub fn group_ioctl(
+        &mut self,
+        id: GroupId,
+        cmd: u32,
+        mem: &mut dyn ArgMemory,
+        resolve: &dyn Fn(i32) -> FdTarget,
+    ) -> Result<GroupReply, Errno> {
+        if !self.groups.contains_key(&id) {
+            return Err(Errno::EBADF);
+        }
+        match cmd {
+            VFIO_GROUP_GET_STATUS => self.get_status(id, mem).map(|_| GroupReply::Done),
+            VFIO_GROUP_SET_CONTAINER => {
+                let fd: i32 = read_struct(mem, 0)?;
+                self.set_container(id, resolve(fd)).map(|_| GroupReply::Done)
+            }
+            VFIO_GROUP_UNSET_CONTAINER => self.unset_container(id).map(|_| GroupReply::Done),
+            VFIO_GROUP_GET_DEVICE_FD => {
+                let name = mem.read_cstr(PAGE_SIZE)?;
+                self.get_device(id, &name).map(GroupReply::Device)
+            }
+            _ => Err(Errno::ENOTTY),
+        }
+    }
+
+    /// GR:326. VIABLE when a container is set, or when no device of the group is claimed
+    /// for kernel DMA (bound to a driver other than a VFIO one).
+    fn get_status(&mut self, id: GroupId, mem: &mut dyn ArgMemory) -> Result<(), Errno> {
+        let argsz: u32 = read_struct(mem, 0)?;
+        if (argsz as usize) < minsz::GROUP_STATUS {
+            return Err(Errno::EINVAL);
+        }
+        let g = self.groups.get(&id).expect("checked");
+        let flags = if g.container.is_some() {
+            VFIO_GROUP_FLAGS_CONTAINER_SET | VFIO_GROUP_FLAGS_VIABLE
+        } else {
+            let devices = self.backend.group_devices(g.number)?;
+            if devices.iter().all(driver_allows_user_dma) {
+                VFIO_GROUP_FLAGS_VIABLE
+            } else {
+                0
+            }
+        };
+        mem.write(0, vfio_group_status { argsz, flags }.as_bytes())
+    }
+
+    /// GR:98 and CT:421.
+    fn set_container(&mut self, id: GroupId, target: FdTarget) -> Result<(), Errno> {
+        let cid = match target {
+            FdTarget::Closed => return Err(Errno::EBADF),
+            _ if self.groups[&id].container.is_some() => return Err(Errno::EINVAL),
+            FdTarget::Other => return Err(Errno::EBADFD),
+            FdTarget::Container(cid) => cid,
+        };
+        let Some(c) = self.containers.get(&cid) else { return Err(Errno::EBADFD) };
+        let ctx = c.ctx;
+        let ioas = c.iommu.as_ref().map(|i| i.ioas);
+        // type1 refuses to attach (and pin) while a live update has vaddrs invalid.
+        if c.iommu.as_ref().is_some_and(|i| i.ledger.vaddr_invalid_count() > 0) {
+            return Err(Errno::EBUSY);
+        }
+
+        // Claiming DMA ownership: bind every VFIO device of the group to the container.
+        let number = self.groups[&id].number;
+        let infos = self.backend.group_devices(number)?;
+        let mut bound: Vec<BoundDevice> = Vec::new();
+        let undo = |backend: &mut B, bound: &[BoundDevice]| {
+            for d in bound {
+                if d.attached {
+                    let _ = backend.device_detach(d.handle);
+                }
+                backend.device_close(d.handle);
+            }
+        };
+        for info in infos {
+            if info.cdev.is_none() {
+                if driver_allows_user_dma(&info) {
+                    continue;
+                }
+                // A device driven by a kernel driver: the group cannot be claimed (EBUSY
+                // from iommu_group_claim_dma_owner).
+                undo(&mut self.backend, &bound);
+                return Err(Errno::EBUSY);
+            }
+            let step = self.backend.device_open(&info).and_then(|handle| {
+                match self.backend.device_bind(handle, ctx) {
+                    Ok(()) => Ok(handle),
+                    Err(e) => {
+                        self.backend.device_close(handle);
+                        Err(e)
+                    }
+                }
+            });
+            match step {
+                Ok(handle) => bound.push(BoundDevice { info, handle, attached: false }),
+                Err(e) => {
+                    undo(&mut self.backend, &bound);
+                    return Err(e);
+                }
+            }
+        }
+        if let Some(ioas) = ioas {
+            for n in 0..bound.len() {
+                if let Err(e) = self.backend.device_attach(bound[n].handle, ioas) {
+                    undo(&mut self.backend, &bound);
+                    return Err(e);
+                }
+                bound[n].attached = true;
+            }
+        }
+        let g = self.groups.get_mut(&id).expect("checked");
+        g.devices = bound;
+        g.container = Some(cid);
+        let c = self.containers.get_mut(&cid).expect("checked");
+        c.groups.push(id);
+        if c.iommu.is_some() {
+            let ctx = c.ctx;
+            let iommu = c.iommu.as_mut().expect("checked");
+            if let Err(e) = Self::refresh_domain_facts(&mut self.backend, ctx, iommu) {
+                self.detach_container(id);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// GR:77.
+    fn unset_container(&mut self, id: GroupId) -> Result<(), Errno> {
+        let g = &self.groups[&id];
+        if g.container.is_none() {
+            return Err(Errno::EINVAL);
+        }
+        if g.device_users > 0 {
+            return Err(Errno::EBUSY);
+        }
+        self.detach_container(id);
+        Ok(())
+    }
+
+    /// CT:468: detach a group; the last group leaving drops the IOMMU and every mapping.
+    fn detach_container(&mut self, id: GroupId) {
+        let g = self.groups.get_mut(&id).expect("checked");
+        let Some(cid) = g.container.take() else { return };
+        let devices = std::mem::take(&mut g.devices);
+        for d in &devices {
+            if d.attached {
+                let _ = self.backend.device_detach(d.handle);
+            }
+            self.backend.device_close(d.handle);
+        }
+        let c = self.containers.get_mut(&cid).expect("group's container");
+        c.groups.retain(|g| *g != id);
+        let ctx = c.ctx;
+        if c.groups.is_empty() {
+            if let Some(iommu) = c.iommu.take() {
+                if !iommu.ledger.is_empty() {
+                    let _ = self.backend.ioas_unmap(ctx, iommu.ioas, 0, u64::MAX);
+                }
+                let _ = self.backend.ioas_destroy(ctx, iommu.ioas);
+            }
+        } else if let Some(iommu) = c.iommu.as_mut() {
+            let _ = Self::refresh_domain_facts(&mut self.backend, ctx, iommu);
+        }
+        self.reap_container(cid);
+    }
+
+    /// GR:302: the name is matched first (ENODEV), then the container must have an IOMMU
+    /// (EINVAL, CT:511).
+    fn get_device(&mut self, id: GroupId, raw_name: &[u8]) -> Result<DeviceGrant, Errno> {
+        let name = parse_device_name(raw_name)?;
+        let g = &self.groups[&id];
+        let known = self.backend.group_devices(g.number)?;
+        if !known.iter().any(|d| d.name == name.device && d.cdev.is_some()) {
+            return Err(Errno::ENODEV);
+        }
+        let Some(cid) = g.container else { return Err(Errno::EINVAL) };
+        if self.containers[&cid].iommu.is_none() {
+            return Err(Errno::EINVAL);
+        }
+        let handle = g
+            .devices
+            .iter()
+            .find(|d| d.info.name == name.device)
+            .map(|d| d.handle)
+            .ok_or(Errno::ENODEV)?;
+        let g = self.groups.get_mut(&id).expect("checked");
+        g.device_users += 1;
+        Ok(DeviceGrant { group: id, handle })
+    }
+
+    /// The caller closed the last fd of a device obtained through `GET_DEVICE_FD`.
+    pub fn close_device(&mut self, grant: DeviceGrant) {
+        let Some(g) = self.groups.get_mut(&grant.group) else { return };
+        g.device_users = g.device_users.saturating_sub(1);
+        self.reap_group(grant.group);
+    }
+
+    /// The container a group is set on.
+    pub fn group_container(&self, id: GroupId) -> Option<ContainerId> {
+        self.groups.get(&id).and_then(|g| g.container)
+    }
+
+    /// The device handles currently bound for a group (for KVM file add/del rewriting).
+    pub fn group_devices(&self, id: GroupId) -> Vec<DeviceHandle> {
+        self.groups.get(&id).map(|g| g.devices.iter().map(|d| d.handle).collect()).unwrap_or_default()
+    }
+}
+
+/// What a group ioctl produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupReply {
+    Done,
+    Device(DeviceGrant),
+}
+
+/// The kernel's `strndup_user(arg, PAGE_SIZE)` bound for GET_DEVICE_FD names.
+pub const PAGE_SIZE: usize = 4096;
+
+/// A GET_DEVICE_FD name: `"<device>"` or `"<device> vf_token=<uuid>"` (vfio-pci's match).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceName {
+    pub device: String,
+    pub vf_token: Option<String>,
+}
+
+pub fn parse_device_name(raw: &[u8]) -> Result<DeviceName, Errno> {
+    let s = std::str::from_utf8(raw).map_err(|_| Errno::ENODEV)?;
+    match s.split_once(' ') {
+        None => Ok(DeviceName { device: s.to_string(), vf_token: None }),
+        Some((dev, rest)) => {
+            let token = rest.trim_start().strip_prefix("vf_token=").ok_or(Errno::ENODEV)?;
+            Ok(DeviceName { device: dev.to_string(), vf_token: Some(token.to_string()) })
+        }
+    }
+}
+
+/// No driver, or a driver with `driver_managed_dma` (VFIO drivers, pci-stub, pcieport): such
+/// devices don't claim the group for kernel DMA, so the group stays viable.
+fn driver_allows_user_dma(d: &GroupDevice) -> bool {
+    match d.driver.as_deref() {
+        None => true,
+        Some(drv) => drv.contains("vfio") || drv == "pci-stub" || drv == "pcieport",
+    }
+}
+
+/// `access_ok()` on x86-64 with 4-level paging: the range lies below `TASK_SIZE_MAX`.
+fn access_ok(addr: u64, size: u64) -> bool {
+    const TASK_SIZE_MAX: u64 = (1 << 47) - 4096;
+    size <= TASK_SIZE_MAX && addr <= TASK_SIZE_MAX - size
+}
+
+/// T1:1353.
+fn verify_bitmap_size(npages: u64, bitmap_size: u64) -> Result<(), Errno> {
+    let needed = npages.div_ceil(64) * 8;
+    if npages == 0 || bitmap_size == 0 || bitmap_size > DIRTY_BITMAP_SIZE_MAX || bitmap_size < needed {
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
+
+/// type1's `update_user_bitmap` (T1:1270) for a mapping whose every page is dirty: sets the
+/// mapping's bits relative to `base_iova`, keeping the caller's lower bits of the first
+/// word and clearing the unused upper bits of the last one, exactly as type1 does.
+fn write_dirty_bits(
+    mem: &mut dyn ArgMemory,
+    bitmap: u64,
+    m: &Mapping,
+    base_iova: u64,
+    pgsize: u64,
+) -> Result<(), Errno> {
+    let pgshift = pgsize.trailing_zeros();
+    let nbits = m.size >> pgshift;
+    let bit_offset = (m.iova - base_iova) >> pgshift;
+    let copy_offset = bit_offset / 64;
+    let shift = bit_offset % 64;
+    let total = nbits + shift;
+    let mut words = vec![0u64; total.div_ceil(64) as usize];
+    for bit in shift..total {
+        words[(bit / 64) as usize] |= 1 << (bit % 64);
+    }
+    let addr = bitmap + copy_offset * 8;
+    if shift != 0 {
+        let mut leftover = [0u8; 8];
+        mem.read_user(addr, &mut leftover)?;
+        words[0] |= u64::from_ne_bytes(leftover) & ((1u64 << shift) - 1);
+    }
+    mem.write_user(addr, words.as_bytes())
+}
