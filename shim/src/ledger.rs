@@ -131,12 +131,11 @@ impl MappingLedger {
     /// Mappings from the first one overlapping `[start, last]` through the last one that
     /// starts at or before `last`, ascending.
     pub fn overlapping(&self, start: u64, last: u64) -> impl Iterator<Item = Mapping> + '_ {
-        let from = self.first_overlapping(start, last).map(|m| m.iova).unwrap_or(u64::MAX);
-        let upto = if from <= last { last } else { 0 };
-        let empty = from > upto;
-        self.by_iova
-            .range(if empty { 1..=0 } else { from..=upto })
-            .map(|(&iova, e)| Self::mapping(iova, e))
+        // The first overlapping mapping starts at or before `last`, so the range is valid.
+        let from = self.first_overlapping(start, last).map(|m| m.iova);
+        from.into_iter().flat_map(move |from| {
+            self.by_iova.range(from..=last).map(|(&iova, e)| Self::mapping(iova, e))
+        })
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Mapping> + '_ {

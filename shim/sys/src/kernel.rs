@@ -1,0 +1,356 @@
+//! [`KernelBackend`]: the translator's [`Backend`] on real file descriptors, native iommufd
+//! ioctls only. It never issues a legacy VFIO container ioctl on an iommufd, nor
+//! `IOMMU_VFIO_IOAS`: that is the kernel's compat layer the shim replaces.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{open, OFlag};
+use nix::sys::stat::Mode;
+use vfio_shim::backend::{
+    Backend, DeviceHandle, GroupDevice, IoasGeometry, IoasId, IommufdId, IovaRange, Prot,
+};
+
+use crate::ioctl::{self, HwInfo};
+use crate::vtd::{self, VtdBootParams};
+
+/// The kernel's `PAGE_SIZE`: the pinning granule, and type1's floor for `iova_pgsizes`.
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).ok().filter(|s| s.is_power_of_two()).unwrap_or(4096)
+}
+
+fn errno_of(e: &io::Error) -> Errno {
+    e.raw_os_error().map_or(Errno::EIO, Errno::from_raw)
+}
+
+struct Device {
+    fd: OwnedFd,
+    /// The iommufd the device is bound to and the dev id `VFIO_DEVICE_BIND_IOMMUFD` gave.
+    bound: Option<(IommufdId, u32)>,
+    attached: Option<IoasId>,
+}
+
+/// Real `/dev/iommu` contexts and `/dev/vfio/devices/vfioN` cdevs, addressed by handles that
+/// are never reused (fd numbers are).
+pub struct KernelBackend {
+    sysfs: PathBuf,
+    dev: PathBuf,
+    next_handle: u64,
+    iommufds: HashMap<IommufdId, OwnedFd>,
+    devices: HashMap<DeviceHandle, Device>,
+    vtd_params: Option<VtdBootParams>,
+}
+
+impl Default for KernelBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl KernelBackend {
+    /// On `/sys` and `/dev`.
+    pub fn new() -> Self {
+        Self::with_roots("/sys", "/dev")
+    }
+
+    /// On another sysfs and /dev root (tests use a fake tree).
+    pub fn with_roots(sysfs: impl Into<PathBuf>, dev: impl Into<PathBuf>) -> Self {
+        KernelBackend {
+            sysfs: sysfs.into(),
+            dev: dev.into(),
+            next_handle: 1,
+            iommufds: HashMap::new(),
+            devices: HashMap::new(),
+            vtd_params: None,
+        }
+    }
+
+    /// The open `/dev/iommu` behind `ctx`, for glue that must hand the number out.
+    pub fn iommufd_raw_fd(&self, ctx: IommufdId) -> Option<RawFd> {
+        self.iommufds.get(&ctx).map(|fd| fd.as_raw_fd())
+    }
+
+    /// The open device cdev behind `dev`.
+    pub fn device_raw_fd(&self, dev: DeviceHandle) -> Option<RawFd> {
+        self.devices.get(&dev).map(|d| d.fd.as_raw_fd())
+    }
+
+    /// The dev id of a bound device (for `IOMMU_GET_HW_INFO`, `IOMMU_HWPT_ALLOC`).
+    pub fn device_dev_id(&self, dev: DeviceHandle) -> Option<u32> {
+        self.devices.get(&dev)?.bound.map(|(_, id)| id)
+    }
+
+    fn handle(&mut self) -> u64 {
+        let h = self.next_handle;
+        self.next_handle += 1;
+        h
+    }
+
+    fn iommufd(&self, ctx: IommufdId) -> Result<BorrowedFd<'_>, Errno> {
+        self.iommufds.get(&ctx).map(|fd| fd.as_fd()).ok_or(Errno::EBADF)
+    }
+
+    fn device(&self, dev: DeviceHandle) -> Result<&Device, Errno> {
+        self.devices.get(&dev).ok_or(Errno::EBADF)
+    }
+
+    fn vtd_params(&mut self) -> VtdBootParams {
+        *self.vtd_params.get_or_insert_with(|| {
+            fs::read_to_string("/proc/cmdline")
+                .map(|c| VtdBootParams::from_cmdline(&c))
+                .unwrap_or_default()
+        })
+    }
+
+    /// `IOMMU_GET_HW_INFO` of every device attached to `ioas` in `ctx`.
+    fn attached_hw_info(&self, ctx: IommufdId, ioas: IoasId) -> Result<Vec<HwInfo>, Errno> {
+        let fd = self.iommufd(ctx)?;
+        self.devices
+            .values()
+            .filter(|d| d.attached == Some(ioas))
+            .filter_map(|d| d.bound.filter(|(c, _)| *c == ctx))
+            .map(|(_, dev_id)| ioctl::get_hw_info(fd, dev_id))
+            .collect()
+    }
+
+    fn iova_alignment(&self, ctx: IommufdId, ioas: IoasId) -> Result<u64, Errno> {
+        Ok(ioctl::ioas_iova_ranges(self.iommufd(ctx)?, ioas.0)?.out_iova_alignment)
+    }
+}
+
+/// type1's last step (vfio_iommu_type1.c:1264-1267): sizes below `PAGE_SIZE` are hidden and
+/// `PAGE_SIZE` is claimed instead.
+fn type1_page_floor(pgsizes: u64, page: u64) -> u64 {
+    let page_mask = !(page - 1);
+    if pgsizes & !page_mask != 0 {
+        (pgsizes & page_mask) | page
+    } else {
+        pgsizes
+    }
+}
+
+/// Page sizes from the IOAS alignment alone, for IOMMUs whose default domain this crate does
+/// not model (AMD, SMMUv3, virtio-iommu...): `out_iova_alignment` is the largest smallest
+/// page over the attached domains (io_pagetable.c:1317-1319), so every multiple of it is
+/// claimed. A superset of what type1 would report (as the kernel's compat does); only the
+/// smallest page, which clients use for alignment, is exact.
+fn pgsizes_from_alignment(alignment: u64, page: u64) -> u64 {
+    !(alignment.max(page) - 1)
+}
+
+impl Backend for KernelBackend {
+    fn iommufd_open(&mut self) -> Result<IommufdId, Errno> {
+        let path = self.dev.join("iommu");
+        let fd = open(&path, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())?;
+        // type1 charges RLIMIT_MEMLOCK per process (vfio_iommu_type1.c:769); iommufd
+        // defaults to per user. Switching needs CAP_SYS_RESOURCE and an empty context
+        // (ioas.c:642-655), so try it now and live with per-user when refused.
+        match ioctl::option(
+            fd.as_fd(),
+            ioctl::IOMMU_OPTION_RLIMIT_MODE,
+            ioctl::IOMMU_OPTION_OP_SET,
+            0,
+            1,
+        ) {
+            Ok(_) => {}
+            Err(Errno::EPERM) => {
+                log::debug!("iommufd: no CAP_SYS_RESOURCE, memlock stays accounted per user")
+            }
+            Err(e) => log::warn!("iommufd: IOMMU_OPTION_RLIMIT_MODE failed: {e}"),
+        }
+        let ctx = IommufdId(self.handle());
+        self.iommufds.insert(ctx, fd);
+        Ok(ctx)
+    }
+
+    fn iommufd_close(&mut self, ctx: IommufdId) {
+        self.iommufds.remove(&ctx);
+    }
+
+    fn ioas_alloc(&mut self, ctx: IommufdId) -> Result<IoasId, Errno> {
+        ioctl::ioas_alloc(self.iommufd(ctx)?).map(IoasId)
+    }
+
+    fn ioas_destroy(&mut self, ctx: IommufdId, ioas: IoasId) -> Result<(), Errno> {
+        ioctl::destroy(self.iommufd(ctx)?, ioas.0)
+    }
+
+    fn ioas_geometry(&mut self, ctx: IommufdId, ioas: IoasId) -> Result<IoasGeometry, Errno> {
+        let r = ioctl::ioas_iova_ranges(self.iommufd(ctx)?, ioas.0)?;
+        Ok(IoasGeometry {
+            ranges: r.ranges.iter().map(|r| IovaRange { start: r.start, last: r.last }).collect(),
+            iova_alignment: r.out_iova_alignment,
+        })
+    }
+
+    fn ioas_map(
+        &mut self,
+        ctx: IommufdId,
+        ioas: IoasId,
+        iova: u64,
+        vaddr: u64,
+        length: u64,
+        prot: Prot,
+    ) -> Result<(), Errno> {
+        let mut flags = ioctl::IOMMU_IOAS_MAP_FIXED_IOVA;
+        if prot.read {
+            flags |= ioctl::IOMMU_IOAS_MAP_READABLE;
+        }
+        if prot.write {
+            flags |= ioctl::IOMMU_IOAS_MAP_WRITEABLE;
+        }
+        ioctl::ioas_map(self.iommufd(ctx)?, ioas.0, flags, vaddr, length, iova).map(drop)
+    }
+
+    fn ioas_unmap(
+        &mut self,
+        ctx: IommufdId,
+        ioas: IoasId,
+        iova: u64,
+        length: u64,
+    ) -> Result<u64, Errno> {
+        ioctl::ioas_unmap(self.iommufd(ctx)?, ioas.0, iova, length)
+    }
+
+    /// VT-d devices: the default paging domain's sizes (see [`vtd::paging_domain_pgsizes`]).
+    /// Others: [`pgsizes_from_alignment`]. Intersected over attached devices as type1
+    /// intersects over its domains (vfio_iommu_type1.c:1251-1254). No device attached:
+    /// `PAGE_MASK`, type1's value before any domain (vfio_iommu_type1.c:2650).
+    fn ioas_pgsizes(&mut self, ctx: IommufdId, ioas: IoasId) -> Result<u64, Errno> {
+        let page = page_size();
+        let infos = self.attached_hw_info(ctx, ioas)?;
+        let params = self.vtd_params();
+        let mut pgsizes = u64::MAX;
+        let mut alignment = None;
+        for info in &infos {
+            pgsizes &= match info.vtd() {
+                Some(vtd) => vtd::paging_domain_pgsizes(&vtd, info.out_capabilities, &params),
+                None => {
+                    let a = match alignment {
+                        Some(a) => a,
+                        None => *alignment.insert(self.iova_alignment(ctx, ioas)?),
+                    };
+                    pgsizes_from_alignment(a, page)
+                }
+            };
+        }
+        if infos.is_empty() {
+            pgsizes = !(page - 1);
+        }
+        Ok(type1_page_floor(pgsizes, page))
+    }
+
+    /// type1 answers the AND of `enforce_cache_coherency` over its domains, true with none
+    /// (vfio_iommu_type1.c:2696-2710). Per device: VT-d needs snoop control
+    /// ([`vtd::enforces_cache_coherency`]); AMD always succeeds (amd/iommu.c:3193-3197);
+    /// anything else is reported not coherent, since SMMUv3 depends on firmware CANWBS
+    /// (arm-smmu-v3.c:2789-2806) that userspace cannot see, and drivers without the op
+    /// never enforce it.
+    fn ioas_enforces_coherency(&mut self, ctx: IommufdId, ioas: IoasId) -> Result<bool, Errno> {
+        Ok(self.attached_hw_info(ctx, ioas)?.iter().all(|info| match info.vtd() {
+            Some(vtd) => vtd::enforces_cache_coherency(&vtd),
+            None => info.out_data_type == ioctl::IOMMU_HW_INFO_TYPE_AMD,
+        }))
+    }
+
+    fn group_devices(&mut self, group: u32) -> Result<Vec<GroupDevice>, Errno> {
+        let dir = self.sysfs.join("kernel/iommu_groups").join(group.to_string()).join("devices");
+        let entries = fs::read_dir(&dir).map_err(|e| errno_of(&e))?;
+        let mut devices = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| errno_of(&e))?;
+            let Ok(name) = entry.file_name().into_string() else { continue };
+            let path = entry.path();
+            devices.push(GroupDevice {
+                driver: driver_name(&path),
+                cdev: vfio_cdev(&path).map(|n| {
+                    self.dev.join("vfio/devices").join(n).to_string_lossy().into_owned()
+                }),
+                name,
+            });
+        }
+        devices.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(devices)
+    }
+
+    fn device_open(&mut self, device: &GroupDevice) -> Result<DeviceHandle, Errno> {
+        // No cdev: not bound to a VFIO driver, nothing to open.
+        let cdev = device.cdev.as_deref().ok_or(Errno::ENODEV)?;
+        let fd = open(cdev, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())?;
+        let dev = DeviceHandle(self.handle());
+        self.devices.insert(dev, Device { fd, bound: None, attached: None });
+        Ok(dev)
+    }
+
+    fn device_bind(&mut self, dev: DeviceHandle, ctx: IommufdId) -> Result<(), Errno> {
+        let dev_id = ioctl::device_bind_iommufd(self.device(dev)?.fd.as_fd(), self.iommufd(ctx)?)?;
+        if let Some(d) = self.devices.get_mut(&dev) {
+            d.bound = Some((ctx, dev_id));
+        }
+        Ok(())
+    }
+
+    fn device_attach(&mut self, dev: DeviceHandle, ioas: IoasId) -> Result<(), Errno> {
+        ioctl::device_attach_iommufd_pt(self.device(dev)?.fd.as_fd(), ioas.0)?;
+        if let Some(d) = self.devices.get_mut(&dev) {
+            d.attached = Some(ioas);
+        }
+        Ok(())
+    }
+
+    fn device_detach(&mut self, dev: DeviceHandle) -> Result<(), Errno> {
+        ioctl::device_detach_iommufd_pt(self.device(dev)?.fd.as_fd())?;
+        if let Some(d) = self.devices.get_mut(&dev) {
+            d.attached = None;
+        }
+        Ok(())
+    }
+
+    fn device_close(&mut self, dev: DeviceHandle) {
+        self.devices.remove(&dev);
+    }
+}
+
+/// Basename of `<dev>/driver`, when a driver is bound.
+fn driver_name(dev: &Path) -> Option<String> {
+    let target = fs::read_link(dev.join("driver")).ok()?;
+    Some(target.file_name()?.to_str()?.to_owned())
+}
+
+/// The `vfioN` entry of `<dev>/vfio-dev/`, present while a VFIO driver with cdev support
+/// is bound.
+fn vfio_cdev(dev: &Path) -> Option<String> {
+    let mut names: Vec<String> = fs::read_dir(dev.join("vfio-dev"))
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("vfio"))
+        .collect();
+    names.sort();
+    names.into_iter().next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_floor_matches_type1() {
+        assert_eq!(type1_page_floor(0x4020_1000, 4096), 0x4020_1000);
+        // An IOMMU with 1K pages still reports PAGE_SIZE as its smallest.
+        assert_eq!(type1_page_floor(0x4020_1400, 4096), 0x4020_1000);
+    }
+
+    #[test]
+    fn alignment_fallback() {
+        assert_eq!(pgsizes_from_alignment(4096, 4096), 0xffff_ffff_ffff_f000);
+        // A fresh IOAS says alignment 1: still no sub-page sizes.
+        assert_eq!(pgsizes_from_alignment(1, 4096), 0xffff_ffff_ffff_f000);
+        assert_eq!(pgsizes_from_alignment(1 << 16, 4096), 0xffff_ffff_ffff_0000);
+    }
+}

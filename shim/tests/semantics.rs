@@ -1,0 +1,838 @@
+//! One test per row of the container and group tables in shared/design/semantics.md,
+//! asserting type1's result and errno, for TYPE1 (v1) and TYPE1v2 wherever the row applies
+//! to both. Runs over the fake backend; the VM tier runs the same cases on a real kernel.
+#![allow(non_upper_case_globals)]
+
+use vfio_shim::abi::*;
+use vfio_shim::arg::BufferArg;
+use vfio_shim::backend::{GroupDevice, IovaRange};
+use vfio_shim::fake::{FakeBackend, Op, Platform};
+use vfio_shim::{ContainerId, Errno, FdTarget, GroupId, GroupReply, Shim};
+use zerocopy::IntoBytes;
+
+const EDU: &str = "0000:00:03.0";
+const IVSHMEM: &str = "0000:00:05.0";
+const RW: u32 = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE;
+const MB: u64 = 1 << 20;
+
+fn backend() -> FakeBackend {
+    FakeBackend::new().with_group(7, &[EDU]).with_group(9, &[IVSHMEM])
+}
+
+struct Env {
+    shim: Shim<FakeBackend>,
+    c: ContainerId,
+    g: GroupId,
+}
+
+fn resolve_to(c: ContainerId) -> impl Fn(i32) -> FdTarget {
+    move |fd| match fd {
+        100 => FdTarget::Container(c),
+        3 => FdTarget::Other,
+        _ => FdTarget::Closed,
+    }
+}
+
+impl Env {
+    /// A container with group 7 set on it, no IOMMU yet.
+    fn unset() -> Self {
+        Self::unset_with(backend())
+    }
+
+    fn unset_with(b: FakeBackend) -> Self {
+        let mut shim = Shim::new(b);
+        let c = shim.open_container().unwrap();
+        let g = shim.open_group(7).unwrap();
+        let mut env = Env { shim, c, g };
+        env.set_container(g, 100).unwrap();
+        env
+    }
+
+    /// A container with group 7 and an IOMMU of the given version.
+    fn new(v2: bool) -> Self {
+        let mut env = Self::unset();
+        env.set_iommu(if v2 { VFIO_TYPE1v2_IOMMU } else { VFIO_TYPE1_IOMMU }).unwrap();
+        env
+    }
+
+    fn ioctl_val(&mut self, cmd: u32, arg: u64) -> Result<i64, Errno> {
+        self.shim.container_ioctl(self.c, cmd, arg, &mut BufferArg::default())
+    }
+
+    fn set_iommu(&mut self, ty: u64) -> Result<i64, Errno> {
+        self.ioctl_val(VFIO_SET_IOMMU, ty)
+    }
+
+    fn ext(&mut self, ext: u64) -> i64 {
+        self.ioctl_val(VFIO_CHECK_EXTENSION, ext).unwrap()
+    }
+
+    fn ioctl_buf(&mut self, cmd: u32, arg: &mut BufferArg) -> Result<i64, Errno> {
+        self.shim.container_ioctl(self.c, cmd, 0, arg)
+    }
+
+    fn map_raw(&mut self, m: vfio_iommu_type1_dma_map) -> Result<i64, Errno> {
+        self.ioctl_buf(VFIO_IOMMU_MAP_DMA, &mut BufferArg::of(&m))
+    }
+
+    fn map(&mut self, iova: u64, size: u64) -> Result<i64, Errno> {
+        self.map_raw(vfio_iommu_type1_dma_map { argsz: 32, flags: RW, vaddr: 0x7f00_0000_0000 + iova, iova, size })
+    }
+
+    fn unmap_flags(&mut self, iova: u64, size: u64, flags: u32) -> Result<u64, Errno> {
+        let mut arg = BufferArg::of(&vfio_iommu_type1_dma_unmap { argsz: 24, flags, iova, size });
+        self.ioctl_buf(VFIO_IOMMU_UNMAP_DMA, &mut arg)?;
+        Ok(arg.get::<vfio_iommu_type1_dma_unmap>().size)
+    }
+
+    fn unmap(&mut self, iova: u64, size: u64) -> Result<u64, Errno> {
+        self.unmap_flags(iova, size, 0)
+    }
+
+    fn mapped(&self) -> Vec<(u64, u64)> {
+        self.shim.mappings(self.c).iter().map(|m| (m.iova, m.size)).collect()
+    }
+
+    fn get_info(&mut self, argsz: u32) -> Result<BufferArg, Errno> {
+        let mut bytes = vec![0u8; argsz.max(4) as usize];
+        bytes[..4].copy_from_slice(&argsz.to_ne_bytes());
+        let mut arg = BufferArg::new(bytes);
+        self.ioctl_buf(VFIO_IOMMU_GET_INFO, &mut arg)?;
+        Ok(arg)
+    }
+
+    fn dma_avail(&mut self) -> u32 {
+        let info = self.get_info(256).unwrap();
+        let b = &info.bytes;
+        let mut off = u32::from_ne_bytes(b[16..20].try_into().unwrap()) as usize;
+        while off != 0 {
+            let id = u16::from_ne_bytes(b[off..off + 2].try_into().unwrap());
+            if id == VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL {
+                return u32::from_ne_bytes(b[off + 8..off + 12].try_into().unwrap());
+            }
+            off = u32::from_ne_bytes(b[off + 4..off + 8].try_into().unwrap()) as usize;
+        }
+        panic!("no DMA_AVAIL cap")
+    }
+
+    fn group_ioctl(&mut self, g: GroupId, cmd: u32, arg: &mut BufferArg) -> Result<GroupReply, Errno> {
+        let c = self.c;
+        self.shim.group_ioctl(g, cmd, arg, &resolve_to(c))
+    }
+
+    fn set_container(&mut self, g: GroupId, fd: i32) -> Result<GroupReply, Errno> {
+        self.group_ioctl(g, VFIO_GROUP_SET_CONTAINER, &mut BufferArg::new(fd.to_ne_bytes().to_vec()))
+    }
+
+    fn unset_container(&mut self, g: GroupId) -> Result<GroupReply, Errno> {
+        self.group_ioctl(g, VFIO_GROUP_UNSET_CONTAINER, &mut BufferArg::default())
+    }
+
+    fn status(&mut self, g: GroupId) -> Result<u32, Errno> {
+        let mut arg = BufferArg::of(&vfio_group_status { argsz: 8, flags: 0xdead });
+        self.group_ioctl(g, VFIO_GROUP_GET_STATUS, &mut arg)?;
+        Ok(arg.get::<vfio_group_status>().flags)
+    }
+
+    fn device(&mut self, g: GroupId, name: &str) -> Result<GroupReply, Errno> {
+        let mut bytes = name.as_bytes().to_vec();
+        bytes.push(0);
+        self.group_ioctl(g, VFIO_GROUP_GET_DEVICE_FD, &mut BufferArg::new(bytes))
+    }
+}
+
+/// Runs a test body once for TYPE1 (v1) and once for TYPE1v2.
+macro_rules! both_versions {
+    ($name:ident, |$v2:ident| $body:block) => {
+        mod $name {
+            use super::*;
+            fn body($v2: bool) $body
+            #[test]
+            fn type1() { body(false) }
+            #[test]
+            fn type1v2() { body(true) }
+        }
+    };
+}
+
+// ------------------------------------------------------------ container table rows
+
+both_versions!(get_api_version_is_0, |v2| {
+    let mut env = Env::unset();
+    assert_eq!(env.ioctl_val(VFIO_GET_API_VERSION, 0), Ok(0));
+    env.set_iommu(if v2 { VFIO_TYPE1v2_IOMMU } else { VFIO_TYPE1_IOMMU }).unwrap();
+    assert_eq!(env.ioctl_val(VFIO_GET_API_VERSION, 0), Ok(0));
+});
+
+both_versions!(check_extension_type1_type1v2_unmap_all_are_1, |v2| {
+    let mut env = Env::unset();
+    for ext in [VFIO_TYPE1_IOMMU, VFIO_TYPE1v2_IOMMU, VFIO_UNMAP_ALL] {
+        assert_eq!(env.ext(ext), 1, "before SET_IOMMU, ext {ext}");
+    }
+    env.set_iommu(if v2 { VFIO_TYPE1v2_IOMMU } else { VFIO_TYPE1_IOMMU }).unwrap();
+    for ext in [VFIO_TYPE1_IOMMU, VFIO_TYPE1v2_IOMMU, VFIO_UNMAP_ALL] {
+        assert_eq!(env.ext(ext), 1, "after SET_IOMMU, ext {ext}");
+    }
+});
+
+#[test]
+fn check_extension_before_any_group_polls_type1() {
+    let mut shim = Shim::new(backend());
+    let c = shim.open_container().unwrap();
+    let mut arg = BufferArg::default();
+    assert_eq!(shim.container_ioctl(c, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU, &mut arg), Ok(1));
+    assert_eq!(shim.container_ioctl(c, VFIO_CHECK_EXTENSION, VFIO_UPDATE_VADDR, &mut arg), Ok(0));
+}
+
+both_versions!(check_extension_update_vaddr_is_1_once_iommu_set, |v2| {
+    let mut env = Env::unset();
+    assert_eq!(env.ext(VFIO_UPDATE_VADDR), 0);
+    env.set_iommu(if v2 { VFIO_TYPE1v2_IOMMU } else { VFIO_TYPE1_IOMMU }).unwrap();
+    assert_eq!(env.ext(VFIO_UPDATE_VADDR), 1);
+});
+
+both_versions!(check_extension_dma_cc_iommu_follows_domain_coherency, |v2| {
+    let ty = if v2 { VFIO_TYPE1v2_IOMMU } else { VFIO_TYPE1_IOMMU };
+    let mut env = Env::unset();
+    assert_eq!(env.ext(VFIO_DMA_CC_IOMMU), 0, "0 before SET_IOMMU");
+    env.set_iommu(ty).unwrap();
+    assert_eq!(env.ext(VFIO_DMA_CC_IOMMU), 1);
+
+    let mut b = backend();
+    b.platform.coherent = false;
+    let mut env = Env::unset_with(b);
+    env.set_iommu(ty).unwrap();
+    assert_eq!(env.ext(VFIO_DMA_CC_IOMMU), 0);
+});
+
+both_versions!(check_extension_nesting_spapr_eeh_are_0, |v2| {
+    let mut env = Env::new(v2);
+    for ext in [
+        VFIO_SPAPR_TCE_IOMMU,
+        VFIO_EEH,
+        __VFIO_RESERVED_TYPE1_NESTING_IOMMU,
+        VFIO_SPAPR_TCE_v2_IOMMU,
+        VFIO_NOIOMMU_IOMMU,
+        0,
+        11,
+        u64::MAX,
+    ] {
+        assert_eq!(env.ext(ext), 0, "ext {ext}");
+    }
+});
+
+#[test]
+fn container_ioctls_before_set_iommu_are_einval() {
+    let mut env = Env::unset();
+    let mut info = BufferArg::of(&vfio_iommu_type1_info { argsz: 24, ..Default::default() });
+    assert_eq!(env.ioctl_buf(VFIO_IOMMU_GET_INFO, &mut info), Err(Errno::EINVAL));
+    assert_eq!(env.map(0x10_0000, 0x1000), Err(Errno::EINVAL));
+    assert_eq!(env.unmap(0x10_0000, 0x1000), Err(Errno::EINVAL));
+    assert_eq!(env.ioctl_val(VFIO_IOMMU_DIRTY_PAGES, 0), Err(Errno::EINVAL));
+    assert_eq!(env.ioctl_val(0x3b99, 0), Err(Errno::EINVAL), "unknown ioctl");
+}
+
+#[test]
+fn set_iommu_without_group_is_einval_even_for_unknown_type() {
+    let mut shim = Shim::new(backend());
+    let c = shim.open_container().unwrap();
+    let mut arg = BufferArg::default();
+    assert_eq!(shim.container_ioctl(c, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU, &mut arg), Err(Errno::EINVAL));
+    assert_eq!(shim.container_ioctl(c, VFIO_SET_IOMMU, 42, &mut arg), Err(Errno::EINVAL));
+}
+
+both_versions!(set_iommu_twice_is_einval, |v2| {
+    let mut env = Env::new(v2);
+    assert_eq!(env.set_iommu(VFIO_TYPE1v2_IOMMU), Err(Errno::EINVAL));
+    assert_eq!(env.set_iommu(VFIO_TYPE1_IOMMU), Err(Errno::EINVAL));
+});
+
+#[test]
+fn set_iommu_unknown_type_is_enodev() {
+    let mut env = Env::unset();
+    for ty in [0, VFIO_SPAPR_TCE_IOMMU, __VFIO_RESERVED_TYPE1_NESTING_IOMMU, VFIO_NOIOMMU_IOMMU, 99] {
+        assert_eq!(env.set_iommu(ty), Err(Errno::ENODEV), "type {ty}");
+    }
+    assert_eq!(env.set_iommu(VFIO_TYPE1v2_IOMMU), Ok(0));
+}
+
+both_versions!(get_info_argsz_below_minsz_is_einval, |v2| {
+    let mut env = Env::new(v2);
+    for argsz in [0, 4, 15] {
+        assert_eq!(env.get_info(argsz).err(), Some(Errno::EINVAL), "argsz {argsz}");
+    }
+    assert!(env.get_info(16).is_ok());
+});
+
+both_versions!(get_info_reports_needed_argsz_with_cap_offset_0, |v2| {
+    let mut env = Env::new(v2);
+    for argsz in [16, 24, 119] {
+        let out = env.get_info(argsz).unwrap();
+        let n = (argsz as usize).min(24);
+        let mut info = vfio_iommu_type1_info::default();
+        info.as_mut_bytes()[..n].copy_from_slice(&out.bytes[..n]);
+        assert_eq!(info.argsz, 120, "argsz {argsz}");
+        assert_eq!(info.flags, VFIO_IOMMU_INFO_PGSIZES | VFIO_IOMMU_INFO_CAPS);
+        assert_eq!(info.iova_pgsizes, 0x4020_1000);
+        if argsz >= 24 {
+            assert_eq!(info.cap_offset, 0);
+        }
+        // Nothing past argsz is written.
+        assert!(out.bytes[n..].iter().all(|b| *b == 0), "argsz {argsz}");
+    }
+});
+
+both_versions!(get_info_caps_are_byte_exact, |v2| {
+    let mut env = Env::new(v2);
+    let out = env.get_info(120).unwrap();
+    let mut expected = Vec::new();
+    expected.extend_from_slice(
+        vfio_iommu_type1_info {
+            argsz: 120,
+            flags: VFIO_IOMMU_INFO_PGSIZES | VFIO_IOMMU_INFO_CAPS,
+            iova_pgsizes: 0x4020_1000,
+            cap_offset: 24,
+            pad: 0,
+        }
+        .as_bytes(),
+    );
+    expected.extend_from_slice(
+        vfio_iommu_type1_info_cap_migration {
+            header: vfio_info_cap_header { id: 2, version: 1, next: 56 },
+            flags: 0,
+            pad: 0,
+            pgsize_bitmap: 0x1000,
+            max_dirty_bitmap_size: 256 << 20,
+        }
+        .as_bytes(),
+    );
+    expected.extend_from_slice(
+        vfio_iommu_type1_info_dma_avail { header: vfio_info_cap_header { id: 3, version: 1, next: 72 }, avail: 65535 }
+            .as_bytes(),
+    );
+    expected.extend_from_slice(&[0; 4]);
+    expected.extend_from_slice(
+        vfio_iommu_type1_info_cap_iova_range {
+            header: vfio_info_cap_header { id: 1, version: 1, next: 0 },
+            nr_iovas: 2,
+            reserved: 0,
+        }
+        .as_bytes(),
+    );
+    expected.extend_from_slice(vfio_iova_range { start: 0, end: 0xfedf_ffff }.as_bytes());
+    expected.extend_from_slice(vfio_iova_range { start: 0xfef0_0000, end: (1 << 39) - 1 }.as_bytes());
+    assert_eq!(out.bytes, expected);
+});
+
+both_versions!(get_info_dma_avail_counts_down_from_65535, |v2| {
+    let mut env = Env::new(v2);
+    assert_eq!(env.dma_avail(), 65535);
+    env.map(0x10_0000, 0x1000).unwrap();
+    env.map(0x20_0000, 0x2000).unwrap();
+    assert_eq!(env.dma_avail(), 65533);
+    env.unmap(0x10_0000, 0x1000).unwrap();
+    assert_eq!(env.dma_avail(), 65534);
+});
+
+both_versions!(map_bad_flags_short_argsz_no_prot_are_einval, |v2| {
+    let mut env = Env::new(v2);
+    let good = vfio_iommu_type1_dma_map { argsz: 32, flags: RW, vaddr: 0x7000_0000, iova: 0x10_0000, size: 0x1000 };
+    assert_eq!(env.map_raw(vfio_iommu_type1_dma_map { flags: RW | 1 << 3, ..good }), Err(Errno::EINVAL));
+    assert_eq!(env.map_raw(vfio_iommu_type1_dma_map { argsz: 31, ..good }), Err(Errno::EINVAL));
+    assert_eq!(env.map_raw(vfio_iommu_type1_dma_map { flags: 0, ..good }), Err(Errno::EINVAL));
+    assert_eq!(
+        env.map_raw(vfio_iommu_type1_dma_map { flags: RW | VFIO_DMA_MAP_FLAG_VADDR, ..good }),
+        Err(Errno::EINVAL),
+        "prot together with VADDR"
+    );
+    assert_eq!(env.map_raw(vfio_iommu_type1_dma_map { flags: VFIO_DMA_MAP_FLAG_READ, ..good }), Ok(0));
+    assert_eq!(env.map_raw(vfio_iommu_type1_dma_map { argsz: 4096, flags: VFIO_DMA_MAP_FLAG_WRITE, iova: 0x20_0000, ..good }), Ok(0));
+});
+
+#[test]
+fn map_argsz_short_reads_nothing_past_argsz() {
+    let mut env = Env::new(true);
+    // Only the argsz word is readable: the decoder must stop there with EINVAL, not EFAULT.
+    let mut arg = BufferArg::new(8u32.to_ne_bytes().to_vec());
+    assert_eq!(env.ioctl_buf(VFIO_IOMMU_MAP_DMA, &mut arg), Err(Errno::EINVAL));
+    let mut arg = BufferArg::new(vec![]);
+    assert_eq!(env.ioctl_buf(VFIO_IOMMU_MAP_DMA, &mut arg), Err(Errno::EFAULT));
+}
+
+both_versions!(map_size_0_overflow_unaligned, |v2| {
+    let mut env = Env::new(v2);
+    let good = vfio_iommu_type1_dma_map { argsz: 32, flags: RW, vaddr: 0x7000_0000, iova: 0x10_0000, size: 0x1000 };
+    assert_eq!(env.map_raw(vfio_iommu_type1_dma_map { size: 0, ..good }), Err(Errno::EINVAL));
+    assert_eq!(env.map_raw(vfio_iommu_type1_dma_map { iova: u64::MAX - 0xfff, size: 0x2000, ..good }), Err(Errno::EOVERFLOW));
+    assert_eq!(env.map_raw(vfio_iommu_type1_dma_map { vaddr: u64::MAX - 0xfff, size: 0x2000, ..good }), Err(Errno::EOVERFLOW));
+    assert_eq!(env.map_raw(vfio_iommu_type1_dma_map { iova: 0x10_0800, ..good }), Err(Errno::EINVAL));
+    assert_eq!(env.map_raw(vfio_iommu_type1_dma_map { size: 0x1800, ..good }), Err(Errno::EINVAL));
+    assert_eq!(env.map_raw(vfio_iommu_type1_dma_map { vaddr: 0x7000_0010, ..good }), Err(Errno::EINVAL));
+    // Overflow is checked before alignment, as in T1:1696.
+    assert_eq!(env.map_raw(vfio_iommu_type1_dma_map { iova: u64::MAX - 0x7ff, size: 0x1000, ..good }), Err(Errno::EOVERFLOW));
+    assert!(env.mapped().is_empty());
+});
+
+both_versions!(map_overlapping_is_eexist, |v2| {
+    let mut env = Env::new(v2);
+    env.map(0x10_0000, 0x4000).unwrap();
+    assert_eq!(env.map(0x10_0000, 0x4000), Err(Errno::EEXIST), "same");
+    assert_eq!(env.map(0x0f_f000, 0x2000), Err(Errno::EEXIST), "overlaps the start");
+    assert_eq!(env.map(0x10_3000, 0x2000), Err(Errno::EEXIST), "overlaps the end");
+    assert_eq!(env.map(0x10_1000, 0x1000), Err(Errno::EEXIST), "inside");
+    assert_eq!(env.map(0x0f_0000, 0x10_0000), Err(Errno::EEXIST), "covers");
+    assert_eq!(env.map(0x10_4000, 0x1000), Ok(0), "adjacent");
+    assert_eq!(env.map(0x0f_f000, 0x1000), Ok(0), "adjacent below");
+});
+
+both_versions!(map_into_reserved_iova_is_einval, |v2| {
+    let mut env = Env::new(v2);
+    assert_eq!(env.map(0xfee0_0000, 0x1000), Err(Errno::EINVAL), "MSI window");
+    assert_eq!(env.map(0xfed0_0000, 0x20_0000), Err(Errno::EINVAL), "straddles the MSI window");
+    assert_eq!(env.map(1 << 39, 0x1000), Err(Errno::EINVAL), "above the aperture");
+    assert_eq!(env.map((1 << 39) - 0x1000, 0x2000), Err(Errno::EINVAL), "crosses the aperture end");
+    assert_eq!(env.map(0xfef0_0000, 0x1000), Ok(0));
+});
+
+both_versions!(map_beyond_dma_entry_limit_is_enospc, |v2| {
+    let mut env = Env::new(v2);
+    for n in 0..65535u64 {
+        env.map(n * 0x1000, 0x1000).unwrap_or_else(|e| panic!("map {n}: {e}"));
+    }
+    assert_eq!(env.dma_avail(), 0);
+    assert_eq!(env.map(65535 * 0x1000, 0x1000), Err(Errno::ENOSPC));
+    // EEXIST is checked before the limit (T1:1738).
+    assert_eq!(env.map(0, 0x1000), Err(Errno::EEXIST));
+    assert_eq!(env.unmap(0, 0x1000), Ok(0x1000));
+    assert_eq!(env.map(65535 * 0x1000, 0x1000), Ok(0));
+    assert_eq!(env.unmap_flags(0, 0, VFIO_DMA_UNMAP_FLAG_ALL), Ok(65535 * 0x1000));
+    assert_eq!(env.dma_avail(), 65535);
+});
+
+both_versions!(map_past_rlimit_memlock_is_enomem_and_records_nothing, |v2| {
+    let mut env = Env::new(v2);
+    env.shim.backend_mut().fail_at(Op::IoasMap, 0, Errno::ENOMEM);
+    assert_eq!(env.map(0x10_0000, 512 * MB), Err(Errno::ENOMEM));
+    assert!(env.mapped().is_empty());
+    assert_eq!(env.dma_avail(), 65535);
+    assert_eq!(env.map(0x10_0000, 512 * MB), Ok(0));
+});
+
+both_versions!(unmap_bad_flags_and_dirty_with_all_or_vaddr_are_einval, |v2| {
+    let mut env = Env::new(v2);
+    env.map(0x10_0000, 0x1000).unwrap();
+    assert_eq!(env.unmap_flags(0x10_0000, 0x1000, 1 << 3), Err(Errno::EINVAL));
+    assert_eq!(
+        env.unmap_flags(0, 0, VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP | VFIO_DMA_UNMAP_FLAG_ALL),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        env.unmap_flags(0x10_0000, 0x1000, VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP | VFIO_DMA_UNMAP_FLAG_VADDR),
+        Err(Errno::EINVAL)
+    );
+    let mut short = BufferArg::of(&vfio_iommu_type1_dma_unmap { argsz: 23, flags: 0, iova: 0x10_0000, size: 0x1000 });
+    assert_eq!(env.ioctl_buf(VFIO_IOMMU_UNMAP_DMA, &mut short), Err(Errno::EINVAL));
+    assert_eq!(env.mapped(), vec![(0x10_0000, 0x1000)]);
+});
+
+both_versions!(unmap_size_0_overflow_unaligned, |v2| {
+    let mut env = Env::new(v2);
+    env.map(0x10_0000, 0x1000).unwrap();
+    assert_eq!(env.unmap(0x10_0000, 0), Err(Errno::EINVAL));
+    assert_eq!(env.unmap(u64::MAX - 0xfff, 0x2000), Err(Errno::EOVERFLOW));
+    assert_eq!(env.unmap(0x10_0800, 0x1000), Err(Errno::EINVAL));
+    assert_eq!(env.unmap(0x10_0000, 0x800), Err(Errno::EINVAL));
+    assert_eq!(env.mapped(), vec![(0x10_0000, 0x1000)]);
+});
+
+both_versions!(unmap_all_with_iova_or_size_is_einval, |v2| {
+    let mut env = Env::new(v2);
+    env.map(0x10_0000, 0x1000).unwrap();
+    assert_eq!(env.unmap_flags(0x1000, 0, VFIO_DMA_UNMAP_FLAG_ALL), Err(Errno::EINVAL));
+    assert_eq!(env.unmap_flags(0, 0x1000, VFIO_DMA_UNMAP_FLAG_ALL), Err(Errno::EINVAL));
+    assert_eq!(env.unmap_flags(0, 0, VFIO_DMA_UNMAP_FLAG_ALL), Ok(0x1000));
+    assert!(env.mapped().is_empty());
+});
+
+both_versions!(unmap_of_nothing_is_success_size_0, |v2| {
+    let mut env = Env::new(v2);
+    assert_eq!(env.unmap(0x10_0000, 0x1000), Ok(0));
+    assert_eq!(env.unmap_flags(0, 0, VFIO_DMA_UNMAP_FLAG_ALL), Ok(0));
+    env.map(0x10_0000, 0x1000).unwrap();
+    assert_eq!(env.unmap(0x20_0000, 0x10_0000), Ok(0));
+    // The native IOAS_UNMAP would say ENOENT: the translator never asks it.
+    assert_eq!(env.shim.backend().calls(Op::IoasUnmap), 0);
+});
+
+#[test]
+fn unmap_splitting_a_mapping_is_einval_on_v2() {
+    let mut env = Env::new(true);
+    env.map(0x10_0000, 0x4000).unwrap();
+    assert_eq!(env.unmap(0x10_1000, 0x1000), Err(Errno::EINVAL), "inside");
+    assert_eq!(env.unmap(0x10_1000, 0x10_0000), Err(Errno::EINVAL), "start inside");
+    assert_eq!(env.unmap(0x0f_0000, 0x1_2000), Err(Errno::EINVAL), "end inside");
+    assert_eq!(env.mapped(), vec![(0x10_0000, 0x4000)]);
+    assert_eq!(env.unmap(0x0f_0000, 0x20_0000), Ok(0x4000), "covering");
+}
+
+#[test]
+fn unmap_v1_start_inside_a_mapping_is_success_size_0() {
+    let mut env = Env::new(false);
+    env.map(0x10_0000, 0x4000).unwrap();
+    env.map(0x20_0000, 0x1000).unwrap();
+    assert_eq!(env.unmap(0x10_1000, 0x1000), Ok(0));
+    // Even a range that also covers a later whole mapping unmaps nothing (T1:1490 breaks).
+    assert_eq!(env.unmap(0x10_1000, 0x20_0000), Ok(0));
+    assert_eq!(env.mapped(), vec![(0x10_0000, 0x4000), (0x20_0000, 0x1000)]);
+}
+
+#[test]
+fn unmap_v1_covering_a_mappings_start_removes_it_whole() {
+    let mut env = Env::new(false);
+    env.map(0x10_0000, 0x4000).unwrap();
+    env.map(0x20_0000, 0x4000).unwrap();
+    assert_eq!(env.unmap(0x10_0000, 0x1000), Ok(0x4000));
+    assert_eq!(env.unmap(0x1f_f000, 0x2000), Ok(0x4000), "range ends inside the mapping");
+    assert!(env.mapped().is_empty());
+    assert!(env.shim.backend().areas(env.shim.container_iommufd(env.c).unwrap(), vfio_shim::backend::IoasId(1)).is_empty());
+}
+
+both_versions!(unmap_size_is_bytes_actually_unmapped, |v2| {
+    let mut env = Env::new(v2);
+    env.map(0x10_0000, 0x1000).unwrap();
+    env.map(0x10_2000, 0x2000).unwrap();
+    env.map(0x20_0000, 0x1000).unwrap();
+    assert_eq!(env.unmap(0x10_0000, 0x10_0000), Ok(0x3000));
+    assert_eq!(env.mapped(), vec![(0x20_0000, 0x1000)]);
+    // One native unmap for the whole request.
+    assert_eq!(env.shim.backend().calls(Op::IoasUnmap), 1);
+});
+
+both_versions!(qemu_full_unmap_as_two_halves, |v2| {
+    let mut env = Env::new(v2);
+    env.map(0, 0x10_0000).unwrap();
+    env.map(0x1_0000_0000, 0x10_0000).unwrap();
+    assert_eq!(env.unmap(0, 1 << 63), Ok(0x20_0000));
+    assert_eq!(env.unmap(1 << 63, 1 << 63), Ok(0));
+});
+
+both_versions!(unmap_and_map_with_vaddr_update_the_address, |v2| {
+    let mut env = Env::new(v2);
+    env.map(0x10_0000, 0x2000).unwrap();
+    env.map(0x20_0000, 0x1000).unwrap();
+    assert_eq!(env.unmap_flags(0x10_0000, 0x2000, VFIO_DMA_UNMAP_FLAG_VADDR), Ok(0x2000));
+    assert_eq!(env.unmap_flags(0x10_0000, 0x2000, VFIO_DMA_UNMAP_FLAG_VADDR), Err(Errno::EINVAL), "twice");
+    assert_eq!(env.ext(VFIO_UPDATE_VADDR), 1);
+    let upd = vfio_iommu_type1_dma_map { argsz: 32, flags: VFIO_DMA_MAP_FLAG_VADDR, vaddr: 0x5555_0000, iova: 0x10_0000, size: 0x2000 };
+    assert_eq!(env.map_raw(vfio_iommu_type1_dma_map { size: 0x1000, ..upd }), Err(Errno::EINVAL), "size differs");
+    assert_eq!(env.map_raw(vfio_iommu_type1_dma_map { iova: 0x20_0000, size: 0x1000, ..upd }), Err(Errno::EINVAL), "vaddr valid");
+    assert_eq!(env.map_raw(vfio_iommu_type1_dma_map { iova: 0x30_0000, ..upd }), Err(Errno::ENOENT), "nothing there");
+    assert_eq!(env.map_raw(upd), Ok(0));
+    assert_eq!(env.shim.mappings(env.c)[0].vaddr, 0x5555_0000);
+    // Mappings stayed in place the whole time.
+    assert_eq!(env.shim.backend().calls(Op::IoasUnmap), 0);
+    assert_eq!(env.mapped(), vec![(0x10_0000, 0x2000), (0x20_0000, 0x1000)]);
+});
+
+#[test]
+fn set_container_while_vaddr_invalid_is_ebusy() {
+    let mut env = Env::new(true);
+    env.map(0x10_0000, 0x1000).unwrap();
+    env.unmap_flags(0x10_0000, 0x1000, VFIO_DMA_UNMAP_FLAG_VADDR).unwrap();
+    let g2 = env.shim.open_group(9).unwrap();
+    assert_eq!(env.set_container(g2, 100), Err(Errno::EBUSY));
+}
+
+fn dirty(env: &mut Env, flags: u32) -> Result<i64, Errno> {
+    env.ioctl_buf(VFIO_IOMMU_DIRTY_PAGES, &mut BufferArg::of(&vfio_iommu_type1_dirty_bitmap { argsz: 8, flags }))
+}
+
+#[test]
+fn dirty_pages_on_v1_is_eacces() {
+    let mut env = Env::new(false);
+    assert_eq!(dirty(&mut env, VFIO_IOMMU_DIRTY_PAGES_FLAG_START), Err(Errno::EACCES));
+    assert_eq!(dirty(&mut env, 0), Err(Errno::EACCES));
+}
+
+#[test]
+fn dirty_pages_one_flag_at_a_time() {
+    let mut env = Env::new(true);
+    assert_eq!(dirty(&mut env, 0), Err(Errno::EINVAL));
+    assert_eq!(
+        dirty(&mut env, VFIO_IOMMU_DIRTY_PAGES_FLAG_START | VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(dirty(&mut env, 1 << 3), Err(Errno::EINVAL));
+    assert_eq!(dirty(&mut env, VFIO_IOMMU_DIRTY_PAGES_FLAG_START), Ok(0));
+    assert_eq!(dirty(&mut env, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP), Ok(0));
+}
+
+fn get_bitmap(env: &mut Env, iova: u64, size: u64, pgsize: u64, prefill: u8) -> Result<Vec<u8>, Errno> {
+    let user_base = 0x6000_0000u64;
+    let bitmap_bytes = (size / pgsize).div_ceil(64) * 8;
+    let get = vfio_iommu_type1_dirty_bitmap_get {
+        iova,
+        size,
+        bitmap: vfio_bitmap { pgsize, size: bitmap_bytes, data: user_base },
+    };
+    let mut bytes = vfio_iommu_type1_dirty_bitmap { argsz: 48, flags: VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP }
+        .as_bytes()
+        .to_vec();
+    bytes.extend_from_slice(get.as_bytes());
+    let mut arg = BufferArg { bytes, user_base, user: vec![prefill; bitmap_bytes as usize] };
+    env.ioctl_buf(VFIO_IOMMU_DIRTY_PAGES, &mut arg)?;
+    Ok(arg.user)
+}
+
+#[test]
+fn dirty_bitmap_reports_every_mapped_page_dirty() {
+    let mut env = Env::new(true);
+    env.map(0x10_0000, 0x3000).unwrap();
+    env.map(0x10_5000, 0x1000).unwrap();
+    assert_eq!(get_bitmap(&mut env, 0x10_0000, 0x10_0000, 0x1000, 0), Err(Errno::EINVAL), "not started");
+    dirty(&mut env, VFIO_IOMMU_DIRTY_PAGES_FLAG_START).unwrap();
+    assert_eq!(get_bitmap(&mut env, 0x10_0000, 0x10_0000, 0x2000, 0), Err(Errno::EINVAL), "pgsize");
+    assert_eq!(get_bitmap(&mut env, 0x10_1000, 0x10_0000, 0x1000, 0), Err(Errno::EINVAL), "bisects");
+    let bits = get_bitmap(&mut env, 0x10_0000, 0x10_0000, 0x1000, 0).unwrap();
+    // Pages 0..3 and 5: 0b10_0111. Untouched words stay as the caller left them.
+    assert_eq!(bits[0], 0b0010_0111);
+    assert!(bits[1..].iter().all(|b| *b == 0));
+}
+
+#[test]
+fn dirty_bitmap_keeps_callers_low_bits_and_clears_the_rest_of_the_word() {
+    let mut env = Env::new(true);
+    env.map(0x10_1000, 0x3000).unwrap();
+    env.map(0x10_5000, 0x1000).unwrap();
+    dirty(&mut env, VFIO_IOMMU_DIRTY_PAGES_FLAG_START).unwrap();
+    let bits = get_bitmap(&mut env, 0x10_0000, 0x100_0000, 0x1000, 0xff).unwrap();
+    // update_user_bitmap ORs the caller's bits below each mapping's first bit into the
+    // word it writes and zeroes that word above the mapping: bit 0 survives, bits 6..63 not.
+    assert_eq!(&bits[..8], &0b10_1111u64.to_ne_bytes()[..]);
+    assert!(bits[8..].iter().all(|b| *b == 0xff), "words past the last mapping untouched");
+}
+
+#[test]
+fn unmap_with_dirty_bitmap_returns_bits_then_unmaps() {
+    let mut env = Env::new(true);
+    env.map(0x10_0000, 0x2000).unwrap();
+    dirty(&mut env, VFIO_IOMMU_DIRTY_PAGES_FLAG_START).unwrap();
+    let user_base = 0x6000_0000u64;
+    let mut bytes = vfio_iommu_type1_dma_unmap {
+        argsz: 48,
+        flags: VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
+        iova: 0x10_0000,
+        size: 0x2000,
+    }
+    .as_bytes()
+    .to_vec();
+    bytes.extend_from_slice(vfio_bitmap { pgsize: 0x1000, size: 8, data: user_base }.as_bytes());
+    let mut arg = BufferArg { bytes, user_base, user: vec![0; 8] };
+    assert_eq!(env.ioctl_buf(VFIO_IOMMU_UNMAP_DMA, &mut arg), Ok(0));
+    assert_eq!(arg.user[0], 0b11);
+    assert_eq!(arg.get::<vfio_iommu_type1_dma_unmap>().size, 0x2000);
+    assert!(env.mapped().is_empty());
+}
+
+both_versions!(unknown_ioctl_after_set_iommu_is_enotty, |v2| {
+    let mut env = Env::new(v2);
+    assert_eq!(env.ioctl_val(0x3b99, 0), Err(Errno::ENOTTY));
+    assert_eq!(env.ioctl_val(VFIO_IOMMU_ENABLE, 0), Err(Errno::ENOTTY), "SPAPR only");
+    assert_eq!(env.ioctl_val(VFIO_GROUP_GET_STATUS, 0), Err(Errno::ENOTTY));
+});
+
+// ---------------------------------------------------------------- group table rows
+
+#[test]
+fn group_status_tracks_viability_and_container() {
+    let mut shim = Shim::new(backend());
+    let c = shim.open_container().unwrap();
+    let g = shim.open_group(7).unwrap();
+    let mut env = Env { shim, c, g };
+    assert_eq!(env.status(g), Ok(VFIO_GROUP_FLAGS_VIABLE));
+    env.set_container(g, 100).unwrap();
+    assert_eq!(env.status(g), Ok(VFIO_GROUP_FLAGS_VIABLE | VFIO_GROUP_FLAGS_CONTAINER_SET));
+    let mut short = BufferArg::of(&vfio_group_status { argsz: 7, flags: 0 });
+    assert_eq!(env.group_ioctl(g, VFIO_GROUP_GET_STATUS, &mut short), Err(Errno::EINVAL));
+}
+
+#[test]
+fn group_with_a_kernel_driver_is_not_viable_and_cannot_be_set() {
+    let devices = vec![
+        GroupDevice { name: EDU.into(), driver: Some("vfio-pci".into()), cdev: Some("/dev/vfio/devices/vfio0".into()) },
+        GroupDevice { name: "0000:00:03.1".into(), driver: Some("e1000e".into()), cdev: None },
+    ];
+    let mut shim = Shim::new(FakeBackend::new().with_group_devices(7, devices));
+    let c = shim.open_container().unwrap();
+    let g = shim.open_group(7).unwrap();
+    let mut env = Env { shim, c, g };
+    assert_eq!(env.status(g), Ok(0));
+    assert_eq!(env.set_container(g, 100), Err(Errno::EBUSY));
+    assert_eq!(env.shim.backend().live_objects().1, 0, "nothing left bound");
+}
+
+#[test]
+fn set_container_bad_fd_already_set_not_a_container() {
+    let mut shim = Shim::new(backend());
+    let c = shim.open_container().unwrap();
+    let g = shim.open_group(7).unwrap();
+    let mut env = Env { shim, c, g };
+    assert_eq!(env.set_container(g, 55), Err(Errno::EBADF));
+    assert_eq!(env.set_container(g, 3), Err(Errno::EBADFD));
+    env.set_container(g, 100).unwrap();
+    assert_eq!(env.set_container(g, 100), Err(Errno::EINVAL));
+    assert_eq!(env.set_container(g, 55), Err(Errno::EBADF), "EBADF comes first");
+}
+
+#[test]
+fn open_group_twice_is_ebusy_and_unknown_is_enoent() {
+    let mut shim = Shim::new(backend());
+    let _g = shim.open_group(7).unwrap();
+    assert_eq!(shim.open_group(7), Err(Errno::EBUSY));
+    assert_eq!(shim.open_group(8), Err(Errno::ENOENT));
+}
+
+#[test]
+fn unset_container_rules() {
+    let mut env = Env::new(true);
+    let g = env.g;
+    env.map(0x10_0000, 0x1000).unwrap();
+    let grant = match env.device(g, EDU).unwrap() {
+        GroupReply::Device(d) => d,
+        r => panic!("{r:?}"),
+    };
+    assert_eq!(env.unset_container(g), Err(Errno::EBUSY), "device fd open");
+    env.shim.close_device(grant);
+    assert_eq!(env.unset_container(g), Ok(GroupReply::Done));
+    assert_eq!(env.unset_container(g), Err(Errno::EINVAL), "none set");
+    // The last group leaving drops the IOMMU and every mapping.
+    assert!(env.mapped().is_empty());
+    assert_eq!(env.shim.iommu_version(env.c), None);
+    assert_eq!(env.map(0x10_0000, 0x1000), Err(Errno::EINVAL));
+    assert_eq!(env.set_iommu(VFIO_TYPE1v2_IOMMU), Err(Errno::EINVAL), "needs a group again");
+    assert_eq!(env.shim.backend().device_state(EDU), None, "device closed");
+}
+
+#[test]
+fn get_device_fd_rules() {
+    let mut env = Env::unset();
+    let g = env.g;
+    assert_eq!(env.device(g, "0000:00:09.0"), Err(Errno::ENODEV), "unknown name");
+    assert_eq!(env.device(g, EDU), Err(Errno::EINVAL), "before SET_IOMMU");
+    env.set_iommu(VFIO_TYPE1v2_IOMMU).unwrap();
+    assert!(matches!(env.device(g, EDU), Ok(GroupReply::Device(_))));
+    let token = format!("{EDU} vf_token=2ab74924-c335-45f4-9b16-8569e5b08258");
+    assert!(matches!(env.device(g, &token), Ok(GroupReply::Device(_))), "DPDK's form");
+    // A repeated request gets another fd for the same device, as with type1.
+    assert!(matches!(env.device(g, EDU), Ok(GroupReply::Device(_))));
+    let mut unterminated = BufferArg::new(vec![b'x'; 10]);
+    assert_eq!(env.group_ioctl(g, VFIO_GROUP_GET_DEVICE_FD, &mut unterminated), Err(Errno::EFAULT));
+    let mut no_nul_in_a_page = BufferArg::new(vec![b'x'; 5000]);
+    assert_eq!(env.group_ioctl(g, VFIO_GROUP_GET_DEVICE_FD, &mut no_nul_in_a_page), Err(Errno::EINVAL));
+    let mut long = BufferArg::new(vec![b'x'; 5000]);
+    long.bytes.push(0);
+    assert_eq!(env.group_ioctl(g, VFIO_GROUP_GET_DEVICE_FD, &mut long), Err(Errno::EINVAL), "longer than PAGE_SIZE");
+}
+
+#[test]
+fn two_groups_share_one_container_and_its_mappings() {
+    let mut env = Env::new(true);
+    let g2 = env.shim.open_group(9).unwrap();
+    env.set_container(g2, 100).unwrap();
+    env.map(0x10_0000, 0x1000).unwrap();
+    assert_eq!(env.shim.backend().device_state(IVSHMEM).unwrap().1, env.shim.backend().device_state(EDU).unwrap().1);
+    let g1 = env.g;
+    env.unset_container(g1).unwrap();
+    assert_eq!(env.mapped(), vec![(0x10_0000, 0x1000)], "mappings stay with the remaining group");
+    env.unset_container(g2).unwrap();
+    assert!(env.mapped().is_empty());
+}
+
+#[test]
+fn second_group_attached_after_set_iommu_is_attached_immediately() {
+    let mut env = Env::new(false);
+    env.map(0x10_0000, 0x1000).unwrap();
+    let g2 = env.shim.open_group(9).unwrap();
+    env.set_container(g2, 100).unwrap();
+    let (bound, attached) = env.shim.backend().device_state(IVSHMEM).unwrap();
+    assert!(bound && attached.is_some());
+}
+
+#[test]
+fn closed_container_lives_while_groups_hold_it() {
+    let mut env = Env::new(true);
+    env.map(0x10_0000, 0x1000).unwrap();
+    env.shim.close_container(env.c);
+    assert_eq!(env.mapped(), vec![(0x10_0000, 0x1000)], "still alive through the group");
+    env.shim.close_group(env.g);
+    assert_eq!(env.shim.backend().live_objects(), (0, 0), "everything released");
+}
+
+#[test]
+fn closed_group_lives_while_device_fds_are_open() {
+    let mut env = Env::new(true);
+    let grant = match env.device(env.g, EDU).unwrap() {
+        GroupReply::Device(d) => d,
+        r => panic!("{r:?}"),
+    };
+    env.shim.close_group(env.g);
+    assert!(env.shim.backend().device_state(EDU).is_some());
+    env.shim.close_device(grant);
+    assert_eq!(env.shim.backend().device_state(EDU), None);
+    env.shim.close_container(env.c);
+    assert_eq!(env.shim.backend().live_objects(), (0, 0));
+}
+
+// ------------------------------------------------------ failure injection (rollback)
+
+#[test]
+fn bind_failure_at_set_container_leaves_nothing_bound() {
+    let mut b = FakeBackend::new().with_group(7, &[EDU, "0000:00:03.1"]);
+    b.fail_at(Op::DeviceBind, 1, Errno::EPERM);
+    let mut shim = Shim::new(b);
+    let c = shim.open_container().unwrap();
+    let g = shim.open_group(7).unwrap();
+    let mut env = Env { shim, c, g };
+    assert_eq!(env.set_container(g, 100), Err(Errno::EPERM));
+    assert_eq!(env.shim.backend().live_objects().1, 0);
+    assert_eq!(env.status(g), Ok(VFIO_GROUP_FLAGS_VIABLE));
+    assert_eq!(env.set_container(g, 100), Ok(GroupReply::Done));
+}
+
+#[test]
+fn attach_failure_at_set_iommu_rolls_back() {
+    let mut env = Env::unset();
+    env.shim.backend_mut().fail_at(Op::DeviceAttach, 0, Errno::EINVAL);
+    assert_eq!(env.set_iommu(VFIO_TYPE1v2_IOMMU), Err(Errno::EINVAL));
+    assert_eq!(env.shim.iommu_version(env.c), None);
+    assert_eq!(env.shim.backend().device_state(EDU), Some((true, None)));
+    assert_eq!(env.set_iommu(VFIO_TYPE1v2_IOMMU), Ok(0));
+}
+
+#[test]
+fn native_unmap_failure_keeps_the_ledger() {
+    let mut env = Env::new(true);
+    env.map(0x10_0000, 0x1000).unwrap();
+    env.shim.backend_mut().fail_at(Op::IoasUnmap, 0, Errno::EBUSY);
+    assert_eq!(env.unmap(0x10_0000, 0x1000), Err(Errno::EBUSY));
+    assert_eq!(env.mapped(), vec![(0x10_0000, 0x1000)]);
+    assert_eq!(env.dma_avail(), 65534);
+}
+
+#[test]
+fn iova_ranges_follow_the_platform() {
+    let mut b = backend();
+    b.platform = Platform {
+        aperture: IovaRange { start: 0, last: (1 << 48) - 1 },
+        reserved: vec![IovaRange { start: 0, last: 0xfff }],
+        pgsizes: 0x1000,
+        coherent: true,
+    };
+    let mut env = Env::unset_with(b);
+    env.set_iommu(VFIO_TYPE1v2_IOMMU).unwrap();
+    let info = env.get_info(256).unwrap();
+    let (info_hdr, _) = zerocopy::FromBytes::read_from_prefix(&info.bytes[..]).map(|(h, r): (vfio_iommu_type1_info, _)| (h, r)).unwrap();
+    assert_eq!(info_hdr.iova_pgsizes, 0x1000);
+    assert_eq!(env.map(0, 0x1000), Err(Errno::EINVAL));
+    assert_eq!(env.map(0x1000, 0x1000), Ok(0));
+}
