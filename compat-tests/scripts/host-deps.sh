@@ -2,12 +2,14 @@
 # Installs every host package the VM tier needs. Idempotent; cheap when already done.
 set -euo pipefail
 
-stamp=/var/cache/vfio-shim/host-deps.v1
+stamp=/var/cache/vfio-shim/host-deps.v2
 [ -f "$stamp" ] && exit 0
 
 export DEBIAN_FRONTEND=noninteractive
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
+# udev: virtme-ng-init needs the host's systemd-udevd to create /dev/virtio-ports/* in the
+# guest, or the command's stdout/stderr/exit status have nowhere to go.
 # bookworm-backports: QEMU 10.0 for the L1 VM. trixie-backports: linux-source-7.3 only, pinned
 # low so nothing else is ever pulled from it.
 sudo_ tee /etc/apt/sources.list.d/vfio-shim-backports.sources >/dev/null <<'SRC'
@@ -27,6 +29,6 @@ sudo_ apt-get install -y -qq --no-install-recommends \
   -t bookworm-backports qemu-system-x86 >/dev/null
 sudo_ apt-get install -y -qq --no-install-recommends \
   bc bison flex libelf-dev libssl-dev cpio xz-utils ccache kmod busybox-static \
-  python3-venv gcc make libc6-dev >/dev/null
+  python3-venv gcc make libc6-dev udev >/dev/null
 sudo_ mkdir -p /var/cache/vfio-shim
 sudo_ touch "$stamp"

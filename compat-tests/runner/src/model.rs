@@ -1,0 +1,106 @@
+//! Kernels, modes and the result columns (compat-tests/README.md, "Modes").
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Kernel {
+    /// Legacy groups + type1 container next to iommufd (the oracle's kernel).
+    Full,
+    /// No VFIO groups, no legacy container: what the shim's users have.
+    CdevOnly,
+}
+
+impl Kernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Full => "full",
+            Kernel::CdevOnly => "cdev-only",
+        }
+    }
+
+    /// The modes that make sense on this kernel, in run order.
+    pub fn modes(self) -> &'static [Mode] {
+        match self {
+            Kernel::Full => &[Mode::Type1, Mode::KernelCompat, Mode::Shim],
+            Kernel::CdevOnly => &[Mode::Shim],
+        }
+    }
+}
+
+impl fmt::Display for Kernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Mode {
+    /// The real /dev/vfio/vfio; plain build. The oracle.
+    Type1,
+    /// /dev/iommu bind-mounted over /dev/vfio/vfio; plain build. The competitor.
+    KernelCompat,
+    /// Legacy nodes hidden; `.shim` build. The product.
+    Shim,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Type1 => "type1",
+            Mode::KernelCompat => "kernel-compat",
+            Mode::Shim => "shim",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One (kernel, mode) pair: a column of the comparison table and a directory of results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Column {
+    pub kernel: Kernel,
+    pub mode: Mode,
+}
+
+impl Column {
+    pub const ORACLE: Column = Column { kernel: Kernel::Full, mode: Mode::Type1 };
+
+    /// Every column, in table order.
+    pub const ALL: [Column; 4] = [
+        Column::ORACLE,
+        Column { kernel: Kernel::Full, mode: Mode::KernelCompat },
+        Column { kernel: Kernel::Full, mode: Mode::Shim },
+        Column { kernel: Kernel::CdevOnly, mode: Mode::Shim },
+    ];
+
+    /// Whether a failing cell in this column makes `compare` exit non-zero.
+    ///
+    /// Policy (also in docs/testing.md):
+    /// - `full/type1` gates: it is the oracle; if a client cannot run to its end on real type1,
+    ///   nothing else in its row means anything.
+    /// - both `shim` columns gate: they are the product.
+    /// - `full/kernel-compat` gates too. The kernel's own compat layer is the competitor, and
+    ///   docs/differences.md is where we describe how it departs from type1. An unlisted
+    ///   difference there is a documentation bug (the docs would misdescribe the competitor),
+    ///   and a client that does not reach its end there is a client bug (a client must run to
+    ///   the end whatever the kernel answers). Either must be fixed, not ignored.
+    pub fn gates(self) -> bool {
+        match (self.kernel, self.mode) {
+            (Kernel::Full, Mode::Type1) => true,
+            (_, Mode::Shim) => true,
+            (Kernel::Full, Mode::KernelCompat) => true,
+            // Not produced by `run`; listed for completeness.
+            (Kernel::CdevOnly, _) => true,
+        }
+    }
+}
+
+impl fmt::Display for Column {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kernel, self.mode)
+    }
+}

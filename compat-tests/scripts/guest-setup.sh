@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Runs first inside the test guest (see vm.sh): mounts what the clients need, binds the test
+# devices to vfio-pci and names them in the environment.
+#
+# Usage:  guest-setup.sh [command...]   set up, then exec the command with the environment below
+#         . guest-setup.sh              set up and export into the calling shell
+#
+# Exports VFIO_TEST_EDU, VFIO_TEST_IGB, VFIO_TEST_IVSHMEM (PCI addresses, e.g. 0000:00:03.0) and
+# VFIO_TEST_KERNEL (full|cdev-only, from whether /dev/vfio/vfio exists). If $VFIO_TEST_ENV_FILE
+# is set, the same assignments are also written there (sourceable). Prints an inventory on stderr.
+# Fails (non-zero) if a device is absent or cannot be bound, or /dev/iommu or a cdev is missing.
+
+_gs_main() {
+  # No set -e here: this may run in the caller's shell; every failure is checked explicitly.
+  local fail=0
+  _gs_err() { echo "guest-setup: $*" >&2; fail=1; }
+
+  mountpoint -q /sys/kernel/debug || mount -t debugfs debugfs /sys/kernel/debug \
+    || _gs_err "cannot mount debugfs"
+  mkdir -p /dev/hugepages
+  mountpoint -q /dev/hugepages || mount -t hugetlbfs -o pagesize=2M hugetlbfs /dev/hugepages \
+    || _gs_err "cannot mount hugetlbfs"
+
+  # bind <vendor:device> -> prints the BDF of the first such device, bound to vfio-pci.
+  _gs_bind() {
+    local want=$1 d bdf ven dev
+    for d in /sys/bus/pci/devices/*; do
+      ven=$(<"$d/vendor"); dev=$(<"$d/device")
+      [ "${ven#0x}:${dev#0x}" = "$want" ] || continue
+      bdf=$(basename "$d")
+      if [ "$(basename "$(readlink -f "$d/driver" 2>/dev/null || echo none)")" != vfio-pci ]; then
+        [ -e "$d/driver" ] && echo "$bdf" >"$d/driver/unbind"
+        echo vfio-pci >"$d/driver_override"
+        echo "$bdf" >/sys/bus/pci/drivers_probe
+      fi
+      if [ "$(basename "$(readlink -f "$d/driver" 2>/dev/null || echo none)")" != vfio-pci ]; then
+        echo "guest-setup: $bdf ($want) did not bind to vfio-pci" >&2
+        return 1
+      fi
+      echo "$bdf"
+      return 0
+    done
+    echo "guest-setup: no PCI device $want" >&2
+    return 1
+  }
+
+  local edu igb ivshmem
+  edu=$(_gs_bind 1234:11e8) || fail=1
+  igb=$(_gs_bind 8086:10c9) || fail=1
+  ivshmem=$(_gs_bind 1af4:1110) || fail=1
+
+  [ -c /dev/iommu ] || _gs_err "/dev/iommu missing (CONFIG_IOMMUFD?)"
+  local kernel=cdev-only
+  [ -c /dev/vfio/vfio ] && kernel=full
+  local b
+  for b in $edu $igb $ivshmem; do
+    ls "/sys/bus/pci/devices/$b/vfio-dev/" 2>/dev/null | grep -q '^vfio[0-9]' \
+      || _gs_err "$b has no VFIO cdev (CONFIG_VFIO_DEVICE_CDEV?)"
+  done
+  ls /dev/vfio/devices/vfio* >/dev/null 2>&1 || _gs_err "no /dev/vfio/devices/vfio*"
+
+  {
+    echo "guest-setup: kernel $(uname -r), $kernel ($( [ $kernel = full ] && echo "legacy container + groups" || echo "cdevs only"))"
+    for b in $edu $igb $ivshmem; do
+      local g cdev name
+      g=$(basename "$(readlink "/sys/bus/pci/devices/$b/iommu_group")")
+      cdev=$(ls "/sys/bus/pci/devices/$b/vfio-dev/" 2>/dev/null | head -n1)
+      name=$(cat "/sys/bus/pci/devices/$b/vendor" "/sys/bus/pci/devices/$b/device" | sed 's/0x//' | paste -sd:)
+      printf 'guest-setup:   %s %s driver=%s group=%s group-node=%s cdev=/dev/vfio/devices/%s\n' \
+        "$b" "$name" "$(basename "$(readlink -f "/sys/bus/pci/devices/$b/driver")")" "$g" \
+        "$( [ -c "/dev/vfio/$g" ] && echo "/dev/vfio/$g" || echo none)" "${cdev:-none}"
+    done
+    echo "guest-setup:   /dev/vfio: $(ls /dev/vfio | tr '\n' ' ')"
+    echo "guest-setup:   /dev/vfio/devices: $(ls /dev/vfio/devices 2>/dev/null | tr '\n' ' ')"
+    echo "guest-setup:   /dev/iommu: $( [ -c /dev/iommu ] && echo present || echo MISSING)"
+    echo "guest-setup:   hugepages: $(cat /proc/sys/vm/nr_hugepages) x 2 MiB, hugetlbfs on /dev/hugepages"
+    echo "guest-setup:   iommu: $(ls /sys/class/iommu 2>/dev/null | tr '\n' ' ')"
+  } >&2
+
+  export VFIO_TEST_EDU=$edu VFIO_TEST_IGB=$igb VFIO_TEST_IVSHMEM=$ivshmem VFIO_TEST_KERNEL=$kernel
+  if [ -n "${VFIO_TEST_ENV_FILE:-}" ]; then
+    printf 'export VFIO_TEST_EDU=%s VFIO_TEST_IGB=%s VFIO_TEST_IVSHMEM=%s VFIO_TEST_KERNEL=%s\n' \
+      "$edu" "$igb" "$ivshmem" "$kernel" >"$VFIO_TEST_ENV_FILE"
+  fi
+  [ $fail = 0 ] || { echo "guest-setup: FAILED" >&2; return 1; }
+}
+
+if [ "${BASH_SOURCE[0]}" != "$0" ]; then
+  # Sourced: keep the caller's shell options.
+  _gs_saved=$(set +o); _gs_main; _gs_rc=$?; eval "$_gs_saved"; unset _gs_saved
+  return $_gs_rc
+fi
+_gs_main || exit 1
+[ $# -eq 0 ] || exec "$@"

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Boots a test kernel with virtme-ng (QEMU TCG, q35 + intel-iommu, edu/igb/ivshmem) and runs one
+# command inside it. The host's root filesystem is the guest's (read-only, over 9p), so host-built
+# binaries run unchanged; <results-dir> is the only writable host directory in the guest (same path).
+#
+# Usage: vm.sh <full|cdev-only> <results-dir> -- <command...>
+#
+# The command's stdout and stderr come out on vm.sh's stdout and stderr (and are kept in
+# <results-dir>/vm-<variant>.stdout / .stderr; the .stderr file also holds QEMU's and vng's own
+# messages). The guest kernel console goes to <results-dir>/console-<variant>.log (from virtio's
+# probe on; VM_VERBOSE=1 also streams the whole boot log to stderr), never to the terminal, and
+# the full kernel log is saved as <results-dir>/dmesg-<variant>.log after the command. Exit status: the command's, or 125 if the VM did not produce one (boot failure,
+# timeout, panic); on any failure the tails of the console log and stderr are printed.
+#
+# Environment: VM_TIMEOUT (seconds, default 1800), VM_CPUS (2), VM_MEMORY (3G),
+# VM_HUGEPAGES (2 MiB pages reserved at boot, default 64), VM_IVSHMEM_SIZE (256M),
+# VFIO_SHIM_CACHE (/var/cache/vfio-shim), VM_KERNEL (a bzImage to use instead of building).
+# Works as root with no TTY and stdin from /dev/null.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cache=${VFIO_SHIM_CACHE:-/var/cache/vfio-shim}
+
+usage() { echo "usage: vm.sh <full|cdev-only> <results-dir> -- <command...>" >&2; exit 2; }
+[ $# -ge 4 ] || usage
+variant=$1; results=$2; shift 2
+[ "$1" = -- ] || usage
+shift
+case "$variant" in full|cdev-only) ;; *) usage ;; esac
+
+mkdir -p "$results"
+results=$(cd "$results" && pwd)
+console=$results/console-$variant.log
+vstdout=$results/vm-$variant.stdout
+vstderr=$results/vm-$variant.stderr
+
+# --- virtme-ng in a private venv (idempotent) --------------------------------------------------
+venv=$cache/venv
+vng_version=1.42
+if [ ! -x "$venv/bin/vng" ] || [ ! -f "$venv/.virtme-ng-$vng_version" ]; then
+  echo "vm.sh: installing virtme-ng $vng_version into $venv" >&2
+  mkdir -p "$cache"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "virtme-ng==$vng_version" >&2
+  touch "$venv/.virtme-ng-$vng_version"
+fi
+export PATH=$venv/bin:$PATH   # vng runs virtme-run from PATH
+
+# --- kernel ---------------------------------------------------------------------------------------
+if [ -n "${VM_KERNEL:-}" ]; then
+  kernel=$VM_KERNEL
+else
+  kernel=$(bash "$here/build-kernel.sh" "$variant" | tail -n1)
+fi
+[ -f "$kernel" ] || { echo "vm.sh: no kernel image ($kernel)" >&2; exit 125; }
+
+# --- QEMU machine ----------------------------------------------------------------------------------
+# q35 with a split irqchip is what intel-iommu's interrupt remapping needs. caching-mode is NOT
+# needed: the guest drives emulated devices through its own IOMMU driver; caching-mode only
+# matters when QEMU itself runs vfio-pci against this vIOMMU (nested device assignment).
+# aw-bits=48 gives the guest a 4-level (48-bit) IOVA space, like real hardware.
+ivsize=${VM_IVSHMEM_SIZE:-256M}
+qemu_opts=(
+  -M q35,kernel-irqchip=split
+  -device intel-iommu,intremap=on,aw-bits=48
+  -device edu
+  -device igb
+  -object "memory-backend-memfd,id=ivshmem0,size=$ivsize,share=on"
+  -device ivshmem-plain,memdev=ivshmem0
+  # The guest console into a file, on a virtio console (hvc0): vng's own console is ttyS0 (into
+  # /dev/null unless VM_VERBOSE=1), and one kernel cannot have two ttyS consoles at once.
+  -device virtio-serial-pci,id=vfsser
+  -chardev "file,id=vfsconsole,path=$console"
+  -device virtconsole,chardev=vfsconsole,bus=vfsser.0
+)
+append=(
+  intel_iommu=on
+  "hugepages=${VM_HUGEPAGES:-64}"
+  console=hvc0 loglevel=7   # after vng's "quiet loglevel=0": the last one wins
+)
+
+vng_args=(
+  --run "$kernel"
+  --disable-kvm
+  --cpus "${VM_CPUS:-2}"
+  --memory "${VM_MEMORY:-3G}"
+  --rwdir "$results"
+  --cwd "$results"
+  --name "vfio-shim-$variant"
+)
+for a in "${append[@]}"; do vng_args+=(--append "$a"); done
+[ "${VM_VERBOSE:-0}" = 1 ] && vng_args+=(--verbose)   # whole boot log on stderr too
+vng_args+=(--qemu-opts "${qemu_opts[*]}")
+
+# The command, quoted so the guest shell sees the same words. hvc0 only gets the kernel log from
+# virtio's probe on; the whole log (early boot, DMAR setup) is saved by dmesg after the command.
+dmesg_file=$results/dmesg-$variant.log
+cmd="$(printf '%q ' "$@"); rc=\$?; dmesg >$(printf '%q' "$dmesg_file") 2>&1; exit \$rc"
+
+: >"$console"
+echo "vm.sh: booting $variant ($kernel), running: $cmd" >&2
+start=$(date +%s.%N)
+set +e
+# stdout/stderr must be pipes, not files: QEMU reopens /proc/self/fd/{1,2} once per virtio port,
+# and on a regular file each reopen would get its own offset and overwrite the others.
+timeout --kill-after=30 "${VM_TIMEOUT:-1800}" vng "${vng_args[@]}" --exec "$cmd" \
+  </dev/null > >(tee "$vstdout") 2> >(tee "$vstderr" >&2)
+rc=$?
+set -e
+wait  # for the tee process substitutions
+secs=$(echo "$(date +%s.%N) - $start" | bc)
+printf 'vm.sh: %s VM finished in %.1f s, rc=%d\n' "$variant" "$secs" "$rc" >&2
+printf '%s %.1f %d\n' "$variant" "$secs" "$rc" >>"$results/vm-times.txt"
+
+# vng exits with the command's status; 255 means the guest produced none (boot failure, panic,
+# init trouble); 124/137 mean our timeout fired. Those become 125. Tails on any failure.
+case $rc in
+  0) ;;
+  124|137) echo "vm.sh: $variant VM timed out after ${VM_TIMEOUT:-1800} s" >&2; rc=125 ;;
+  255) echo "vm.sh: $variant VM gave no exit status (boot failure or panic?)" >&2; rc=125 ;;
+  *) echo "vm.sh: command failed in the $variant VM (rc=$rc)" >&2 ;;
+esac
+if [ $rc -ne 0 ]; then
+  echo "----- $console (last 60 lines) -----" >&2
+  tail -n 60 "$console" >&2 || true
+  echo "----- $vstderr (last 30 lines) -----" >&2
+  tail -n 30 "$vstderr" >&2 || true
+  echo "-----" >&2
+fi
+exit $rc
