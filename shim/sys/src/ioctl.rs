@@ -21,10 +21,10 @@ use nix::errno::Errno;
 use vfio_bindings::bindings::vfio;
 
 pub use iommufd::{
-    iommu_destroy, iommu_hw_info, iommu_hw_info_vtd, iommu_hwpt_alloc,
-    iommu_hwpt_get_dirty_bitmap, iommu_hwpt_set_dirty_tracking, iommu_ioas_alloc,
-    iommu_ioas_allow_iovas, iommu_ioas_copy, iommu_ioas_iova_ranges, iommu_ioas_map,
-    iommu_ioas_map_file, iommu_ioas_unmap, iommu_iova_range, iommu_option, iommu_vfio_ioas,
+    iommu_destroy, iommu_hw_info, iommu_hw_info_vtd, iommu_hwpt_alloc, iommu_hwpt_get_dirty_bitmap,
+    iommu_hwpt_set_dirty_tracking, iommu_ioas_alloc, iommu_ioas_allow_iovas, iommu_ioas_copy,
+    iommu_ioas_iova_ranges, iommu_ioas_map, iommu_ioas_map_file, iommu_ioas_unmap,
+    iommu_iova_range, iommu_option, iommu_vfio_ioas,
 };
 pub use vfio::{
     vfio_device_attach_iommufd_pt, vfio_device_bind_iommufd, vfio_device_detach_iommufd_pt,
@@ -62,7 +62,8 @@ pub const VFIO_DEVICE_ATTACH_IOMMUFD_PT: u32 = io(VFIO_TYPE, VFIO_BASE + 19);
 pub const VFIO_DEVICE_DETACH_IOMMUFD_PT: u32 = io(VFIO_TYPE, VFIO_BASE + 20);
 
 // enum iommufd_ioas_map_flags
-pub const IOMMU_IOAS_MAP_FIXED_IOVA: u32 = iommufd::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_FIXED_IOVA;
+pub const IOMMU_IOAS_MAP_FIXED_IOVA: u32 =
+    iommufd::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_FIXED_IOVA;
 pub const IOMMU_IOAS_MAP_WRITEABLE: u32 = iommufd::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_WRITEABLE;
 pub const IOMMU_IOAS_MAP_READABLE: u32 = iommufd::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_READABLE;
 // enum iommufd_option, enum iommufd_option_ops
@@ -97,8 +98,8 @@ pub const IOMMU_HW_INFO_TYPE_AMD: u32 = iommufd::iommu_hw_info_type_IOMMU_HW_INF
 pub const IOMMU_HW_CAP_DIRTY_TRACKING: u64 =
     iommufd::iommufd_hw_capabilities_IOMMU_HW_CAP_DIRTY_TRACKING as u64;
 
-/// The `size`/`argsz` every command carries: the whole struct, which the kernel accepts
-/// as long as it is at least its minimum (iommufd main.c `copy_struct_from_user`).
+/// The `size`/`argsz` every command carries: the whole struct. iommufd accepts any size from
+/// the command's minimum up (iommufd/main.c:548-553, `copy_struct_from_user`).
 fn argsz<T>() -> u32 {
     size_of::<T>() as u32
 }
@@ -118,7 +119,10 @@ unsafe fn ioctl<T>(fd: BorrowedFd<'_>, request: u32, arg: *mut T) -> Result<(), 
 
 /// `IOMMU_IOAS_ALLOC`: returns the new IOAS id.
 pub fn ioas_alloc(iommufd: BorrowedFd<'_>) -> Result<u32, Errno> {
-    let mut cmd = iommu_ioas_alloc { size: argsz::<iommu_ioas_alloc>(), ..Default::default() };
+    let mut cmd = iommu_ioas_alloc {
+        size: argsz::<iommu_ioas_alloc>(),
+        ..Default::default()
+    };
     // SAFETY: `cmd` is an `iommu_ioas_alloc` with no embedded pointers.
     unsafe { ioctl(iommufd, IOMMU_IOAS_ALLOC, &mut cmd) }?;
     Ok(cmd.out_ioas_id)
@@ -126,7 +130,10 @@ pub fn ioas_alloc(iommufd: BorrowedFd<'_>) -> Result<u32, Errno> {
 
 /// `IOMMU_DESTROY` of any object (IOAS, HWPT).
 pub fn destroy(iommufd: BorrowedFd<'_>, id: u32) -> Result<(), Errno> {
-    let mut cmd = iommu_destroy { size: argsz::<iommu_destroy>(), id };
+    let mut cmd = iommu_destroy {
+        size: argsz::<iommu_destroy>(),
+        id,
+    };
     // SAFETY: `cmd` is an `iommu_destroy` with no embedded pointers.
     unsafe { ioctl(iommufd, IOMMU_DESTROY, &mut cmd) }
 }
@@ -193,7 +200,12 @@ pub fn ioas_unmap(
     iova: u64,
     length: u64,
 ) -> Result<u64, Errno> {
-    let mut cmd = iommu_ioas_unmap { size: argsz::<iommu_ioas_unmap>(), ioas_id, iova, length };
+    let mut cmd = iommu_ioas_unmap {
+        size: argsz::<iommu_ioas_unmap>(),
+        ioas_id,
+        iova,
+        length,
+    };
     // SAFETY: `cmd` is an `iommu_ioas_unmap` with no embedded pointers.
     unsafe { ioctl(iommufd, IOMMU_IOAS_UNMAP, &mut cmd) }?;
     Ok(cmd.length)
@@ -235,7 +247,10 @@ pub fn ioas_iova_ranges_with_capacity(
         match unsafe { ioctl(iommufd, IOMMU_IOAS_IOVA_RANGES, &mut cmd) } {
             Ok(()) => {
                 ranges.truncate(cmd.num_iovas as usize);
-                return Ok(IovaRanges { ranges, out_iova_alignment: cmd.out_iova_alignment });
+                return Ok(IovaRanges {
+                    ranges,
+                    out_iova_alignment: cmd.out_iova_alignment,
+                });
             }
             // The kernel wrote the total back (ioas.c:103-109); ranges may change between
             // calls (a concurrent attach), so loop until the buffer fits.
@@ -314,8 +329,12 @@ pub fn option(
 /// `IOMMU_VFIO_IOAS`: selects the IOAS the kernel's legacy container compat acts on.
 /// For tests and completeness only: the shim's backend never uses it.
 pub fn vfio_ioas(iommufd: BorrowedFd<'_>, op: u16, ioas_id: u32) -> Result<u32, Errno> {
-    let mut cmd =
-        iommu_vfio_ioas { size: argsz::<iommu_vfio_ioas>(), ioas_id, op, __reserved: 0 };
+    let mut cmd = iommu_vfio_ioas {
+        size: argsz::<iommu_vfio_ioas>(),
+        ioas_id,
+        op,
+        __reserved: 0,
+    };
     // SAFETY: `cmd` is an `iommu_vfio_ioas` with no embedded pointers.
     unsafe { ioctl(iommufd, IOMMU_VFIO_IOAS, &mut cmd) }?;
     Ok(cmd.ioas_id)
@@ -350,7 +369,11 @@ pub fn hwpt_set_dirty_tracking(
 ) -> Result<(), Errno> {
     let mut cmd = iommu_hwpt_set_dirty_tracking {
         size: argsz::<iommu_hwpt_set_dirty_tracking>(),
-        flags: if enable { IOMMU_HWPT_DIRTY_TRACKING_ENABLE } else { 0 },
+        flags: if enable {
+            IOMMU_HWPT_DIRTY_TRACKING_ENABLE
+        } else {
+            0
+        },
         hwpt_id,
         __reserved: 0,
     };
@@ -419,8 +442,16 @@ impl HwInfo {
             return None;
         }
         // struct iommu_hw_info_vtd: u32 flags, u32 __reserved, u64 cap_reg, u64 ecap_reg.
-        let u32_at = |o: usize| Some(u32::from_ne_bytes(self.data.get(o..o + 4)?.try_into().ok()?));
-        let u64_at = |o: usize| Some(u64::from_ne_bytes(self.data.get(o..o + 8)?.try_into().ok()?));
+        let u32_at = |o: usize| {
+            Some(u32::from_ne_bytes(
+                self.data.get(o..o + 4)?.try_into().ok()?,
+            ))
+        };
+        let u64_at = |o: usize| {
+            Some(u64::from_ne_bytes(
+                self.data.get(o..o + 8)?.try_into().ok()?,
+            ))
+        };
         Some(iommu_hw_info_vtd {
             flags: u32_at(0)?,
             __reserved: u32_at(4)?,
@@ -534,7 +565,7 @@ mod tests {
         let mut data = Vec::new();
         data.extend_from_slice(&1u32.to_ne_bytes());
         data.extend_from_slice(&0u32.to_ne_bytes());
-        data.extend_from_slice(&0x00d2_0086_0466_2f0u64.to_ne_bytes());
+        data.extend_from_slice(&0x00d2_0086_0466_02f0u64.to_ne_bytes());
         data.extend_from_slice(&0x0000_0000_00f0_105au64.to_ne_bytes());
         let info = HwInfo {
             out_data_type: IOMMU_HW_INFO_TYPE_INTEL_VTD,
@@ -544,11 +575,17 @@ mod tests {
         };
         let vtd = info.vtd().unwrap();
         assert_eq!(vtd.flags, 1);
-        assert_eq!(vtd.cap_reg, 0x00d2_0086_0466_2f0);
+        assert_eq!(vtd.cap_reg, 0x00d2_0086_0466_02f0);
         assert_eq!(vtd.ecap_reg, 0x00f0_105a);
-        let short = HwInfo { data: data[..20].to_vec(), ..info.clone() };
+        let short = HwInfo {
+            data: data[..20].to_vec(),
+            ..info.clone()
+        };
         assert_eq!(short.vtd(), None);
-        let other = HwInfo { out_data_type: IOMMU_HW_INFO_TYPE_AMD, ..info };
+        let other = HwInfo {
+            out_data_type: IOMMU_HW_INFO_TYPE_AMD,
+            ..info
+        };
         assert_eq!(other.vtd(), None);
     }
 }

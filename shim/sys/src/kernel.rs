@@ -22,7 +22,10 @@ use crate::vtd::{self, VtdBootParams};
 fn page_size() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(size).ok().filter(|s| s.is_power_of_two()).unwrap_or(4096)
+    u64::try_from(size)
+        .ok()
+        .filter(|s| s.is_power_of_two())
+        .unwrap_or(4096)
 }
 
 fn errno_of(e: &io::Error) -> Errno {
@@ -93,7 +96,10 @@ impl KernelBackend {
     }
 
     fn iommufd(&self, ctx: IommufdId) -> Result<BorrowedFd<'_>, Errno> {
-        self.iommufds.get(&ctx).map(|fd| fd.as_fd()).ok_or(Errno::EBADF)
+        self.iommufds
+            .get(&ctx)
+            .map(|fd| fd.as_fd())
+            .ok_or(Errno::EBADF)
     }
 
     fn device(&self, dev: DeviceHandle) -> Result<&Device, Errno> {
@@ -184,7 +190,14 @@ impl Backend for KernelBackend {
     fn ioas_geometry(&mut self, ctx: IommufdId, ioas: IoasId) -> Result<IoasGeometry, Errno> {
         let r = ioctl::ioas_iova_ranges(self.iommufd(ctx)?, ioas.0)?;
         Ok(IoasGeometry {
-            ranges: r.ranges.iter().map(|r| IovaRange { start: r.start, last: r.last }).collect(),
+            ranges: r
+                .ranges
+                .iter()
+                .map(|r| IovaRange {
+                    start: r.start,
+                    last: r.last,
+                })
+                .collect(),
             iova_alignment: r.out_iova_alignment,
         })
     }
@@ -253,24 +266,37 @@ impl Backend for KernelBackend {
     /// (arm-smmu-v3.c:2789-2806) that userspace cannot see, and drivers without the op
     /// never enforce it.
     fn ioas_enforces_coherency(&mut self, ctx: IommufdId, ioas: IoasId) -> Result<bool, Errno> {
-        Ok(self.attached_hw_info(ctx, ioas)?.iter().all(|info| match info.vtd() {
-            Some(vtd) => vtd::enforces_cache_coherency(&vtd),
-            None => info.out_data_type == ioctl::IOMMU_HW_INFO_TYPE_AMD,
-        }))
+        Ok(self
+            .attached_hw_info(ctx, ioas)?
+            .iter()
+            .all(|info| match info.vtd() {
+                Some(vtd) => vtd::enforces_cache_coherency(&vtd),
+                None => info.out_data_type == ioctl::IOMMU_HW_INFO_TYPE_AMD,
+            }))
     }
 
     fn group_devices(&mut self, group: u32) -> Result<Vec<GroupDevice>, Errno> {
-        let dir = self.sysfs.join("kernel/iommu_groups").join(group.to_string()).join("devices");
+        let dir = self
+            .sysfs
+            .join("kernel/iommu_groups")
+            .join(group.to_string())
+            .join("devices");
         let entries = fs::read_dir(&dir).map_err(|e| errno_of(&e))?;
         let mut devices = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| errno_of(&e))?;
-            let Ok(name) = entry.file_name().into_string() else { continue };
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
             let path = entry.path();
             devices.push(GroupDevice {
                 driver: driver_name(&path),
                 cdev: vfio_cdev(&path).map(|n| {
-                    self.dev.join("vfio/devices").join(n).to_string_lossy().into_owned()
+                    self.dev
+                        .join("vfio/devices")
+                        .join(n)
+                        .to_string_lossy()
+                        .into_owned()
                 }),
                 name,
             });
@@ -284,7 +310,14 @@ impl Backend for KernelBackend {
         let cdev = device.cdev.as_deref().ok_or(Errno::ENODEV)?;
         let fd = open(cdev, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())?;
         let dev = DeviceHandle(self.handle());
-        self.devices.insert(dev, Device { fd, bound: None, attached: None });
+        self.devices.insert(
+            dev,
+            Device {
+                fd,
+                bound: None,
+                attached: None,
+            },
+        );
         Ok(dev)
     }
 
