@@ -221,23 +221,27 @@ static void hex_out(const char *label, const char *key, const void *p, size_t n)
 static int get_bitmap(const char *label, int cfd, uint64_t iova, uint64_t size,
 		      uint64_t pgsize, int print)
 {
-	struct {
-		struct vfio_iommu_type1_dirty_bitmap d;
-		struct vfio_iommu_type1_dirty_bitmap_get g;
-	} req;
+	/* struct vfio_iommu_type1_dirty_bitmap followed by ..._dirty_bitmap_get */
+	struct vfio_iommu_type1_dirty_bitmap d;
+	struct vfio_iommu_type1_dirty_bitmap_get g;
+	uint64_t raw[(sizeof(d) + sizeof(g) + 7) / 8];
 	uint64_t bits[4];
 	int ret;
 
-	memset(&req, 0, sizeof(req));
+	memset(&d, 0, sizeof(d));
+	memset(&g, 0, sizeof(g));
+	memset(raw, 0, sizeof(raw));
 	memset(bits, 0, sizeof(bits));
-	req.d.argsz = sizeof(req);
-	req.d.flags = VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP;
-	req.g.iova = iova;
-	req.g.size = size;
-	req.g.bitmap.pgsize = pgsize;
-	req.g.bitmap.size = sizeof(uint64_t);
-	req.g.bitmap.data = (void *)bits;
-	ret = c_ioctl_ptr(label, cfd, VFIO_IOMMU_DIRTY_PAGES, &req);
+	d.argsz = sizeof(d) + sizeof(g);
+	d.flags = VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP;
+	g.iova = iova;
+	g.size = size;
+	g.bitmap.pgsize = pgsize;
+	g.bitmap.size = sizeof(uint64_t);
+	g.bitmap.data = (void *)bits;
+	memcpy(raw, &d, sizeof(d));
+	memcpy((char *)raw + sizeof(d), &g, sizeof(g));
+	ret = c_ioctl_ptr(label, cfd, VFIO_IOMMU_DIRTY_PAGES, raw);
 	if (print)
 		hex_out(label, "bitmap", bits, sizeof(uint64_t));
 	return ret;
@@ -245,10 +249,10 @@ static int get_bitmap(const char *label, int cfd, uint64_t iova, uint64_t size,
 
 static void dirty_cases(const char *v, int cfd)
 {
-	struct {
-		struct vfio_iommu_type1_dma_unmap u;
-		struct vfio_bitmap b;
-	} un;
+	/* struct vfio_iommu_type1_dma_unmap followed by struct vfio_bitmap */
+	struct vfio_iommu_type1_dma_unmap u;
+	struct vfio_bitmap b;
+	uint64_t raw[(sizeof(u) + sizeof(b) + 7) / 8];
 	uint64_t bits[4];
 	const char *l;
 
@@ -267,18 +271,23 @@ static void dirty_cases(const char *v, int cfd)
 	get_bitmap(L("dirty.get_bitmap_size0.%s", v), cfd, DIRTY_IOVA, 0, PG, 0);
 
 	/* UNMAP with GET_DIRTY_BITMAP while tracking (v2) / without (v1: EINVAL) */
-	memset(&un, 0, sizeof(un));
+	memset(&u, 0, sizeof(u));
+	memset(&b, 0, sizeof(b));
+	memset(raw, 0, sizeof(raw));
 	memset(bits, 0, sizeof(bits));
-	un.u.argsz = sizeof(un);
-	un.u.flags = VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP;
-	un.u.iova = DIRTY_IOVA;
-	un.u.size = 0x4000;
-	un.b.pgsize = PG;
-	un.b.size = sizeof(uint64_t);
-	un.b.data = (void *)bits;
+	u.argsz = sizeof(u) + sizeof(b);
+	u.flags = VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP;
+	u.iova = DIRTY_IOVA;
+	u.size = 0x4000;
+	b.pgsize = PG;
+	b.size = sizeof(uint64_t);
+	b.data = (void *)bits;
+	memcpy(raw, &u, sizeof(u));
+	memcpy((char *)raw + sizeof(u), &b, sizeof(b));
 	l = L("dirty.unmap_with_bitmap.%s", v);
-	c_ioctl_ptr(l, cfd, VFIO_IOMMU_UNMAP_DMA, &un);
-	rec_out(l, "size=0x%llx", (unsigned long long)un.u.size);
+	c_ioctl_ptr(l, cfd, VFIO_IOMMU_UNMAP_DMA, raw);
+	memcpy(&u, raw, sizeof(u));
+	rec_out(l, "size=0x%llx", (unsigned long long)u.size);
 	hex_out(L("dirty.unmap_with_bitmap.bits.%s", v), "bitmap", bits, sizeof(uint64_t));
 
 	dirty_pages(L("dirty.stop.%s", v), cfd, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP);
