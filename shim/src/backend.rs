@@ -80,7 +80,8 @@ pub trait Backend {
         prot: Prot,
     ) -> Result<(), Errno>;
     /// `IOMMU_IOAS_UNMAP` of `[iova, iova + length)`; returns the bytes unmapped.
-    /// `length == u64::MAX` with `iova == 0` unmaps everything. Nothing mapped: `ENOENT`.
+    /// `length == u64::MAX` with `iova == 0` unmaps everything and returns 0 when nothing was
+    /// mapped; any other range with nothing mapped is `ENOENT` (ioas.c:351-367).
     fn ioas_unmap(
         &mut self,
         ctx: IommufdId,

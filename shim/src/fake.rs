@@ -4,7 +4,7 @@
 //! IOPT = iommufd/io_pagetable.c): an IOAS allows every IOVA until a device is attached, then
 //! only the domain aperture minus reserved regions; maps need the IOVA alignment, must not
 //! touch reserved IOVA (`EINVAL`) nor an existing area (`EEXIST`); unmaps must not split an
-//! area (`ENOENT`) and unmapping nothing is `ENOENT`. Any call can be made to fail once with
+//! area (`ENOENT`) and unmapping nothing is `ENOENT` (but 0 for the unmap-all form). Any call can be made to fail once with
 //! a chosen errno, and every call is counted.
 
 use std::collections::{BTreeMap, HashMap};
@@ -277,17 +277,17 @@ impl Backend for FakeBackend {
             }
             iova.checked_add(length - 1).ok_or(Errno::EOVERFLOW)?
         };
-        let hit: Vec<(u64, u64)> = state
-            .areas
-            .iter()
-            .filter(|(a, l)| **a <= last && *a + (*l - 1) >= iova)
-            .map(|(a, l)| (*a, *l))
-            .collect();
+        let all = iova == 0 && length == u64::MAX;
+        // The area containing `iova` (if it starts below) plus every area starting inside.
+        let below = state.areas.range(..iova).next_back().filter(|(a, l)| *a + (*l - 1) >= iova);
+        let hit: Vec<(u64, u64)> =
+            below.into_iter().chain(state.areas.range(iova..=last)).map(|(a, l)| (*a, *l)).collect();
         if hit.iter().any(|(a, l)| *a < iova || a + (l - 1) > last) {
             return Err(Errno::ENOENT);
         }
+        // Unmapping nothing: ENOENT, except for the unmap-all form (IO:351-367).
         if hit.is_empty() {
-            return Err(Errno::ENOENT);
+            return if all { Ok(0) } else { Err(Errno::ENOENT) };
         }
         let mut total = 0;
         for (a, l) in hit {
