@@ -1,6 +1,7 @@
 //! KernelBackend against a real kernel: needs `/dev/iommu` and QEMU's edu device
-//! (1234:11e8) bound to vfio-pci, its PCI address in `VFIO_TEST_EDU`. The VM tier runs
-//! this; on a host set `VFIO_SHIM_HOST_ONLY=1` to skip it, otherwise it fails loudly.
+//! (1234:11e8) bound to vfio-pci, its PCI address in `VFIO_TEST_EDU`. Every test is
+//! `#[ignore]`d so a host `cargo test` lists them as not run; the VM tier runs them with
+//! `--ignored` inside the guest, where a missing device fails them loudly.
 
 use std::ffi::c_void;
 use std::fs;
@@ -29,9 +30,8 @@ const RW: Prot = Prot {
 /// A cdev opens once at a time: tests that use the device take turns.
 static DEVICE: Mutex<()> = Mutex::new(());
 
-/// The edu device's PCI address and IOMMU group, or `None` when skipping on a host.
-fn edu() -> Option<(String, u32)> {
-    let host_only = std::env::var("VFIO_SHIM_HOST_ONLY").as_deref() == Ok("1");
+/// The edu device's PCI address and IOMMU group.
+fn edu() -> (String, u32) {
     let bdf = std::env::var("VFIO_TEST_EDU").ok();
     let missing = if !Path::new("/dev/iommu").exists() {
         Some("/dev/iommu does not exist")
@@ -41,13 +41,8 @@ fn edu() -> Option<(String, u32)> {
         None
     };
     if let Some(why) = missing {
-        if host_only {
-            eprintln!("kernel_backend: NOT RUN: {why}; VFIO_SHIM_HOST_ONLY=1");
-            return None;
-        }
         panic!(
-            "kernel_backend needs a real kernel with iommufd: {why}. Run it in the VM tier, \
-             or set VFIO_SHIM_HOST_ONLY=1 to skip it on a host."
+            "kernel_backend needs a real kernel with iommufd: {why}. Run it in the VM tier."
         );
     }
     let bdf = bdf.unwrap();
@@ -61,7 +56,7 @@ fn edu() -> Option<(String, u32)> {
     let link = fs::read_link(sys.join("iommu_group"))
         .unwrap_or_else(|e| panic!("{bdf} has no iommu_group: {e}"));
     let group = link.file_name().unwrap().to_str().unwrap().parse().unwrap();
-    Some((bdf, group))
+    (bdf, group)
 }
 
 /// An IOAS with the edu device bound and attached; torn down on drop.
@@ -77,9 +72,9 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn new() -> Option<Self> {
+    fn new() -> Self {
         let turn = DEVICE.lock().unwrap_or_else(|e| e.into_inner());
-        let (bdf, group) = edu()?;
+        let (bdf, group) = edu();
         let mut be = KernelBackend::new();
         let ctx = be.iommufd_open().expect("open /dev/iommu");
         let ioas = be.ioas_alloc(ctx).expect("IOMMU_IOAS_ALLOC");
@@ -92,7 +87,7 @@ impl Fixture {
         be.device_bind(dev, ctx).expect("VFIO_DEVICE_BIND_IOMMUFD");
         be.device_attach(dev, ioas)
             .expect("VFIO_DEVICE_ATTACH_IOMMUFD_PT");
-        Some(Fixture {
+        Fixture {
             be,
             ctx,
             ioas,
@@ -101,7 +96,7 @@ impl Fixture {
             open: true,
             ioas_alive: true,
             _turn: turn,
-        })
+        }
     }
 
     fn iommufd(&self) -> BorrowedFd<'_> {
@@ -165,9 +160,10 @@ impl Drop for Buffer {
 }
 
 #[test]
+#[ignore = "needs a real kernel: the VM tier runs it (compat-tests/scripts/vm-tier.sh)"]
 fn group_lists_edu_on_vfio_pci_with_cdev() {
     let _turn = DEVICE.lock().unwrap_or_else(|e| e.into_inner());
-    let Some((bdf, group)) = edu() else { return };
+    let (bdf, group) = edu();
     let devices = KernelBackend::new().group_devices(group).unwrap();
     let edu = devices
         .iter()
@@ -180,8 +176,9 @@ fn group_lists_edu_on_vfio_pci_with_cdev() {
 }
 
 #[test]
+#[ignore = "needs a real kernel: the VM tier runs it (compat-tests/scripts/vm-tier.sh)"]
 fn geometry_excludes_msi_window() {
-    let Some(mut f) = Fixture::new() else { return };
+    let mut f = Fixture::new();
     let g = f.be.ioas_geometry(f.ctx, f.ioas).unwrap();
     assert!(!g.ranges.is_empty());
     for w in g.ranges.windows(2) {
@@ -202,8 +199,9 @@ fn geometry_excludes_msi_window() {
 }
 
 #[test]
+#[ignore = "needs a real kernel: the VM tier runs it (compat-tests/scripts/vm-tier.sh)"]
 fn iova_ranges_retries_on_emsgsize() {
-    let Some(f) = Fixture::new() else { return };
+    let f = Fixture::new();
     let direct = ioctl::ioas_iova_ranges(f.iommufd(), f.ioas.0).unwrap();
     let retried = ioctl::ioas_iova_ranges_with_capacity(f.iommufd(), f.ioas.0, 0).unwrap();
     assert_eq!(direct, retried);
@@ -214,8 +212,9 @@ fn iova_ranges_retries_on_emsgsize() {
 }
 
 #[test]
+#[ignore = "needs a real kernel: the VM tier runs it (compat-tests/scripts/vm-tier.sh)"]
 fn pgsizes_match_type1() {
-    let Some(mut f) = Fixture::new() else { return };
+    let mut f = Fixture::new();
     let pgsizes = f.be.ioas_pgsizes(f.ctx, f.ioas).unwrap();
     let hw = ioctl::get_hw_info(f.iommufd(), f.dev_id()).unwrap();
     if hw.vtd().is_some() {
@@ -228,8 +227,9 @@ fn pgsizes_match_type1() {
 }
 
 #[test]
+#[ignore = "needs a real kernel: the VM tier runs it (compat-tests/scripts/vm-tier.sh)"]
 fn coherency_follows_snoop_control_on_vtd() {
-    let Some(mut f) = Fixture::new() else { return };
+    let mut f = Fixture::new();
     let coherent = f.be.ioas_enforces_coherency(f.ctx, f.ioas).unwrap();
     let hw = ioctl::get_hw_info(f.iommufd(), f.dev_id()).unwrap();
     if let Some(vtd) = hw.vtd() {
@@ -238,8 +238,9 @@ fn coherency_follows_snoop_control_on_vtd() {
 }
 
 #[test]
+#[ignore = "needs a real kernel: the VM tier runs it (compat-tests/scripts/vm-tier.sh)"]
 fn map_then_unmap_2m() {
-    let Some(mut f) = Fixture::new() else { return };
+    let mut f = Fixture::new();
     let buf = Buffer::new(SZ_2M);
     f.be.ioas_map(f.ctx, f.ioas, MAP_IOVA, buf.vaddr(), SZ_2M, RW)
         .unwrap();
@@ -257,8 +258,9 @@ fn map_then_unmap_2m() {
 }
 
 #[test]
+#[ignore = "needs a real kernel: the VM tier runs it (compat-tests/scripts/vm-tier.sh)"]
 fn map_over_reserved_region_fails() {
-    let Some(mut f) = Fixture::new() else { return };
+    let mut f = Fixture::new();
     let buf = Buffer::new(SZ_2M);
     // io_pagetable.c:196-197: a reserved IOVA in the range is EINVAL.
     assert_eq!(
@@ -272,8 +274,9 @@ fn map_over_reserved_region_fails() {
 }
 
 #[test]
+#[ignore = "needs a real kernel: the VM tier runs it (compat-tests/scripts/vm-tier.sh)"]
 fn teardown_detach_close_destroy() {
-    let Some(mut f) = Fixture::new() else { return };
+    let mut f = Fixture::new();
     // The attached device's HWPT holds the IOAS.
     assert_eq!(f.be.ioas_destroy(f.ctx, f.ioas), Err(Errno::EBUSY));
     f.be.device_detach(f.dev).unwrap();
@@ -287,8 +290,9 @@ fn teardown_detach_close_destroy() {
 }
 
 #[test]
+#[ignore = "needs a real kernel: the VM tier runs it (compat-tests/scripts/vm-tier.sh)"]
 fn rlimit_mode_is_per_process_when_privileged() {
-    let Some(f) = Fixture::new() else { return };
+    let f = Fixture::new();
     let mode = ioctl::option(
         f.iommufd(),
         ioctl::IOMMU_OPTION_RLIMIT_MODE,
@@ -304,8 +308,9 @@ fn rlimit_mode_is_per_process_when_privileged() {
 }
 
 #[test]
+#[ignore = "needs a real kernel: the VM tier runs it (compat-tests/scripts/vm-tier.sh)"]
 fn hwpt_alloc_attach_destroy() {
-    let Some(f) = Fixture::new() else { return };
+    let f = Fixture::new();
     let hwpt = ioctl::hwpt_alloc(f.iommufd(), 0, f.dev_id(), f.ioas.0).unwrap();
     let dev_fd = f.be.device_raw_fd(f.dev).unwrap();
     // SAFETY: the backend owns the cdev fd while the fixture lives.
@@ -318,8 +323,9 @@ fn hwpt_alloc_attach_destroy() {
 }
 
 #[test]
+#[ignore = "needs a real kernel: the VM tier runs it (compat-tests/scripts/vm-tier.sh)"]
 fn dirty_tracking_follows_capability() {
-    let Some(f) = Fixture::new() else { return };
+    let f = Fixture::new();
     let hw = ioctl::get_hw_info(f.iommufd(), f.dev_id()).unwrap();
     let flags = ioctl::IOMMU_HWPT_ALLOC_DIRTY_TRACKING;
     let r = ioctl::hwpt_alloc(f.iommufd(), flags, f.dev_id(), f.ioas.0);
@@ -337,8 +343,9 @@ fn dirty_tracking_follows_capability() {
 }
 
 #[test]
+#[ignore = "needs a real kernel: the VM tier runs it (compat-tests/scripts/vm-tier.sh)"]
 fn map_file_of_memfd() {
-    let Some(mut f) = Fixture::new() else { return };
+    let mut f = Fixture::new();
     let memfd =
         nix::sys::memfd::memfd_create(c"vfio-shim-test", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
             .unwrap();
@@ -361,8 +368,9 @@ fn map_file_of_memfd() {
 }
 
 #[test]
+#[ignore = "needs a real kernel: the VM tier runs it (compat-tests/scripts/vm-tier.sh)"]
 fn ioas_copy_and_allow_iovas() {
-    let Some(mut f) = Fixture::new() else { return };
+    let mut f = Fixture::new();
     let buf = Buffer::new(SZ_2M);
     f.be.ioas_map(f.ctx, f.ioas, MAP_IOVA, buf.vaddr(), SZ_2M, RW)
         .unwrap();
@@ -392,12 +400,11 @@ fn ioas_copy_and_allow_iovas() {
 }
 
 #[test]
+#[ignore = "needs a real kernel: the VM tier runs it (compat-tests/scripts/vm-tier.sh)"]
 fn vfio_ioas_wrapper_selects_compat_ioas() {
     // Only the wrapper is exercised; KernelBackend never calls IOMMU_VFIO_IOAS.
     let _turn = DEVICE.lock().unwrap_or_else(|e| e.into_inner());
-    if edu().is_none() {
-        return;
-    }
+    edu();
     let mut be = KernelBackend::new();
     let ctx = be.iommufd_open().unwrap();
     let ioas = be.ioas_alloc(ctx).unwrap();
