@@ -1,0 +1,20 @@
+# The one command that runs every test: `make test`.
+# - host tier: cargo test for the whole workspace (pure core over the fake backend, sys-layer
+#   golden tests, runner unit tests; the real-kernel tests show as "ignored" here);
+# - VM tier: builds and caches the two test kernels, boots them under QEMU TCG and runs the
+#   kernel-backend tests and every legacy client in every mode, then compares with type1.
+# Both install what they need (Debian packages, virtme-ng) by themselves.
+
+.PHONY: test host-test vm-test bench
+
+test: host-test vm-test
+
+host-test:
+	bash compat-tests/scripts/host-deps.sh
+	cargo test --workspace
+
+vm-test:
+	bash compat-tests/scripts/vm-tier.sh
+
+bench:
+	cargo bench -p vfio-shim --bench translator
