@@ -84,7 +84,6 @@ vng_args=(
   --cpus "${VM_CPUS:-2}"
   --memory "${VM_MEMORY:-3G}"
   --rwdir "$results"
-  --cwd "$results"
   --name "vfio-shim-$variant"
 )
 for a in "${append[@]}"; do vng_args+=(--append "$a"); done
