@@ -1,0 +1,99 @@
+//! Golden values of the legacy uAPI the core decodes: every ioctl number and struct size as a
+//! literal (from Linux 7.3 `include/uapi/linux/vfio.h`), and every struct size cross-checked
+//! against rust-vmm's bindgen output (`vfio-bindings`).
+#![allow(non_upper_case_globals)]
+
+use std::mem::size_of;
+
+use vfio_bindings::bindings::vfio as vb;
+use vfio_shim::abi::*;
+
+#[test]
+fn legacy_ioctl_numbers() {
+    assert_eq!(VFIO_GET_API_VERSION, 0x3b64);
+    assert_eq!(VFIO_CHECK_EXTENSION, 0x3b65);
+    assert_eq!(VFIO_SET_IOMMU, 0x3b66);
+    assert_eq!(VFIO_GROUP_GET_STATUS, 0x3b67);
+    assert_eq!(VFIO_GROUP_SET_CONTAINER, 0x3b68);
+    assert_eq!(VFIO_GROUP_UNSET_CONTAINER, 0x3b69);
+    assert_eq!(VFIO_GROUP_GET_DEVICE_FD, 0x3b6a);
+    assert_eq!(VFIO_DEVICE_GET_INFO, 0x3b6b);
+    assert_eq!(VFIO_DEVICE_GET_REGION_INFO, 0x3b6c);
+    assert_eq!(VFIO_DEVICE_GET_IRQ_INFO, 0x3b6d);
+    assert_eq!(VFIO_DEVICE_SET_IRQS, 0x3b6e);
+    assert_eq!(VFIO_DEVICE_RESET, 0x3b6f);
+    assert_eq!(VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, 0x3b70);
+    assert_eq!(VFIO_DEVICE_PCI_HOT_RESET, 0x3b71);
+    assert_eq!(VFIO_IOMMU_GET_INFO, 0x3b70);
+    assert_eq!(VFIO_IOMMU_MAP_DMA, 0x3b71);
+    assert_eq!(VFIO_IOMMU_UNMAP_DMA, 0x3b72);
+    assert_eq!(VFIO_IOMMU_ENABLE, 0x3b73);
+    assert_eq!(VFIO_IOMMU_DISABLE, 0x3b74);
+    assert_eq!(VFIO_IOMMU_DIRTY_PAGES, 0x3b75);
+    assert_eq!(VFIO_DEVICE_FEATURE, 0x3b75);
+    assert_eq!(VFIO_DEVICE_BIND_IOMMUFD, 0x3b76);
+    assert_eq!(VFIO_DEVICE_ATTACH_IOMMUFD_PT, 0x3b77);
+    assert_eq!(VFIO_DEVICE_DETACH_IOMMUFD_PT, 0x3b78);
+}
+
+#[test]
+fn legacy_constants() {
+    assert_eq!(VFIO_TYPE1_IOMMU as u32, vb::VFIO_TYPE1_IOMMU);
+    assert_eq!(VFIO_TYPE1v2_IOMMU as u32, vb::VFIO_TYPE1v2_IOMMU);
+    assert_eq!(VFIO_DMA_CC_IOMMU as u32, vb::VFIO_DMA_CC_IOMMU);
+    assert_eq!(VFIO_UNMAP_ALL as u32, vb::VFIO_UNMAP_ALL);
+    assert_eq!(VFIO_UPDATE_VADDR as u32, vb::VFIO_UPDATE_VADDR);
+    assert_eq!((VFIO_UNMAP_ALL, VFIO_UPDATE_VADDR), (9, 10));
+    assert_eq!(VFIO_DMA_UNMAP_FLAG_ALL, 2);
+    assert_eq!(VFIO_DMA_UNMAP_FLAG_VADDR, 4);
+    assert_eq!(VFIO_DMA_MAP_FLAG_VADDR, 4);
+    assert_eq!(DMA_ENTRY_LIMIT_DEFAULT, 65535);
+    assert_eq!(DIRTY_BITMAP_SIZE_MAX, 1 << 28);
+}
+
+#[test]
+fn legacy_struct_sizes() {
+    assert_eq!(size_of::<vfio_group_status>(), 8);
+    assert_eq!(size_of::<vfio_iommu_type1_info>(), 24);
+    assert_eq!(size_of::<vfio_info_cap_header>(), 8);
+    assert_eq!(size_of::<vfio_iova_range>(), 16);
+    assert_eq!(size_of::<vfio_iommu_type1_info_cap_iova_range>(), 16);
+    assert_eq!(size_of::<vfio_iommu_type1_info_cap_migration>(), 32);
+    assert_eq!(size_of::<vfio_iommu_type1_info_dma_avail>(), 12);
+    assert_eq!(size_of::<vfio_iommu_type1_dma_map>(), 32);
+    assert_eq!(size_of::<vfio_iommu_type1_dma_unmap>(), 24);
+    assert_eq!(size_of::<vfio_bitmap>(), 24);
+    assert_eq!(size_of::<vfio_iommu_type1_dirty_bitmap>(), 8);
+    assert_eq!(size_of::<vfio_iommu_type1_dirty_bitmap_get>(), 40);
+}
+
+#[test]
+fn struct_sizes_agree_with_vfio_bindings() {
+    assert_eq!(size_of::<vfio_group_status>(), size_of::<vb::vfio_group_status>());
+    assert_eq!(size_of::<vfio_iommu_type1_info>(), size_of::<vb::vfio_iommu_type1_info>());
+    assert_eq!(size_of::<vfio_info_cap_header>(), size_of::<vb::vfio_info_cap_header>());
+    assert_eq!(size_of::<vfio_iova_range>(), size_of::<vb::vfio_iova_range>());
+    assert_eq!(
+        size_of::<vfio_iommu_type1_info_cap_iova_range>(),
+        size_of::<vb::vfio_iommu_type1_info_cap_iova_range>()
+    );
+    assert_eq!(
+        size_of::<vfio_iommu_type1_info_cap_migration>(),
+        size_of::<vb::vfio_iommu_type1_info_cap_migration>()
+    );
+    assert_eq!(
+        size_of::<vfio_iommu_type1_info_dma_avail>(),
+        size_of::<vb::vfio_iommu_type1_info_dma_avail>()
+    );
+    assert_eq!(size_of::<vfio_iommu_type1_dma_map>(), size_of::<vb::vfio_iommu_type1_dma_map>());
+    assert_eq!(size_of::<vfio_iommu_type1_dma_unmap>(), size_of::<vb::vfio_iommu_type1_dma_unmap>());
+    assert_eq!(size_of::<vfio_bitmap>(), size_of::<vb::vfio_bitmap>());
+    assert_eq!(
+        size_of::<vfio_iommu_type1_dirty_bitmap>(),
+        size_of::<vb::vfio_iommu_type1_dirty_bitmap>()
+    );
+    assert_eq!(
+        size_of::<vfio_iommu_type1_dirty_bitmap_get>(),
+        size_of::<vb::vfio_iommu_type1_dirty_bitmap_get>()
+    );
+}
