@@ -92,7 +92,7 @@ if [ \$setup_rc -ne 0 ]; then
 fi
 if [ -n $(printf %q "$kb") ]; then
   start=\$(date +%s)
-  $(printf %q "$kb") --test-threads=1 >$(printf %q "$results/$k/kernel-backend.log") 2>&1
+  $(printf %q "$kb") --test-threads=1 --include-ignored >$(printf %q "$results/$k/kernel-backend.log") 2>&1
   echo \$? >$(printf %q "$results/$k/kernel-backend.rc")
   echo "guest: kernel-backend test rc=\$(cat $(printf %q "$results/$k/kernel-backend.rc")) (\$(( \$(date +%s) - start )) s)" >&2
 fi
@@ -114,8 +114,9 @@ for k in $kernels; do
   fi
   if [ -n "$kb" ]; then
     rc=$(cat "$results/$k/kernel-backend.rc" 2>/dev/null || echo missing)
+    summary=$(grep -o 'test result: .*' "$results/$k/kernel-backend.log" 2>/dev/null | tail -n1 | cut -d';' -f1-3)
     if [ "$rc" = 0 ]; then
-      echo "kernel-backend ($k): pass"
+      echo "kernel-backend ($k): pass (${summary:-no summary})"
     else
       failed=1
       echo "kernel-backend ($k): FAIL rc=$rc (log: $results/$k/kernel-backend.log)"

@@ -153,7 +153,7 @@ pub fn run(opts: &RunOpts) -> Result<usize, String> {
         .map_err(|e| format!("reading {}: {e}", opts.clients_dir.display()))?;
     let mut selected: Vec<(String, Builds)> = Vec::new();
     if opts.clients.is_empty() {
-        selected.extend(found.into_iter());
+        selected.extend(found);
     } else {
         for c in &opts.clients {
             // A named client with no build at all still gets failure rows.
