@@ -12,8 +12,8 @@ use std::ffi::{c_char, c_int, c_ulong, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Mutex, OnceLock};
 
-use vfio_shim::arg::ArgMemory;
 use vfio_shim::{ContainerId, DeviceGrant, Errno, FdTarget, GroupId, GroupReply, Shim};
+use vfio_shim_sys::own_memory::OwnMemory;
 use vfio_shim_sys::KernelBackend;
 
 #[derive(Clone, Copy, Debug)]
@@ -34,51 +34,6 @@ fn driver() -> &'static Mutex<Driver> {
         let _ = env_logger::Builder::from_env(env_logger::Env::new().filter("VFIO_SHIM_LOG")).try_init();
         Mutex::new(Driver { shim: Shim::new(KernelBackend::new()), fds: HashMap::new() })
     })
-}
-
-/// The caller's own memory, read and written with `process_vm_readv/writev` on itself so a
-/// bad pointer is `EFAULT`, as from the kernel, instead of a crash.
-struct OwnMemory {
-    arg: u64,
-}
-
-fn vm_copy(addr: u64, local: *mut u8, len: usize, write: bool) -> Result<(), Errno> {
-    if len == 0 {
-        return Ok(());
-    }
-    let local_iov = libc::iovec { iov_base: local.cast(), iov_len: len };
-    let remote_iov = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: len };
-    // SAFETY: `local` points to `len` bytes owned by the caller for the duration of the call;
-    // the remote side is checked by the kernel, which reports EFAULT for unmapped memory.
-    let n = unsafe {
-        if write {
-            libc::process_vm_writev(libc::getpid(), &local_iov, 1, &remote_iov, 1, 0)
-        } else {
-            libc::process_vm_readv(libc::getpid(), &local_iov, 1, &remote_iov, 1, 0)
-        }
-    };
-    if n < 0 {
-        return Err(Errno::last());
-    }
-    if n as usize != len {
-        return Err(Errno::EFAULT);
-    }
-    Ok(())
-}
-
-impl ArgMemory for OwnMemory {
-    fn read(&mut self, offset: usize, buf: &mut [u8]) -> Result<(), Errno> {
-        self.read_user(self.arg.checked_add(offset as u64).ok_or(Errno::EFAULT)?, buf)
-    }
-    fn write(&mut self, offset: usize, bytes: &[u8]) -> Result<(), Errno> {
-        self.write_user(self.arg.checked_add(offset as u64).ok_or(Errno::EFAULT)?, bytes)
-    }
-    fn read_user(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
-        vm_copy(addr, buf.as_mut_ptr(), buf.len(), false)
-    }
-    fn write_user(&mut self, addr: u64, bytes: &[u8]) -> Result<(), Errno> {
-        vm_copy(addr, bytes.as_ptr() as *mut u8, bytes.len(), true)
-    }
 }
 
 fn fd_is_open(fd: c_int) -> bool {
@@ -253,14 +208,4 @@ mod tests {
         assert_eq!(group_number("/dev/vfio/"), None);
     }
 
-    #[test]
-    fn own_memory_faults_instead_of_crashing() {
-        let mut m = OwnMemory { arg: 8 };
-        let mut buf = [0u8; 4];
-        assert_eq!(m.read(0, &mut buf), Err(Errno::EFAULT));
-        let value = 0x1234_5678u32;
-        let mut m = OwnMemory { arg: &value as *const u32 as u64 };
-        m.read(0, &mut buf).unwrap();
-        assert_eq!(u32::from_ne_bytes(buf), value);
-    }
 }

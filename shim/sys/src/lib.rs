@@ -5,6 +5,7 @@
 
 pub mod ioctl;
 pub mod kernel;
+pub mod own_memory;
 pub mod vtd;
 
 pub use kernel::KernelBackend;
