@@ -119,7 +119,7 @@ pub struct Shim<B: Backend> {
 }
 
 /// The outcome of `VFIO_GROUP_GET_DEVICE_FD`: the glue installs a new fd for `handle`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DeviceGrant {
     pub group: GroupId,
     pub handle: DeviceHandle,

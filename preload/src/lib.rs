@@ -1,0 +1,415 @@
+//! `libvfio_shim_preload.so`: loaded with `LD_PRELOAD` into an unmodified, dynamically linked
+//! program, it serves the legacy VFIO container (`/dev/vfio/vfio`) and groups (`/dev/vfio/<N>`)
+//! in-process through the shim core and its kernel backend (iommufd + VFIO cdevs).
+//!
+//! ABI note: `open`, `openat`, `fcntl` and `ioctl` are C-variadic. This toolchain cannot define
+//! variadic functions, so the hooks are fixed-arity with the optional argument spelled out. On
+//! x86-64 System V a variadic call passes its integer arguments in the same registers as a
+//! fixed one, so the hook sees the caller's value; when the caller passed none the register
+//! holds garbage, which is only ever read where libc would read it too (`mode` with `O_CREAT` or
+//! `O_TMPFILE`; `fcntl`'s argument for commands that take one, forwarded untouched).
+//!
+//! Pass-through cost for fds that are not ours: one relaxed byte load from a static table
+//! ([`table::kind`]) and a tail call to libc; no allocation, lock or logging.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod real;
+pub mod state;
+pub mod table;
+
+use std::cell::Cell;
+use std::ffi::{c_char, c_int, c_ulong, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use parking_lot::Mutex;
+use vfio_shim::arg::ArgMemory;
+use vfio_shim::Errno;
+use vfio_shim_sys::own_memory::OwnMemory;
+
+use real::real;
+use state::{Object, State};
+use table::Kind;
+
+static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+thread_local! {
+    /// Set while this thread is inside the shim, so a hook re-entered from our own code (a
+    /// backend `open`, a logger write) goes straight to libc instead of deadlocking.
+    static INSIDE: Cell<bool> = const { Cell::new(false) };
+}
+
+fn init_logging() {
+    if std::env::var_os("VFIO_SHIM_LOG").is_some() {
+        let _ = env_logger::Builder::from_env(env_logger::Env::new().filter("VFIO_SHIM_LOG"))
+            .format_timestamp(None)
+            .try_init();
+    }
+}
+
+/// Runs `f` on the process state with errno saved and restored on success, errno set on
+/// failure, and panics stopped at the boundary (`EIO`).
+fn emulate(f: impl FnOnce(&mut State) -> Result<c_int, Errno>) -> c_int {
+    let saved = Errno::last_raw();
+    INSIDE.with(|i| i.set(true));
+    let out = catch_unwind(AssertUnwindSafe(|| {
+        let mut guard = STATE.lock();
+        let state = guard.get_or_insert_with(|| {
+            init_logging();
+            State::new()
+        });
+        f(state)
+    }));
+    INSIDE.with(|i| i.set(false));
+    match out {
+        Ok(Ok(v)) => {
+            Errno::set_raw(saved);
+            v
+        }
+        Ok(Err(e)) => {
+            e.set();
+            -1
+        }
+        Err(_) => {
+            Errno::EIO.set();
+            -1
+        }
+    }
+}
+
+fn inside() -> bool {
+    INSIDE.with(|i| i.get())
+}
+
+#[derive(Clone, Copy)]
+enum Target {
+    Container,
+    Group(u32),
+}
+
+/// Whether `path` names a legacy VFIO node we serve.
+///
+/// # Safety
+/// `path` is null or a valid C string.
+#[inline]
+unsafe fn classify(path: *const c_char) -> Option<Target> {
+    if path.is_null() {
+        return None;
+    }
+    // Cheap reject before measuring the string: every path we serve starts with "/dev/v".
+    // SAFETY: `path` is a valid C string, so at least its first bytes up to NUL are readable.
+    let head = unsafe { [*path as u8, if *path == 0 { 0 } else { *path.add(1) as u8 }] };
+    if head != [b'/', b'd'] {
+        return None;
+    }
+    // SAFETY: as above.
+    let bytes = unsafe { CStr::from_ptr(path) }.to_bytes();
+    if state::is_container_path(bytes) {
+        Some(Target::Container)
+    } else {
+        state::group_number(bytes).map(Target::Group)
+    }
+}
+
+fn open_emulated(t: Target, flags: c_int) -> c_int {
+    let cloexec = flags & libc::O_CLOEXEC != 0;
+    emulate(|s| match t {
+        Target::Container => s.open_container(cloexec),
+        Target::Group(n) => s.open_group(n, cloexec),
+    })
+}
+
+// ------------------------------------------------------------------------------- open
+
+/// # Safety
+/// As `open(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn open(path: *const c_char, flags: c_int, mode: libc::mode_t) -> c_int {
+    // SAFETY: `path` comes from the caller of open(2).
+    match unsafe { classify(path) } {
+        Some(t) if !inside() => open_emulated(t, flags),
+        // SAFETY: forwarding the caller's arguments.
+        _ => unsafe { (real().open)(path, flags, mode) },
+    }
+}
+
+/// # Safety
+/// As `open64(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn open64(path: *const c_char, flags: c_int, mode: libc::mode_t) -> c_int {
+    // SAFETY: `path` comes from the caller.
+    match unsafe { classify(path) } {
+        Some(t) if !inside() => open_emulated(t, flags),
+        // SAFETY: forwarding the caller's arguments.
+        _ => unsafe { (real().open64)(path, flags, mode) },
+    }
+}
+
+/// # Safety
+/// As glibc's fortified `__open_2`.
+#[no_mangle]
+pub unsafe extern "C" fn __open_2(path: *const c_char, flags: c_int) -> c_int {
+    // SAFETY: `path` comes from the caller.
+    match unsafe { classify(path) } {
+        Some(t) if !inside() => open_emulated(t, flags),
+        // SAFETY: forwarding the caller's arguments.
+        _ => unsafe { (real().open_2)(path, flags) },
+    }
+}
+
+/// # Safety
+/// As glibc's fortified `__open64_2`.
+#[no_mangle]
+pub unsafe extern "C" fn __open64_2(path: *const c_char, flags: c_int) -> c_int {
+    // SAFETY: `path` comes from the caller.
+    match unsafe { classify(path) } {
+        Some(t) if !inside() => open_emulated(t, flags),
+        // SAFETY: forwarding the caller's arguments.
+        _ => unsafe { (real().open64_2)(path, flags) },
+    }
+}
+
+/// Only absolute paths are served; a relative path (even under a dirfd on /dev/vfio) goes to
+/// the kernel.
+///
+/// # Safety
+/// As `openat(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn openat(dirfd: c_int, path: *const c_char, flags: c_int, mode: libc::mode_t) -> c_int {
+    // SAFETY: `path` comes from the caller.
+    match unsafe { classify(path) } {
+        Some(t) if !inside() => open_emulated(t, flags),
+        // SAFETY: forwarding the caller's arguments.
+        _ => unsafe { (real().openat)(dirfd, path, flags, mode) },
+    }
+}
+
+/// # Safety
+/// As `openat64(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn openat64(dirfd: c_int, path: *const c_char, flags: c_int, mode: libc::mode_t) -> c_int {
+    // SAFETY: `path` comes from the caller.
+    match unsafe { classify(path) } {
+        Some(t) if !inside() => open_emulated(t, flags),
+        // SAFETY: forwarding the caller's arguments.
+        _ => unsafe { (real().openat64)(dirfd, path, flags, mode) },
+    }
+}
+
+// ------------------------------------------------------------------------ close / dup
+
+/// # Safety
+/// As `close(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    if table::kind(fd) == Kind::None || inside() {
+        // SAFETY: forwarding the caller's argument.
+        return unsafe { (real().close)(fd) };
+    }
+    // The table update and the real close happen under one lock: closing first would let
+    // another thread get the same number and have it forgotten here.
+    let mut rc = 0;
+    let mut err = 0;
+    emulate(|s| {
+        s.forget(fd);
+        // SAFETY: closing the caller's fd.
+        rc = unsafe { (real().close)(fd) };
+        err = Errno::last_raw();
+        Ok(0)
+    });
+    if rc < 0 {
+        Errno::set_raw(err);
+    }
+    rc
+}
+
+/// Runs a real dup-like call on our fd `old` and records the new fd as an alias, dropping
+/// whatever object `target` named before (dup2/dup3 close it implicitly).
+fn dup_emulated(old: c_int, target: Option<c_int>, call: impl FnOnce() -> c_int) -> c_int {
+    let mut rc = -1;
+    let mut err = 0;
+    emulate(|s| {
+        rc = call();
+        err = Errno::last_raw();
+        if rc >= 0 {
+            if rc as usize >= table::MAX_FDS {
+                // SAFETY: closing the descriptor just created; we could not track it.
+                unsafe { (real().close)(rc) };
+                rc = -1;
+                err = libc::EMFILE;
+                return Ok(0);
+            }
+            if let Some(t) = target {
+                if t != old {
+                    s.forget(t);
+                }
+            }
+            if target != Some(old) {
+                s.alias(old, rc);
+            }
+        }
+        Ok(0)
+    });
+    if rc < 0 {
+        Errno::set_raw(err);
+    }
+    rc
+}
+
+/// # Safety
+/// As `dup(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
+    if table::kind(fd) == Kind::None || inside() {
+        // SAFETY: forwarding the caller's argument.
+        return unsafe { (real().dup)(fd) };
+    }
+    // SAFETY: forwarding the caller's argument.
+    dup_emulated(fd, None, || unsafe { (real().dup)(fd) })
+}
+
+/// # Safety
+/// As `dup2(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
+    if (table::kind(old) == Kind::None && table::kind(new) == Kind::None) || inside() {
+        // SAFETY: forwarding the caller's arguments.
+        return unsafe { (real().dup2)(old, new) };
+    }
+    // SAFETY: forwarding the caller's arguments.
+    dup_emulated(old, Some(new), || unsafe { (real().dup2)(old, new) })
+}
+
+/// # Safety
+/// As `dup3(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    if (table::kind(old) == Kind::None && table::kind(new) == Kind::None) || inside() {
+        // SAFETY: forwarding the caller's arguments.
+        return unsafe { (real().dup3)(old, new, flags) };
+    }
+    // SAFETY: forwarding the caller's arguments.
+    dup_emulated(old, Some(new), || unsafe { (real().dup3)(old, new, flags) })
+}
+
+fn fcntl_common(fd: c_int, cmd: c_int, arg: c_ulong, f: real::FcntlFn) -> c_int {
+    let dups = cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC;
+    if !dups || table::kind(fd) == Kind::None || inside() {
+        // SAFETY: forwarding the caller's arguments.
+        return unsafe { f(fd, cmd, arg) };
+    }
+    // SAFETY: forwarding the caller's arguments.
+    dup_emulated(fd, None, || unsafe { f(fd, cmd, arg) })
+}
+
+/// # Safety
+/// As `fcntl(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    fcntl_common(fd, cmd, arg, real().fcntl)
+}
+
+/// # Safety
+/// As `fcntl64(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    fcntl_common(fd, cmd, arg, real().fcntl64)
+}
+
+// ------------------------------------------------------------------------------ ioctl
+
+/// `KVM_SET_DEVICE_ATTR`: `_IOW(KVMIO, 0xe1, struct kvm_device_attr)`.
+const KVM_SET_DEVICE_ATTR: c_ulong = 0x4018_aee1;
+/// `KVM_DEV_VFIO_FILE` (formerly `KVM_DEV_VFIO_GROUP`) and its `ADD`/`DEL` attributes.
+const KVM_DEV_VFIO_FILE: u32 = 1;
+const KVM_DEV_VFIO_FILE_ADD: u64 = 1;
+const KVM_DEV_VFIO_FILE_DEL: u64 = 2;
+
+/// # Safety
+/// As `ioctl(2)`: `arg` is what `req` expects.
+#[no_mangle]
+pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: c_ulong) -> c_int {
+    let kind = table::kind(fd);
+    if kind == Kind::None || inside() {
+        if req == KVM_SET_DEVICE_ATTR && !inside() {
+            return kvm_set_device_attr(fd, arg);
+        }
+        // SAFETY: forwarding the caller's arguments.
+        return unsafe { (real().ioctl)(fd, req, arg) };
+    }
+    match kind {
+        // Device fds are real cdevs: the kernel serves them.
+        // SAFETY: forwarding the caller's arguments.
+        Kind::Device => unsafe { (real().ioctl)(fd, req, arg) },
+        _ => emulate(|s| match s.object(fd) {
+            Some(Object::Container(id)) => s.container_ioctl(id, req as u32, arg as u64),
+            Some(Object::Group(id)) => s.group_ioctl(id, req as u32, arg as u64),
+            _ => Err(Errno::EBADF),
+        }),
+    }
+}
+
+/// KVM's VFIO device learns about groups for coherency and (on some platforms) interrupt
+/// bypass. An emulated group is not a file KVM knows, so `FILE_ADD`/`FILE_DEL` of one becomes
+/// the same request for each of the group's device cdevs (which KVM accepts since 6.6).
+fn kvm_set_device_attr(fd: c_int, arg: c_ulong) -> c_int {
+    let mut mem = OwnMemory { arg: arg as u64 };
+    let mut attr = [0u8; 24];
+    let passthrough = |a: c_ulong| {
+        // SAFETY: forwarding a KVM_SET_DEVICE_ATTR with a pointer to a valid attr struct.
+        unsafe { (real().ioctl)(fd, KVM_SET_DEVICE_ATTR, a) }
+    };
+    if mem.read(0, &mut attr).is_err() {
+        return passthrough(arg);
+    }
+    let group = u32::from_ne_bytes(attr[4..8].try_into().expect("4 bytes"));
+    let what = u64::from_ne_bytes(attr[8..16].try_into().expect("8 bytes"));
+    let addr = u64::from_ne_bytes(attr[16..24].try_into().expect("8 bytes"));
+    if group != KVM_DEV_VFIO_FILE || !(what == KVM_DEV_VFIO_FILE_ADD || what == KVM_DEV_VFIO_FILE_DEL) {
+        return passthrough(arg);
+    }
+    let mut file_fd = [0u8; 4];
+    if mem.read_user(addr, &mut file_fd).is_err() {
+        return passthrough(arg);
+    }
+    let file_fd = i32::from_ne_bytes(file_fd);
+    if table::kind(file_fd) != Kind::Group {
+        return passthrough(arg);
+    }
+    emulate(|s| {
+        let Some(Object::Group(g)) = s.object(file_fd) else { return Err(Errno::EBADF) };
+        for dev in s.group_device_fds(g) {
+            let dev_fd: i32 = dev;
+            let mut rewritten = attr;
+            rewritten[16..24].copy_from_slice(&(&dev_fd as *const i32 as u64).to_ne_bytes());
+            // SAFETY: `rewritten` is a valid kvm_device_attr whose addr points at `dev_fd`,
+            // both live across the call.
+            let rc = unsafe { (real().ioctl)(fd, KVM_SET_DEVICE_ATTR, rewritten.as_ptr() as c_ulong) };
+            if rc < 0 {
+                return Err(Errno::last());
+            }
+        }
+        Ok(0)
+    })
+}
+
+// ------------------------------------------------------------------ constructor, fork
+
+extern "C" fn before_fork() {
+    // Hold the state lock across fork so the child never inherits it mid-update.
+    std::mem::forget(STATE.lock());
+}
+
+extern "C" fn after_fork() {
+    // SAFETY: `before_fork` left the lock held by this thread (or its pre-fork self).
+    unsafe { STATE.force_unlock() };
+}
+
+extern "C" fn constructor() {
+    real::init();
+    // SAFETY: registering plain extern "C" handlers with no captured state.
+    unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+}
+
+#[used]
+#[link_section = ".init_array"]
+static CONSTRUCTOR: extern "C" fn() = constructor;

@@ -1,0 +1,90 @@
+//! The real libc entry points, resolved once with `dlsym(RTLD_NEXT)` (in the library's
+//! constructor, or at the first hook call if another constructor calls in earlier).
+//! A missing symbol aborts with a message: there is nothing sane to fall back to.
+
+use std::ffi::{c_char, c_int, c_ulong, c_void, CStr};
+use std::sync::OnceLock;
+
+pub type OpenFn = unsafe extern "C" fn(*const c_char, c_int, libc::mode_t) -> c_int;
+pub type Open2Fn = unsafe extern "C" fn(*const c_char, c_int) -> c_int;
+pub type OpenatFn = unsafe extern "C" fn(c_int, *const c_char, c_int, libc::mode_t) -> c_int;
+pub type CloseFn = unsafe extern "C" fn(c_int) -> c_int;
+pub type DupFn = unsafe extern "C" fn(c_int) -> c_int;
+pub type Dup2Fn = unsafe extern "C" fn(c_int, c_int) -> c_int;
+pub type Dup3Fn = unsafe extern "C" fn(c_int, c_int, c_int) -> c_int;
+pub type FcntlFn = unsafe extern "C" fn(c_int, c_int, c_ulong) -> c_int;
+pub type IoctlFn = unsafe extern "C" fn(c_int, c_ulong, c_ulong) -> c_int;
+
+pub struct Real {
+    pub open: OpenFn,
+    pub open64: OpenFn,
+    pub open_2: Open2Fn,
+    pub open64_2: Open2Fn,
+    pub openat: OpenatFn,
+    pub openat64: OpenatFn,
+    pub close: CloseFn,
+    pub dup: DupFn,
+    pub dup2: Dup2Fn,
+    pub dup3: Dup3Fn,
+    pub fcntl: FcntlFn,
+    pub fcntl64: FcntlFn,
+    pub ioctl: IoctlFn,
+}
+
+static REAL: OnceLock<Real> = OnceLock::new();
+
+fn die(msg: &[u8]) -> ! {
+    // SAFETY: writing a static byte string to stderr, then aborting.
+    unsafe {
+        libc::write(2, msg.as_ptr().cast(), msg.len());
+        libc::abort()
+    }
+}
+
+fn sym(name: &CStr) -> *mut c_void {
+    // SAFETY: `name` is NUL-terminated; RTLD_NEXT finds the next definition after ours.
+    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
+    if p.is_null() {
+        die(b"vfio-shim preload: dlsym(RTLD_NEXT) failed for a libc entry point; aborting\n");
+    }
+    p
+}
+
+macro_rules! resolve {
+    ($name:literal) => {
+        // SAFETY: the symbol is libc's function of exactly this type (glibc's prototypes;
+        // the variadic ones take their optional argument in the same register, see lib.rs).
+        unsafe { std::mem::transmute(sym($name)) }
+    };
+}
+
+fn resolve_all() -> Real {
+    Real {
+        open: resolve!(c"open"),
+        open64: resolve!(c"open64"),
+        open_2: resolve!(c"__open_2"),
+        open64_2: resolve!(c"__open64_2"),
+        openat: resolve!(c"openat"),
+        openat64: resolve!(c"openat64"),
+        close: resolve!(c"close"),
+        dup: resolve!(c"dup"),
+        dup2: resolve!(c"dup2"),
+        dup3: resolve!(c"dup3"),
+        fcntl: resolve!(c"fcntl"),
+        fcntl64: resolve!(c"fcntl64"),
+        ioctl: resolve!(c"ioctl"),
+    }
+}
+
+/// The real functions. After the constructor this is one atomic load.
+#[inline(always)]
+pub fn real() -> &'static Real {
+    match REAL.get() {
+        Some(r) => r,
+        None => REAL.get_or_init(resolve_all),
+    }
+}
+
+pub fn init() {
+    let _ = real();
+}

@@ -1,0 +1,211 @@
+//! The process's emulated VFIO objects: the shim core over the kernel backend, and which fd
+//! numbers stand for which object (dup'ed fds share one object, as kernel files do).
+
+use std::collections::HashMap;
+use std::ffi::c_int;
+
+use vfio_shim::{ContainerId, DeviceGrant, Errno, FdTarget, GroupId, GroupReply, Shim};
+use vfio_shim_sys::own_memory::OwnMemory;
+use vfio_shim_sys::KernelBackend;
+
+use crate::real::real;
+use crate::table::{self, Kind};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Object {
+    Container(ContainerId),
+    Group(GroupId),
+    Device(DeviceGrant),
+}
+
+impl Object {
+    fn kind(self) -> Kind {
+        match self {
+            Object::Container(_) => Kind::Container,
+            Object::Group(_) => Kind::Group,
+            Object::Device(_) => Kind::Device,
+        }
+    }
+}
+
+pub struct State {
+    pub shim: Shim<KernelBackend>,
+    /// fd -> object; several fds may name one object.
+    fds: HashMap<c_int, Object>,
+    /// How many fds name each object.
+    refs: HashMap<Object, usize>,
+}
+
+fn dup_fd(fd: c_int, cloexec: bool) -> Result<c_int, Errno> {
+    let cmd = if cloexec { libc::F_DUPFD_CLOEXEC } else { libc::F_DUPFD };
+    // SAFETY: duplicating a descriptor we own; no memory is involved.
+    let new = unsafe { (real().fcntl)(fd, cmd, 0) };
+    if new < 0 {
+        return Err(Errno::last());
+    }
+    if new as usize >= table::MAX_FDS {
+        // SAFETY: closing the descriptor just created.
+        unsafe { (real().close)(new) };
+        return Err(Errno::EMFILE);
+    }
+    Ok(new)
+}
+
+/// `/dev/vfio/<N>` -> `Some(N)`.
+pub fn group_number(path: &[u8]) -> Option<u32> {
+    let n = path.strip_prefix(b"/dev/vfio/")?;
+    if n.is_empty() || n.len() > 10 || !n.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(n).ok()?.parse().ok()
+}
+
+pub fn is_container_path(path: &[u8]) -> bool {
+    path == b"/dev/vfio/vfio"
+}
+
+impl State {
+    pub fn new() -> Self {
+        Self { shim: Shim::new(KernelBackend::new()), fds: HashMap::new(), refs: HashMap::new() }
+    }
+
+    pub fn object(&self, fd: c_int) -> Option<Object> {
+        self.fds.get(&fd).copied()
+    }
+
+    fn adopt(&mut self, fd: c_int, obj: Object) {
+        self.fds.insert(fd, obj);
+        *self.refs.entry(obj).or_default() += 1;
+        table::set(fd, obj.kind());
+    }
+
+    /// Forgets `fd`; releases the object when it was its last fd. The caller closes `fd`.
+    pub fn forget(&mut self, fd: c_int) {
+        let Some(obj) = self.fds.remove(&fd) else { return };
+        table::set(fd, Kind::None);
+        let n = self.refs.get_mut(&obj).expect("counted");
+        *n -= 1;
+        if *n > 0 {
+            return;
+        }
+        self.refs.remove(&obj);
+        match obj {
+            Object::Container(id) => self.shim.close_container(id),
+            Object::Group(id) => self.shim.close_group(id),
+            Object::Device(grant) => self.shim.close_device(grant),
+        }
+    }
+
+    /// `new` is a fresh duplicate of our `old`.
+    pub fn alias(&mut self, old: c_int, new: c_int) {
+        if let Some(obj) = self.object(old) {
+            self.adopt(new, obj);
+        }
+    }
+
+    pub fn open_container(&mut self, cloexec: bool) -> Result<c_int, Errno> {
+        let id = self.shim.open_container()?;
+        let ctx = self.shim.container_iommufd(id).expect("just opened");
+        let raw = self.shim.backend().iommufd_raw_fd(ctx).expect("live context");
+        match dup_fd(raw, cloexec) {
+            Ok(fd) => {
+                self.adopt(fd, Object::Container(id));
+                Ok(fd)
+            }
+            Err(e) => {
+                self.shim.close_container(id);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn open_group(&mut self, number: u32, cloexec: bool) -> Result<c_int, Errno> {
+        let id = self.shim.open_group(number)?;
+        let dir = std::ffi::CString::new(format!("/sys/kernel/iommu_groups/{number}")).expect("no NUL");
+        let mut flags = libc::O_PATH | libc::O_DIRECTORY;
+        if cloexec {
+            flags |= libc::O_CLOEXEC;
+        }
+        // SAFETY: `dir` is a valid C string; an O_PATH fd stands for the group's number.
+        let fd = unsafe { (real().open)(dir.as_ptr(), flags, 0) };
+        if fd < 0 || fd as usize >= table::MAX_FDS {
+            let e = if fd < 0 { Errno::last() } else { Errno::EMFILE };
+            if fd >= 0 {
+                // SAFETY: closing the descriptor just opened.
+                unsafe { (real().close)(fd) };
+            }
+            self.shim.close_group(id);
+            return Err(e);
+        }
+        self.adopt(fd, Object::Group(id));
+        Ok(fd)
+    }
+
+    pub fn container_ioctl(&mut self, id: ContainerId, req: u32, arg: u64) -> Result<c_int, Errno> {
+        let mut mem = OwnMemory { arg };
+        self.shim.container_ioctl(id, req, arg, &mut mem).map(|v| v as c_int)
+    }
+
+    pub fn group_ioctl(&mut self, id: GroupId, req: u32, arg: u64) -> Result<c_int, Errno> {
+        let mut mem = OwnMemory { arg };
+        let fds = &self.fds;
+        let resolve = |other: i32| match fds.get(&other) {
+            Some(Object::Container(c)) => FdTarget::Container(*c),
+            Some(_) => FdTarget::Other,
+            None if fd_is_open(other) => FdTarget::Other,
+            None => FdTarget::Closed,
+        };
+        match self.shim.group_ioctl(id, req, &mut mem, &resolve)? {
+            GroupReply::Done => Ok(0),
+            GroupReply::Device(grant) => {
+                let raw = self.shim.backend().device_raw_fd(grant.handle).expect("bound device");
+                // type1 installs device fds O_CLOEXEC (GR: FD_ADD(O_CLOEXEC, ...)).
+                match dup_fd(raw, true) {
+                    Ok(fd) => {
+                        self.adopt(fd, Object::Device(grant));
+                        Ok(fd)
+                    }
+                    Err(e) => {
+                        self.shim.close_device(grant);
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The raw cdev fds of a group's bound devices (KVM file add/del rewriting).
+    pub fn group_device_fds(&self, id: GroupId) -> Vec<c_int> {
+        self.shim
+            .group_devices(id)
+            .into_iter()
+            .filter_map(|h| self.shim.backend().device_raw_fd(h))
+            .collect()
+    }
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub fn fd_is_open(fd: c_int) -> bool {
+    // SAFETY: F_GETFD only reads descriptor flags.
+    unsafe { (real().fcntl)(fd, libc::F_GETFD, 0) != -1 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(group_number(b"/dev/vfio/12"), Some(12));
+        assert_eq!(group_number(b"/dev/vfio/vfio"), None);
+        assert_eq!(group_number(b"/dev/vfio/devices/vfio0"), None);
+        assert_eq!(group_number(b"/dev/vfio/"), None);
+        assert_eq!(group_number(b"/dev/vfio/99999999999"), None);
+        assert!(is_container_path(b"/dev/vfio/vfio"));
+    }
+}
