@@ -123,6 +123,9 @@ pub struct Shim<B: Backend> {
 pub struct DeviceGrant {
     pub group: GroupId,
     pub handle: DeviceHandle,
+    /// Distinguishes grants of the same device: each `GET_DEVICE_FD` is its own file in
+    /// type1, released by its own last close.
+    pub serial: u64,
 }
 
 impl<B: Backend> Shim<B> {
@@ -799,9 +802,10 @@ impl<B: Backend> Shim<B> {
             .find(|d| d.info.name == name.device)
             .map(|d| d.handle)
             .ok_or(Errno::ENODEV)?;
+        let serial = self.fresh_id();
         let g = self.groups.get_mut(&id).expect("checked");
         g.device_users += 1;
-        Ok(DeviceGrant { group: id, handle })
+        Ok(DeviceGrant { group: id, handle, serial })
     }
 
     /// The caller closed the last fd of a device obtained through `GET_DEVICE_FD`.

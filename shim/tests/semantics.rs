@@ -836,3 +836,20 @@ fn iova_ranges_follow_the_platform() {
     assert_eq!(env.map(0, 0x1000), Err(Errno::EINVAL));
     assert_eq!(env.map(0x1000, 0x1000), Ok(0));
 }
+
+#[test]
+fn each_get_device_fd_is_released_by_its_own_close() {
+    let mut env = Env::new(true);
+    let g = env.g;
+    let grant = |r: Result<GroupReply, Errno>| match r.unwrap() {
+        GroupReply::Device(d) => d,
+        r => panic!("{r:?}"),
+    };
+    let first = grant(env.device(g, EDU));
+    let second = grant(env.device(g, EDU));
+    assert_ne!(first, second, "two files, two grants");
+    env.shim.close_device(second);
+    assert_eq!(env.unset_container(g), Err(Errno::EBUSY), "first still open");
+    env.shim.close_device(first);
+    assert_eq!(env.unset_container(g), Ok(GroupReply::Done));
+}
