@@ -337,9 +337,14 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: c_ulong) -> c_int {
         return unsafe { (real().ioctl)(fd, req, arg) };
     }
     match kind {
-        // Device fds are real cdevs: the kernel serves them.
-        // SAFETY: forwarding the caller's arguments.
-        Kind::Device => unsafe { (real().ioctl)(fd, req, arg) },
+        // Device fds are real cdevs: the kernel serves them, except the two requests that
+        // carry group ids or group fds.
+        Kind::Device => match req as u32 {
+            vfio_shim::abi::VFIO_DEVICE_GET_PCI_HOT_RESET_INFO => emulate(|s| s.hot_reset_info(fd, arg as u64)),
+            vfio_shim::abi::VFIO_DEVICE_PCI_HOT_RESET => emulate(|s| s.hot_reset(fd, arg as u64)),
+            // SAFETY: forwarding the caller's arguments.
+            _ => unsafe { (real().ioctl)(fd, req, arg) },
+        },
         _ => emulate(|s| match s.object(fd) {
             Some(Object::Container(id)) => s.container_ioctl(id, req as u32, arg as u64),
             Some(Object::Group(id)) => s.group_ioctl(id, req as u32, arg as u64),

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::ffi::c_int;
 
+use vfio_shim::arg::ArgMemory;
+use zerocopy::FromBytes;
 use vfio_shim::{ContainerId, DeviceGrant, Errno, FdTarget, GroupId, GroupReply, Shim};
 use vfio_shim_sys::own_memory::OwnMemory;
 use vfio_shim_sys::KernelBackend;
@@ -172,6 +174,83 @@ impl State {
                 }
             }
         }
+    }
+
+    /// `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO` on a device fd: the kernel answers in the cdev
+    /// form; the caller gets the group form.
+    pub fn hot_reset_info(&mut self, fd: c_int, arg: u64) -> Result<c_int, Errno> {
+        use vfio_shim::arg::read_struct;
+        use vfio_shim::hot_reset::*;
+        let mut mem = OwnMemory { arg };
+        let argsz: u32 = read_struct(&mut mem, 0)?;
+        if (argsz as usize) < HEADER_SIZE {
+            return Err(Errno::EINVAL);
+        }
+        // SAFETY: the caller's buffer, as it passed it, for the request it asked for.
+        let rc = unsafe { (real().ioctl)(fd, vfio_shim::abi::VFIO_DEVICE_GET_PCI_HOT_RESET_INFO as _, arg as _) };
+        if rc < 0 {
+            return Err(Errno::last());
+        }
+        let mut header: vfio_pci_hot_reset_header = read_struct(&mut mem, 0)?;
+        let mut devices = vec![vfio_pci_dependent_device::default(); header.count as usize];
+        use zerocopy::IntoBytes;
+        mem.read(HEADER_SIZE, devices.as_mut_bytes())?;
+        let backend = self.shim.backend();
+        to_group_form(&mut header, &mut devices, &|s, b, d| backend.pci_iommu_group(s, b, d))?;
+        mem.write(HEADER_SIZE, devices.as_bytes())?;
+        mem.write(0, header.as_bytes())?;
+        Ok(rc)
+    }
+
+    /// `VFIO_DEVICE_PCI_HOT_RESET` with legacy group fds: checked as the kernel's group path
+    /// checks them, then issued in the cdev form (an empty fd array).
+    pub fn hot_reset(&mut self, fd: c_int, arg: u64) -> Result<c_int, Errno> {
+        use vfio_shim::arg::read_struct;
+        use vfio_shim::hot_reset::*;
+        use zerocopy::IntoBytes;
+        let mut mem = OwnMemory { arg };
+        let header: vfio_pci_hot_reset_header = read_struct(&mut mem, 0)?;
+        if (header.argsz as usize) < HEADER_SIZE || header.flags != 0 || header.count == 0 {
+            // An empty array is the cdev form, which a group-opened device refuses.
+            return Err(Errno::EINVAL);
+        }
+        if header.count > 4096 {
+            return Err(Errno::EINVAL);
+        }
+        let mut fds = vec![0i32; header.count as usize];
+        mem.read(HEADER_SIZE, fds.as_mut_bytes())?;
+        let mut passed = Vec::with_capacity(fds.len());
+        for f in fds {
+            match self.object(f) {
+                Some(Object::Group(g)) => passed.push(self.shim.group_number(g).ok_or(Errno::EINVAL)?),
+                _ if fd_is_open(f) => return Err(Errno::EINVAL),
+                _ => return Err(Errno::EBADF),
+            }
+        }
+        // Which groups the reset touches: ask the kernel, in a buffer of our own.
+        let mut buf = vec![0u8; HEADER_SIZE + 8 * 256];
+        let mut info = vfio_pci_hot_reset_header { argsz: buf.len() as u32, flags: 0, count: 0 };
+        buf[..HEADER_SIZE].copy_from_slice(info.as_bytes());
+        // SAFETY: `buf` is a writable hot-reset-info buffer of `argsz` bytes.
+        let rc = unsafe { (real().ioctl)(fd, vfio_shim::abi::VFIO_DEVICE_GET_PCI_HOT_RESET_INFO as _, buf.as_mut_ptr() as _) };
+        if rc < 0 {
+            return Err(Errno::last());
+        }
+        info = vfio_pci_hot_reset_header::read_from_bytes(&buf[..HEADER_SIZE]).map_err(|_| Errno::EIO)?;
+        let mut affected = Vec::new();
+        for n in 0..info.count as usize {
+            let off = HEADER_SIZE + 8 * n;
+            let d = vfio_pci_dependent_device::read_from_bytes(&buf[off..off + 8]).map_err(|_| Errno::EIO)?;
+            affected.push(self.shim.backend().pci_iommu_group(d.segment, d.bus, d.devfn).ok_or(Errno::EPERM)?);
+        }
+        groups_cover(&affected, &passed)?;
+        let cdev_form = vfio_pci_hot_reset_header { argsz: HEADER_SIZE as u32, flags: 0, count: 0 };
+        // SAFETY: a valid header-only vfio_pci_hot_reset on our stack.
+        let rc = unsafe { (real().ioctl)(fd, vfio_shim::abi::VFIO_DEVICE_PCI_HOT_RESET as _, &cdev_form as *const _ as _) };
+        if rc < 0 {
+            return Err(Errno::last());
+        }
+        Ok(rc)
     }
 
     /// The raw cdev fds of a group's bound devices (KVM file add/del rewriting).

@@ -1,11 +1,13 @@
 //! vfio-shim core: legacy VFIO container, group and type1 semantics over iommufd.
 #![forbid(unsafe_code)]
+#![allow(non_camel_case_types)] // uAPI struct names are kept verbatim
 
 pub mod abi;
 pub mod backend;
 pub mod ledger;
 pub mod arg;
 pub mod fake;
+pub mod hot_reset;
 pub mod info;
 pub mod translator;
 

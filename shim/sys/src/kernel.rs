@@ -89,6 +89,13 @@ impl KernelBackend {
         self.devices.get(&dev)?.bound.map(|(_, id)| id)
     }
 
+    /// The IOMMU group of a PCI device, from `<sysfs>/bus/pci/devices/<addr>/iommu_group`.
+    pub fn pci_iommu_group(&self, segment: u16, bus: u8, devfn: u8) -> Option<u32> {
+        let addr = format!("{segment:04x}:{bus:02x}:{:02x}.{}", devfn >> 3, devfn & 7);
+        let link = std::fs::read_link(self.sysfs.join("bus/pci/devices").join(addr).join("iommu_group")).ok()?;
+        link.file_name()?.to_str()?.parse().ok()
+    }
+
     fn handle(&mut self) -> u64 {
         let h = self.next_handle;
         self.next_handle += 1;
