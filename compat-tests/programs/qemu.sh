@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# QEMU 7.2 (bookworm) and 10.0 (bookworm-backports) as real legacy-container VFIO users.
+#
+# Usage:
+#   qemu.sh fetch
+#       On the host. Downloads the Debian packages of both versions (apt-get download, never
+#       installed) and unpacks each into its own tree, $VFIO_SHIM_CACHE/qemu/<7.2|10.0>/root,
+#       next to an `env` file (QEMU_MODULE_DIR, and LD_LIBRARY_PATH if libraries had to be
+#       unpacked too) and a `version` file. Libraries: every Depends of the package that is not
+#       installed on the host is unpacked into the same tree; ldd must then resolve everything.
+#       Idempotent (a tree is kept while its package version is unchanged).
+#   qemu.sh path <7.2|10.0>
+#       Prints the tree's qemu-system-x86_64.
+#   qemu.sh l2-dma <qemu-binary|7.2|10.0> [<edu-bdf>] [<logdir>]
+#       In the L1 guest (as root). Starts that QEMU with the edu assigned (vfio-pci, legacy
+#       container), drives edu's DMA from the qtest socket and checks the bytes landed in L2
+#       RAM (qemu_l2_dma.py), quits QEMU over QMP and checks the group is free; repeats it
+#       ($L2_DMA_RUNS, default 2, so the second run proves nothing was left behind).
+#       <edu-bdf> defaults to $VFIO_TEST_EDU (guest-setup.sh is sourced if it is unset).
+#   qemu.sh l2-dma-all <results-dir>
+#       In the guest: l2-dma for 7.2 and 10.0, logs and summary.txt into <results-dir>.
+#
+# Environment: VFIO_SHIM_CACHE (/var/cache/vfio-shim), L2_DMA_RUNS (2), QEMU_WRAP (a command
+# prefix for QEMU, e.g. "env LD_PRELOAD=/path/libvfio_shim_preload.so").
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cache=${VFIO_SHIM_CACHE:-/var/cache/vfio-shim}
+qroot=$cache/qemu
+
+usage() {
+  sed -n '3,22p' "$0" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+# suite (as apt-cache madison names it) for each tree
+declare -A suite_of=([7.2]="bookworm/main" [10.0]="bookworm-backports/main")
+pkgs=(qemu-system-x86 qemu-system-common qemu-system-data)
+
+# version <package> <suite> -> the version madison lists for that suite (first = highest)
+pkg_version() {
+  apt-cache madison "$1" | awk -F'|' -v s="$2" '
+    { gsub(/^ +| +$/, "", $2); if (index($3, " " s " ")) { print $2; exit } }'
+}
+
+fetch_one() {
+  local v=$1 suite=${suite_of[$1]} dir=$qroot/$1 p ver want=() sig
+  for p in "${pkgs[@]}"; do
+    ver=$(pkg_version "$p" "$suite")
+    [ -n "$ver" ] || { echo "qemu.sh: no $p in $suite (apt-get update? host-deps.sh?)" >&2; exit 1; }
+    want+=("$p=$ver")
+  done
+  sig="${want[*]}"
+  if [ -f "$dir/.done" ] && [ "$(cat "$dir/packages")" = "$sig" ]; then
+    echo "qemu.sh: $v: $(cat "$dir/version") (cached in $dir)" >&2
+    return 0
+  fi
+  echo "qemu.sh: $v: fetching ${want[*]}" >&2
+  rm -rf "$dir"; mkdir -p "$dir/dl" "$dir/root"
+  chmod 0777 "$dir/dl"   # apt-get download drops to user _apt when it can write there
+  (cd "$dir/dl" && apt-get download -q "${want[@]}" >/dev/null)
+  local deb
+  for deb in "$dir"/dl/*.deb; do dpkg-deb -x "$deb" "$dir/root"; done
+
+  # Libraries the binary needs that the host does not have: unpack those packages too.
+  local deps dep missing=()
+  deps=$(apt-cache show "qemu-system-x86=${want[0]#*=}" | sed -n 's/^Depends: //p' | head -n1 \
+    | tr ',' '\n' | sed -e 's/([^)]*)//g' -e 's/|.*//' -e 's/ //g' | grep -v '^qemu-system-' || true)
+  for dep in $deps; do
+    dpkg-query -W -f='${Status}' "$dep" 2>/dev/null | grep -q 'install ok installed' \
+      || missing+=("$dep")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "qemu.sh: $v: unpacking missing dependencies: ${missing[*]}" >&2
+    (cd "$dir/dl" && apt-get download -q "${missing[@]}" >/dev/null)
+    for dep in "${missing[@]}"; do dpkg-deb -x "$dir"/dl/"${dep}"_*.deb "$dir/root"; done
+  fi
+
+  # QEMU finds firmware and modules relative to its binary (../share/qemu, ../share/seabios,
+  # ../lib/ipxe/qemu, ../lib/x86_64-linux-gnu/qemu): point the firmware at the host's packages
+  # (seabios, ipxe-qemu are dependencies of both versions).
+  [ -e "$dir/root/usr/share/seabios" ] || ln -s /usr/share/seabios "$dir/root/usr/share/seabios"
+  mkdir -p "$dir/root/usr/lib"
+  [ -e "$dir/root/usr/lib/ipxe" ] || ln -s /usr/lib/ipxe "$dir/root/usr/lib/ipxe"
+
+  local libpath=""
+  for p in "$dir/root/usr/lib/x86_64-linux-gnu" "$dir/root/lib/x86_64-linux-gnu"; do
+    [ ${#missing[@]} -gt 0 ] && [ -d "$p" ] && libpath=${libpath:+$libpath:}$p
+  done
+  {
+    echo "export QEMU_MODULE_DIR=$dir/root/usr/lib/x86_64-linux-gnu/qemu"
+    [ -z "$libpath" ] || echo "export LD_LIBRARY_PATH=$libpath\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+  } >"$dir/env"
+  local bin=$dir/root/usr/bin/qemu-system-x86_64 notfound
+  notfound=$( (. "$dir/env"; ldd "$bin"; for m in "$dir"/root/usr/lib/x86_64-linux-gnu/qemu/accel-*.so; do
+      [ -e "$m" ] && ldd "$m"; done) | grep 'not found' || true)
+  [ -z "$notfound" ] || { echo "qemu.sh: $v: unresolved libraries:" >&2; echo "$notfound" >&2; exit 1; }
+  (. "$dir/env"; "$bin" --version | head -n1) >"$dir/version"
+  echo "$sig" >"$dir/packages"
+  rm -rf "$dir/dl"
+  touch "$dir/.done"
+  echo "qemu.sh: $v: $(cat "$dir/version") in $dir/root" >&2
+}
+
+cmd_fetch() {
+  bash "$here/../scripts/host-deps.sh"   # the backports source (10.0) and the 10.0 runtime deps
+  fetch_one 7.2
+  fetch_one 10.0
+  local v
+  for v in 7.2 10.0; do echo "$v $qroot/$v/root/usr/bin/qemu-system-x86_64"; done
+}
+
+resolve_qemu() {
+  case $1 in
+    7.2|10.0)
+      [ -f "$qroot/$1/.done" ] || { echo "qemu.sh: no $1 tree; run 'qemu.sh fetch' on the host" >&2; exit 1; }
+      echo "$qroot/$1/root/usr/bin/qemu-system-x86_64" ;;
+    *) echo "$1" ;;
+  esac
+}
+
+# Source the tree's env (module dir, libraries) when the binary lives in one of our trees.
+tree_env() {
+  local bin=$1 v
+  for v in 7.2 10.0; do
+    if [ "$bin" = "$qroot/$v/root/usr/bin/qemu-system-x86_64" ]; then
+      # shellcheck disable=SC1090
+      . "$qroot/$v/env"; return 0
+    fi
+  done
+}
+
+ensure_guest_env() {
+  if [ -z "${VFIO_TEST_EDU:-}" ]; then
+    # shellcheck source=../scripts/guest-setup.sh
+    . "$here/../scripts/guest-setup.sh" || { echo "qemu.sh: guest setup failed" >&2; exit 1; }
+  fi
+}
+
+cmd_l2_dma() {
+  [ $# -ge 1 ] && [ $# -le 3 ] || usage
+  local bin bdf=${2:-} logdir=${3:-} runs=${L2_DMA_RUNS:-2} i rc=0 name
+  bin=$(resolve_qemu "$1")
+  [ -x "$bin" ] || { echo "qemu.sh: $bin is not executable" >&2; exit 1; }
+  [ -n "$bdf" ] || { ensure_guest_env; bdf=$VFIO_TEST_EDU; }
+  name=$(basename "$(dirname "$(dirname "$(dirname "$bin")")")")   # 7.2 / 10.0 for our trees
+  [ "$name" = 7.2 ] || [ "$name" = 10.0 ] || name=qemu
+  tree_env "$bin"
+  local opts=()
+  [ -n "$logdir" ] && { mkdir -p "$logdir"; opts+=(--logdir "$logdir"); }
+  [ -n "${QEMU_WRAP:-}" ] && opts+=(--wrap "$QEMU_WRAP")
+  for ((i = 1; i <= runs; i++)); do
+    echo "== QEMU $name ($bin), edu $bdf, run $i/$runs"
+    python3 "$here/qemu_l2_dma.py" "${opts[@]}" --tag "$name.run$i" "$bin" "$bdf" || rc=1
+  done
+  return $rc
+}
+
+cmd_l2_dma_all() {
+  [ $# = 1 ] || usage
+  local results=$1 v rc=0
+  mkdir -p "$results"; results=$(cd "$results" && pwd)
+  ensure_guest_env
+  for v in 7.2 10.0; do
+    cmd_l2_dma "$v" "$VFIO_TEST_EDU" "$results" 2>&1 | tee "$results/l2-dma-$v.txt" || rc=1
+  done
+  {
+    echo "L2 DMA on $(uname -r), edu $VFIO_TEST_EDU${QEMU_WRAP:+, QEMU wrapped by: $QEMU_WRAP}"
+    for v in 7.2 10.0; do
+      echo "$v: $(cat "$qroot/$v/version")"
+      grep -E '^(== |L2-DMA: (ok|FAIL)|TIME )' "$results/l2-dma-$v.txt" | sed 's/^/  /'
+    done
+  } | tee "$results/summary.txt"
+  grep -q '^L2-DMA: FAIL' "$results"/l2-dma-*.txt && rc=1
+  return $rc
+}
+
+case "${1:-}" in
+  fetch) shift; cmd_fetch "$@" ;;
+  path) [ $# = 2 ] || usage; resolve_qemu "$2" ;;
+  l2-dma) shift; cmd_l2_dma "$@" ;;
+  l2-dma-all) shift; cmd_l2_dma_all "$@" ;;
+  *) usage ;;
+esac
