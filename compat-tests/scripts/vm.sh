@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Boots a test kernel with virtme-ng (QEMU TCG, q35 + intel-iommu, edu/igb/ivshmem) and runs one
-# command inside it. The host's root filesystem is the guest's (read-only, over 9p), so host-built
-# binaries run unchanged; <results-dir> is the only writable host directory in the guest (same path).
+# command inside it, as root, in the caller's working directory. The host's root filesystem is
+# the guest's (read-only, over 9p; /tmp, /etc, /var... get throw-away overlays), so host-built
+# binaries run unchanged; <results-dir> is the only writable host directory in the guest, at the
+# same path.
 #
 # Usage: vm.sh <full|cdev-only> <results-dir> -- <command...>
 #
@@ -9,13 +11,19 @@
 # <results-dir>/vm-<variant>.stdout / .stderr; the .stderr file also holds QEMU's and vng's own
 # messages). The guest kernel console goes to <results-dir>/console-<variant>.log (from virtio's
 # probe on; VM_VERBOSE=1 also streams the whole boot log to stderr), never to the terminal, and
-# the full kernel log is saved as <results-dir>/dmesg-<variant>.log after the command. Exit status: the command's, or 125 if the VM did not produce one (boot failure,
-# timeout, panic); on any failure the tails of the console log and stderr are printed.
+# the whole kernel log is saved as <results-dir>/dmesg-<variant>.log after the command.
+# Exit status: the command's, or 125 if the VM did not produce one (boot failure, timeout,
+# panic); on any failure the tails of the console log and stderr are printed.
 #
 # Environment: VM_TIMEOUT (seconds, default 1800), VM_CPUS (2), VM_MEMORY (3G),
 # VM_HUGEPAGES (2 MiB pages reserved at boot, default 64), VM_IVSHMEM_SIZE (256M),
-# VFIO_SHIM_CACHE (/var/cache/vfio-shim), VM_KERNEL (a bzImage to use instead of building).
-# Works as root with no TTY and stdin from /dev/null.
+# VFIO_SHIM_CACHE (/var/cache/vfio-shim), VM_KERNEL (a bzImage to use instead of building),
+# VM_VERBOSE=1. Works as root with no TTY and stdin from /dev/null.
+#
+# Needs the host's udev (host-deps.sh installs it): virtme-ng-init starts the host's
+# systemd-udevd in the guest to get /dev/virtio-ports/*, the channels that carry the command's
+# stdin/stdout/stderr and exit status; without them the output and status are lost.
+# "warning: nic igb.0 has no peer" from QEMU is expected: the igb has no network backend.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${VFIO_SHIM_CACHE:-/var/cache/vfio-shim}
