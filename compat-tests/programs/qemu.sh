@@ -4,31 +4,38 @@
 # Usage:
 #   qemu.sh fetch
 #       On the host. Downloads the Debian packages of both versions (apt-get download, never
-#       installed) and unpacks each into its own tree, $VFIO_SHIM_CACHE/qemu/<7.2|10.0>/root,
-#       next to an `env` file (QEMU_MODULE_DIR, and LD_LIBRARY_PATH if libraries had to be
-#       unpacked too) and a `version` file. Libraries: every Depends of the package that is not
-#       installed on the host is unpacked into the same tree; ldd must then resolve everything.
-#       Idempotent (a tree is kept while its package version is unchanged).
+#       installed) and unpacks each into its own tree $VFIO_SHIM_CACHE/qemu/<7.2|10.0>/:
+#       root/ (the packages), version, packages, libdirs. Libraries: every Depends of
+#       qemu-system-x86 that is not installed on the host is unpacked into root/ too and its
+#       directories listed in libdirs (LD_LIBRARY_PATH); ldd must then resolve everything.
+#       Idempotent (a tree is kept while its package versions are unchanged).
+#   qemu.sh stage <dir>
+#       On the host. Makes the trees visible to the guest: the guest sees the host's root
+#       filesystem, but virtme-ng mounts a tmpfs over /var/cache (and /var/tmp), so the trees are
+#       hard-linked (cp -al; copied across filesystems) to <dir>/7.2 and <dir>/10.0. <dir>
+#       must be inside vm.sh's <results-dir> (the one host directory the guest sees there).
 #   qemu.sh path <7.2|10.0>
-#       Prints the tree's qemu-system-x86_64.
+#       Prints that tree's qemu-system-x86_64 (in $QEMU_TREES if set, else the cache).
 #   qemu.sh l2-dma <qemu-binary|7.2|10.0> [<edu-bdf>] [<logdir>]
 #       In the L1 guest (as root). Starts that QEMU with the edu assigned (vfio-pci, legacy
 #       container), drives edu's DMA from the qtest socket and checks the bytes landed in L2
 #       RAM (qemu_l2_dma.py), quits QEMU over QMP and checks the group is free; repeats it
 #       ($L2_DMA_RUNS, default 2, so the second run proves nothing was left behind).
 #       <edu-bdf> defaults to $VFIO_TEST_EDU (guest-setup.sh is sourced if it is unset).
-#   qemu.sh l2-dma-all <results-dir>
-#       In the guest: l2-dma for 7.2 and 10.0, logs and summary.txt into <results-dir>.
+#       A binary inside one of our trees gets the tree's QEMU_MODULE_DIR and LD_LIBRARY_PATH.
+#   qemu.sh l2-dma-all <results-dir> <trees-dir>
+#       In the guest: l2-dma for <trees-dir>/7.2 and /10.0; logs, summary.txt in <results-dir>.
 #
-# Environment: VFIO_SHIM_CACHE (/var/cache/vfio-shim), L2_DMA_RUNS (2), QEMU_WRAP (a command
-# prefix for QEMU, e.g. "env LD_PRELOAD=/path/libvfio_shim_preload.so").
+# Environment: VFIO_SHIM_CACHE (/var/cache/vfio-shim), QEMU_TREES (where 7.2/ and 10.0/ are),
+# L2_DMA_RUNS (2), QEMU_WRAP (a command prefix for QEMU, e.g.
+# "env LD_PRELOAD=/path/libvfio_shim_preload.so").
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${VFIO_SHIM_CACHE:-/var/cache/vfio-shim}
 qroot=$cache/qemu
 
 usage() {
-  sed -n '3,22p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '3,32p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -50,7 +57,7 @@ fetch_one() {
     want+=("$p=$ver")
   done
   sig="${want[*]}"
-  if [ -f "$dir/.done" ] && [ "$(cat "$dir/packages")" = "$sig" ]; then
+  if [ -f "$dir/.done" ] && [ -f "$dir/libdirs" ] && [ "$(cat "$dir/packages")" = "$sig" ]; then
     echo "qemu.sh: $v: $(cat "$dir/version") (cached in $dir)" >&2
     return 0
   fi
@@ -82,19 +89,17 @@ fetch_one() {
   mkdir -p "$dir/root/usr/lib"
   [ -e "$dir/root/usr/lib/ipxe" ] || ln -s /usr/lib/ipxe "$dir/root/usr/lib/ipxe"
 
-  local libpath=""
-  for p in "$dir/root/usr/lib/x86_64-linux-gnu" "$dir/root/lib/x86_64-linux-gnu"; do
-    [ ${#missing[@]} -gt 0 ] && [ -d "$p" ] && libpath=${libpath:+$libpath:}$p
-  done
-  {
-    echo "export QEMU_MODULE_DIR=$dir/root/usr/lib/x86_64-linux-gnu/qemu"
-    [ -z "$libpath" ] || echo "export LD_LIBRARY_PATH=$libpath\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
-  } >"$dir/env"
+  : >"$dir/libdirs"
+  if [ ${#missing[@]} -gt 0 ]; then
+    for p in usr/lib/x86_64-linux-gnu lib/x86_64-linux-gnu; do
+      [ -d "$dir/root/$p" ] && echo "root/$p" >>"$dir/libdirs"
+    done
+  fi
   local bin=$dir/root/usr/bin/qemu-system-x86_64 notfound
-  notfound=$( (. "$dir/env"; ldd "$bin"; for m in "$dir"/root/usr/lib/x86_64-linux-gnu/qemu/accel-*.so; do
+  notfound=$( (tree_env "$bin"; ldd "$bin"; for m in "$dir"/root/usr/lib/x86_64-linux-gnu/qemu/accel-*.so; do
       [ -e "$m" ] && ldd "$m"; done) | grep 'not found' || true)
   [ -z "$notfound" ] || { echo "qemu.sh: $v: unresolved libraries:" >&2; echo "$notfound" >&2; exit 1; }
-  (. "$dir/env"; "$bin" --version | head -n1) >"$dir/version"
+  (tree_env "$bin"; "$bin" --version | head -n1) >"$dir/version"
   echo "$sig" >"$dir/packages"
   rm -rf "$dir/dl"
   touch "$dir/.done"
@@ -109,24 +114,42 @@ cmd_fetch() {
   for v in 7.2 10.0; do echo "$v $qroot/$v/root/usr/bin/qemu-system-x86_64"; done
 }
 
+cmd_stage() {
+  [ $# = 1 ] || usage
+  local dest=$1 v
+  mkdir -p "$dest"
+  for v in 7.2 10.0; do
+    [ -f "$qroot/$v/.done" ] || fetch_one "$v"
+    rm -rf "${dest:?}/$v"
+    cp -al "$qroot/$v" "$dest/$v" 2>/dev/null || { rm -rf "${dest:?}/$v"; cp -a "$qroot/$v" "$dest/$v"; }
+    echo "$v $(cd "$dest/$v" && pwd)/root/usr/bin/qemu-system-x86_64"
+  done
+}
+
 resolve_qemu() {
+  local trees=${QEMU_TREES:-$qroot}
   case $1 in
     7.2|10.0)
-      [ -f "$qroot/$1/.done" ] || { echo "qemu.sh: no $1 tree; run 'qemu.sh fetch' on the host" >&2; exit 1; }
-      echo "$qroot/$1/root/usr/bin/qemu-system-x86_64" ;;
+      [ -f "$trees/$1/.done" ] || {
+        echo "qemu.sh: no $1 tree in $trees ('qemu.sh fetch' and 'qemu.sh stage' on the host)" >&2
+        exit 1; }
+      echo "$(cd "$trees/$1" && pwd)/root/usr/bin/qemu-system-x86_64" ;;
     *) echo "$1" ;;
   esac
 }
 
-# Source the tree's env (module dir, libraries) when the binary lives in one of our trees.
+# For a binary in one of our trees (<tree>/root/usr/bin/qemu-system-x86_64, <tree>/version
+# present): export its module directory and library path. Paths are computed from where the
+# tree is now, so staged copies work.
 tree_env() {
-  local bin=$1 v
-  for v in 7.2 10.0; do
-    if [ "$bin" = "$qroot/$v/root/usr/bin/qemu-system-x86_64" ]; then
-      # shellcheck disable=SC1090
-      . "$qroot/$v/env"; return 0
-    fi
-  done
+  local tree d
+  tree=$(cd "$(dirname "$1")/../../.." 2>/dev/null && pwd) || return 0
+  [ -f "$tree/libdirs" ] && [ -d "$tree/root" ] || return 0
+  export QEMU_MODULE_DIR=$tree/root/usr/lib/x86_64-linux-gnu/qemu
+  while read -r d; do
+    [ -n "$d" ] && export LD_LIBRARY_PATH=$tree/$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  done <"$tree/libdirs"
+  return 0
 }
 
 ensure_guest_env() {
@@ -142,7 +165,7 @@ cmd_l2_dma() {
   bin=$(resolve_qemu "$1")
   [ -x "$bin" ] || { echo "qemu.sh: $bin is not executable" >&2; exit 1; }
   [ -n "$bdf" ] || { ensure_guest_env; bdf=$VFIO_TEST_EDU; }
-  name=$(basename "$(dirname "$(dirname "$(dirname "$bin")")")")   # 7.2 / 10.0 for our trees
+  name=$(basename "$(dirname "$(dirname "$(dirname "$(dirname "$bin")")")")")  # 7.2/10.0 trees
   [ "$name" = 7.2 ] || [ "$name" = 10.0 ] || name=qemu
   tree_env "$bin"
   local opts=()
@@ -156,9 +179,10 @@ cmd_l2_dma() {
 }
 
 cmd_l2_dma_all() {
-  [ $# = 1 ] || usage
+  [ $# = 2 ] || usage
   local results=$1 v rc=0
   mkdir -p "$results"; results=$(cd "$results" && pwd)
+  export QEMU_TREES=$2
   ensure_guest_env
   for v in 7.2 10.0; do
     cmd_l2_dma "$v" "$VFIO_TEST_EDU" "$results" 2>&1 | tee "$results/l2-dma-$v.txt" || rc=1
@@ -166,7 +190,7 @@ cmd_l2_dma_all() {
   {
     echo "L2 DMA on $(uname -r), edu $VFIO_TEST_EDU${QEMU_WRAP:+, QEMU wrapped by: $QEMU_WRAP}"
     for v in 7.2 10.0; do
-      echo "$v: $(cat "$qroot/$v/version")"
+      echo "$v: $(cat "$QEMU_TREES/$v/version" 2>/dev/null || echo 'no tree')"
       grep -E '^(== |L2-DMA: (ok|FAIL)|TIME )' "$results/l2-dma-$v.txt" | sed 's/^/  /'
     done
   } | tee "$results/summary.txt"
@@ -176,6 +200,7 @@ cmd_l2_dma_all() {
 
 case "${1:-}" in
   fetch) shift; cmd_fetch "$@" ;;
+  stage) shift; cmd_stage "$@" ;;
   path) [ $# = 2 ] || usage; resolve_qemu "$2" ;;
   l2-dma) shift; cmd_l2_dma "$@" ;;
   l2-dma-all) shift; cmd_l2_dma_all "$@" ;;
