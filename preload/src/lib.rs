@@ -404,15 +404,21 @@ extern "C" fn before_fork() {
     std::mem::forget(STATE.lock());
 }
 
-extern "C" fn after_fork() {
-    // SAFETY: `before_fork` left the lock held by this thread (or its pre-fork self).
+extern "C" fn after_fork_parent() {
+    // SAFETY: `before_fork` left the lock held by this thread.
+    unsafe { STATE.force_unlock() };
+}
+
+extern "C" fn after_fork_child() {
+    vfio_shim_sys::own_memory::forget_pid();
+    // SAFETY: the child's only thread is the one that held the lock in `before_fork`.
     unsafe { STATE.force_unlock() };
 }
 
 extern "C" fn constructor() {
     real::init();
     // SAFETY: registering plain extern "C" handlers with no captured state.
-    unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+    unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork_parent), Some(after_fork_child)) };
 }
 
 #[used]

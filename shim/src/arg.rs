@@ -18,6 +18,20 @@ pub trait ArgMemory {
     fn read_user(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Errno>;
     /// Writes bytes at the absolute user address `addr`.
     fn write_user(&mut self, addr: u64, bytes: &[u8]) -> Result<(), Errno>;
+    /// Reads an `argsz`-prefixed struct whose whole size is the kernel's `minsz` into `buf`:
+    /// `EINVAL` when `argsz < buf.len()`, and then no byte past `argsz` has been used.
+    /// The default reads `argsz` first and the rest only when it fits; in-process memory
+    /// overrides it to copy everything in one go (what the kernel's `copy_from_user(minsz)`
+    /// does), falling back to this order when that faults.
+    fn read_sized(&mut self, buf: &mut [u8]) -> Result<(), Errno> {
+        let mut argsz = [0u8; 4];
+        self.read(0, &mut argsz)?;
+        if (u32::from_ne_bytes(argsz) as usize) < buf.len() {
+            return Err(Errno::EINVAL);
+        }
+        self.read(0, buf)
+    }
+
     /// Reads a NUL-terminated string at `arg`, like the kernel's `strndup_user(arg, max)`:
     /// `EINVAL` when no NUL is found within `max` bytes.
     fn read_cstr(&mut self, max: usize) -> Result<Vec<u8>, Errno> {
@@ -38,6 +52,14 @@ pub trait ArgMemory {
 pub fn read_struct<T: FromBytes + IntoBytes>(mem: &mut dyn ArgMemory, offset: usize) -> Result<T, Errno> {
     let mut v = T::new_zeroed();
     mem.read(offset, v.as_mut_bytes())?;
+    Ok(v)
+}
+
+/// Reads a struct that starts with `argsz` and whose size is its `minsz` (see
+/// [`ArgMemory::read_sized`]).
+pub fn read_sized<T: FromBytes + IntoBytes>(mem: &mut dyn ArgMemory) -> Result<T, Errno> {
+    let mut v = T::new_zeroed();
+    mem.read_sized(v.as_mut_bytes())?;
     Ok(v)
 }
 

@@ -20,7 +20,7 @@ use nix::errno::Errno;
 use zerocopy::IntoBytes;
 
 use crate::abi::*;
-use crate::arg::{read_struct, ArgMemory};
+use crate::arg::{read_sized, read_struct, ArgMemory};
 use crate::backend::{Backend, DeviceHandle, GroupDevice, IoasId, IommufdId, IovaRange, Prot};
 use crate::info::{self, InfoSource};
 use crate::ledger::{Mapping, MappingLedger};
@@ -326,11 +326,7 @@ impl<B: Backend> Shim<B> {
 
     /// T1:2895 and `vfio_dma_do_map` (T1:1680).
     fn map_dma(&mut self, id: ContainerId, mem: &mut dyn ArgMemory) -> Result<(), Errno> {
-        let argsz: u32 = read_struct(mem, 0)?;
-        if (argsz as usize) < minsz::DMA_MAP {
-            return Err(Errno::EINVAL);
-        }
-        let map: vfio_iommu_type1_dma_map = read_struct(mem, 0)?;
+        let map: vfio_iommu_type1_dma_map = read_sized(mem)?;
         let known = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE | VFIO_DMA_MAP_FLAG_VADDR;
         if map.flags & !known != 0 {
             return Err(Errno::EINVAL);
@@ -386,11 +382,8 @@ impl<B: Backend> Shim<B> {
 
     /// T1:2914 and `vfio_dma_do_unmap` (T1:1391).
     fn unmap_dma(&mut self, id: ContainerId, mem: &mut dyn ArgMemory) -> Result<(), Errno> {
-        let argsz: u32 = read_struct(mem, 0)?;
-        if (argsz as usize) < minsz::DMA_UNMAP {
-            return Err(Errno::EINVAL);
-        }
-        let mut unmap: vfio_iommu_type1_dma_unmap = read_struct(mem, 0)?;
+        let mut unmap: vfio_iommu_type1_dma_unmap = read_sized(mem)?;
+        let argsz = unmap.argsz;
         let known = VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP
             | VFIO_DMA_UNMAP_FLAG_VADDR
             | VFIO_DMA_UNMAP_FLAG_ALL;
@@ -498,11 +491,8 @@ impl<B: Backend> Shim<B> {
         if !iommu.v2 {
             return Err(Errno::EACCES);
         }
-        let argsz: u32 = read_struct(mem, 0)?;
-        if (argsz as usize) < minsz::DIRTY_BITMAP {
-            return Err(Errno::EINVAL);
-        }
-        let dirty: vfio_iommu_type1_dirty_bitmap = read_struct(mem, 0)?;
+        let dirty: vfio_iommu_type1_dirty_bitmap = read_sized(mem)?;
+        let argsz = dirty.argsz;
         let known = VFIO_IOMMU_DIRTY_PAGES_FLAG_START
             | VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP
             | VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP;

@@ -2,6 +2,8 @@
 //! `process_vm_readv/writev` on itself, so a bad pointer is `EFAULT`, as from the kernel,
 //! instead of a crash. Used by in-process glue (the preload, the test driver).
 
+use std::sync::atomic::{AtomicI32, Ordering};
+
 use nix::errno::Errno;
 use vfio_shim::arg::ArgMemory;
 
@@ -10,6 +12,27 @@ use vfio_shim::arg::ArgMemory;
 pub struct OwnMemory {
     /// The ioctl's `arg` pointer.
     pub arg: u64,
+}
+
+/// This process's pid, cached: `process_vm_readv` needs it on every call and glibc no longer
+/// caches `getpid()`. A fork child must call [`forget_pid`] (the preload's atfork handler does).
+static PID: AtomicI32 = AtomicI32::new(0);
+
+fn pid() -> i32 {
+    match PID.load(Ordering::Relaxed) {
+        0 => {
+            // SAFETY: getpid has no preconditions.
+            let p = unsafe { libc::getpid() };
+            PID.store(p, Ordering::Relaxed);
+            p
+        }
+        p => p,
+    }
+}
+
+/// Drops the cached pid; for fork children.
+pub fn forget_pid() {
+    PID.store(0, Ordering::Relaxed);
 }
 
 fn vm_copy(addr: u64, local: *mut u8, len: usize, write: bool) -> Result<(), Errno> {
@@ -22,9 +45,9 @@ fn vm_copy(addr: u64, local: *mut u8, len: usize, write: bool) -> Result<(), Err
     // the remote side is checked by the kernel, which reports EFAULT for unmapped memory.
     let n = unsafe {
         if write {
-            libc::process_vm_writev(libc::getpid(), &local_iov, 1, &remote_iov, 1, 0)
+            libc::process_vm_writev(pid(), &local_iov, 1, &remote_iov, 1, 0)
         } else {
-            libc::process_vm_readv(libc::getpid(), &local_iov, 1, &remote_iov, 1, 0)
+            libc::process_vm_readv(pid(), &local_iov, 1, &remote_iov, 1, 0)
         }
     };
     if n < 0 {
@@ -43,6 +66,30 @@ impl ArgMemory for OwnMemory {
     fn write(&mut self, offset: usize, bytes: &[u8]) -> Result<(), Errno> {
         self.write_user(self.arg.checked_add(offset as u64).ok_or(Errno::EFAULT)?, bytes)
     }
+    /// One copy of the whole fixed struct, as the kernel's `copy_from_user(minsz)`; only if
+    /// that faults, argsz first to tell `EINVAL` from `EFAULT`. Bytes past a short `argsz`
+    /// may be copied but are never used.
+    fn read_sized(&mut self, buf: &mut [u8]) -> Result<(), Errno> {
+        match self.read(0, buf) {
+            Ok(()) if buf.len() >= 4 => {
+                let argsz = u32::from_ne_bytes(buf[..4].try_into().expect("4 bytes"));
+                if (argsz as usize) < buf.len() {
+                    return Err(Errno::EINVAL);
+                }
+                Ok(())
+            }
+            Ok(()) => Ok(()),
+            Err(_) => {
+                let mut argsz = [0u8; 4];
+                self.read(0, &mut argsz)?;
+                if (u32::from_ne_bytes(argsz) as usize) < buf.len() {
+                    return Err(Errno::EINVAL);
+                }
+                Err(Errno::EFAULT)
+            }
+        }
+    }
+
     fn read_user(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
         vm_copy(addr, buf.as_mut_ptr(), buf.len(), false)
     }
@@ -69,5 +116,18 @@ mod tests {
         let mut m = OwnMemory { arg: &mut out as *mut u32 as u64 };
         m.write(0, &7u32.to_ne_bytes()).unwrap();
         assert_eq!(out, 7);
+    }
+
+    #[test]
+    fn read_sized_checks_argsz() {
+        let mut words = [8u32, 0, 0, 0, 0, 0, 0, 0];
+        let mut m = OwnMemory { arg: words.as_ptr() as u64 };
+        let mut buf = [0u8; 32];
+        assert_eq!(m.read_sized(&mut buf), Err(Errno::EINVAL));
+        words[0] = 32;
+        let mut m = OwnMemory { arg: words.as_ptr() as u64 };
+        assert_eq!(m.read_sized(&mut buf), Ok(()));
+        let mut m = OwnMemory { arg: 16 };
+        assert_eq!(m.read_sized(&mut buf), Err(Errno::EFAULT));
     }
 }

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Benchmarks against the kernel, from one run: 4 KiB MAP+UNMAP pairs and mapping 1 GiB through
+# type1, the kernel's iommufd compat layer and the shim (LD_PRELOAD), interleaved in one boot of
+# the full test kernel; and the preload's pass-through cost on the host. Prints ratios.
+# Usage: bench.sh [results-dir]     (default target/bench)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+out=${1:-$root/target/bench}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+
+bash "$here/host-deps.sh"
+bash "$here/build-kernel.sh" full >/dev/null
+(cd "$root" && cargo build -q --release -p vfio-shim-preload)
+lib=$root/target/release/libvfio_shim_preload.so
+gcc -O2 -Wall -Wextra -Werror -o "$out/map_bench" "$root/compat-tests/bench/map_bench.c"
+gcc -O2 -Wall -Wextra -Werror -o "$out/passthrough_bench" "$root/compat-tests/bench/passthrough_bench.c"
+rm -f "$out"/type1.* "$out"/compat.* "$out"/shim.* "$out"/host-*.*
+
+{
+  echo '#!/usr/bin/env bash'
+  echo 'set -eu'
+  echo ". $(printf %q "$here/guest-setup.sh") 2>$(printf %q "$out/guest-setup.log")"
+  echo "cd $(printf %q "$out")"
+  echo 'for round in 1 2 3; do'
+  echo '  ./map_bench >type1.$round'
+  echo "  unshare -m --propagation private sh -c 'mount --bind /dev/iommu /dev/vfio/vfio && exec ./map_bench' >compat.\$round"
+  echo "  unshare -m --propagation private sh -c 'mkdir -p /run/vfio-hide && mount --bind /dev/vfio /run/vfio-hide &&" \
+       "mount -t tmpfs none /dev/vfio && mkdir /dev/vfio/devices && mount --bind /run/vfio-hide/devices /dev/vfio/devices &&" \
+       "LD_PRELOAD=$(printf %q "$lib") exec ./map_bench' >shim.\$round"
+  echo 'done'
+} >"$out/guest.sh"
+VM_MEMORY=${VM_MEMORY:-4G} bash "$here/vm.sh" full "$out" -- bash "$out/guest.sh" </dev/null >/dev/null
+
+for round in 1 2 3 4 5; do
+  "$out/passthrough_bench" >"$out/host-plain.$round"
+  LD_PRELOAD=$lib "$out/passthrough_bench" >"$out/host-preload.$round"
+done
+
+python3 - "$out" <<'PY'
+import statistics, sys, pathlib
+out = pathlib.Path(sys.argv[1])
+def med(prefix, key):
+    vals = []
+    for f in sorted(out.glob(prefix + ".*")):
+        for line in f.read_text().splitlines():
+            p = line.split()
+            if len(p) >= 3 and p[0] == "BENCH" and p[1] == key:
+                vals.append(float(p[2]))
+    if not vals:
+        sys.exit(f"bench: no {key} figures from {prefix} runs")
+    return statistics.median(vals)
+rows = [("4 KiB MAP+UNMAP pair (us)", "pair_4k_us"), ("map 1 GiB (ms)", "map_1g_ms"), ("unmap 1 GiB (ms)", "unmap_1g_ms")]
+print(f"{'guest (TCG), median of 3 runs':32} {'type1':>10} {'compat':>10} {'shim':>10} {'shim/type1':>11} {'shim/compat':>12}")
+for name, key in rows:
+    t, c, s = med("type1", key), med("compat", key), med("shim", key)
+    print(f"{name:32} {t:10.2f} {c:10.2f} {s:10.2f} {s/t:11.3f} {s/c:12.3f}")
+print()
+print(f"{'host pass-through, median of 5':32} {'plain':>10} {'preload':>10} {'ratio':>11}")
+for name, key in [("ioctl(FIONREAD) on a pipe (ns)", "ioctl_pipe_ns"), ("close(dup(pipe)) (ns)", "dup_close_pipe_ns")]:
+    p, q = med("host-plain", key), med("host-preload", key)
+    print(f"{name:32} {p:10.1f} {q:10.1f} {q/p:11.3f}")
+PY
