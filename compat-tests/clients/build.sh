@@ -1,15 +1,11 @@
 #!/bin/sh
 # SPDX-License-Identifier: Apache-2.0 OR MIT
 #
-# Builds every compat-test client into OUTDIR, twice:
-#   OUTDIR/<name>       plain: legacy calls go to libc
-#   OUTDIR/<name>.shim  -DVFIO_SHIM_DRIVER, linked to libvfio_shim_driver.so
+# Builds every compat-test client into OUTDIR/<name>. The same binary runs in every
+# mode; shim mode runs it under LD_PRELOAD=libvfio_shim_preload.so.
 #
 # usage: build.sh OUTDIR
-# env:   CC (default gcc), EXTRA_CFLAGS,
-#        DRIVER_DIR: directory holding libvfio_shim_driver.so (default OUTDIR).
-#        The .shim variants are built only when DRIVER_DIR/libvfio_shim_driver.so
-#        exists; the script says which variants it built.
+# env:   CC (default gcc), EXTRA_CFLAGS
 # A client is every *.c in this directory except common.c.
 set -eu
 
@@ -23,14 +19,6 @@ mkdir -p "$1"
 OUT=$(cd "$1" && pwd)
 CC=${CC:-gcc}
 CFLAGS="-O2 -Wall -Wextra -Werror -std=gnu11 ${EXTRA_CFLAGS:-}"
-DRIVER_DIR=${DRIVER_DIR:-$OUT}
-
-shim=0
-if [ -f "$DRIVER_DIR/libvfio_shim_driver.so" ]; then
-	DRIVER_DIR=$(cd "$DRIVER_DIR" && pwd)
-	shim=1
-fi
-
 built=""
 for c in "$SRC"/*.c; do
 	name=$(basename "$c" .c)
@@ -38,17 +26,6 @@ for c in "$SRC"/*.c; do
 	# shellcheck disable=SC2086
 	$CC $CFLAGS -I"$SRC" -o "$OUT/$name" "$c" "$SRC/common.c"
 	built="$built $name"
-	if [ $shim = 1 ]; then
-		# shellcheck disable=SC2086
-		$CC $CFLAGS -DVFIO_SHIM_DRIVER -I"$SRC" -o "$OUT/$name.shim" "$c" "$SRC/common.c" \
-			-L"$DRIVER_DIR" -lvfio_shim_driver -Wl,-rpath,"$DRIVER_DIR"
-		built="$built $name.shim"
-	fi
 done
 
 echo "built into $OUT:$built"
-if [ $shim = 1 ]; then
-	echo "shim variants: built against $DRIVER_DIR/libvfio_shim_driver.so"
-else
-	echo "shim variants: SKIPPED ($DRIVER_DIR/libvfio_shim_driver.so not found; set DRIVER_DIR)"
-fi

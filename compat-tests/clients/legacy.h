@@ -3,10 +3,9 @@
  * legacy.h: the only indirection between the compat-test clients and the
  * legacy VFIO interface (see compat-tests/README.md, "The client contract").
  *
- *   plain build   : lg_open/lg_ioctl/lg_close are libc open/ioctl/close.
- *   -DVFIO_SHIM_DRIVER: they call the C ABI of libvfio_shim_driver.so, which
- *                   routes /dev/vfio/vfio, /dev/vfio/<N> and the fds they
- *                   produce through the shim core.
+ *   lg_open/lg_ioctl/lg_close are libc open/ioctl/close. Shim mode runs the
+ *   same binary under LD_PRELOAD=libvfio_shim_preload.so, which serves
+ *   /dev/vfio/vfio, /dev/vfio/<N> and the fds they produce in-process.
  *
  * All three return like libc: -1 and errno on failure.
  *
@@ -21,26 +20,6 @@
 #include <unistd.h>
 #include <linux/vfio.h>
 
-#ifdef VFIO_SHIM_DRIVER
-extern int vfio_shim_driver_open(const char *path, int flags);
-extern int vfio_shim_driver_ioctl(int fd, unsigned long req, unsigned long arg);
-extern int vfio_shim_driver_close(int fd);
-
-static inline int lg_open(const char *path, int flags)
-{
-	return vfio_shim_driver_open(path, flags);
-}
-
-static inline int lg_ioctl(int fd, unsigned long req, unsigned long arg)
-{
-	return vfio_shim_driver_ioctl(fd, req, arg);
-}
-
-static inline int lg_close(int fd)
-{
-	return vfio_shim_driver_close(fd);
-}
-#else
 static inline int lg_open(const char *path, int flags)
 {
 	return open(path, flags);
@@ -55,7 +34,6 @@ static inline int lg_close(int fd)
 {
 	return close(fd);
 }
-#endif
 
 /* ---- uapi fallbacks (kernel values) ---- */
 #ifndef VFIO_TYPE1_IOMMU

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole VM proof tier: host packages, both test kernels (cached), the runner, the shim
-# driver, the C clients, the kernel-backend integration test; then boots the full and the
+# The whole VM proof tier: host packages, both test kernels (cached), the runner, the preload
+# library, the C clients, the kernel-backend integration test; then boots the full and the
 # cdev-only kernel, runs every client in every mode, and compares the transcripts.
 #
 # Usage: vm-tier.sh            (from anywhere; as root, no TTY needed)
@@ -36,31 +36,21 @@ phase "cargo build --release -p vfio-shim-compat"
 (cd "$root" && cargo build --release -q -p vfio-shim-compat) || die "runner build failed"
 compat=$root/target/release/vfio-shim-compat
 
-driver_dir=$root/target/release
-if [ -f "$root/compat-tests/driver/Cargo.toml" ]; then
-  phase "cargo build --release -p vfio-shim-driver"
-  (cd "$root" && cargo build --release -q -p vfio-shim-driver) || die "shim driver build failed"
-  [ -f "$driver_dir/libvfio_shim_driver.so" ] || die "no $driver_dir/libvfio_shim_driver.so after the build"
-else
-  echo "vm-tier: compat-tests/driver/Cargo.toml absent: no .shim builds, the shim columns will fail" >&2
-fi
+phase "cargo build --release -p vfio-shim-preload"
+(cd "$root" && cargo build --release -q -p vfio-shim-preload) || die "preload build failed"
+preload=$root/target/release/libvfio_shim_preload.so
+[ -f "$preload" ] || die "no $preload after the build"
 
 rm -rf "$results"
 mkdir -p "$results"
 clients=$out/clients
 rm -rf "$clients"
 mkdir -p "$clients"
-if [ -f "$root/compat-tests/clients/build.sh" ]; then
-  phase "clients"
-  DRIVER_DIR=$driver_dir sh "$root/compat-tests/clients/build.sh" "$clients" >&2 || die "client build failed"
-else
-  echo "vm-tier: compat-tests/clients/build.sh absent: no clients to run" >&2
-fi
+phase "clients"
+sh "$root/compat-tests/clients/build.sh" "$clients" >&2 || die "client build failed"
 
-kb=""
-if [ -f "$root/shim/sys/tests/kernel_backend.rs" ]; then
-  phase "kernel-backend integration test (build)"
-  kb=$(cd "$root" && cargo test -q -p vfio-shim-sys --test kernel_backend --no-run --message-format=json \
+phase "kernel-backend integration test (build)"
+kb=$(cd "$root" && cargo test -q -p vfio-shim-sys --test kernel_backend --no-run --message-format=json \
         | python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -68,10 +58,7 @@ for line in sys.stdin:
     except ValueError: continue
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "kernel_backend":
         print(m["executable"])') || die "kernel-backend test build failed"
-  [ -n "$kb" ] || die "kernel-backend test built but no executable found"
-else
-  echo "vm-tier: shim/sys/tests/kernel_backend.rs absent: kernel-backend check skipped" >&2
-fi
+[ -n "$kb" ] || die "kernel-backend test built but no executable found"
 
 # The guest side, one script per kernel; $results is the guest's only writable host directory.
 declare -A vm_rc
@@ -97,7 +84,7 @@ if [ -n $(printf %q "$kb") ]; then
   echo "guest: kernel-backend test rc=\$(cat $(printf %q "$results/$k/kernel-backend.rc")) (\$(( \$(date +%s) - start )) s)" >&2
 fi
 $(printf %q "$compat") run --kernel $k --clients $(printf %q "$clients") --out $(printf %q "$results") \
-  --lib-dir $(printf %q "$driver_dir") --timeout ${VFIO_SHIM_CLIENT_TIMEOUT:-300}
+  --preload $(printf %q "$preload") --timeout ${VFIO_SHIM_CLIENT_TIMEOUT:-300}
 EOF
   phase "boot $k"
   set +e

@@ -31,7 +31,7 @@ enum Cmd {
         /// Which test kernel this guest runs (checked against /dev/vfio/vfio).
         #[arg(long, value_enum)]
         kernel: Kernel,
-        /// Directory with the client builds: <name> and <name>.shim.
+        /// Directory with the client executables.
         #[arg(long)]
         clients: PathBuf,
         /// Results directory.
@@ -46,9 +46,9 @@ enum Cmd {
         /// Per-run timeout in seconds.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
-        /// Extra LD_LIBRARY_PATH entry for .shim builds (repeatable; the clients dir is always first).
+        /// The preload library shim mode runs the clients under (libvfio_shim_preload.so).
         #[arg(long)]
-        lib_dir: Vec<PathBuf>,
+        preload: Option<PathBuf>,
     },
     /// Compare every mode's transcripts with full/type1 and print the client x mode table.
     /// Exits 1 if any cell fails (see docs/testing.md for the policy), 2 on usage errors.
@@ -63,7 +63,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     match Cli::parse().cmd {
-        Cmd::Run { kernel, clients, out, mode, client, timeout, lib_dir } => {
+        Cmd::Run { kernel, clients, out, mode, client, timeout, preload } => {
             let opts = run::RunOpts {
                 kernel,
                 clients_dir: clients,
@@ -71,7 +71,7 @@ fn main() -> ExitCode {
                 modes: mode,
                 clients: client,
                 timeout: Duration::from_secs(timeout),
-                lib_dirs: lib_dir,
+                preload,
             };
             match run::run(&opts) {
                 Ok(bad) => {

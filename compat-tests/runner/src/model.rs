@@ -39,7 +39,7 @@ pub enum Mode {
     Type1,
     /// /dev/iommu bind-mounted over /dev/vfio/vfio; plain build. The competitor.
     KernelCompat,
-    /// Legacy nodes hidden; `.shim` build. The product.
+    /// Legacy nodes hidden; the plain build under `LD_PRELOAD`. The product.
     Shim,
 }
 

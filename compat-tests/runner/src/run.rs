@@ -16,19 +16,10 @@ use std::time::{Duration, Instant};
 
 use crate::model::{Kernel, Mode};
 
-/// The two builds of one client (compat-tests/README.md, "The client contract").
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Builds {
-    /// `<name>`: legacy calls straight to libc.
-    pub plain: Option<PathBuf>,
-    /// `<name>.shim`: linked to libvfio_shim_driver.so.
-    pub shim: Option<PathBuf>,
-}
-
-/// Client executables in `dir`: `<name>` and `<name>.shim`. Other files (libraries, objects,
-/// anything with another dot-suffix or without the executable bit) are not clients.
-pub fn discover(dir: &Path) -> io::Result<BTreeMap<String, Builds>> {
-    let mut map: BTreeMap<String, Builds> = BTreeMap::new();
+/// Client executables in `dir`: files with the executable bit and no dot in their name
+/// (libraries, scripts with a suffix and objects are not clients).
+pub fn discover(dir: &Path) -> io::Result<BTreeMap<String, PathBuf>> {
+    let mut map = BTreeMap::new();
     for ent in fs::read_dir(dir)? {
         let ent = ent?;
         let meta = fs::metadata(ent.path())?;
@@ -36,15 +27,8 @@ pub fn discover(dir: &Path) -> io::Result<BTreeMap<String, Builds>> {
             continue;
         }
         let name = ent.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            continue;
-        }
-        if let Some(base) = name.strip_suffix(".shim") {
-            if !base.is_empty() && !base.contains('.') {
-                map.entry(base.to_string()).or_default().shim = Some(ent.path());
-            }
-        } else if !name.contains('.') {
-            map.entry(name).or_default().plain = Some(ent.path());
+        if !name.contains('.') {
+            map.insert(name, ent.path());
         }
     }
     Ok(map)
@@ -82,8 +66,8 @@ pub struct RunOpts {
     /// Empty: every client found.
     pub clients: Vec<String>,
     pub timeout: Duration,
-    /// Added to LD_LIBRARY_PATH for `.shim` builds (after the clients directory).
-    pub lib_dirs: Vec<PathBuf>,
+    /// The preload library (`libvfio_shim_preload.so`) that shim mode runs the clients under.
+    pub preload: Option<PathBuf>,
 }
 
 /// Checks that the machine is the kernel we were told it is.
@@ -151,13 +135,13 @@ pub fn run(opts: &RunOpts) -> Result<usize, String> {
     check_kernel(opts.kernel)?;
     let found = discover(&opts.clients_dir)
         .map_err(|e| format!("reading {}: {e}", opts.clients_dir.display()))?;
-    let mut selected: Vec<(String, Builds)> = Vec::new();
+    let mut selected: Vec<(String, Option<PathBuf>)> = Vec::new();
     if opts.clients.is_empty() {
-        selected.extend(found);
+        selected.extend(found.into_iter().map(|(k, v)| (k, Some(v))));
     } else {
         for c in &opts.clients {
             // A named client with no build at all still gets failure rows.
-            selected.push((c.clone(), found.get(c).cloned().unwrap_or_default()));
+            selected.push((c.clone(), found.get(c).cloned()));
         }
     }
     if selected.is_empty() {
@@ -176,51 +160,34 @@ pub fn run(opts: &RunOpts) -> Result<usize, String> {
         .filter(|m| opts.modes.is_empty() || opts.modes.contains(m))
         .collect();
 
-    let clients_dir = fs::canonicalize(&opts.clients_dir).unwrap_or(opts.clients_dir.clone());
-    let mut ld = vec![clients_dir];
-    ld.extend(opts.lib_dirs.iter().cloned());
-    if let Some(old) = std::env::var_os("LD_LIBRARY_PATH") {
-        ld.extend(std::env::split_paths(&old));
-    }
-    let ld = std::env::join_paths(ld).map_err(|e| e.to_string())?;
-
     let mut bad = 0;
     for mode in modes {
         let dir = opts.out.join(opts.kernel.name()).join(mode.name());
         fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        for (client, builds) in &selected {
+        for (client, bin) in &selected {
             let (outp, errp, rcp) = (
                 dir.join(format!("{client}.out")),
                 dir.join(format!("{client}.err")),
                 dir.join(format!("{client}.rc")),
             );
-            let bin = match mode {
-                Mode::Shim => builds.shim.as_ref(),
-                _ => builds.plain.as_ref(),
-            };
             let start = Instant::now();
             let io = || -> io::Result<String> {
-                match bin {
-                    None => {
-                        let want = match mode {
-                            Mode::Shim => format!("{client}.shim"),
-                            _ => client.clone(),
-                        };
-                        File::create(&outp)?;
-                        fs::write(
-                            &errp,
-                            format!("vfio-shim-compat: no build {want} in {}\n", opts.clients_dir.display()),
-                        )?;
-                        Ok("127".into())
-                    }
-                    Some(bin) => {
-                        let mut cmd = command_for(opts.kernel, mode, bin);
-                        if mode == Mode::Shim {
-                            cmd.env("LD_LIBRARY_PATH", &ld);
-                        }
-                        run_one(cmd, &outp, &errp, opts.timeout)
-                    }
+                let missing = match (bin, mode, &opts.preload) {
+                    (None, _, _) => Some(format!("no client {client} in {}", opts.clients_dir.display())),
+                    (_, Mode::Shim, None) => Some("shim mode needs --preload".to_string()),
+                    (_, Mode::Shim, Some(p)) if !p.is_file() => Some(format!("no preload library {}", p.display())),
+                    _ => None,
+                };
+                if let Some(why) = missing {
+                    File::create(&outp)?;
+                    fs::write(&errp, format!("vfio-shim-compat: {why}\n"))?;
+                    return Ok("127".into());
                 }
+                let mut cmd = command_for(opts.kernel, mode, bin.as_ref().expect("checked"));
+                if mode == Mode::Shim {
+                    cmd.env("LD_PRELOAD", opts.preload.as_ref().expect("checked"));
+                }
+                run_one(cmd, &outp, &errp, opts.timeout)
             };
             let rc = io().map_err(|e| format!("{client} in {mode}: {e}"))?;
             fs::write(&rcp, format!("{rc}\n")).map_err(|e| format!("writing {}: {e}", rcp.display()))?;
@@ -255,19 +222,16 @@ mod tests {
     }
 
     #[test]
-    fn discovers_plain_and_shim_builds_only() {
+    fn discovers_executables_without_suffix_only() {
         let d = tmpdir("discover");
         exe(&d, "map_basic", "#!/bin/sh\n");
-        exe(&d, "map_basic.shim", "#!/bin/sh\n");
-        exe(&d, "only_shim.shim", "#!/bin/sh\n");
-        exe(&d, "libvfio_shim_driver.so", "");
+        exe(&d, "edu_dma", "#!/bin/sh\n");
+        exe(&d, "libvfio_shim_preload.so", "");
         exe(&d, "helper.sh", "");
         fs::write(d.join("notexec"), "").unwrap();
         fs::create_dir(d.join("subdir")).unwrap();
         let m = discover(&d).unwrap();
-        assert_eq!(m.keys().collect::<Vec<_>>(), ["map_basic", "only_shim"]);
-        assert!(m["map_basic"].plain.is_some() && m["map_basic"].shim.is_some());
-        assert!(m["only_shim"].plain.is_none() && m["only_shim"].shim.is_some());
+        assert_eq!(m.keys().collect::<Vec<_>>(), ["edu_dma", "map_basic"]);
         fs::remove_dir_all(&d).unwrap();
     }
 
