@@ -1,7 +1,10 @@
-//! The calling process's own memory as ioctl argument memory: read and written with
-//! `process_vm_readv/writev` on itself, so a bad pointer is `EFAULT`, as from the kernel,
-//! instead of a crash. Used by in-process glue (the preload, the test driver).
+//! The calling process's own memory as ioctl argument memory. A bad pointer must be `EFAULT`,
+//! as from the kernel, never a crash: memory is copied with `process_vm_readv/writev` on
+//! ourselves, except when it lies on the calling thread's own live stack (between the current
+//! stack pointer and the stack's top), which is mapped and writable by construction. That is
+//! where QEMU, DPDK and rust-vmm keep MAP/UNMAP arguments, so the common case costs no syscall.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::errno::Errno;
@@ -35,8 +38,58 @@ pub fn forget_pid() {
     PID.store(0, Ordering::Relaxed);
 }
 
+thread_local! {
+    /// The top (highest address, exclusive) of this thread's stack; 0 until first asked.
+    static STACK_TOP: Cell<usize> = const { Cell::new(0) };
+}
+
+fn stack_top() -> usize {
+    STACK_TOP.with(|top| {
+        if top.get() == 0 {
+            let mut attr = std::mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
+            let (mut addr, mut size) = (std::ptr::null_mut(), 0usize);
+            // SAFETY: pthread_getattr_np initialises `attr` for the calling thread; it is
+            // only read after success and destroyed afterwards.
+            let ok = unsafe {
+                libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) == 0 && {
+                    let r = libc::pthread_attr_getstack(attr.as_ptr(), &mut addr, &mut size) == 0;
+                    libc::pthread_attr_destroy(attr.as_mut_ptr());
+                    r
+                }
+            };
+            // usize::MAX marks "unknown": never treat anything as on-stack then.
+            top.set(if ok { addr as usize + size } else { usize::MAX });
+        }
+        top.get()
+    })
+}
+
+/// Whether `[addr, addr + len)` lies in the live part of this thread's stack: above the
+/// current frame and below the stack's top.
+#[inline(never)]
+fn on_live_stack(addr: u64, len: usize) -> bool {
+    let marker = 0u8;
+    let sp = std::hint::black_box(&marker) as *const u8 as usize;
+    let top = stack_top();
+    let Some(end) = (addr as usize).checked_add(len) else { return false };
+    top != usize::MAX && addr as usize > sp && end <= top
+}
+
 fn vm_copy(addr: u64, local: *mut u8, len: usize, write: bool) -> Result<(), Errno> {
     if len == 0 {
+        return Ok(());
+    }
+    if on_live_stack(addr, len) {
+        // SAFETY: the range is inside this thread's live stack (checked just above), which
+        // is mapped read-write; `local` is our own buffer of `len` bytes, a distinct live
+        // object, so the two do not overlap.
+        unsafe {
+            if write {
+                std::ptr::copy_nonoverlapping(local as *const u8, addr as *mut u8, len);
+            } else {
+                std::ptr::copy_nonoverlapping(addr as *const u8, local, len);
+            }
+        }
         return Ok(());
     }
     let local_iov = libc::iovec { iov_base: local.cast(), iov_len: len };
@@ -116,6 +169,19 @@ mod tests {
         let mut m = OwnMemory { arg: &mut out as *mut u32 as u64 };
         m.write(0, &7u32.to_ne_bytes()).unwrap();
         assert_eq!(out, 7);
+    }
+
+    #[test]
+    fn heap_memory_goes_through_process_vm() {
+        let heap = Box::new(0xdead_beef_u32);
+        assert!(!on_live_stack(&*heap as *const u32 as u64, 4));
+        let mut m = OwnMemory { arg: &*heap as *const u32 as u64 };
+        let mut buf = [0u8; 4];
+        m.read(0, &mut buf).unwrap();
+        assert_eq!(u32::from_ne_bytes(buf), 0xdead_beef);
+        let local = 5u64;
+        assert!(on_live_stack(&local as *const u64 as u64, 8));
+        assert!(!on_live_stack(u64::MAX - 2, 8));
     }
 
     #[test]
