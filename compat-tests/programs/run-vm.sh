@@ -11,7 +11,7 @@
 #
 # Environment passed into the guest (for the preload later; unset for the type1 baseline):
 #   SELFTESTS_WRAP, QEMU_WRAP   command prefixes, e.g. "env LD_PRELOAD=/path/libvfio_shim_preload.so"
-#   SELFTESTS_ONLY, L2_DMA_RUNS  see selftests.sh / qemu.sh
+#   SELFTESTS_ONLY, SELFTESTS_EXTRA, L2_DMA_RUNS  see selftests.sh / qemu.sh
 # and everything vm.sh reads (VM_TIMEOUT, VM_KERNEL, ...).
 # `run-vm.sh --guest <results-dir> <modes>` is the part that runs inside the guest.
 set -euo pipefail
@@ -36,7 +36,7 @@ bash "$here/qemu.sh" fetch >/dev/null
 bash "$here/qemu.sh" stage "$results/qemu-trees" >/dev/null
 
 envs=()
-for v in SELFTESTS_WRAP QEMU_WRAP SELFTESTS_ONLY L2_DMA_RUNS; do
+for v in SELFTESTS_WRAP QEMU_WRAP SELFTESTS_ONLY SELFTESTS_EXTRA L2_DMA_RUNS; do
   [ -n "${!v:-}" ] && envs+=("$v=${!v}")
 done
 set +e

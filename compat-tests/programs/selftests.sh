@@ -26,7 +26,8 @@
 # under test). So one run per (test, device, mode) touches only that mode's container path.
 #
 # Environment: VFIO_SHIM_CACHE (/var/cache/vfio-shim), SELFTESTS_ONLY (space-separated test
-# names to restrict `run`), SELFTESTS_WRAP (a command prefix for every test binary, e.g. a
+# names to restrict `run`), SELFTESTS_EXTRA=1 (also run the optional tests below),
+# SELFTESTS_WRAP (a command prefix for every test binary, e.g. a
 # preload launcher: "env LD_PRELOAD=/path/libvfio_shim_preload.so").
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -43,7 +44,14 @@ usage() {
 #   vfio_dma_mapping_mmio_test edu  (maps its mmap-able 1 MiB BAR0 as DMA)
 #   vfio_pci_device_test       igb  (MSI and MSI-X, FLR reset) and edu (MSI only)
 #   vfio_pci_driver_test       igb  (the only device with a libvfio driver: drivers/igb)
+#   optional (SELFTESTS_EXTRA=1):
+#   vfio_pci_device_init_perf_test  edu+igb (one thread per device, concurrent init; not ivshmem:
+#                                   libvfio's mmap_reserve() fails on its 256-byte mmap-able BAR0)
+#   vfio_pci_sriov_uapi_test        igb (creates a VF; GET_DEVICE_FD with "<bdf> vf_token=<uuid>").
+#                                   Skips on the test kernels: CONFIG_PCI_IOV is unset (and
+#                                   vfio-pci would also need vfio_pci.enable_sriov=1)
 bins=(vfio_dma_mapping_test vfio_dma_mapping_mmio_test vfio_pci_device_test vfio_pci_driver_test)
+extra_bins=(vfio_pci_device_init_perf_test vfio_pci_sriov_uapi_test)
 build_rev=1   # bump when the build recipe below changes (part of the cache key)
 all_modes=(vfio_type1_iommu vfio_type1v2_iommu iommufd_compat_type1 iommufd_compat_type1v2 iommufd)
 
@@ -78,7 +86,7 @@ build_deps() {
   bash "$here/../scripts/host-deps.sh"
   local sudo_=(); [ "$(id -u)" = 0 ] || sudo_=(sudo)
   DEBIAN_FRONTEND=noninteractive "${sudo_[@]}" apt-get install -y -qq --no-install-recommends \
-    gcc make libc6-dev uuid-dev rsync bison flex >/dev/null
+    gcc make libc6-dev uuid-dev >/dev/null
   mkdir -p "$cache"; touch "$stamp"
 }
 
@@ -153,13 +161,18 @@ cmd_run() {
     # shellcheck source=../scripts/guest-setup.sh
     . "$here/../scripts/guest-setup.sh" || { echo "selftests: guest setup failed" >&2; exit 1; }
   fi
-  local -A dev=([edu]=$VFIO_TEST_EDU [igb]=$VFIO_TEST_IGB)
+  local -A dev=([edu]=$VFIO_TEST_EDU [igb]=$VFIO_TEST_IGB [ivshmem]=$VFIO_TEST_IVSHMEM)
+  # One run per entry; "a+b" passes several devices to one run.
   local -A devices_of=(
     [vfio_dma_mapping_test]="edu"
     [vfio_dma_mapping_mmio_test]="edu"
     [vfio_pci_device_test]="igb edu"
     [vfio_pci_driver_test]="igb"
+    [vfio_pci_device_init_perf_test]="edu+igb"
+    [vfio_pci_sriov_uapi_test]="igb"
   )
+  local run_bins=("${bins[@]}")
+  [ "${SELFTESTS_EXTRA:-0}" = 1 ] && run_bins+=("${extra_bins[@]}")
   local wrap=(); [ -n "${SELFTESTS_WRAP:-}" ] && read -r -a wrap <<<"$SELFTESTS_WRAP"
   local tsv=$results/summary.tsv txt=$results/summary.txt
   printf 'test\tdevice\tmode\tcase\tresult\treason\n' >"$tsv"
@@ -167,13 +180,14 @@ cmd_run() {
   {
     echo "VFIO selftests ($(cat "$bindir/source-version" 2>/dev/null || echo '?')) on $(uname -r)," \
       "modes: $modes${SELFTESTS_WRAP:+, wrapped by: $SELFTESTS_WRAP}"
-    printf '%-28s %-4s %-24s %5s %5s %5s %7s %s\n' test dev mode pass skip fail secs rc
+    printf '%-30s %-15s %-22s %5s %5s %5s %7s %s\n' test dev mode pass skip fail secs rc
   } | tee -a "$txt"
-  local t d mode bdf base exclude m v total_fail=0 crashed=0 start secs rc counts
-  for t in "${bins[@]}"; do
+  local t d mode bdfs base exclude m v total_fail=0 start secs rc counts x
+  for t in "${run_bins[@]}"; do
     if [ -n "${SELFTESTS_ONLY:-}" ] && [[ " $SELFTESTS_ONLY " != *" $t "* ]]; then continue; fi
     for d in ${devices_of[$t]}; do
-      bdf=${dev[$d]}
+      bdfs=()
+      for x in ${d//+/ }; do bdfs+=("${dev[$x]}"); done
       for mode in $modes; do
         base=$results/$t.$d.$mode
         export VFIO_SELFTESTS_DEFAULT_IOMMU_MODE=$mode
@@ -181,10 +195,10 @@ cmd_run() {
         exclude=()
         while read -r m v; do
           [ "$m" = "$mode" ] || exclude+=(-V "$v")
-        done < <("${wrap[@]}" "$bindir/$t" -l "$bdf" 2>&1 >/dev/null | list_mode_variants)
+        done < <("${wrap[@]}" "$bindir/$t" -l "${bdfs[@]}" 2>&1 >/dev/null | list_mode_variants)
         start=$(date +%s.%N)
         set +e
-        (cd "$results" && exec "${wrap[@]}" "$bindir/$t" "${exclude[@]}" "$bdf") \
+        (cd "$results" && exec "${wrap[@]}" "$bindir/$t" "${exclude[@]}" "${bdfs[@]}") \
           >"$base.tap" 2>"$base.err"
         rc=$?
         set -e
@@ -205,7 +219,7 @@ cmd_run() {
           fi
         fi
         total_fail=$((total_fail + f))
-        printf '%-28s %-4s %-24s %5d %5d %5d %7.1f %d\n' "$t" "$d" "$mode" "$p" "$s" "$f" \
+        printf '%-30s %-15s %-22s %5d %5d %5d %7.1f %d\n' "$t" "$d" "$mode" "$p" "$s" "$f" \
           "$secs" "$rc" | tee -a "$txt"
       done
     done
