@@ -191,10 +191,10 @@ cmd_l2_dma_all() {
     echo "L2 DMA on $(uname -r), edu $VFIO_TEST_EDU${QEMU_WRAP:+, QEMU wrapped by: $QEMU_WRAP}"
     for v in 7.2 10.0; do
       echo "$v: $(cat "$QEMU_TREES/$v/version" 2>/dev/null || echo 'no tree')"
-      grep -E '^(== |L2-DMA: (ok|FAIL)|TIME )' "$results/l2-dma-$v.txt" | sed 's/^/  /'
+      grep -E '^(== |L2-DMA: (ok|FAIL)|L2-BAR-MAP: |TIME )' "$results/l2-dma-$v.txt" | sed 's/^/  /'
     done
   } | tee "$results/summary.txt"
-  grep -q '^L2-DMA: FAIL' "$results"/l2-dma-*.txt && rc=1
+  grep -qE '^L2-(DMA|BAR-MAP): FAIL' "$results"/l2-dma-*.txt && rc=1
   return $rc
 }
 

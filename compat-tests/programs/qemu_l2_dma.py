@@ -12,9 +12,13 @@ so no L2 CPU ever runs: this script is the L2 "driver". Through qtest it
      mapped L2 RAM at IOVA = L2 physical address, and the vIOMMU translated edu's DMA),
   5. quits QEMU over QMP and checks its exit status,
   6. if the legacy group node exists, checks the group is free again (VFIO_GROUP_GET_STATUS:
-     viable, no container), i.e. QEMU's exit released its container and mappings.
+     viable, no container), i.e. QEMU's exit released its container and mappings,
+  7. checks QEMU reported no failed DMA map: once BAR0 is enabled, QEMU's memory listener also
+     maps the BAR's mmap into the container (for peer-to-peer); type1 accepts that, and QEMU
+     only warns when it fails ("VFIO_MAP_DMA failed" / "vfio_container_dma_map(...) = -N").
 
-Prints "L2-DMA: ok ..." or "L2-DMA: FAIL ..." and one "TIME ..." line; exit status 0 iff ok.
+Prints "L2-DMA: ok ..." or "L2-DMA: FAIL ...", "L2-BAR-MAP: ok|FAIL ..." (step 7) and one
+"TIME ..." line; exit status 0 iff both are ok.
 
 Usage: qemu_l2_dma.py [--wrap CMD] [--logdir DIR] [--tag NAME] <qemu-binary> <edu-bdf> [qemu args...]
 Extra qemu args are appended (e.g. -device vfio-pci options are fixed; use them for -trace).
@@ -23,6 +27,7 @@ import argparse
 import fcntl
 import json
 import os
+import re
 import shlex
 import socket
 import struct
@@ -164,6 +169,18 @@ def group_status(group):
         os.close(fd)
 
 
+def dma_map_warnings(path):
+    """QEMU's complaints about failed container DMA maps (7.2: "VFIO_MAP_DMA failed: ..." then
+    "vfio_dma_map(...) = -N (...)"; 10.0: "warning: vfio_container_dma_map(...) = -N (...)")."""
+    try:
+        with open(path, errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    pat = re.compile(r"VFIO_MAP_DMA failed|vfio_(container_)?dma_map\(.*\) = -\d+")
+    return [ln.replace("qemu-system-x86_64: ", "") for ln in lines if pat.search(ln)]
+
+
 def find_edu(qt):
     for dev in range(32):
         ids = qt.cfg_readl(dev, 0)
@@ -281,6 +298,7 @@ def run(args):
                 os.unlink(p)
             except OSError:
                 pass
+        map_warnings = dma_map_warnings(qemu_err)
         if not args.logdir:
             for p in (qtest_log, qemu_err):
                 if result != "ok" and os.path.exists(p):
@@ -298,10 +316,17 @@ def run(args):
                 pass
     times["total"] = time.monotonic() - t0
     print(f"L2-DMA: {result} ({detail})" if result == "ok" else f"L2-DMA: FAIL: {detail}")
+    if map_warnings is None:
+        bar_map = "FAIL: QEMU's stderr unreadable"
+    elif map_warnings:
+        bar_map = "FAIL: " + " | ".join(map_warnings[:3])
+    else:
+        bar_map = "ok (QEMU reported no failed DMA map)"
+    print(f"L2-BAR-MAP: {bar_map}")
     print("TIME " + " ".join(f"{k}={v:.2f}s" for k, v in times.items()))
     if result != "ok" and args.logdir:
         print(f"L2-DMA: logs: {qemu_err} {qtest_log}", file=sys.stderr)
-    return 0 if result == "ok" else 1
+    return 0 if result == "ok" and bar_map.startswith("ok") else 1
 
 
 def main():

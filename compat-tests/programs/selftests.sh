@@ -210,11 +210,11 @@ cmd_run() {
         if [ $((p + s + f)) = 0 ]; then
           if [ "$rc" = 4 ]; then
             printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$d" "$mode" "(binary)" skip \
-              "$(tail -n1 "$base.err")" >>"$tsv"
+              "$(sed -n 's/^1\.\.0 # SKIP //p' "$base.tap" | head -n1)" >>"$tsv"
             s=1
           else
             printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$d" "$mode" "(binary)" fail \
-              "rc=$rc $(tail -n1 "$base.err")" >>"$tsv"
+              "rc=$rc $(grep -v '^# default_iommu_mode=' "$base.err" | tail -n1)" >>"$tsv"
             f=1
           fi
         fi
