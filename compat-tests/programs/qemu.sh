@@ -19,7 +19,8 @@
 #   qemu.sh l2-dma <qemu-binary|7.2|10.0> [<edu-bdf>] [<logdir>]
 #       In the L1 guest (as root). Starts that QEMU with the edu assigned (vfio-pci, legacy
 #       container), drives edu's DMA from the qtest socket and checks the bytes landed in L2
-#       RAM (qemu_l2_dma.py), quits QEMU over QMP and checks the group is free; repeats it
+#       RAM (qemu_l2_dma.py), quits QEMU over QMP, checks the group is free and that QEMU
+#       reported no failed DMA map (L2-BAR-MAP: its P2P map of the BAR); repeats it
 #       ($L2_DMA_RUNS, default 2, so the second run proves nothing was left behind).
 #       <edu-bdf> defaults to $VFIO_TEST_EDU (guest-setup.sh is sourced if it is unset).
 #       A binary inside one of our trees gets the tree's QEMU_MODULE_DIR and LD_LIBRARY_PATH.
@@ -35,7 +36,7 @@ cache=${VFIO_SHIM_CACHE:-/var/cache/vfio-shim}
 qroot=$cache/qemu
 
 usage() {
-  sed -n '3,32p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '3,33p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
