@@ -36,7 +36,7 @@ cache=${VFIO_SHIM_CACHE:-/var/cache/vfio-shim}
 qroot=$cache/qemu
 
 usage() {
-  sed -n '3,33p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '3,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//' >&2
   exit 2
 }
 
