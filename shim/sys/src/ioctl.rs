@@ -14,7 +14,7 @@
 #![allow(non_upper_case_globals)]
 
 use std::mem::size_of;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use iommufd_bindings as iommufd;
 use nix::errno::Errno;
@@ -532,6 +532,51 @@ pub fn device_detach_iommufd_pt(device: BorrowedFd<'_>) -> Result<(), Errno> {
     };
     // SAFETY: `cmd` is a `vfio_device_detach_iommufd_pt` with no embedded pointers.
     unsafe { ioctl(device, VFIO_DEVICE_DETACH_IOMMUFD_PT, &mut cmd) }
+}
+
+/// `VFIO_DEVICE_FEATURE` (`VFIO_BASE + 17` on a device fd).
+pub const VFIO_DEVICE_FEATURE: u32 = (b';' as u32) << 8 | (100 + 17);
+pub const VFIO_DEVICE_FEATURE_GET: u32 = 1 << 16;
+/// `VFIO_DEVICE_FEATURE_DMA_BUF` (vfio.h, 7.3).
+pub const VFIO_DEVICE_FEATURE_DMA_BUF: u32 = 11;
+
+/// `VFIO_DEVICE_FEATURE(GET | DMA_BUF)` for one range of one region: a dma-buf fd exporting
+/// `[offset, offset + length)` of the device's region `region_index` (a PCI BAR).
+pub fn device_dma_buf(
+    device: BorrowedFd<'_>,
+    region_index: u32,
+    offset: u64,
+    length: u64,
+) -> Result<OwnedFd, Errno> {
+    // struct vfio_device_feature { argsz, flags } + vfio_device_feature_dma_buf
+    // { region_index, open_flags, flags, nr_ranges } + one vfio_region_dma_range.
+    #[repr(C)]
+    struct Request {
+        argsz: u32,
+        flags: u32,
+        region_index: u32,
+        open_flags: u32,
+        dma_buf_flags: u32,
+        nr_ranges: u32,
+        offset: u64,
+        length: u64,
+    }
+    let mut req = Request {
+        argsz: std::mem::size_of::<Request>() as u32,
+        flags: VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_DMA_BUF,
+        region_index,
+        open_flags: (libc::O_RDWR | libc::O_CLOEXEC) as u32,
+        dma_buf_flags: 0,
+        nr_ranges: 1,
+        offset,
+        length,
+    };
+    // SAFETY: `req` is a complete vfio_device_feature + dma_buf request of `argsz` bytes with
+    // no embedded pointers; on success the kernel returns a new fd that we take ownership of.
+    let rc = unsafe { libc::ioctl(device.as_raw_fd(), VFIO_DEVICE_FEATURE as _, &mut req) };
+    let fd = Errno::result(rc)?;
+    // SAFETY: `fd` was just created by the kernel for us and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 #[cfg(test)]

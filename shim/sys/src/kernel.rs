@@ -34,6 +34,8 @@ fn errno_of(e: &io::Error) -> Errno {
 
 struct Device {
     fd: OwnedFd,
+    /// The cdev path it was opened by: what `/proc/self/maps` shows for its BAR mmaps.
+    cdev: String,
     /// The iommufd the device is bound to and the dev id `VFIO_DEVICE_BIND_IOMMUFD` gave.
     bound: Option<(IommufdId, u32)>,
     attached: Option<IoasId>,
@@ -94,6 +96,33 @@ impl KernelBackend {
         let addr = format!("{segment:04x}:{bus:02x}:{:02x}.{}", devfn >> 3, devfn & 7);
         let link = std::fs::read_link(self.sysfs.join("bus/pci/devices").join(addr).join("iommu_group")).ok()?;
         link.file_name()?.to_str()?.parse().ok()
+    }
+
+    /// If `[vaddr, vaddr + length)` lies in one mmap of a VFIO device region of ours, the
+    /// device, the region index and the offset in the region (vfio-pci encodes the region in
+    /// the file offset: `index << VFIO_PCI_OFFSET_SHIFT`, 40).
+    fn device_bar_at(&self, vaddr: u64, length: u64) -> Option<(DeviceHandle, u32, u64)> {
+        const VFIO_PCI_OFFSET_SHIFT: u32 = 40;
+        let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+        let end = vaddr.checked_add(length)?;
+        for line in maps.lines() {
+            let mut f = line.split_whitespace();
+            let range = f.next()?;
+            let (start, stop) = range.split_once('-')?;
+            let (start, stop) = (u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(stop, 16).ok()?);
+            if vaddr < start || vaddr >= stop {
+                continue;
+            }
+            if end > stop {
+                return None;
+            }
+            let offset = u64::from_str_radix(f.nth(1)?, 16).ok()? + (vaddr - start);
+            let path = f.nth(2)?;
+            let dev = self.devices.iter().find(|(_, d)| d.cdev == path).map(|(h, _)| *h)?;
+            let region = (offset >> VFIO_PCI_OFFSET_SHIFT) as u32;
+            return Some((dev, region, offset & ((1 << VFIO_PCI_OFFSET_SHIFT) - 1)));
+        }
+        None
     }
 
     fn handle(&mut self) -> u64 {
@@ -225,7 +254,20 @@ impl Backend for KernelBackend {
         if prot.write {
             flags |= ioctl::IOMMU_IOAS_MAP_WRITEABLE;
         }
-        ioctl::ioas_map(self.iommufd(ctx)?, ioas.0, flags, vaddr, length, iova).map(drop)
+        match ioctl::ioas_map(self.iommufd(ctx)?, ioas.0, flags, vaddr, length, iova) {
+            Ok(_) => Ok(()),
+            // iommufd cannot pin a VM_PFNMAP mapping such as a BAR mmap (pages.c); type1 maps
+            // one by its PFNs. Map the same BAR range through a VFIO dma-buf instead.
+            Err(Errno::EFAULT) => match self.device_bar_at(vaddr, length) {
+                Some((dev, region, offset)) => {
+                    let buf = ioctl::device_dma_buf(self.device(dev)?.fd.as_fd(), region, offset, length)?;
+                    ioctl::ioas_map_file(self.iommufd(ctx)?, ioas.0, flags, buf.as_fd(), 0, length, iova)
+                        .map(drop)
+                }
+                None => Err(Errno::EFAULT),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     fn ioas_unmap(
@@ -321,6 +363,7 @@ impl Backend for KernelBackend {
             dev,
             Device {
                 fd,
+                cdev: cdev.to_string(),
                 bound: None,
                 attached: None,
             },
