@@ -2,10 +2,11 @@
 # - host tier: cargo test for the whole workspace (pure core over the fake backend, sys-layer
 #   golden tests, runner unit tests; the real-kernel tests show as "ignored" here);
 # - VM tier: builds and caches the two test kernels, boots them under QEMU TCG and runs the
-#   kernel-backend tests and every legacy client in every mode, then compares with type1.
+#   kernel-backend tests and every legacy client in every mode, then compares with type1;
+#   then the kernel's VFIO selftests and QEMU 7.2/10.0 on type1 and through the shim.
 # Both install what they need (Debian packages, virtme-ng) by themselves.
 
-.PHONY: test host-test vm-test bench
+.PHONY: test host-test vm-test bench demo
 
 test: host-test vm-test
 
@@ -15,6 +16,13 @@ host-test:
 
 vm-test:
 	bash compat-tests/scripts/vm-tier.sh
+	bash compat-tests/scripts/programs-tier.sh
+
+# The main job: unmodified QEMU 7.2 and 10.0 assigning a device through the shim on a kernel
+# without the legacy container or groups, with the L2 DMA verified.
+demo:
+	bash compat-tests/scripts/demo.sh
 
 bench:
 	cargo bench -p vfio-shim --bench translator
+	bash compat-tests/scripts/bench.sh

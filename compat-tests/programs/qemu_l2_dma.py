@@ -11,8 +11,9 @@ so no L2 CPU ever runs: this script is the L2 "driver". Through qtest it
   4. checks the bytes landed in L2 RAM at the destination (so the L1 type1 container really
      mapped L2 RAM at IOVA = L2 physical address, and the vIOMMU translated edu's DMA),
   5. quits QEMU over QMP and checks its exit status,
-  6. if the legacy group node exists, checks the group is free again (VFIO_GROUP_GET_STATUS:
-     viable, no container), i.e. QEMU's exit released its container and mappings,
+  6. checks the device is free again, i.e. QEMU's exit released its container and mappings:
+     with a legacy group node, VFIO_GROUP_GET_STATUS says viable and no container; without one
+     (cdev-only kernel), the device's cdev binds to a fresh iommufd,
   7. checks QEMU reported no failed DMA map: once BAR0 is enabled, QEMU's memory listener also
      maps the BAR's mmap into the container (for peer-to-peer); type1 accepts that, and QEMU
      only warns when it fails ("VFIO_MAP_DMA failed" / "vfio_container_dma_map(...) = -N").
@@ -169,6 +170,34 @@ def group_status(group):
         os.close(fd)
 
 
+VFIO_DEVICE_BIND_IOMMUFD = (ord(";") << 8) | (100 + 18)  # _IO(VFIO_TYPE, VFIO_BASE + 18)
+
+
+def cdev_free(bdf):
+    """On a kernel without group nodes: the device's cdev opens and binds to a fresh iommufd,
+    so nothing (no leftover process, no leftover iommufd with mappings) still holds it.
+    Returns (True, None) or (False, reason)."""
+    d = f"/sys/bus/pci/devices/{bdf}/vfio-dev"
+    try:
+        cdev = "/dev/vfio/devices/" + os.listdir(d)[0]
+    except OSError as e:
+        return False, f"no VFIO cdev for {bdf}: {e.strerror}"
+    dev = iommu = -1
+    try:
+        dev = os.open(cdev, os.O_RDWR)
+        iommu = os.open("/dev/iommu", os.O_RDWR)
+        # struct vfio_device_bind_iommufd { argsz, flags, iommufd, out_devid, token_uuid_ptr }
+        buf = bytearray(struct.pack("IIiIQ", 24, 0, iommu, 0, 0))
+        fcntl.ioctl(dev, VFIO_DEVICE_BIND_IOMMUFD, buf)
+        return True, None
+    except OSError as e:
+        return False, f"{cdev}: {e.strerror}"
+    finally:
+        for fd in (dev, iommu):
+            if fd >= 0:
+                os.close(fd)
+
+
 def dma_map_warnings(path):
     """QEMU's complaints about failed container DMA maps (7.2: "VFIO_MAP_DMA failed: ..." then
     "vfio_dma_map(...) = -N (...)"; 10.0: "warning: vfio_container_dma_map(...) = -N (...)")."""
@@ -276,8 +305,13 @@ def run(args):
         if rc != 0:
             raise Fail(f"QEMU exit status {rc} after quit")
         flags, why = group_status(group_of(args.bdf))
-        if flags is None:
-            detail += f"; group check skipped: {why}"
+        if flags is None and not os.path.exists(f"/dev/vfio/{group_of(args.bdf)}"):
+            free, why = cdev_free(args.bdf)
+            if not free:
+                raise Fail(f"after exit the device is not free: {why}")
+            detail += "; device free after exit (its cdev binds to a fresh iommufd)"
+        elif flags is None:
+            raise Fail(f"after exit the group cannot be checked: {why}")
         elif flags & VFIO_GROUP_FLAGS_CONTAINER_SET or not flags & VFIO_GROUP_FLAGS_VIABLE:
             raise Fail(f"after exit the group is not free (GET_STATUS flags {flags:#x})")
         else:

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Real programs through the shim, compared with real type1 (part of `make test`):
+#   1. the kernel's VFIO selftests (type1 and type1v2 variants) and QEMU 7.2 / 10.0 assigning
+#      edu to an L2, on the full kernel against the real type1 driver: the oracle;
+#   2. the same on the cdev-only kernel (no legacy container, no groups), every program run
+#      by `vfio-shim run --` (LD_PRELOAD);
+#   3. every selftest case must have the same result in both, and both QEMU versions must move
+#      the L2 DMA through the assigned device, map its BAR for P2P and quit cleanly.
+# Usage: programs-tier.sh [results-dir]   (default compat-tests/out/programs-tier; wiped)
+# The last line is "programs: N passed, M failed, K skipped".
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+out=${1:-$root/compat-tests/out/programs-tier}
+rm -rf "$out"
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+
+(cd "$root" && cargo build --release -q -p vfio-shim-preload)
+run=$root/target/release/vfio-shim
+
+echo "=== programs-tier: type1 baseline on the full kernel" >&2
+set +e
+bash "$root/compat-tests/programs/run-vm.sh" full "$out/type1" >"$out/type1.log" 2>&1
+type1_rc=$?
+echo "=== programs-tier: through the shim on the cdev-only kernel (vfio-shim run)" >&2
+SELFTESTS_WRAP="$run run --" QEMU_WRAP="$run run --" \
+  bash "$root/compat-tests/programs/run-vm.sh" cdev-only "$out/shim" >"$out/shim.log" 2>&1
+shim_rc=$?
+set -e
+echo "programs-tier: run-vm.sh exit status: type1 $type1_rc, shim $shim_rc" >&2
+[ "$type1_rc" = 0 ] || tail -n 40 "$out/type1.log" >&2
+[ "$shim_rc" = 0 ] || tail -n 40 "$out/shim.log" >&2
+
+python3 - "$out" <<'PY'
+import csv, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+passed = failed = skipped = 0
+
+def cases(side):
+    p = out / side / "selftests" / "summary.tsv"
+    if not p.exists():
+        return None
+    rows = {}
+    with p.open() as f:
+        for r in csv.reader(f, delimiter="\t"):
+            if len(r) >= 5 and r[0] != "test":
+                rows[tuple(r[:4])] = r[4]
+    return rows
+
+t1, sh = cases("type1"), cases("shim")
+print(f"{'selftest case (test / device / mode / case)':96} {'type1':>6} {'shim':>6}")
+if t1 is None or sh is None or not t1:
+    print("selftests: no summary from " + ("type1" if not t1 else "shim"))
+    failed += 1
+else:
+    for key in sorted(set(t1) | set(sh)):
+        a, b = t1.get(key, "-"), sh.get(key, "-")
+        # A case type1 skips too (no 1 GiB hugepages, no reset on edu) is skipped, not passed.
+        if a == b == "skip":
+            skipped += 1
+            mark = "   (skipped in both)"
+        elif a == b == "pass":
+            passed += 1
+            mark = ""
+        else:
+            failed += 1
+            mark = "   <-- differs" if a != b else "   <-- fails in both"
+        print(f"{' / '.join(key):96} {a:>6} {b:>6}{mark}")
+
+print()
+for version in ("7.2", "10.0"):
+    p = out / "shim" / "qemu" / f"l2-dma-{version}.txt"
+    text = p.read_text() if p.exists() else ""
+    dma = [l for l in text.splitlines()
+           if l.strip().startswith("L2-DMA:") and not l.strip().startswith("L2-DMA: starting")]
+    bar = [l for l in text.splitlines() if l.strip().startswith("L2-BAR-MAP:")]
+    ok = bool(dma) and all(": ok" in l for l in dma) and bool(bar) and all(": ok" in l for l in bar)
+    passed += ok
+    failed += not ok
+    print(f"QEMU {version} through the shim: {'pass' if ok else 'FAIL'} "
+          f"({len(dma)} L2 DMA runs, {len(bar)} BAR maps)")
+    for l in dma[:1] + bar[:1]:
+        print("   " + l.strip())
+print(f"programs: {passed} passed, {failed} failed, {skipped} skipped")
+sys.exit(1 if failed else 0)
+PY
