@@ -31,6 +31,8 @@ use state::{Object, State};
 use table::Kind;
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
+/// Set once the process has any emulated object: until then `close_range` needs no care.
+static ACTIVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 thread_local! {
     /// Set while this thread is inside the shim, so a hook re-entered from our own code (a
@@ -55,6 +57,7 @@ fn emulate(f: impl FnOnce(&mut State) -> Result<c_int, Errno>) -> c_int {
         let mut guard = STATE.lock();
         let state = guard.get_or_insert_with(|| {
             init_logging();
+            ACTIVE.store(true, std::sync::atomic::Ordering::Relaxed);
             State::new()
         });
         f(state)
@@ -112,9 +115,13 @@ unsafe fn classify(path: *const c_char) -> Option<Target> {
 
 fn open_emulated(t: Target, flags: c_int) -> c_int {
     let cloexec = flags & libc::O_CLOEXEC != 0;
-    emulate(|s| match t {
-        Target::Container => s.open_container(cloexec),
-        Target::Group(n) => s.open_group(n, cloexec),
+    emulate(|s| {
+        let r = match t {
+            Target::Container => s.open_container(cloexec),
+            Target::Group(n) => s.open_group(n, cloexec),
+        };
+        s.sync_internal();
+        r
     })
 }
 
@@ -201,25 +208,37 @@ pub unsafe extern "C" fn openat64(dirfd: c_int, path: *const c_char, flags: c_in
 /// As `close(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
-    if table::kind(fd) == Kind::None || inside() {
+    match table::kind(fd) {
         // SAFETY: forwarding the caller's argument.
-        return unsafe { (real().close)(fd) };
+        Kind::None => return unsafe { (real().close)(fd) },
+        // SAFETY: as above; our own code closing the fds it holds.
+        _ if inside() => return unsafe { (real().close)(fd) },
+        Kind::Internal => return not_open(),
+        _ => {}
     }
     // The table update and the real close happen under one lock: closing first would let
     // another thread get the same number and have it forgotten here.
     let mut rc = 0;
     let mut err = 0;
     emulate(|s| {
-        s.forget(fd);
-        // SAFETY: closing the caller's fd.
-        rc = unsafe { (real().close)(fd) };
-        err = Errno::last_raw();
+        s.closing(|s| {
+            s.forget(fd);
+            // SAFETY: closing the caller's fd.
+            rc = unsafe { (real().close)(fd) };
+            err = Errno::last_raw();
+        });
         Ok(0)
     });
     if rc < 0 {
         Errno::set_raw(err);
     }
     rc
+}
+
+/// The application's view of one of our internal fds: not open.
+fn not_open() -> c_int {
+    Errno::EBADF.set();
+    -1
 }
 
 /// Runs a real dup-like call on our fd `old` and records the new fd as an alias, dropping
@@ -238,14 +257,16 @@ fn dup_emulated(old: c_int, target: Option<c_int>, call: impl FnOnce() -> c_int)
                 err = libc::EMFILE;
                 return Ok(0);
             }
-            if let Some(t) = target {
-                if t != old {
-                    s.forget(t);
+            s.closing(|s| {
+                if let Some(t) = target {
+                    if t != old {
+                        s.forget(t);
+                    }
                 }
-            }
-            if target != Some(old) {
-                s.alias(old, rc);
-            }
+                if target != Some(old) {
+                    s.alias(old, rc);
+                }
+            });
         }
         Ok(0)
     });
@@ -259,6 +280,9 @@ fn dup_emulated(old: c_int, target: Option<c_int>, call: impl FnOnce() -> c_int)
 /// As `dup(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
+    if table::kind(fd) == Kind::Internal && !inside() {
+        return not_open();
+    }
     if table::kind(fd) == Kind::None || inside() {
         // SAFETY: forwarding the caller's argument.
         return unsafe { (real().dup)(fd) };
@@ -271,6 +295,9 @@ pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
 /// As `dup2(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
+    if let Some(rc) = internal_dup_target(old, new) {
+        return rc;
+    }
     if (table::kind(old) == Kind::None && table::kind(new) == Kind::None) || inside() {
         // SAFETY: forwarding the caller's arguments.
         return unsafe { (real().dup2)(old, new) };
@@ -283,6 +310,9 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
 /// As `dup3(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    if let Some(rc) = internal_dup_target(old, new) {
+        return rc;
+    }
     if (table::kind(old) == Kind::None && table::kind(new) == Kind::None) || inside() {
         // SAFETY: forwarding the caller's arguments.
         return unsafe { (real().dup3)(old, new, flags) };
@@ -291,7 +321,27 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     dup_emulated(old, Some(new), || unsafe { (real().dup3)(old, new, flags) })
 }
 
+/// dup2/dup3 involving our internal fds: from one is `EBADF` (not open for the application);
+/// onto one would close the shim's own file under it, so it is refused with `EBUSY` (which
+/// dup2 can return for a number being opened concurrently). `None`: not involved.
+fn internal_dup_target(old: c_int, new: c_int) -> Option<c_int> {
+    if inside() {
+        return None;
+    }
+    if table::kind(old) == Kind::Internal {
+        return Some(not_open());
+    }
+    if table::kind(new) == Kind::Internal {
+        Errno::EBUSY.set();
+        return Some(-1);
+    }
+    None
+}
+
 fn fcntl_common(fd: c_int, cmd: c_int, arg: c_ulong, f: real::FcntlFn) -> c_int {
+    if table::kind(fd) == Kind::Internal && !inside() {
+        return not_open();
+    }
     let dups = cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC;
     if !dups || table::kind(fd) == Kind::None || inside() {
         // SAFETY: forwarding the caller's arguments.
@@ -313,6 +363,71 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
     fcntl_common(fd, cmd, arg, real().fcntl64)
+}
+
+/// `close_range(2)`: our objects in the range are released first; the shim's internal fds are
+/// left open (the application never had them), by closing the gaps around them.
+///
+/// # Safety
+/// As `close_range(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn close_range(first: libc::c_uint, last: libc::c_uint, flags: c_int) -> c_int {
+    if !ACTIVE.load(std::sync::atomic::Ordering::Relaxed) || inside() {
+        // SAFETY: forwarding the caller's arguments.
+        return unsafe { (real().close_range)(first, last, flags) };
+    }
+    close_range_emulated(first, last, flags)
+}
+
+/// glibc's `closefrom(3)`: `close_range(lowfd, ~0U, 0)` without an error.
+///
+/// # Safety
+/// As `closefrom(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn closefrom(lowfd: c_int) {
+    if !ACTIVE.load(std::sync::atomic::Ordering::Relaxed) || inside() {
+        // SAFETY: forwarding the caller's argument.
+        return unsafe { (real().closefrom)(lowfd) };
+    }
+    close_range_emulated(lowfd.max(0) as libc::c_uint, libc::c_uint::MAX, 0);
+}
+
+fn close_range_emulated(first: libc::c_uint, last: libc::c_uint, flags: c_int) -> c_int {
+    let mut rc = 0;
+    let mut err = 0;
+    emulate(|s| {
+        let hi = last.min(c_int::MAX as libc::c_uint) as c_int;
+        let (ours, _) = s.fds_in(first as c_int, hi);
+        if flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 {
+            s.closing(|s| ours.into_iter().for_each(|fd| s.forget(fd)));
+        }
+        let (_, internal) = s.fds_in(first as c_int, hi);
+        // Close [first, last] minus the internal fds, one gap at a time.
+        let mut gaps = Vec::new();
+        let mut from = u64::from(first);
+        for fd in internal.iter().map(|f| *f as u64) {
+            if fd > from {
+                gaps.push((from, fd - 1));
+            }
+            from = fd + 1;
+        }
+        if from <= u64::from(last) {
+            gaps.push((from, u64::from(last)));
+        }
+        for (lo, hi) in gaps {
+            // SAFETY: closing a range of the caller's fds that holds none of the shim's.
+            let r = unsafe { (real().close_range)(lo as libc::c_uint, hi as libc::c_uint, flags) };
+            if r < 0 && rc == 0 {
+                rc = r;
+                err = Errno::last_raw();
+            }
+        }
+        Ok(0)
+    });
+    if rc < 0 {
+        Errno::set_raw(err);
+    }
+    rc
 }
 
 // ------------------------------------------------------------------------------ ioctl
@@ -337,6 +452,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: c_ulong) -> c_int {
         return unsafe { (real().ioctl)(fd, req, arg) };
     }
     match kind {
+        Kind::Internal => not_open(),
         // Device fds are real cdevs: the kernel serves them, except the two requests that
         // carry group ids or group fds.
         Kind::Device => match req as u32 {
@@ -347,7 +463,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: c_ulong) -> c_int {
         },
         _ => emulate(|s| match s.object(fd) {
             Some(Object::Container(id)) => s.container_ioctl(id, req as u32, arg as u64),
-            Some(Object::Group(id)) => s.group_ioctl(id, req as u32, arg as u64),
+            Some(Object::Group(id)) => s.closing(|s| s.group_ioctl(id, req as u32, arg as u64)),
             _ => Err(Errno::EBADF),
         }),
     }

@@ -14,6 +14,8 @@ pub type Dup2Fn = unsafe extern "C" fn(c_int, c_int) -> c_int;
 pub type Dup3Fn = unsafe extern "C" fn(c_int, c_int, c_int) -> c_int;
 pub type FcntlFn = unsafe extern "C" fn(c_int, c_int, c_ulong) -> c_int;
 pub type IoctlFn = unsafe extern "C" fn(c_int, c_ulong, c_ulong) -> c_int;
+pub type CloseRangeFn = unsafe extern "C" fn(libc::c_uint, libc::c_uint, c_int) -> c_int;
+pub type ClosefromFn = unsafe extern "C" fn(c_int);
 
 pub struct Real {
     pub open: OpenFn,
@@ -29,6 +31,8 @@ pub struct Real {
     pub fcntl: FcntlFn,
     pub fcntl64: FcntlFn,
     pub ioctl: IoctlFn,
+    pub close_range: CloseRangeFn,
+    pub closefrom: ClosefromFn,
 }
 
 static REAL: OnceLock<Real> = OnceLock::new();
@@ -73,6 +77,8 @@ fn resolve_all() -> Real {
         fcntl: resolve!(c"fcntl"),
         fcntl64: resolve!(c"fcntl64"),
         ioctl: resolve!(c"ioctl"),
+        close_range: resolve!(c"close_range"),
+        closefrom: resolve!(c"closefrom"),
     }
 }
 

@@ -36,6 +36,8 @@ pub struct State {
     fds: HashMap<c_int, Object>,
     /// How many fds name each object.
     refs: HashMap<Object, usize>,
+    /// The backend's own fds, marked [`Kind::Internal`] in the table.
+    internal: Vec<c_int>,
 }
 
 fn dup_fd(fd: c_int, cloexec: bool) -> Result<c_int, Errno> {
@@ -68,7 +70,49 @@ pub fn is_container_path(path: &[u8]) -> bool {
 
 impl State {
     pub fn new() -> Self {
-        Self { shim: Shim::new(KernelBackend::new()), fds: HashMap::new(), refs: HashMap::new() }
+        Self {
+            shim: Shim::new(KernelBackend::new()),
+            fds: HashMap::new(),
+            refs: HashMap::new(),
+            internal: Vec::new(),
+        }
+    }
+
+    /// Re-marks the backend's fds after an operation that may open or close some.
+    pub fn sync_internal(&mut self) {
+        let now: Vec<c_int> = self.shim.backend().raw_fds().collect();
+        for fd in &self.internal {
+            if !now.contains(fd) && table::kind(*fd) == Kind::Internal {
+                table::set(*fd, Kind::None);
+            }
+        }
+        for fd in &now {
+            table::set(*fd, Kind::Internal);
+        }
+        self.internal = now;
+    }
+
+    /// Runs `f`, which may make the backend close some of its fds: they are unmarked first, so
+    /// a number the kernel hands to another thread meanwhile is never mistaken for ours.
+    pub fn closing<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        for fd in &self.internal {
+            if table::kind(*fd) == Kind::Internal {
+                table::set(*fd, Kind::None);
+            }
+        }
+        let r = f(self);
+        self.sync_internal();
+        r
+    }
+
+    /// Our fds (emulated and internal) in `[first, last]`, ascending.
+    pub fn fds_in(&self, first: c_int, last: c_int) -> (Vec<c_int>, Vec<c_int>) {
+        let mut ours: Vec<c_int> = self.fds.keys().copied().filter(|f| (first..=last).contains(f)).collect();
+        let mut internal: Vec<c_int> =
+            self.internal.iter().copied().filter(|f| (first..=last).contains(f)).collect();
+        ours.sort_unstable();
+        internal.sort_unstable();
+        (ours, internal)
     }
 
     pub fn object(&self, fd: c_int) -> Option<Object> {

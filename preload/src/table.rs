@@ -15,6 +15,9 @@ pub enum Kind {
     Container = 1,
     Group = 2,
     Device = 3,
+    /// An fd the shim itself holds (a container's iommufd, a bound device cdev): invisible to
+    /// the application, which never opened it, so its calls on the number get `EBADF`.
+    Internal = 4,
 }
 
 static KINDS: [AtomicU8; MAX_FDS] = [const { AtomicU8::new(0) }; MAX_FDS];
@@ -28,6 +31,7 @@ pub fn kind(fd: i32) -> Kind {
         1 => Kind::Container,
         2 => Kind::Group,
         3 => Kind::Device,
+        4 => Kind::Internal,
         _ => Kind::None,
     }
 }

@@ -81,6 +81,15 @@ impl KernelBackend {
         self.iommufds.get(&ctx).map(|fd| fd.as_raw_fd())
     }
 
+    /// Every fd the backend holds open (iommufds and device cdevs), for glue that must keep
+    /// them out of the application's reach.
+    pub fn raw_fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.iommufds
+            .values()
+            .map(|fd| fd.as_raw_fd())
+            .chain(self.devices.values().map(|d| d.fd.as_raw_fd()))
+    }
+
     /// The open device cdev behind `dev`.
     pub fn device_raw_fd(&self, dev: DeviceHandle) -> Option<RawFd> {
         self.devices.get(&dev).map(|d| d.fd.as_raw_fd())
