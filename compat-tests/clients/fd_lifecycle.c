@@ -115,6 +115,16 @@ int main(void)
 	waitpid(pid, &status, 0);
 	rec_out("fork.child", "saw_mapping=%d", WIFEXITED(status) && WEXITSTATUS(status) == 0);
 	state("fork.parent.after", cfd);
+	/* A child that closes everything it inherited (as helpers do before exec) only drops its
+	 * own references: the parent's container, IOMMU and mapping are untouched. */
+	pid = fork();
+	if (pid == 0)
+		_exit(close_range(3, ~0U, 0) == 0 ? 0 : 1);
+	waitpid(pid, &status, 0);
+	rec_out("fork.child_closed_all", "ok=%d", WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	group_status("fork.parent.status", gfd);
+	dma_unmap("fork.parent.unmap", cfd, IOVA, SIZE, 0, NULL);
+	dma_map(L("fork.parent.map_again"), cfd, IOVA, SIZE, buf, VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE);
 
 	/* close_range() over everything from 3 up releases every VFIO object... */
 	status = close_range(3, ~0U, 0);

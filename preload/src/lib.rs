@@ -529,6 +529,9 @@ extern "C" fn after_fork_child() {
     vfio_shim_sys::own_memory::forget_pid();
     // SAFETY: the child's only thread is the one that held the lock in `before_fork`.
     unsafe { STATE.force_unlock() };
+    if let Some(state) = STATE.lock().as_mut() {
+        state.mark_inherited();
+    }
 }
 
 extern "C" fn constructor() {

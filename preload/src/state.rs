@@ -38,6 +38,10 @@ pub struct State {
     refs: HashMap<Object, usize>,
     /// The backend's own fds, marked [`Kind::Internal`] in the table.
     internal: Vec<c_int>,
+    /// Objects a fork child inherited from its parent. The kernel objects behind them are
+    /// shared with the parent, and a child's close only drops its own references, so their
+    /// release here must not tear anything down (detach, unmap, destroy) for the parent.
+    inherited: std::collections::HashSet<Object>,
 }
 
 fn dup_fd(fd: c_int, cloexec: bool) -> Result<c_int, Errno> {
@@ -75,7 +79,13 @@ impl State {
             fds: HashMap::new(),
             refs: HashMap::new(),
             internal: Vec::new(),
+            inherited: Default::default(),
         }
+    }
+
+    /// In a fork child: everything open now belongs to the parent as well.
+    pub fn mark_inherited(&mut self) {
+        self.inherited = self.refs.keys().copied().collect();
     }
 
     /// Re-marks the backend's fds after an operation that may open or close some.
@@ -135,6 +145,9 @@ impl State {
             return;
         }
         self.refs.remove(&obj);
+        if self.inherited.remove(&obj) {
+            return;
+        }
         match obj {
             Object::Container(id) => self.shim.close_container(id),
             Object::Group(id) => self.shim.close_group(id),
