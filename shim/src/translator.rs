@@ -712,7 +712,9 @@ impl<B: Backend> Shim<B> {
             for n in 0..bound.len() {
                 if let Err(e) = self.backend.device_attach(bound[n].handle, ioas) {
                     undo(&mut self.backend, &bound);
-                    return Err(e);
+                    // iommufd refuses a domain whose aperture or reserved regions collide with
+                    // existing mappings with EADDRINUSE; type1 with EINVAL (T1:2302-2315).
+                    return Err(if e == Errno::EADDRINUSE { Errno::EINVAL } else { e });
                 }
                 bound[n].attached = true;
             }

@@ -853,3 +853,15 @@ fn each_get_device_fd_is_released_by_its_own_close() {
     env.shim.close_device(first);
     assert_eq!(env.unset_container(g), Ok(GroupReply::Done));
 }
+
+#[test]
+fn joining_group_whose_domain_conflicts_with_mappings_is_einval() {
+    // Group 9's IOMMU reserves [0x10_0000, 0x1f_ffff]; a mapping already sits there.
+    let mut env = Env::new(true);
+    env.map(0x10_0000, 0x1000).unwrap();
+    env.shim.backend_mut().platform.reserved.push(IovaRange { start: 0x10_0000, last: 0x1f_ffff });
+    let g2 = env.shim.open_group(9).unwrap();
+    assert_eq!(env.set_container(g2, 100), Err(Errno::EINVAL));
+    assert_eq!(env.shim.backend().device_state(IVSHMEM), None, "nothing left bound");
+    assert_eq!(env.mapped(), vec![(0x10_0000, 0x1000)]);
+}
