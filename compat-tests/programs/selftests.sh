@@ -57,26 +57,8 @@ all_modes=(vfio_type1_iommu vfio_type1v2_iommu iommufd_compat_type1 iommufd_comp
 
 # --- build -----------------------------------------------------------------------------------
 src_tree() {
-  # Same download/extraction (paths, stamp) as build-kernel.sh, so the two share one tree.
-  mkdir -p "$cache/dl" "$cache/src"
-  local deb srcver src
-  deb=$(ls "$cache"/dl/linux-source-7.3_*.deb 2>/dev/null | tail -n1 || true)
-  if [ -z "$deb" ]; then
-    (cd "$cache/dl" && apt-get download linux-source-7.3 >/dev/null 2>&1)
-    deb=$(ls "$cache"/dl/linux-source-7.3_*.deb | tail -n1)
-  fi
-  srcver=$(basename "$deb" | sed -e 's/^linux-source-7.3_//' -e 's/_all.deb$//')
-  src=$cache/src/linux-$srcver
-  if [ ! -f "$src/.extracted" ]; then
-    echo "selftests: extracting linux-source $srcver" >&2
-    rm -rf "$src" "$cache/src/tmp"; mkdir -p "$cache/src/tmp"
-    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$cache/src/tmp" ./usr/src/linux-source-7.3.tar.xz
-    mkdir -p "$src"
-    tar -xJf "$cache/src/tmp/usr/src/linux-source-7.3.tar.xz" -C "$src" --strip-components=1
-    rm -rf "$cache/src/tmp"
-    touch "$src/.extracted"
-  fi
-  echo "$srcver $src"
+  # The same download and extraction as build-kernel.sh, so the two share one tree.
+  bash "$here/../scripts/kernel-source.sh"
 }
 
 build_deps() {

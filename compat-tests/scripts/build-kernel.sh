@@ -9,38 +9,28 @@ kconfig=$here/../kconfig
 cache=${VFIO_SHIM_CACHE:-/var/cache/vfio-shim}
 variants=("$@"); [ ${#variants[@]} -gt 0 ] || variants=(full cdev-only)
 
-bash "$here/host-deps.sh"
-
-mkdir -p "$cache/dl" "$cache/src" "$cache/kernels" "$cache/ccache"
-deb=$(ls "$cache"/dl/linux-source-7.3_*.deb 2>/dev/null | tail -n1 || true)
-if [ -z "$deb" ]; then
-  (cd "$cache/dl" && apt-get download linux-source-7.3 >/dev/null 2>&1)
-  deb=$(ls "$cache"/dl/linux-source-7.3_*.deb | tail -n1)
-fi
-srcver=$(basename "$deb" | sed -e 's/^linux-source-7.3_//' -e 's/_all.deb$//')
-src=$cache/src/linux-$srcver
-if [ ! -f "$src/.extracted" ]; then
-  echo "build-kernel: extracting linux-source $srcver" >&2
-  rm -rf "$src" "$cache/src/tmp"; mkdir -p "$cache/src/tmp"
-  dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$cache/src/tmp" ./usr/src/linux-source-7.3.tar.xz
-  mkdir -p "$src"
-  tar -xJf "$cache/src/tmp/usr/src/linux-source-7.3.tar.xz" -C "$src" --strip-components=1
-  rm -rf "$cache/src/tmp"
-  touch "$src/.extracted"
-fi
+read -r srcver src < <(bash "$here/kernel-source.sh")
+mkdir -p "$cache/kernels" "$cache/ccache"
 
 export CCACHE_DIR=$cache/ccache CCACHE_MAXSIZE=5G CCACHE_COMPILERCHECK=content
 export KBUILD_BUILD_TIMESTAMP="vfio-shim" KBUILD_BUILD_USER=vfio-shim KBUILD_BUILD_HOST=vfio-shim
 for v in "${variants[@]}"; do
   frag=$kconfig/$v.config
   [ -f "$frag" ] || { echo "build-kernel: no fragment $frag" >&2; exit 2; }
-  key=$(cat "$kconfig/base.config" "$frag" "$0" | sha256sum | cut -c1-16)
+  # The image depends on the config fragments only (this script's plumbing does not change it).
+  key=$(cat "$kconfig/base.config" "$frag" | sha256sum | cut -c1-16)
   out=$cache/kernels/$srcver-$v-$key
   if [ -f "$out/bzImage" ]; then
     echo "$out/bzImage"; continue
   fi
   obj=$cache/build/$v
   mkdir -p "$obj"
+  # One build per variant at a time: a second caller waits, then finds the image cached.
+  exec 8>"$obj.lock"
+  flock 8
+  if [ -f "$out/bzImage" ]; then
+    echo "$out/bzImage"; exec 8>&-; continue
+  fi
   echo "build-kernel: building $v ($srcver, $key) in $obj" >&2
   start=$(date +%s)
   make -s -C "$src" O="$obj" allnoconfig >/dev/null
@@ -66,5 +56,10 @@ for v in "${variants[@]}"; do
   cp "$obj/.config" "$out/config"
   mv "$out/bzImage.tmp" "$out/bzImage"
   echo "build-kernel: $v built in $(( $(date +%s) - start )) s" >&2
+  # Older images of this variant are dead weight: drop them.
+  for old in "$cache/kernels/"*"-$v-"*; do
+    [ "$old" = "$out" ] || rm -rf "$old"
+  done
   echo "$out/bzImage"
+  exec 8>&-
 done
