@@ -1,0 +1,21 @@
+//! vfio-shim-cuse: a character device served from userspace through /dev/cuse.
+//!
+//! Layers, like fuser's (which has no CUSE: it answers CUSE_INIT with ENOSYS):
+//! - [`ll`]: the kernel ABI, request parsing and reply building; no I/O.
+//! - [`channel`]: the /dev/cuse file descriptor: read one request, writev one reply.
+//! - [`session`]: the CUSE_INIT handshake and the worker loop dispatching to [`CuseDevice`].
+//! - [`retry`]: the FUSE_IOCTL_RETRY engine for `_IO()` ioctls that carry their size in their
+//!   first u32 (`argsz`), VFIO's style.
+//! - [`test_device`]: a tiny VFIO-style device for the VM test.
+//!
+//! Kernel facts this relies on, with file:line in the 7.3 sources: `docs/cuse.md`.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod channel;
+pub mod ll;
+pub mod retry;
+pub mod session;
+pub mod test_device;
+
+pub use session::{Caller, Config, CuseDevice, Ioctl, IoctlOutcome, PollRequest, Session, Stopper};
