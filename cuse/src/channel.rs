@@ -45,8 +45,8 @@ pub struct Channel {
 impl Channel {
     /// Opens the CUSE control device. Non-blocking, so that several workers can poll it and
     /// the one that loses the race for a request gets EAGAIN instead of sleeping in read(2)
-    /// where a stop request could not reach it (fs/fuse/dev.c:1580 returns EAGAIN for
-    /// O_NONBLOCK). Opening it makes the kernel queue CUSE_INIT (fs/fuse/cuse.c:513).
+    /// where a stop request could not reach it (fs/fuse/dev.c:1583 returns EAGAIN for
+    /// O_NONBLOCK). Opening it makes the kernel queue CUSE_INIT (fs/fuse/cuse.c:535).
     pub fn open(path: &Path) -> Result<Channel, Errno> {
         let fd = nix::fcntl::open(path, OFlag::O_RDWR | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK, Mode::empty())?;
         Ok(Channel { fd })

@@ -74,7 +74,11 @@ impl ArgszSpec {
     }
 
     fn want_out(&self, argsz: u32, limit: u32) -> u32 {
-        if self.writes_back { argsz.min(limit) } else { 0 }
+        if self.writes_back {
+            argsz.min(limit)
+        } else {
+            0
+        }
     }
 }
 
@@ -157,21 +161,11 @@ pub fn argsz_step<'a>(io: &Ioctl<'a>, spec: ArgszSpec, limit: u32) -> Step<Argsz
 /// fetched in one more round, in which `extra` is computed again from the fresh struct and must
 /// give the same lengths (else EINVAL). The kernel copies to and from the ranges named in the
 /// previous round, so data only ever moves between ranges the caller itself named.
-pub fn argsz_step_extended<'a>(
-    io: &Ioctl<'a>,
-    spec: ArgszSpec,
-    limit: u32,
-    extra: &ExtraFn<'_>,
-) -> Step<ArgszArg<'a>> {
+pub fn argsz_step_extended<'a>(io: &Ioctl<'a>, spec: ArgszSpec, limit: u32, extra: &ExtraFn<'_>) -> Step<ArgszArg<'a>> {
     argsz_core(io, spec, limit, Some(extra))
 }
 
-fn argsz_core<'a>(
-    io: &Ioctl<'a>,
-    spec: ArgszSpec,
-    limit: u32,
-    extra: Option<&ExtraFn<'_>>,
-) -> Step<ArgszArg<'a>> {
+fn argsz_core<'a>(io: &Ioctl<'a>, spec: ArgszSpec, limit: u32, extra: Option<&ExtraFn<'_>>) -> Step<ArgszArg<'a>> {
     let in_len = io.in_data.len() as u64;
     let out_size = u64::from(io.out_size);
     // Round 1: ask for argsz.
@@ -253,7 +247,11 @@ pub fn fixed_step<'a>(io: &Ioctl<'a>, in_len: u32, out_len: u32, limit: u32) -> 
 }
 
 fn nonzero(base: u64, len: u64) -> Vec<(u64, u64)> {
-    if len == 0 { Vec::new() } else { vec![(base, len)] }
+    if len == 0 {
+        Vec::new()
+    } else {
+        vec![(base, len)]
+    }
 }
 
 /// A retry, checked the way the kernel will check it: each range must lie inside the caller's
@@ -522,6 +520,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         round4.push(b'!');
-        assert_eq!(argsz_step_extended(&io(&round4, 0), spec, LIMIT, &ex), Step::Reply(IoctlOutcome::Error(Errno::EINVAL)));
+        assert_eq!(
+            argsz_step_extended(&io(&round4, 0), spec, LIMIT, &ex),
+            Step::Reply(IoctlOutcome::Error(Errno::EINVAL))
+        );
     }
 }

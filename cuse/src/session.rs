@@ -3,7 +3,7 @@
 //!
 //! All workers share the one /dev/cuse fd. CUSE refuses FUSE_DEV_IOC_CLONE (fs/fuse/cuse.c:635-636
 //! clears the channel's ioctl op: "CUSE is not prepared for FUSE_DEV_IOC_CLONE"), and sharing is
-//! safe: a read dequeues exactly one request under `fiq->lock` (fs/fuse/dev.c:1598-1612) and a
+//! safe: a read dequeues exactly one request under `fiq->lock` (fs/fuse/dev.c:1607-1610) and a
 //! reply is matched to its request by `unique` in the fd's processing list under `fpq->lock`
 //! (dev.c:1936-1939), whichever thread writes it.
 
@@ -46,7 +46,7 @@ impl Caller {
 
     /// Whether the kernel sent FUSE_INTERRUPT for this request (the caller got a signal). A long
     /// operation may give up with EINTR; it must still answer, because the caller keeps waiting
-    /// for the answer, uninterruptibly once a request was read (fs/fuse/dev.c:702-750).
+    /// for the answer, uninterruptibly once a request was read (fs/fuse/dev.c:702-749).
     pub fn is_interrupted(&self) -> bool {
         self.interrupted.load(Ordering::Acquire)
     }
@@ -131,7 +131,7 @@ impl PollRequest {
 pub trait CuseDevice: Send + Sync {
     /// open(2) of the node: returns the file handle passed to the other methods for this open
     /// file. The default ENOSYS makes the kernel open every file with fh 0 and never send
-    /// RELEASE for the connection's lifetime (fs/fuse/file.c:166-178, 110-111): override it
+    /// RELEASE for the connection's lifetime (fs/fuse/file.c:163-178, 112): override it
     /// whenever a file has state. `flags` are the open(2) flags less O_CREAT|O_EXCL|O_NOCTTY.
     fn open(&self, caller: &Caller, flags: u32) -> Result<u64, Errno> {
         let _ = (caller, flags);
@@ -151,7 +151,7 @@ pub trait CuseDevice: Send + Sync {
     }
 
     /// poll(2)/select(2)/epoll: returns the ready events. The default ENOSYS makes the kernel
-    /// answer every later poll on the connection with DEFAULT_POLLMASK itself (fs/fuse/poll.c:113-116),
+    /// answer every later poll on the connection with DEFAULT_POLLMASK itself (fs/fuse/poll.c:110-112),
     /// which is what a character device without a poll method gives.
     fn poll(&self, fh: u64, caller: &Caller, poll: &PollRequest) -> Result<u32, Errno> {
         let _ = (fh, caller, poll);
@@ -283,6 +283,8 @@ pub struct Session<D: CuseDevice> {
     /// Requests being handled, by unique, with their interrupt flag.
     inflight: Mutex<HashMap<u64, Arc<AtomicBool>>>,
     buf_size: usize,
+    /// Set by the first worker that sees the connection die (one log line, not one per worker).
+    disconnected: AtomicBool,
 }
 
 impl<D: CuseDevice> Session<D> {
@@ -305,6 +307,7 @@ impl<D: CuseDevice> Session<D> {
             stop: Arc::new(stop),
             inflight: Mutex::new(HashMap::new()),
             buf_size,
+            disconnected: AtomicBool::new(false),
         })
     }
 
@@ -327,7 +330,7 @@ impl<D: CuseDevice> Session<D> {
     /// Answers CUSE_INIT: protocol 7.min(kernel, 46), CUSE_UNRESTRICTED_IOCTL, the configured
     /// name and device number. When this returns Ok the node exists: the kernel creates the
     /// device while processing the reply write (cuse_process_init_reply runs as the request's
-    /// end callback, fs/fuse/cuse.c:323-431), and a refusal (name in use, bad version) aborts
+    /// end callback: fs/fuse/dev.c:665, 1990), and a refusal (name in use, bad version) aborts
     /// the connection at once (cuse.c:429), which is checked here.
     pub fn init(&self) -> Result<InitInfo, Error> {
         let mut buf = vec![0u8; self.buf_size];
@@ -411,11 +414,7 @@ impl<D: CuseDevice> Session<D> {
         let threads = self.config.threads.max(1);
         let results: Vec<Result<(), Error>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..threads)
-                .map(|i| {
-                    std::thread::Builder::new()
-                        .name(format!("cuse-worker-{i}"))
-                        .spawn_scoped(s, || self.worker())
-                })
+                .map(|i| std::thread::Builder::new().name(format!("cuse-worker-{i}")).spawn_scoped(s, || self.worker()))
                 .collect();
             handles
                 .into_iter()
@@ -447,7 +446,9 @@ impl<D: CuseDevice> Session<D> {
                 Ok(n) => self.dispatch(&buf[..n]),
                 Err(Errno::EAGAIN | Errno::EINTR) => {}
                 Err(Errno::ENODEV) => {
-                    info!("CUSE connection closed by the kernel");
+                    if !self.disconnected.swap(true, Ordering::AcqRel) {
+                        info!("CUSE connection closed by the kernel");
+                    }
                     self.stopper().stop();
                     return Ok(());
                 }
@@ -482,13 +483,8 @@ impl<D: CuseDevice> Session<D> {
         let unique = req.unique();
         let flag = Arc::new(AtomicBool::new(false));
         self.lock_inflight().insert(unique, Arc::clone(&flag));
-        let caller = Caller {
-            pid: req.header.pid,
-            uid: req.header.uid,
-            gid: req.header.gid,
-            unique,
-            interrupted: flag,
-        };
+        let caller =
+            Caller { pid: req.header.pid, uid: req.header.uid, gid: req.header.gid, unique, interrupted: flag };
         let pending = Pending { session_chan: &self.chan, unique, answered: false };
         let outcome = catch_unwind(AssertUnwindSafe(|| self.handle(&req, &caller, pending)));
         if outcome.is_err() {
@@ -703,14 +699,7 @@ mod tests {
     }
 
     fn ioctl_frame(unique: u64, fh: u64, cmd: u32, arg: u64, in_data: &[u8], out_size: u32) -> Vec<u8> {
-        let a = fuse_ioctl_in {
-            fh,
-            flags: FUSE_IOCTL_UNRESTRICTED,
-            cmd,
-            arg,
-            in_size: in_data.len() as u32,
-            out_size,
-        };
+        let a = fuse_ioctl_in { fh, flags: FUSE_IOCTL_UNRESTRICTED, cmd, arg, in_size: in_data.len() as u32, out_size };
         let mut body = a.as_bytes().to_vec();
         body.extend_from_slice(in_data);
         frame(opcode::FUSE_IOCTL, unique, &body)

@@ -56,7 +56,11 @@ impl<'a> Reply<'a> {
 /// would wait forever: anything out of range becomes EIO.
 pub fn wire_error(errno: Errno) -> i32 {
     let e = errno as i32;
-    if (1..512).contains(&e) { -e } else { -(Errno::EIO as i32) }
+    if (1..512).contains(&e) {
+        -e
+    } else {
+        -(Errno::EIO as i32)
+    }
 }
 
 /// An error answer: the header alone (a longer one is refused and the caller gets EIO, fs/fuse/dev.c:1975).

@@ -34,7 +34,10 @@ pub enum Operation<'a> {
     Flush(fuse_flush_in),
     Fsync(fuse_fsync_in),
     /// Any other opcode: answered ENOSYS (or not at all, see [`Request::needs_reply`]).
-    Unknown { opcode: u32, body: &'a [u8] },
+    Unknown {
+        opcode: u32,
+        body: &'a [u8],
+    },
 }
 
 /// Why a frame could not be parsed. `unique` is known once the header parsed, so the session
@@ -93,22 +96,18 @@ impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ParseError::ShortHeader { have } => write!(f, "frame of {have} bytes: shorter than fuse_in_header"),
-            ParseError::LengthMismatch { unique, opcode, header_len, frame_len } => write!(
-                f,
-                "request {unique} opcode {opcode}: header says {header_len} bytes, frame has {frame_len}"
-            ),
-            ParseError::BadExtensions { unique, opcode, extlen, body_len } => write!(
-                f,
-                "request {unique} opcode {opcode}: {extlen} bytes of extensions in a {body_len}-byte body"
-            ),
-            ParseError::ShortBody { unique, opcode, need, have } => write!(
-                f,
-                "request {unique} opcode {opcode}: body of {have} bytes, argument needs {need}"
-            ),
-            ParseError::DataSizeMismatch { unique, opcode, stated, have } => write!(
-                f,
-                "request {unique} opcode {opcode}: argument states {stated} data bytes, frame has {have}"
-            ),
+            ParseError::LengthMismatch { unique, opcode, header_len, frame_len } => {
+                write!(f, "request {unique} opcode {opcode}: header says {header_len} bytes, frame has {frame_len}")
+            }
+            ParseError::BadExtensions { unique, opcode, extlen, body_len } => {
+                write!(f, "request {unique} opcode {opcode}: {extlen} bytes of extensions in a {body_len}-byte body")
+            }
+            ParseError::ShortBody { unique, opcode, need, have } => {
+                write!(f, "request {unique} opcode {opcode}: body of {have} bytes, argument needs {need}")
+            }
+            ParseError::DataSizeMismatch { unique, opcode, stated, have } => {
+                write!(f, "request {unique} opcode {opcode}: argument states {stated} data bytes, frame has {have}")
+            }
             ParseError::ByteSwapped => write!(f, "byte-swapped CUSE_INIT: foreign-endian kernel"),
         }
     }
@@ -126,8 +125,8 @@ pub fn opcode_needs_reply(op: u32) -> bool {
 impl<'a> Request<'a> {
     /// Parses one frame, exactly as returned by one read(2) of /dev/cuse.
     pub fn parse(frame: &'a [u8]) -> Result<Request<'a>, ParseError> {
-        let (header, _) = fuse_in_header::read_from_prefix(frame)
-            .map_err(|_| ParseError::ShortHeader { have: frame.len() })?;
+        let (header, _) =
+            fuse_in_header::read_from_prefix(frame).map_err(|_| ParseError::ShortHeader { have: frame.len() })?;
         let unique = header.unique;
         let opc = header.opcode;
         if opc == opcode::CUSE_INIT_BSWAP_RESERVED {
@@ -146,9 +145,7 @@ impl<'a> Request<'a> {
         let extlen = header.total_extlen as usize * 8;
         let body = match body.len().checked_sub(extlen) {
             Some(n) => &body[..n],
-            None => {
-                return Err(ParseError::BadExtensions { unique, opcode: opc, extlen, body_len: body.len() })
-            }
+            None => return Err(ParseError::BadExtensions { unique, opcode: opc, extlen, body_len: body.len() }),
         };
         let op = match opc {
             opcode::CUSE_INIT => Operation::CuseInit(fixed(&header, body)?.0),
