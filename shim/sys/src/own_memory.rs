@@ -39,13 +39,14 @@ pub fn forget_pid() {
 }
 
 thread_local! {
-    /// The top (highest address, exclusive) of this thread's stack; 0 until first asked.
-    static STACK_TOP: Cell<usize> = const { Cell::new(0) };
+    /// This thread's stack as `(lowest, top)` addresses; `(0, 0)` until first asked,
+    /// `(usize::MAX, 0)` when unknown.
+    static STACK: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
 }
 
-fn stack_top() -> usize {
-    STACK_TOP.with(|top| {
-        if top.get() == 0 {
+fn thread_stack() -> (usize, usize) {
+    STACK.with(|stack| {
+        if stack.get() == (0, 0) {
             let mut attr = std::mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
             let (mut addr, mut size) = (std::ptr::null_mut(), 0usize);
             // SAFETY: pthread_getattr_np initialises `attr` for the calling thread; it is
@@ -57,22 +58,23 @@ fn stack_top() -> usize {
                     r
                 }
             };
-            // usize::MAX marks "unknown": never treat anything as on-stack then.
-            top.set(if ok { addr as usize + size } else { usize::MAX });
+            // An empty range marks "unknown": never treat anything as on-stack then.
+            stack.set(if ok { (addr as usize, addr as usize + size) } else { (usize::MAX, 0) });
         }
-        top.get()
+        stack.get()
     })
 }
 
 /// Whether `[addr, addr + len)` lies in the live part of this thread's stack: above the
-/// current frame and below the stack's top.
+/// current frame and below the stack's top. On a signal alternate stack the current frame is
+/// not on the thread's stack, and nothing counts as on-stack.
 #[inline(never)]
 fn on_live_stack(addr: u64, len: usize) -> bool {
     let marker = 0u8;
     let sp = std::hint::black_box(&marker) as *const u8 as usize;
-    let top = stack_top();
+    let (low, top) = thread_stack();
     let Some(end) = (addr as usize).checked_add(len) else { return false };
-    top != usize::MAX && addr as usize > sp && end <= top
+    (low..top).contains(&sp) && addr as usize > sp && end <= top
 }
 
 fn vm_copy(addr: u64, local: *mut u8, len: usize, write: bool) -> Result<(), Errno> {
