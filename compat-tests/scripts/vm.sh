@@ -15,8 +15,8 @@
 # Exit status: the command's, or 125 if the VM did not produce one (boot failure, timeout,
 # panic); on any failure the tails of the console log and stderr are printed.
 #
-# Environment: VM_TIMEOUT (seconds, default 1800), VM_CPUS (2), VM_MEMORY (3G),
-# VM_HUGEPAGES (2 MiB pages reserved at boot, default 64), VM_IVSHMEM_SIZE (256M),
+# Environment: VM_TIMEOUT (seconds, default 1800), VM_CPUS (2), VM_MEMORY (4G),
+# VM_HUGEPAGES (2 MiB pages reserved at boot, default 64), VM_HUGEPAGES_1G (1 GiB pages, 1), VM_IVSHMEM_SIZE (256M),
 # VFIO_SHIM_CACHE (/var/cache/vfio-shim), VM_KERNEL (a bzImage to use instead of building),
 # VM_VERBOSE=1. Works as root with no TTY and stdin from /dev/null.
 #
@@ -82,7 +82,9 @@ qemu_opts=(
 )
 append=(
   intel_iommu=on
-  "hugepages=${VM_HUGEPAGES:-64}"
+  # 1 GiB pages must be reserved at boot; both sizes so every hugetlb variant runs.
+  "hugepagesz=1G" "hugepages=${VM_HUGEPAGES_1G:-1}"
+  "hugepagesz=2M" "hugepages=${VM_HUGEPAGES:-64}" "default_hugepagesz=2M"
   console=hvc0 loglevel=7   # after vng's "quiet loglevel=0": the last one wins
 )
 
@@ -90,7 +92,7 @@ vng_args=(
   --run "$kernel"
   --disable-kvm
   --cpus "${VM_CPUS:-2}"
-  --memory "${VM_MEMORY:-3G}"
+  --memory "${VM_MEMORY:-4G}"
   --rwdir "$results"
   --name "vfio-shim-$variant"
 )
