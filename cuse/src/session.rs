@@ -775,16 +775,28 @@ mod tests {
     }
 
     /// Runs `body` against a served TestDevice plus the quirks of [`Quirky`].
-    fn serve(body: impl FnOnce(&Kernel, &Stopper)) {
+    fn serve(body: impl FnOnce(&Kernel, &Session<Quirky>)) {
         let (k, chan) = pair();
         let s = Session::with_channel(chan, Quirky(TestDevice::new(131072)), config()).unwrap();
-        let stopper = s.stopper();
         std::thread::scope(|sc| {
             let h = sc.spawn(|| s.run());
-            body(&k, &stopper);
-            stopper.stop();
+            body(&k, &s);
+            s.stopper().stop();
             h.join().unwrap().unwrap();
         });
+    }
+
+    /// Waits until a worker has request `unique` in hand (no sleeps that a slow machine outruns).
+    fn wait_in_hand<D: CuseDevice>(s: &Session<D>, unique: u64) {
+        wait_inflight(s, unique, true)
+    }
+
+    fn wait_inflight<D: CuseDevice>(s: &Session<D>, unique: u64, present: bool) {
+        let t = Instant::now();
+        while s.lock_inflight().contains_key(&unique) != present {
+            assert!(t.elapsed() < Duration::from_secs(10), "request {unique} never in hand: {present}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// The test device, plus a command that panics and one that returns too much data.
@@ -915,15 +927,16 @@ mod tests {
 
     #[test]
     fn interrupt_reaches_a_running_request() {
-        serve(|k, _| {
+        serve(|k, s| {
             let fh = open(k, 10);
             let t = Instant::now();
             k.send(&ioctl_frame(12, fh, TEST_SLEEP, 30_000, &[], 0));
-            std::thread::sleep(Duration::from_millis(50));
+            wait_in_hand(s, 12);
             k.send(&frame(opcode::FUSE_INTERRUPT, 13, &12u64.to_ne_bytes()));
             assert_eq!(head(&k.recv()), (16, -(Errno::EINTR as i32), 12));
             assert!(t.elapsed() < Duration::from_secs(10));
             // An interrupt for a request not (or no longer) in hand: asked to be queued again.
+            wait_inflight(s, 12, false);
             k.send(&frame(opcode::FUSE_INTERRUPT, 13, &12u64.to_ne_bytes()));
             assert_eq!(head(&k.recv()), (16, -(Errno::EAGAIN as i32), 13));
         });
@@ -931,11 +944,11 @@ mod tests {
 
     #[test]
     fn stop_finishes_requests_in_hand() {
-        serve(|k, stopper| {
+        serve(|k, s| {
             let fh = open(k, 10);
             k.send(&ioctl_frame(12, fh, TEST_SLEEP, 200, &[], 0));
-            std::thread::sleep(Duration::from_millis(50));
-            stopper.stop();
+            wait_in_hand(s, 12);
+            s.stopper().stop();
             // The sleeping request still gets its answer.
             assert_eq!(head(&k.recv()), (32, 0, 12));
         });
