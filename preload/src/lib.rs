@@ -127,80 +127,30 @@ fn open_emulated(t: Target, flags: c_int) -> c_int {
 
 // ------------------------------------------------------------------------------- open
 
-/// # Safety
-/// As `open(2)`.
-#[no_mangle]
-pub unsafe extern "C" fn open(path: *const c_char, flags: c_int, mode: libc::mode_t) -> c_int {
-    // SAFETY: `path` comes from the caller of open(2).
-    match unsafe { classify(path) } {
-        Some(t) if !inside() => open_emulated(t, flags),
-        // SAFETY: forwarding the caller's arguments.
-        _ => unsafe { (real().open)(path, flags, mode) },
-    }
+/// One hook per libc open entry point. Only absolute `/dev/vfio/vfio` and `/dev/vfio/<N>` are
+/// served; everything else (relative paths under a dirfd included) goes to libc.
+macro_rules! open_hook {
+    ($name:ident, $real:ident, ($($arg:ident: $ty:ty),*), $path:ident, $flags:ident) => {
+        /// # Safety
+        /// As the libc function of the same name.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
+            // SAFETY: `path` comes from the caller of the libc function: null or a C string.
+            match unsafe { classify($path) } {
+                Some(t) if !inside() => open_emulated(t, $flags),
+                // SAFETY: forwarding the caller's arguments.
+                _ => unsafe { (real().$real)($($arg),*) },
+            }
+        }
+    };
 }
 
-/// # Safety
-/// As `open64(2)`.
-#[no_mangle]
-pub unsafe extern "C" fn open64(path: *const c_char, flags: c_int, mode: libc::mode_t) -> c_int {
-    // SAFETY: `path` comes from the caller.
-    match unsafe { classify(path) } {
-        Some(t) if !inside() => open_emulated(t, flags),
-        // SAFETY: forwarding the caller's arguments.
-        _ => unsafe { (real().open64)(path, flags, mode) },
-    }
-}
-
-/// # Safety
-/// As glibc's fortified `__open_2`.
-#[no_mangle]
-pub unsafe extern "C" fn __open_2(path: *const c_char, flags: c_int) -> c_int {
-    // SAFETY: `path` comes from the caller.
-    match unsafe { classify(path) } {
-        Some(t) if !inside() => open_emulated(t, flags),
-        // SAFETY: forwarding the caller's arguments.
-        _ => unsafe { (real().open_2)(path, flags) },
-    }
-}
-
-/// # Safety
-/// As glibc's fortified `__open64_2`.
-#[no_mangle]
-pub unsafe extern "C" fn __open64_2(path: *const c_char, flags: c_int) -> c_int {
-    // SAFETY: `path` comes from the caller.
-    match unsafe { classify(path) } {
-        Some(t) if !inside() => open_emulated(t, flags),
-        // SAFETY: forwarding the caller's arguments.
-        _ => unsafe { (real().open64_2)(path, flags) },
-    }
-}
-
-/// Only absolute paths are served; a relative path (even under a dirfd on /dev/vfio) goes to
-/// the kernel.
-///
-/// # Safety
-/// As `openat(2)`.
-#[no_mangle]
-pub unsafe extern "C" fn openat(dirfd: c_int, path: *const c_char, flags: c_int, mode: libc::mode_t) -> c_int {
-    // SAFETY: `path` comes from the caller.
-    match unsafe { classify(path) } {
-        Some(t) if !inside() => open_emulated(t, flags),
-        // SAFETY: forwarding the caller's arguments.
-        _ => unsafe { (real().openat)(dirfd, path, flags, mode) },
-    }
-}
-
-/// # Safety
-/// As `openat64(2)`.
-#[no_mangle]
-pub unsafe extern "C" fn openat64(dirfd: c_int, path: *const c_char, flags: c_int, mode: libc::mode_t) -> c_int {
-    // SAFETY: `path` comes from the caller.
-    match unsafe { classify(path) } {
-        Some(t) if !inside() => open_emulated(t, flags),
-        // SAFETY: forwarding the caller's arguments.
-        _ => unsafe { (real().openat64)(dirfd, path, flags, mode) },
-    }
-}
+open_hook!(open, open, (path: *const c_char, flags: c_int, mode: libc::mode_t), path, flags);
+open_hook!(open64, open64, (path: *const c_char, flags: c_int, mode: libc::mode_t), path, flags);
+open_hook!(__open_2, open_2, (path: *const c_char, flags: c_int), path, flags);
+open_hook!(__open64_2, open64_2, (path: *const c_char, flags: c_int), path, flags);
+open_hook!(openat, openat, (dirfd: c_int, path: *const c_char, flags: c_int, mode: libc::mode_t), path, flags);
+open_hook!(openat64, openat64, (dirfd: c_int, path: *const c_char, flags: c_int, mode: libc::mode_t), path, flags);
 
 // ------------------------------------------------------------------------ close / dup
 
