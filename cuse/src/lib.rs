@@ -6,6 +6,8 @@
 //! - [`session`]: the CUSE_INIT handshake and the worker loop dispatching to [`CuseDevice`].
 //! - [`retry`]: the FUSE_IOCTL_RETRY engine for `_IO()` ioctls that carry their size in their
 //!   first u32 (`argsz`), VFIO's style.
+//! - [`container`]: the legacy VFIO container (`vfio/vfio`), one shim-core container per open,
+//!   or adopted by the preload (handshake [`container::VFIO_SHIM_CUSE_ADOPT`]).
 //! - [`test_device`]: a tiny VFIO-style device for the VM test.
 //!
 //! Kernel facts this relies on, with file:line in the 7.3 sources: `docs/cuse.md`.
@@ -13,6 +15,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod channel;
+pub mod container;
 pub mod ll;
 pub mod retry;
 pub mod session;

@@ -1,6 +1,7 @@
 //! `vfio-shim-cuse`: serves a character device through /dev/cuse.
 //!
-//! For now only the test device (`--test-device`); the VFIO container is wired in later.
+//! By default the legacy VFIO container (`vfio/vfio`, see the crate's `container` module);
+//! `--test-device` serves the test device instead.
 //! SIGTERM/SIGINT/SIGHUP stop it cleanly: requests in hand are answered, then /dev/cuse is
 //! closed, which removes the node.
 
@@ -14,6 +15,7 @@ use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 use vfio_shim_cuse::session::{Config, Session};
+use vfio_shim_cuse::container::ContainerDevice;
 use vfio_shim_cuse::test_device::TestDevice;
 
 #[derive(Parser, Debug)]
@@ -36,13 +38,6 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    if !args.test_device {
-        eprintln!(
-            "vfio-shim-cuse: nothing to serve yet: the VFIO container is not wired in; \
-             --test-device serves the test device"
-        );
-        return ExitCode::from(2);
-    }
     let ready = if args.foreground {
         None
     } else {
@@ -72,8 +67,20 @@ fn serve(args: &Args, ready: Option<std::fs::File>) -> Result<(), String> {
 
     let mut config = Config::new(&args.name);
     config.threads = usize::from(args.threads);
-    let device = TestDevice::new(config.ioctl_limit);
-    let session = Session::new(device, config).map_err(|e| e.to_string())?;
+    if args.test_device {
+        let device = TestDevice::new(config.ioctl_limit);
+        run_session(Session::new(device, config).map_err(|e| e.to_string())?, ready, stop_signals)
+    } else {
+        let device = ContainerDevice::new(config.ioctl_limit);
+        run_session(Session::new(device, config).map_err(|e| e.to_string())?, ready, stop_signals)
+    }
+}
+
+fn run_session<D: vfio_shim_cuse::CuseDevice + 'static>(
+    session: Session<D>,
+    ready: Option<std::fs::File>,
+    stop_signals: SigSet,
+) -> Result<(), String> {
     session.init().map_err(|e| e.to_string())?;
     if let Some(mut w) = ready {
         // The parent exits 0 on this byte; a child that dies before it makes the parent fail.

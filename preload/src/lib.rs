@@ -114,11 +114,10 @@ unsafe fn classify(path: *const c_char) -> Option<Target> {
 }
 
 fn open_emulated(t: Target, flags: c_int) -> c_int {
-    let cloexec = flags & libc::O_CLOEXEC != 0;
     emulate(|s| {
         let r = match t {
-            Target::Container => s.open_container(cloexec),
-            Target::Group(n) => s.open_group(n, cloexec),
+            Target::Container => s.open_container(flags),
+            Target::Group(n) => s.open_group(n, flags & libc::O_CLOEXEC != 0),
         };
         s.sync_internal();
         r

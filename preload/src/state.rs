@@ -59,6 +59,38 @@ fn dup_fd(fd: c_int, cloexec: bool) -> Result<c_int, Errno> {
     Ok(new)
 }
 
+/// If `/dev/vfio/vfio` is vfio-shim's CUSE node, opens it for real (so the kernel checks the
+/// node's permissions and `/proc/self/fd` names it) and tells the daemon this open is served
+/// in-process. `None` when there is no node, or it is the kernel's own (misc major 10).
+fn cuse_node_with(flags: c_int) -> Result<Option<c_int>, Errno> {
+    let path = c"/dev/vfio/vfio";
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `path` is a valid C string and `st` a writable stat buffer.
+    if unsafe { libc::stat(path.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return Ok(None);
+    }
+    // SAFETY: stat succeeded and filled `st`.
+    let st = unsafe { st.assume_init() };
+    const MISC_MAJOR: u32 = 10;
+    if st.st_mode & libc::S_IFMT != libc::S_IFCHR || libc::major(st.st_rdev) == MISC_MAJOR {
+        return Ok(None);
+    }
+    // SAFETY: a plain open of the node with the caller's flags.
+    let fd = unsafe { (real().open)(path.as_ptr(), flags, 0) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the handshake ioctl takes no argument.
+    let rc = unsafe { (real().ioctl)(fd, vfio_shim::abi::VFIO_SHIM_CUSE_ADOPT as _, 0) };
+    if rc != vfio_shim::abi::VFIO_SHIM_CUSE_ADOPT_PROTOCOL || fd as usize >= table::MAX_FDS {
+        // Not our daemon, or another protocol: serve without the node.
+        // SAFETY: closing the fd just opened.
+        unsafe { (real().close)(fd) };
+        return Ok(None);
+    }
+    Ok(Some(fd))
+}
+
 /// `/dev/vfio/<N>` -> `Some(N)`.
 pub fn group_number(path: &[u8]) -> Option<u32> {
     let n = path.strip_prefix(b"/dev/vfio/")?;
@@ -162,8 +194,23 @@ impl State {
         }
     }
 
-    pub fn open_container(&mut self, cloexec: bool) -> Result<c_int, Errno> {
-        let id = self.shim.open_container()?;
+    pub fn open_container(&mut self, flags: c_int) -> Result<c_int, Errno> {
+        let cloexec = flags & libc::O_CLOEXEC != 0;
+        let node = cuse_node_with(flags)?;
+        let id = match self.shim.open_container() {
+            Ok(id) => id,
+            Err(e) => {
+                if let Some(fd) = node {
+                    // SAFETY: closing the node opened just above.
+                    unsafe { (real().close)(fd) };
+                }
+                return Err(e);
+            }
+        };
+        if let Some(fd) = node {
+            self.adopt(fd, Object::Container(id));
+            return Ok(fd);
+        }
         let ctx = self.shim.container_iommufd(id).expect("just opened");
         let raw = self.shim.backend().iommufd_raw_fd(ctx).expect("live context");
         match dup_fd(raw, cloexec) {

@@ -85,6 +85,12 @@ pub const VFIO_IOMMU_DIRTY_PAGES_FLAG_START: u32 = 1 << 0;
 pub const VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP: u32 = 1 << 1;
 pub const VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP: u32 = 1 << 2;
 
+/// vfio-shim's own handshake on its CUSE node (not a kernel number): the preload tells the
+/// daemon it serves this open in-process. `_IO(';', 240)`, unused by VFIO; answers
+/// [`VFIO_SHIM_CUSE_ADOPT_PROTOCOL`].
+pub const VFIO_SHIM_CUSE_ADOPT: u32 = io(VFIO_TYPE, 240);
+pub const VFIO_SHIM_CUSE_ADOPT_PROTOCOL: i32 = 1;
+
 /// type1's `dma_entry_limit` module parameter default (`U16_MAX`, T1:59).
 pub const DMA_ENTRY_LIMIT_DEFAULT: u32 = 65535;
 /// type1's `DIRTY_BITMAP_SIZE_MAX`: `INT_MAX` pages rounded up to u64 words, in bytes.
