@@ -34,5 +34,11 @@ done
 pkill -TERM -x vfio-shim-cuse; sleep 1
 grep -c "adopted by the preload" "$out/daemon.log" | sed 's/^/adopted opens logged: /'
 GUEST
-bash "$root/compat-tests/scripts/vm.sh" cdev-only "$out" -- bash "$out/guest.sh" </dev/null 2>/dev/null | tee "$out/summary.txt"
-! grep -q FAIL "$out/summary.txt"
+bash "$root/compat-tests/scripts/vm.sh" cdev-only "$out" -- bash "$out/guest.sh" </dev/null 2>"$out/vm.stderr" | tee "$out/summary.txt"
+ok=$(grep -c '^ok ' "$out/summary.txt" || true)
+bad=$(grep -c '^FAIL' "$out/summary.txt" || true)
+# 15 node checks and one line per client are expected: fewer means the guest died early.
+want=$(( 15 + $(ls "$out/clients" | wc -l) ))
+[ $(( ok + bad )) -ge "$want" ] || { bad=$(( bad + want - ok - bad )); tail -n 20 "$out/vm.stderr" >&2; }
+echo "cuse-preload: $ok passed, $bad failed"
+[ "$bad" = 0 ]
