@@ -341,6 +341,22 @@ pub unsafe extern "C" fn closefrom(lowfd: c_int) {
     close_range_emulated(lowfd.max(0) as libc::c_uint, libc::c_uint::MAX, 0);
 }
 
+/// `[first, last]` minus the (sorted, in-range) fds in `holes`, as inclusive ranges.
+fn gaps_around(first: libc::c_uint, last: libc::c_uint, holes: &[c_int]) -> Vec<(u64, u64)> {
+    let mut gaps = Vec::new();
+    let mut from = u64::from(first);
+    for fd in holes.iter().map(|f| *f as u64) {
+        if fd > from {
+            gaps.push((from, fd - 1));
+        }
+        from = fd + 1;
+    }
+    if from <= u64::from(last) {
+        gaps.push((from, u64::from(last)));
+    }
+    gaps
+}
+
 fn close_range_emulated(first: libc::c_uint, last: libc::c_uint, flags: c_int) -> c_int {
     let mut rc = 0;
     let mut err = 0;
@@ -351,18 +367,7 @@ fn close_range_emulated(first: libc::c_uint, last: libc::c_uint, flags: c_int) -
             s.closing(|s| ours.into_iter().for_each(|fd| s.forget(fd)));
         }
         let (_, internal) = s.fds_in(first as c_int, hi);
-        // Close [first, last] minus the internal fds, one gap at a time.
-        let mut gaps = Vec::new();
-        let mut from = u64::from(first);
-        for fd in internal.iter().map(|f| *f as u64) {
-            if fd > from {
-                gaps.push((from, fd - 1));
-            }
-            from = fd + 1;
-        }
-        if from <= u64::from(last) {
-            gaps.push((from, u64::from(last)));
-        }
+        let gaps = gaps_around(first, last, &internal);
         for (lo, hi) in gaps {
             // SAFETY: closing a range of the caller's fds that holds none of the shim's.
             let r = unsafe { (real().close_range)(lo as libc::c_uint, hi as libc::c_uint, flags) };
@@ -492,3 +497,18 @@ extern "C" fn constructor() {
 #[used]
 #[link_section = ".init_array"]
 static CONSTRUCTOR: extern "C" fn() = constructor;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_range_gaps_skip_internal_fds() {
+        assert_eq!(gaps_around(3, 10, &[]), vec![(3, 10)]);
+        assert_eq!(gaps_around(3, 10, &[3]), vec![(4, 10)]);
+        assert_eq!(gaps_around(3, 10, &[5, 6, 10]), vec![(3, 4), (7, 9)]);
+        let max = libc::c_uint::MAX;
+        assert_eq!(gaps_around(3, max, &[7]), vec![(3, 6), (8, u64::from(max))]);
+        assert_eq!(gaps_around(5, 5, &[5]), vec![]);
+    }
+}

@@ -100,3 +100,16 @@ fn main() {
     eprintln!("vfio-shim: cannot run {}: {err}", path.display());
     exit(126)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dynamic_and_static_binaries_are_told_apart() {
+        assert_eq!(is_dynamic(Path::new("/bin/true")), Ok(true));
+        // busybox-static: installed by compat-tests/scripts/host-deps.sh (`make host-test`).
+        assert_eq!(is_dynamic(Path::new("/bin/busybox")), Ok(false), "a static ELF");
+        assert!(is_dynamic(Path::new("/etc/hostname")).is_err(), "not an ELF");
+    }
+}
