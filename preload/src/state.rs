@@ -30,10 +30,37 @@ impl Object {
     }
 }
 
+/// fd -> object, indexed by the fd number (fds are small and dense): no hashing on the
+/// ioctl path.
+#[derive(Default)]
+struct FdMap(Vec<Option<Object>>);
+
+impl FdMap {
+    fn get(&self, fd: c_int) -> Option<Object> {
+        usize::try_from(fd).ok().and_then(|i| self.0.get(i).copied().flatten())
+    }
+
+    fn insert(&mut self, fd: c_int, obj: Object) {
+        let i = usize::try_from(fd).expect("fds we track are >= 0");
+        if self.0.len() <= i {
+            self.0.resize(i + 1, None);
+        }
+        self.0[i] = Some(obj);
+    }
+
+    fn remove(&mut self, fd: c_int) -> Option<Object> {
+        usize::try_from(fd).ok().and_then(|i| self.0.get_mut(i)).and_then(Option::take)
+    }
+
+    fn fds(&self) -> impl Iterator<Item = c_int> + '_ {
+        self.0.iter().enumerate().filter(|(_, o)| o.is_some()).map(|(i, _)| i as c_int)
+    }
+}
+
 pub struct State {
     pub shim: Shim<KernelBackend>,
     /// fd -> object; several fds may name one object.
-    fds: HashMap<c_int, Object>,
+    fds: FdMap,
     /// How many fds name each object.
     refs: HashMap<Object, usize>,
     /// The backend's own fds, marked [`Kind::Internal`] in the table.
@@ -108,7 +135,7 @@ impl State {
     pub fn new() -> Self {
         Self {
             shim: Shim::new(KernelBackend::new()),
-            fds: HashMap::new(),
+            fds: FdMap::default(),
             refs: HashMap::new(),
             internal: Vec::new(),
             inherited: Default::default(),
@@ -149,7 +176,7 @@ impl State {
 
     /// Our fds (emulated and internal) in `[first, last]`, ascending.
     pub fn fds_in(&self, first: c_int, last: c_int) -> (Vec<c_int>, Vec<c_int>) {
-        let mut ours: Vec<c_int> = self.fds.keys().copied().filter(|f| (first..=last).contains(f)).collect();
+        let mut ours: Vec<c_int> = self.fds.fds().filter(|f| (first..=last).contains(f)).collect();
         let mut internal: Vec<c_int> =
             self.internal.iter().copied().filter(|f| (first..=last).contains(f)).collect();
         ours.sort_unstable();
@@ -158,7 +185,7 @@ impl State {
     }
 
     pub fn object(&self, fd: c_int) -> Option<Object> {
-        self.fds.get(&fd).copied()
+        self.fds.get(fd)
     }
 
     fn adopt(&mut self, fd: c_int, obj: Object) {
@@ -169,7 +196,7 @@ impl State {
 
     /// Forgets `fd`; releases the object when it was its last fd. The caller closes `fd`.
     pub fn forget(&mut self, fd: c_int) {
-        let Some(obj) = self.fds.remove(&fd) else { return };
+        let Some(obj) = self.fds.remove(fd) else { return };
         table::set(fd, Kind::None);
         let n = self.refs.get_mut(&obj).expect("counted");
         *n -= 1;
@@ -255,8 +282,8 @@ impl State {
     pub fn group_ioctl(&mut self, id: GroupId, req: u32, arg: u64) -> Result<c_int, Errno> {
         let mut mem = OwnMemory { arg };
         let fds = &self.fds;
-        let resolve = |other: i32| match fds.get(&other) {
-            Some(Object::Container(c)) => FdTarget::Container(*c),
+        let resolve = |other: i32| match fds.get(other) {
+            Some(Object::Container(c)) => FdTarget::Container(c),
             Some(_) => FdTarget::Other,
             None if fd_is_open(other) => FdTarget::Other,
             None => FdTarget::Closed,

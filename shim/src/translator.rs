@@ -440,13 +440,13 @@ impl<B: Backend> Shim<B> {
         }
 
         // v1 stops at a mapping that starts before the range: success, size 0 (T1:1490).
-        let victims: Vec<Mapping> = iommu
-            .ledger
-            .overlapping(iova, last)
-            .take_while(|m| iommu.v2 || m.iova >= iova)
-            .collect();
+        let v2 = iommu.v2;
+        let victims = |ledger: &MappingLedger| {
+            ledger.overlapping(iova, last).take_while(move |m| v2 || m.iova >= iova).collect::<Vec<Mapping>>()
+        };
 
         if invalidate_vaddr {
+            let victims = victims(&iommu.ledger);
             if victims.iter().any(|m| m.vaddr_invalid) {
                 return Err(Errno::EINVAL);
             }
@@ -458,27 +458,29 @@ impl<B: Backend> Shim<B> {
             unmap.size = unmapped;
             return mem.write(0, unmap.as_bytes());
         }
-
         if get_dirty {
-            for m in &victims {
+            for m in &victims(&iommu.ledger) {
                 write_dirty_bits(mem, bitmap.data, m, iova, pgsize)?;
             }
         }
-        let mut unmapped = 0u64;
-        if let (Some(first), Some(end)) = (victims.first(), victims.last()) {
-            // One native unmap covers them all: no other mapping lies between the first and
-            // the last victim, and none of them is split.
-            let (start, length) = if unmap_all {
-                (0, u64::MAX)
-            } else {
-                (first.iova, end.last() - first.iova + 1)
-            };
+
+        // The victims are every mapping from the first one through the last one: no other
+        // mapping lies between them, so they are found again by position, without a list.
+        let (mut span, mut count, mut unmapped) = (None::<(u64, u64)>, 0u32, 0u64);
+        for m in iommu.ledger.overlapping(iova, last).take_while(|m| v2 || m.iova >= iova) {
+            span = Some((span.map_or(m.iova, |s| s.0), m.last()));
+            count += 1;
+            unmapped += m.size;
+        }
+        if let Some((first, end)) = span {
+            // One native unmap covers them all, and none of them is split.
+            let (start, length) = if unmap_all { (0, u64::MAX) } else { (first, end - first + 1) };
             backend.ioas_unmap(ctx, iommu.ioas, start, length)?;
-            for m in &victims {
+            for _ in 0..count {
+                let m = iommu.ledger.first_overlapping(first, end).expect("counted above");
                 iommu.ledger.remove(m.iova);
-                iommu.dma_avail += 1;
-                unmapped += m.size;
             }
+            iommu.dma_avail += count;
         }
         unmap.size = unmapped;
         mem.write(0, unmap.as_bytes())
