@@ -410,14 +410,14 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: c_ulong) -> c_int {
         // Device fds are real cdevs: the kernel serves them, except the two requests that
         // carry group ids or group fds.
         Kind::Device => match req as u32 {
-            vfio_shim::abi::VFIO_DEVICE_GET_PCI_HOT_RESET_INFO => emulate(|s| s.hot_reset_info(fd, arg as u64)),
-            vfio_shim::abi::VFIO_DEVICE_PCI_HOT_RESET => emulate(|s| s.hot_reset(fd, arg as u64)),
+            vfio_shim::abi::VFIO_DEVICE_GET_PCI_HOT_RESET_INFO => emulate(|s| s.hot_reset_info(fd, arg)),
+            vfio_shim::abi::VFIO_DEVICE_PCI_HOT_RESET => emulate(|s| s.hot_reset(fd, arg)),
             // SAFETY: forwarding the caller's arguments.
             _ => unsafe { (real().ioctl)(fd, req, arg) },
         },
         _ => emulate(|s| match s.object(fd) {
-            Some(Object::Container(id)) => s.container_ioctl(id, req as u32, arg as u64),
-            Some(Object::Group(id)) => s.closing(|s| s.group_ioctl(id, req as u32, arg as u64)),
+            Some(Object::Container(id)) => s.container_ioctl(id, req as u32, arg),
+            Some(Object::Group(id)) => s.closing(|s| s.group_ioctl(id, req as u32, arg)),
             _ => Err(Errno::EBADF),
         }),
     }
@@ -427,7 +427,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: c_ulong) -> c_int {
 /// bypass. An emulated group is not a file KVM knows, so `FILE_ADD`/`FILE_DEL` of one becomes
 /// the same request for each of the group's device cdevs (which KVM accepts since 6.6).
 fn kvm_set_device_attr(fd: c_int, arg: c_ulong) -> c_int {
-    let mut mem = OwnMemory { arg: arg as u64 };
+    let mut mem = OwnMemory { arg };
     let mut attr = [0u8; 24];
     let passthrough = |a: c_ulong| {
         // SAFETY: forwarding a KVM_SET_DEVICE_ATTR with a pointer to a valid attr struct.

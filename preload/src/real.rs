@@ -55,30 +55,30 @@ fn sym(name: &CStr) -> *mut c_void {
 }
 
 macro_rules! resolve {
-    ($name:literal) => {
+    ($name:literal, $ty:ty) => {
         // SAFETY: the symbol is libc's function of exactly this type (glibc's prototypes;
         // the variadic ones take their optional argument in the same register, see lib.rs).
-        unsafe { std::mem::transmute(sym($name)) }
+        unsafe { std::mem::transmute::<*mut c_void, $ty>(sym($name)) }
     };
 }
 
 fn resolve_all() -> Real {
     Real {
-        open: resolve!(c"open"),
-        open64: resolve!(c"open64"),
-        open_2: resolve!(c"__open_2"),
-        open64_2: resolve!(c"__open64_2"),
-        openat: resolve!(c"openat"),
-        openat64: resolve!(c"openat64"),
-        close: resolve!(c"close"),
-        dup: resolve!(c"dup"),
-        dup2: resolve!(c"dup2"),
-        dup3: resolve!(c"dup3"),
-        fcntl: resolve!(c"fcntl"),
-        fcntl64: resolve!(c"fcntl64"),
-        ioctl: resolve!(c"ioctl"),
-        close_range: resolve!(c"close_range"),
-        closefrom: resolve!(c"closefrom"),
+        open: resolve!(c"open", OpenFn),
+        open64: resolve!(c"open64", OpenFn),
+        open_2: resolve!(c"__open_2", Open2Fn),
+        open64_2: resolve!(c"__open64_2", Open2Fn),
+        openat: resolve!(c"openat", OpenatFn),
+        openat64: resolve!(c"openat64", OpenatFn),
+        close: resolve!(c"close", CloseFn),
+        dup: resolve!(c"dup", DupFn),
+        dup2: resolve!(c"dup2", Dup2Fn),
+        dup3: resolve!(c"dup3", Dup3Fn),
+        fcntl: resolve!(c"fcntl", FcntlFn),
+        fcntl64: resolve!(c"fcntl64", FcntlFn),
+        ioctl: resolve!(c"ioctl", IoctlFn),
+        close_range: resolve!(c"close_range", CloseRangeFn),
+        closefrom: resolve!(c"closefrom", ClosefromFn),
     }
 }
 

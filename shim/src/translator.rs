@@ -726,9 +726,8 @@ impl<B: Backend> Shim<B> {
         g.container = Some(cid);
         let c = self.containers.get_mut(&cid).expect("checked");
         c.groups.push(id);
-        if c.iommu.is_some() {
-            let ctx = c.ctx;
-            let iommu = c.iommu.as_mut().expect("checked");
+        let ctx = c.ctx;
+        if let Some(iommu) = c.iommu.as_mut() {
             if let Err(e) = Self::refresh_domain_facts(&mut self.backend, ctx, iommu) {
                 self.detach_container(id);
                 return Err(e);
