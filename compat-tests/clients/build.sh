@@ -18,7 +18,7 @@ SRC=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$1"
 OUT=$(cd "$1" && pwd)
 CC=${CC:-gcc}
-CFLAGS="-O2 -Wall -Wextra -Werror -std=gnu11 ${EXTRA_CFLAGS:-}"
+CFLAGS="-O2 -Wall -Wextra -Werror -std=gnu11 -pthread ${EXTRA_CFLAGS:-}"
 built=""
 for c in "$SRC"/*.c; do
 	name=$(basename "$c" .c)
