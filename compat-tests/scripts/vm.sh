@@ -15,7 +15,7 @@
 # Exit status: the command's, or 125 if the VM did not produce one (boot failure, timeout,
 # panic); on any failure the tails of the console log and stderr are printed.
 #
-# Environment: VM_TIMEOUT (seconds, default 1800), VM_CPUS (2), VM_MEMORY (4G),
+# Environment: VM_TIMEOUT (seconds, default 900), VM_CPUS (1), VM_MEMORY (4G), VM_RETRIES (1),
 # VM_HUGEPAGES (2 MiB pages reserved at boot, default 64), VM_HUGEPAGES_1G (1 GiB pages, 1), VM_IVSHMEM_SIZE (256M),
 # VFIO_SHIM_CACHE (/var/cache/vfio-shim), VM_KERNEL (a bzImage to use instead of building),
 # VM_VERBOSE=1. Works as root with no TTY and stdin from /dev/null.
@@ -91,7 +91,7 @@ append=(
 vng_args=(
   --run "$kernel"
   --disable-kvm
-  --cpus "${VM_CPUS:-2}"
+  --cpus "${VM_CPUS:-1}"
   --memory "${VM_MEMORY:-4G}"
   --rwdir "$results"
   --name "vfio-shim-$variant"
@@ -107,24 +107,38 @@ cmd="$(printf '%q ' "$@"); rc=\$?; dmesg >$(printf '%q' "$dmesg_file") 2>&1; exi
 
 : >"$console"
 echo "vm.sh: booting $variant ($kernel), running: $cmd" >&2
-start=$(date +%s.%N)
-set +e
-# stdout/stderr must be pipes, not files: QEMU reopens /proc/self/fd/{1,2} once per virtio port,
-# and on a regular file each reopen would get its own offset and overwrite the others.
-timeout --kill-after=30 "${VM_TIMEOUT:-1800}" vng "${vng_args[@]}" --exec "$cmd" \
-  </dev/null > >(tee "$vstdout") 2> >(tee "$vstderr" >&2)
-rc=$?
-set -e
-wait  # for the tee process substitutions
-secs=$(echo "$(date +%s.%N) - $start" | bc)
-printf 'vm.sh: %s VM finished in %.1f s, rc=%d\n' "$variant" "$secs" "$rc" >&2
-printf '%s %.1f %d\n' "$variant" "$secs" "$rc" >>"$results/vm-times.txt"
+# A guest that never answers (timeout, 124/137) or gives no exit status (255: boot failure,
+# panic) is an infrastructure failure of TCG, seen as a lost timer interrupt stalling a vCPU
+# with 2 vCPUs: run it again, VM_RETRIES times, keeping the failed attempt's logs. A command
+# that ran and failed is never retried.
+attempt=0
+while :; do
+  start=$(date +%s.%N)
+  set +e
+  # stdout/stderr must be pipes, not files: QEMU reopens /proc/self/fd/{1,2} once per virtio
+  # port, and on a regular file each reopen would get its own offset and overwrite the others.
+  timeout --kill-after=30 "${VM_TIMEOUT:-900}" vng "${vng_args[@]}" --exec "$cmd" \
+    </dev/null > >(tee "$vstdout") 2> >(tee "$vstderr" >&2)
+  rc=$?
+  set -e
+  wait  # for the tee process substitutions
+  secs=$(echo "$(date +%s.%N) - $start" | bc)
+  printf 'vm.sh: %s VM finished in %.1f s, rc=%d\n' "$variant" "$secs" "$rc" >&2
+  printf '%s %.1f %d\n' "$variant" "$secs" "$rc" >>"$results/vm-times.txt"
+  case $rc in 124|137|255) ;; *) break ;; esac
+  [ "$attempt" -lt "${VM_RETRIES:-1}" ] || break
+  attempt=$((attempt + 1))
+  for f in "$console" "$vstdout" "$vstderr"; do cp "$f" "$f.failed-attempt-$attempt" 2>/dev/null || true; done
+  echo "vm.sh: $variant VM gave no result (rc=$rc): console tail below, retrying ($attempt of ${VM_RETRIES:-1})" >&2
+  tail -n 30 "$console" >&2 || true
+  : >"$console"
+done
 
 # vng exits with the command's status; 255 means the guest produced none (boot failure, panic,
 # init trouble); 124/137 mean our timeout fired. Those become 125. Tails on any failure.
 case $rc in
   0) ;;
-  124|137) echo "vm.sh: $variant VM timed out after ${VM_TIMEOUT:-1800} s" >&2; rc=125 ;;
+  124|137) echo "vm.sh: $variant VM timed out after ${VM_TIMEOUT:-900} s" >&2; rc=125 ;;
   255) echo "vm.sh: $variant VM gave no exit status (boot failure or panic?)" >&2; rc=125 ;;
   *) echo "vm.sh: command failed in the $variant VM (rc=$rc)" >&2 ;;
 esac
