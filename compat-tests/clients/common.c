@@ -742,3 +742,14 @@ void cap_ipc_lock_restore(int was_effective)
 	if (capset_v3(d) < 0)
 		die("capset (restore CAP_IPC_LOCK): %s", strerror(errno));
 }
+
+void edu_and_ivshmem(const char **edu, const char **ivs, int *ge, int *gi)
+{
+	*edu = env_bdf("VFIO_TEST_EDU");
+	*ivs = env_bdf("VFIO_TEST_IVSHMEM");
+	*ge = group_of(*edu);
+	*gi = group_of(*ivs);
+	if (*ge == *gi)
+		die("edu (%s) and ivshmem (%s) share iommu group %d; two groups are needed", *edu,
+		    *ivs, *ge);
+}

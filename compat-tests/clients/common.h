@@ -57,6 +57,8 @@ const char *env_bdf(const char *var);
 /* Group number from readlink /sys/bus/pci/devices/<bdf>/iommu_group; dies on failure.
  * VFIO_TEST_SYSFS (default "/sys") is a test hook for running against a fake tree. */
 int group_of(const char *bdf);
+/* edu (VFIO_TEST_EDU) and ivshmem (VFIO_TEST_IVSHMEM), which must be in different groups. */
+void edu_and_ivshmem(const char **edu, const char **ivs, int *ge, int *gi);
 /* Opens /dev/vfio/<N> (recorded); dies on failure. */
 int open_group(const char *label, int group);
 /* Opens /dev/vfio/vfio (recorded); dies on failure. */

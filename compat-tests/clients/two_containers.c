@@ -32,13 +32,7 @@ int main(void)
 	int ge, gi, gfe, gfi, c1, c2, de, di;
 
 	client_init();
-	edu = env_bdf("VFIO_TEST_EDU");
-	ivs = env_bdf("VFIO_TEST_IVSHMEM");
-	ge = group_of(edu);
-	gi = group_of(ivs);
-	if (ge == gi)
-		die("edu (%s) and ivshmem (%s) share iommu group %d; two groups are needed", edu,
-		    ivs, ge);
+	edu_and_ivshmem(&edu, &ivs, &ge, &gi);
 	buf = map_anon(SIZE);
 	buf2 = map_anon(SIZE);
 

@@ -49,13 +49,7 @@ int main(void)
 	int ge, gi, gfe, gfi, cfd, de, de2, di, fd, bad, pfd[2];
 
 	client_init();
-	edu = env_bdf("VFIO_TEST_EDU");
-	ivs = env_bdf("VFIO_TEST_IVSHMEM");
-	ge = group_of(edu);
-	gi = group_of(ivs);
-	if (ge == gi)
-		die("edu (%s) and ivshmem (%s) share iommu group %d; two groups are needed", edu,
-		    ivs, ge);
+	edu_and_ivshmem(&edu, &ivs, &ge, &gi);
 	buf_a = map_anon(SIZE_A);
 	buf_b = map_anon(SIZE_B);
 	if (pipe(pfd) < 0)

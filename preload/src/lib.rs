@@ -225,79 +225,60 @@ fn dup_emulated(old: c_int, target: Option<c_int>, call: impl FnOnce() -> c_int)
     rc
 }
 
+/// The dup family: pass-through (two byte loads, nothing else) unless `old` or `target` is ours.
+/// From one of the shim's internal fds is `EBADF` (not open for the application); onto one
+/// would close the shim's own file under it, so it is refused with `EBUSY` (which dup2 can
+/// return for a number being opened concurrently).
+#[inline(always)]
+fn dup_like(old: c_int, target: Option<c_int>, call: impl FnOnce() -> c_int) -> c_int {
+    let (from, onto) = (table::kind(old), target.map_or(Kind::None, table::kind));
+    if (from == Kind::None && onto == Kind::None) || inside() {
+        return call();
+    }
+    if from == Kind::Internal {
+        return not_open();
+    }
+    if onto == Kind::Internal {
+        Errno::EBUSY.set();
+        return -1;
+    }
+    dup_emulated(old, target, call)
+}
+
 /// # Safety
 /// As `dup(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
-    if table::kind(fd) == Kind::Internal && !inside() {
-        return not_open();
-    }
-    if table::kind(fd) == Kind::None || inside() {
-        // SAFETY: forwarding the caller's argument.
-        return unsafe { (real().dup)(fd) };
-    }
     // SAFETY: forwarding the caller's argument.
-    dup_emulated(fd, None, || unsafe { (real().dup)(fd) })
+    dup_like(fd, None, || unsafe { (real().dup)(fd) })
 }
 
 /// # Safety
 /// As `dup2(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
-    if let Some(rc) = internal_dup_target(old, new) {
-        return rc;
-    }
-    if (table::kind(old) == Kind::None && table::kind(new) == Kind::None) || inside() {
-        // SAFETY: forwarding the caller's arguments.
-        return unsafe { (real().dup2)(old, new) };
-    }
     // SAFETY: forwarding the caller's arguments.
-    dup_emulated(old, Some(new), || unsafe { (real().dup2)(old, new) })
+    dup_like(old, Some(new), || unsafe { (real().dup2)(old, new) })
 }
 
 /// # Safety
 /// As `dup3(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
-    if let Some(rc) = internal_dup_target(old, new) {
-        return rc;
-    }
-    if (table::kind(old) == Kind::None && table::kind(new) == Kind::None) || inside() {
-        // SAFETY: forwarding the caller's arguments.
-        return unsafe { (real().dup3)(old, new, flags) };
-    }
     // SAFETY: forwarding the caller's arguments.
-    dup_emulated(old, Some(new), || unsafe { (real().dup3)(old, new, flags) })
-}
-
-/// dup2/dup3 involving our internal fds: from one is `EBADF` (not open for the application);
-/// onto one would close the shim's own file under it, so it is refused with `EBUSY` (which
-/// dup2 can return for a number being opened concurrently). `None`: not involved.
-fn internal_dup_target(old: c_int, new: c_int) -> Option<c_int> {
-    if inside() {
-        return None;
-    }
-    if table::kind(old) == Kind::Internal {
-        return Some(not_open());
-    }
-    if table::kind(new) == Kind::Internal {
-        Errno::EBUSY.set();
-        return Some(-1);
-    }
-    None
+    dup_like(old, Some(new), || unsafe { (real().dup3)(old, new, flags) })
 }
 
 fn fcntl_common(fd: c_int, cmd: c_int, arg: c_ulong, f: real::FcntlFn) -> c_int {
-    if table::kind(fd) == Kind::Internal && !inside() {
-        return not_open();
+    // SAFETY (both calls): forwarding the caller's arguments.
+    let call = || unsafe { f(fd, cmd, arg) };
+    match table::kind(fd) {
+        Kind::None => call(),
+        _ if inside() => call(),
+        Kind::Internal => not_open(),
+        _ if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC => dup_emulated(fd, None, call),
+        _ => call(),
     }
-    let dups = cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC;
-    if !dups || table::kind(fd) == Kind::None || inside() {
-        // SAFETY: forwarding the caller's arguments.
-        return unsafe { f(fd, cmd, arg) };
-    }
-    // SAFETY: forwarding the caller's arguments.
-    dup_emulated(fd, None, || unsafe { f(fd, cmd, arg) })
 }
 
 /// # Safety

@@ -63,15 +63,6 @@ pub fn read_sized<T: FromBytes + IntoBytes>(mem: &mut dyn ArgMemory) -> Result<T
     Ok(v)
 }
 
-/// Reads the first `len` bytes of a struct (the kernel's `copy_from_user(&s, arg, minsz)`),
-/// leaving the rest zeroed.
-pub fn read_prefix<T: FromBytes + IntoBytes>(mem: &mut dyn ArgMemory, len: usize) -> Result<T, Errno> {
-    let mut v = T::new_zeroed();
-    let n = len.min(size_of::<T>());
-    mem.read(0, &mut v.as_mut_bytes()[..n])?;
-    Ok(v)
-}
-
 /// An argument held in a byte buffer: the `arg` pointer is offset 0 of `bytes`; absolute user
 /// addresses resolve into `user`, a separate region starting at `user_base`. Anything outside
 /// both is `EFAULT`. Used by host tests and by glue that has already copied the argument.

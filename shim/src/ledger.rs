@@ -142,11 +142,6 @@ impl MappingLedger {
         self.by_iova.iter().map(|(&iova, e)| Self::mapping(iova, e))
     }
 
-    pub fn clear(&mut self) {
-        self.by_iova.clear();
-        self.vaddr_invalid_count = 0;
-    }
-
     /// Total bytes mapped.
     pub fn mapped_bytes(&self) -> u64 {
         self.by_iova.values().map(|e| e.size).sum()

@@ -808,11 +808,6 @@ impl<B: Backend> Shim<B> {
         self.reap_group(grant.group);
     }
 
-    /// The container a group is set on.
-    pub fn group_container(&self, id: GroupId) -> Option<ContainerId> {
-        self.groups.get(&id).and_then(|g| g.container)
-    }
-
     /// The device handles currently bound for a group (for KVM file add/del rewriting).
     pub fn group_devices(&self, id: GroupId) -> Vec<DeviceHandle> {
         self.groups.get(&id).map(|g| g.devices.iter().map(|d| d.handle).collect()).unwrap_or_default()
