@@ -1,51 +1,74 @@
-//! The legacy VFIO container served on the CUSE node: one container of the shim core per open
-//! file, answering with type1's semantics through the kernel backend.
+//! The legacy VFIO container and groups served on CUSE nodes: `/dev/vfio/vfio` and, on kernels
+//! without VFIO groups, `/dev/vfio/<N>`, all from one shim core over the kernel backend.
 //!
-//! Two kinds of open:
-//! - **adopted** by the preload: the process that opened the node serves the container
-//!   in-process (it can install device fds and pin its own memory, which a CUSE daemon cannot).
-//!   It says so with [`VFIO_SHIM_CUSE_ADOPT`] right after `open`; the daemon then keeps nothing
-//!   but the open's record, freed on RELEASE.
-//! - **served** here, for clients without the preload: the container lives in the daemon and
-//!   is created at the first VFIO ioctl. Groups are not served yet, and a real group rejects a
-//!   CUSE fd (GR:156), so such a container never gets an IOMMU: it answers what a type1
-//!   container without a group answers (API version, extensions, `EINVAL` for the rest).
+//! Each open of a node is one of:
+//! - **adopted** by the preload: the process that opened the node serves it in-process (it can
+//!   install device fds and pin its own private memory, which a CUSE daemon cannot). It says so
+//!   with [`VFIO_SHIM_CUSE_ADOPT`] right after `open`; the daemon then keeps nothing but the
+//!   open's record, freed on RELEASE.
+//! - **served** here, for clients without the preload: the container or group lives in the
+//!   daemon. A group's `SET_CONTAINER` names the container by an fd of the caller, which the
+//!   daemon duplicates (`pidfd_getfd`), checks to be its container node by device number, and
+//!   identifies with [`VFIO_SHIM_CUSE_IDENTIFY`]. `MAP_DMA` pins the caller's shared memory by
+//!   file (`/proc/<pid>/map_files` + `IOMMU_IOAS_MAP_FILE`); private memory and
+//!   `GET_DEVICE_FD` answer [`NOT_WITHOUT_PRELOAD`] with one log line.
+//!
+//! One client never reaches another's objects: file handles are only learnt through the
+//! caller's own fds, and the identify command answers only the daemon's own threads.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex, OnceLock};
 
-use log::{debug, info};
+use log::{debug, info, warn};
 use nix::errno::Errno;
+use nix::sys::stat::{fstat, SFlag};
 use vfio_shim::abi::*;
 use vfio_shim::arg::BufferArg;
-use vfio_shim::{ContainerId, Shim};
-use vfio_shim_sys::KernelBackend;
+use vfio_shim::{ContainerId, FdTarget, GroupId, GroupReply, Shim};
+use vfio_shim_sys::caller::{CallerProcess, PRIVATE_MEMORY_ERRNO};
+use vfio_shim_sys::{ioctl as sys, KernelBackend};
 
-use crate::retry::{argsz_step, ArgszSpec, Step};
+use crate::retry::{argsz_step, cstr_step, fixed_step, ArgszSpec, Step};
 use crate::session::{Caller, CuseDevice, Ioctl, IoctlOutcome};
 
 pub use vfio_shim::abi::{VFIO_SHIM_CUSE_ADOPT, VFIO_SHIM_CUSE_ADOPT_PROTOCOL as ADOPT_PROTOCOL};
 
+/// What a served client gets for what only the preload can do: a device fd from
+/// `GET_DEVICE_FD`, or a map of private memory.
+pub const NOT_WITHOUT_PRELOAD: Errno = PRIVATE_MEMORY_ERRNO;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Node {
+    Container,
+    Group(u32),
+}
+
 #[derive(Debug)]
 enum OpenState {
-    /// Opened, no VFIO ioctl yet.
+    /// A container node opened, no VFIO ioctl yet.
     Fresh,
     /// The preload serves it in-process.
     Adopted,
-    /// Served here.
-    Served(ContainerId),
+    Container(ContainerId),
+    Group(GroupId),
 }
 
 #[derive(Debug)]
 struct Open {
     pid: u32,
+    node: Node,
     state: OpenState,
+    /// The "load the preload" line was logged for this open.
+    told: bool,
 }
 
-/// The `vfio/vfio` device.
-pub struct ContainerDevice {
+/// Every node's state: one shim core, the opens of all nodes (file handles are unique across
+/// nodes), and the container node's device number.
+pub struct Registry {
     limit: u32,
     inner: Mutex<Inner>,
+    container_rdev: OnceLock<u64>,
 }
 
 struct Inner {
@@ -54,20 +77,127 @@ struct Inner {
     next_fh: u64,
 }
 
-impl ContainerDevice {
-    /// `ioctl_limit`: the session's per-direction limit.
-    pub fn new(ioctl_limit: u32) -> Self {
-        Self {
+impl Registry {
+    /// `ioctl_limit`: the sessions' per-direction limit.
+    pub fn new(ioctl_limit: u32) -> Arc<Registry> {
+        Self::with_backend(ioctl_limit, KernelBackend::new())
+    }
+
+    pub fn with_backend(ioctl_limit: u32, backend: KernelBackend) -> Arc<Registry> {
+        Arc::new(Registry {
             limit: ioctl_limit,
-            inner: Mutex::new(Inner { shim: Shim::new(KernelBackend::new()), opens: HashMap::new(), next_fh: 1 }),
-        }
+            inner: Mutex::new(Inner { shim: Shim::new(backend), opens: HashMap::new(), next_fh: 1 }),
+            container_rdev: OnceLock::new(),
+        })
+    }
+
+    /// The container node's device number (`st_rdev`), known once its CUSE_INIT is done.
+    pub fn set_container_rdev(&self, rdev: u64) {
+        let _ = self.container_rdev.set(rdev);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Opens currently alive, and how many of them are adopted (tests, logs).
     pub fn counts(&self) -> (usize, usize) {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = self.lock();
         let adopted = inner.opens.values().filter(|o| matches!(o.state, OpenState::Adopted)).count();
         (inner.opens.len(), adopted)
+    }
+
+    fn insert(inner: &mut Inner, pid: u32, node: Node, state: OpenState) -> u64 {
+        let fh = inner.next_fh;
+        inner.next_fh += 1;
+        inner.opens.insert(fh, Open { pid, node, state, told: false });
+        fh
+    }
+
+    fn release(&self, fh: u64) {
+        let mut inner = self.lock();
+        let Some(open) = inner.opens.remove(&fh) else { return };
+        match open.state {
+            OpenState::Container(id) => inner.shim.close_container(id),
+            OpenState::Group(id) => inner.shim.close_group(id),
+            OpenState::Fresh | OpenState::Adopted => {}
+        }
+        debug!("release fh {fh} ({:?}, opened by pid {})", open.node, open.pid);
+    }
+
+    /// The adoption handshake, the same on every node.
+    fn adopt(&self, fh: u64, caller: &Caller) -> IoctlOutcome {
+        let mut inner = self.lock();
+        let Inner { shim, opens, .. } = &mut *inner;
+        let Some(open) = opens.get_mut(&fh) else { return IoctlOutcome::Error(Errno::EBADF) };
+        match open.state {
+            OpenState::Fresh => {}
+            // A group is opened here at open(2) (for type1's one-opener rule) but holds
+            // nothing until SET_CONTAINER: it can still be handed over.
+            OpenState::Group(id) if shim.group_is_idle(id) => shim.close_group(id),
+            // Too late: the daemon already serves it.
+            _ => return IoctlOutcome::Error(Errno::EBUSY),
+        }
+        open.state = OpenState::Adopted;
+        info!("fh {fh} ({:?}): adopted by the preload in pid {}", open.node, caller.pid);
+        IoctlOutcome::Done { result: ADOPT_PROTOCOL, out: Vec::new() }
+    }
+
+    /// What the caller's fd `fd` is, for `SET_CONTAINER`. Called without the lock held: the
+    /// identify command goes through the kernel to the container node's own workers.
+    fn resolve_fd(&self, caller: &Caller, fd: i32) -> FdTarget {
+        let file = match CallerProcess::open(caller.pid).and_then(|p| p.dup_fd(fd)) {
+            Ok(f) => f,
+            Err(_) => return FdTarget::Closed,
+        };
+        let ours = match (fstat(file.as_fd()), self.container_rdev.get()) {
+            (Ok(st), Some(&rdev)) => {
+                SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR && st.st_rdev == rdev
+            }
+            _ => false,
+        };
+        if !ours {
+            return FdTarget::Other;
+        }
+        let Ok(fh) = sys::cuse_identify(file.as_fd()) else { return FdTarget::Other };
+        drop(file); // before taking the lock: our dup must not be the file's last reference later
+        let mut inner = self.lock();
+        let Inner { shim, opens, .. } = &mut *inner;
+        let Some(open) = opens.get_mut(&fh) else { return FdTarget::Other };
+        match open.state {
+            OpenState::Container(id) => FdTarget::Container(id),
+            OpenState::Fresh => match shim.open_container() {
+                Ok(id) => {
+                    open.state = OpenState::Container(id);
+                    FdTarget::Container(id)
+                }
+                Err(_) => FdTarget::Other,
+            },
+            // The preload's container is invisible here: to this daemon it is no container.
+            _ => FdTarget::Other,
+        }
+    }
+
+    fn tell_preload(open: &mut Open, fh: u64, what: &str) {
+        if !open.told {
+            open.told = true;
+            warn!(
+                "pid {} (fh {fh}): {what} needs the preload; run the program under \
+                 `vfio-shim run` (LD_PRELOAD=libvfio_shim_preload.so)",
+                open.pid
+            );
+        }
+    }
+}
+
+/// The `vfio/vfio` node.
+pub struct ContainerDevice {
+    reg: Arc<Registry>,
+}
+
+impl ContainerDevice {
+    pub fn new(reg: Arc<Registry>) -> Self {
+        Self { reg }
     }
 
     /// The argument layout of each container ioctl: how much of the caller's struct to fetch
@@ -81,70 +211,175 @@ impl ContainerDevice {
             _ => None,
         }
     }
+
+    fn identify(&self, fh: u64, caller: &Caller) -> IoctlOutcome {
+        // Only the daemon's own threads (resolving a SET_CONTAINER) may learn file handles.
+        if !std::path::Path::new(&format!("/proc/self/task/{}", caller.pid)).exists() {
+            return IoctlOutcome::Error(Errno::ENOTTY);
+        }
+        match i32::try_from(fh) {
+            Ok(v) => IoctlOutcome::Done { result: v, out: Vec::new() },
+            Err(_) => IoctlOutcome::Error(Errno::EOVERFLOW),
+        }
+    }
 }
 
 impl CuseDevice for ContainerDevice {
     fn open(&self, caller: &Caller, _flags: u32) -> Result<u64, Errno> {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let fh = inner.next_fh;
-        inner.next_fh += 1;
-        inner.opens.insert(fh, Open { pid: caller.pid, state: OpenState::Fresh });
-        debug!("open fh {fh} by pid {} uid {}", caller.pid, caller.uid);
+        let fh = Registry::insert(&mut self.reg.lock(), caller.pid, Node::Container, OpenState::Fresh);
+        debug!("open container fh {fh} by pid {} uid {}", caller.pid, caller.uid);
         Ok(fh)
     }
 
     fn release(&self, fh: u64, _caller: &Caller) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(open) = inner.opens.remove(&fh) {
-            if let OpenState::Served(id) = open.state {
-                inner.shim.close_container(id);
-            }
-            debug!("release fh {fh} (opened by pid {})", open.pid);
-        }
+        self.reg.release(fh);
     }
 
     fn ioctl(&self, fh: u64, caller: &Caller, io: &Ioctl<'_>) -> IoctlOutcome {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let Inner { shim, opens, .. } = &mut *inner;
-        let Some(open) = opens.get_mut(&fh) else { return IoctlOutcome::Error(Errno::EBADF) };
-
-        if io.cmd == VFIO_SHIM_CUSE_ADOPT {
-            return match open.state {
-                OpenState::Fresh => {
-                    open.state = OpenState::Adopted;
-                    info!("fh {fh}: adopted by the preload in pid {}", caller.pid);
-                    IoctlOutcome::Done { result: ADOPT_PROTOCOL, out: Vec::new() }
-                }
-                // Too late: the daemon already serves it.
-                _ => IoctlOutcome::Error(Errno::EBUSY),
-            };
+        match io.cmd {
+            VFIO_SHIM_CUSE_ADOPT => return self.reg.adopt(fh, caller),
+            VFIO_SHIM_CUSE_IDENTIFY => return self.identify(fh, caller),
+            _ => {}
         }
-        let id = match open.state {
-            // An adopted open is the preload's: its ioctls never come here (a process that
-            // received the fd without the preload would be talking to a container it cannot see).
-            OpenState::Adopted => return IoctlOutcome::Error(Errno::EBADFD),
-            OpenState::Served(id) => id,
-            OpenState::Fresh => match shim.open_container() {
-                Ok(id) => {
-                    open.state = OpenState::Served(id);
-                    id
-                }
-                Err(e) => return IoctlOutcome::Error(e),
-            },
-        };
-
+        // Fetch the argument before taking the lock: retry rounds go back to the caller.
         let (mut mem, out_len) = match Self::spec(io.cmd) {
             None => (BufferArg::default(), 0),
-            Some(spec) => match argsz_step(io, spec, self.limit) {
+            Some(spec) => match argsz_step(io, spec, self.reg.limit) {
                 Step::Ready(a) => (BufferArg::new(a.data.to_vec()), a.out_len as usize),
                 Step::Reply(r) => return r,
             },
         };
-        match shim.container_ioctl(id, io.cmd, io.arg, &mut mem) {
+        // Pin the caller before the lock too (a few syscalls), for maps of its memory.
+        let owner = if io.cmd == VFIO_IOMMU_MAP_DMA {
+            match CallerProcess::open(caller.pid) {
+                Ok(p) => Some(p),
+                Err(e) => return IoctlOutcome::Error(e),
+            }
+        } else {
+            None
+        };
+
+        let mut inner = self.reg.lock();
+        let Inner { shim, opens, .. } = &mut *inner;
+        let Some(open) = opens.get_mut(&fh) else { return IoctlOutcome::Error(Errno::EBADF) };
+        let id = match open.state {
+            // An adopted open is the preload's: its ioctls never come here (a process that
+            // received the fd without the preload would be talking to a container it cannot see).
+            OpenState::Adopted => return IoctlOutcome::Error(Errno::EBADFD),
+            OpenState::Container(id) => id,
+            OpenState::Fresh => match shim.open_container() {
+                Ok(id) => {
+                    open.state = OpenState::Container(id);
+                    id
+                }
+                Err(e) => return IoctlOutcome::Error(e),
+            },
+            OpenState::Group(_) => return IoctlOutcome::Error(Errno::EBADF),
+        };
+        shim.backend_mut().set_memory_owner(owner);
+        let result = shim.container_ioctl(id, io.cmd, io.arg, &mut mem);
+        shim.backend_mut().set_memory_owner(None);
+        match result {
             Ok(v) => {
                 let mut out = mem.bytes;
                 out.truncate(out_len);
                 IoctlOutcome::Done { result: v as i32, out }
+            }
+            Err(e) => {
+                if e == PRIVATE_MEMORY_ERRNO && io.cmd == VFIO_IOMMU_MAP_DMA {
+                    Registry::tell_preload(open, fh, "VFIO_IOMMU_MAP_DMA of private (anonymous) memory");
+                }
+                IoctlOutcome::Error(e)
+            }
+        }
+    }
+}
+
+/// A `vfio/<N>` node: IOMMU group `N`.
+pub struct GroupDevice {
+    reg: Arc<Registry>,
+    number: u32,
+}
+
+impl GroupDevice {
+    pub fn new(reg: Arc<Registry>, number: u32) -> Self {
+        Self { reg, number }
+    }
+
+    fn group_of(&self, inner: &Inner, fh: u64) -> Result<GroupId, Errno> {
+        match inner.opens.get(&fh).map(|o| &o.state) {
+            Some(OpenState::Group(id)) => Ok(*id),
+            Some(OpenState::Adopted) => Err(Errno::EBADFD),
+            _ => Err(Errno::EBADF),
+        }
+    }
+}
+
+impl CuseDevice for GroupDevice {
+    /// type1 lets one file at a time open a group (GR: `group->opened_file`, EBUSY): the group
+    /// is opened in the core right away, which enforces that across every process, adopted
+    /// opens included.
+    fn open(&self, caller: &Caller, _flags: u32) -> Result<u64, Errno> {
+        let mut inner = self.reg.lock();
+        let adopted_elsewhere = inner
+            .opens
+            .values()
+            .any(|o| o.node == Node::Group(self.number) && matches!(o.state, OpenState::Adopted));
+        if adopted_elsewhere {
+            return Err(Errno::EBUSY);
+        }
+        let id = inner.shim.open_group(self.number)?;
+        let fh = Registry::insert(&mut inner, caller.pid, Node::Group(self.number), OpenState::Group(id));
+        debug!("open group {} fh {fh} by pid {} uid {}", self.number, caller.pid, caller.uid);
+        Ok(fh)
+    }
+
+    fn release(&self, fh: u64, _caller: &Caller) {
+        self.reg.release(fh);
+    }
+
+    fn ioctl(&self, fh: u64, caller: &Caller, io: &Ioctl<'_>) -> IoctlOutcome {
+        let limit = self.reg.limit;
+        let (mut mem, out_len, target) = match io.cmd {
+            VFIO_SHIM_CUSE_ADOPT => return self.reg.adopt(fh, caller),
+            VFIO_GROUP_GET_STATUS => match argsz_step(io, ArgszSpec::in_out(minsz::GROUP_STATUS as u32), limit) {
+                Step::Ready(a) => (BufferArg::new(a.data.to_vec()), a.out_len as usize, None),
+                Step::Reply(r) => return r,
+            },
+            VFIO_GROUP_SET_CONTAINER => match fixed_step(io, 4, 0, limit) {
+                Step::Ready(bytes) => {
+                    let fd = i32::from_ne_bytes(bytes.try_into().unwrap_or([0xff; 4]));
+                    (BufferArg::new(bytes.to_vec()), 0, Some(self.reg.resolve_fd(caller, fd)))
+                }
+                Step::Reply(r) => return r,
+            },
+            VFIO_GROUP_GET_DEVICE_FD => match cstr_step(io, vfio_shim::translator::PAGE_SIZE as u32, crate::session::page_size(), limit) {
+                Step::Ready(bytes) => (BufferArg::new(bytes.to_vec()), 0, None),
+                Step::Reply(r) => return r,
+            },
+            _ => (BufferArg::default(), 0, None),
+        };
+
+        let mut inner = self.reg.lock();
+        let id = match self.group_of(&inner, fh) {
+            Ok(id) => id,
+            Err(e) => return IoctlOutcome::Error(e),
+        };
+        let resolve = |_fd: i32| target.unwrap_or(FdTarget::Closed);
+        match inner.shim.group_ioctl(id, io.cmd, &mut mem, &resolve) {
+            Ok(GroupReply::Done) => {
+                let mut out = mem.bytes;
+                out.truncate(out_len);
+                IoctlOutcome::Done { result: 0, out }
+            }
+            Ok(GroupReply::Device(grant)) => {
+                // Everything type1 checks passed, but a CUSE daemon cannot install an fd in
+                // its caller: only the preload can hand out device fds.
+                inner.shim.close_device(grant);
+                if let Some(open) = inner.opens.get_mut(&fh) {
+                    Registry::tell_preload(open, fh, "VFIO_GROUP_GET_DEVICE_FD");
+                }
+                IoctlOutcome::Error(NOT_WITHOUT_PRELOAD)
             }
             Err(e) => IoctlOutcome::Error(e),
         }

@@ -14,8 +14,8 @@ use nix::unistd::ForkResult;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;
-use vfio_shim_cuse::session::{Config, Session};
-use vfio_shim_cuse::container::ContainerDevice;
+use vfio_shim_cuse::container::{ContainerDevice, GroupDevice, Registry};
+use vfio_shim_cuse::session::{Config, Session, Stopper};
 use vfio_shim_cuse::test_device::TestDevice;
 
 #[derive(Parser, Debug)]
@@ -33,6 +33,11 @@ struct Args {
     /// Serve the test device (VFIO-style test ioctls, see the crate's test_device module).
     #[arg(long)]
     test_device: bool,
+    /// Group nodes to serve beside the container, named `<dir of --name>/<N>`: `auto` (every
+    /// IOMMU group with a VFIO device and no group node of the kernel's), `none`, or a
+    /// comma-separated list of group numbers.
+    #[arg(long, default_value = "auto")]
+    groups: String,
 }
 
 fn main() -> ExitCode {
@@ -68,41 +73,134 @@ fn serve(args: &Args, ready: Option<std::fs::File>) -> Result<(), String> {
     let mut config = Config::new(&args.name);
     config.threads = usize::from(args.threads);
     if args.test_device {
-        let device = TestDevice::new(config.ioctl_limit);
-        run_session(Session::new(device, config).map_err(|e| e.to_string())?, ready, stop_signals)
-    } else {
-        let device = ContainerDevice::new(config.ioctl_limit);
-        run_session(Session::new(device, config).map_err(|e| e.to_string())?, ready, stop_signals)
+        let session = Session::new(TestDevice::new(config.ioctl_limit), config).map_err(|e| e.to_string())?;
+        session.init().map_err(|e| e.to_string())?;
+        return run_sessions(&[&session], ready, stop_signals);
+    }
+
+    let groups = groups_to_serve(&args.groups, &args.name)?;
+    let reg = Registry::new(config.ioctl_limit);
+    let container = Session::new(ContainerDevice::new(reg.clone()), config.clone()).map_err(|e| e.to_string())?;
+    container.init().map_err(|e| e.to_string())?;
+    reg.set_container_rdev(node_rdev(&args.name)?);
+    let mut group_sessions = Vec::new();
+    for n in groups {
+        let mut gc = config.clone();
+        gc.devname = group_node_name(&args.name, n);
+        gc.threads = config.threads.min(2);
+        let s = Session::new(GroupDevice::new(reg.clone(), n), gc).map_err(|e| e.to_string())?;
+        s.init().map_err(|e| e.to_string())?;
+        group_sessions.push(s);
+    }
+    let mut all: Vec<&dyn Served> = vec![&container];
+    all.extend(group_sessions.iter().map(|s| s as &dyn Served));
+    run_sessions(&all, ready, stop_signals)
+}
+
+/// A running session of any device type.
+trait Served: Sync {
+    fn run(&self) -> Result<(), String>;
+    fn stopper(&self) -> Stopper;
+}
+
+impl<D: vfio_shim_cuse::CuseDevice + 'static> Served for Session<D> {
+    fn run(&self) -> Result<(), String> {
+        Session::run(self).map_err(|e| e.to_string())
+    }
+    fn stopper(&self) -> Stopper {
+        Session::stopper(self)
     }
 }
 
-fn run_session<D: vfio_shim_cuse::CuseDevice + 'static>(
-    session: Session<D>,
-    ready: Option<std::fs::File>,
-    stop_signals: SigSet,
-) -> Result<(), String> {
-    session.init().map_err(|e| e.to_string())?;
+/// Serves every (initialised) session until a stop signal, or until one of them ends (its
+/// connection aborted), which stops the others: the nodes live and die together.
+fn run_sessions(sessions: &[&dyn Served], ready: Option<std::fs::File>, stop_signals: SigSet) -> Result<(), String> {
     if let Some(mut w) = ready {
         // The parent exits 0 on this byte; a child that dies before it makes the parent fail.
         let _ = w.write_all(b"1");
     }
-
-    let stopper = session.stopper();
+    let stoppers: Vec<Stopper> = sessions.iter().map(|s| s.stopper()).collect();
+    let on_signal = stoppers.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || match stop_signals.wait() {
             Ok(sig) => {
                 info!("{sig}: stopping");
-                stopper.stop();
+                on_signal.iter().for_each(Stopper::stop);
             }
             Err(e) => error!("sigwait: {}", e.desc()),
         })
         .map_err(|e| format!("spawn signal thread: {e}"))?;
 
-    let result = session.run().map_err(|e| e.to_string());
-    drop(session); // closes /dev/cuse: the kernel removes the node
+    let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = sessions
+            .iter()
+            .map(|s| {
+                let stoppers = &stoppers;
+                scope.spawn(move || {
+                    let r = s.run();
+                    stoppers.iter().for_each(Stopper::stop);
+                    r
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("session panicked".into()))).collect()
+    });
     info!("stopped");
-    result
+    results.into_iter().collect()
+}
+
+/// `vfio/vfio` -> `vfio/<n>`; a name without a directory -> `<n>`.
+fn group_node_name(container_name: &str, n: u32) -> String {
+    match container_name.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/{n}"),
+        None => n.to_string(),
+    }
+}
+
+/// The device number the kernel gave a CUSE node, from `/sys/class/cuse/<name>/dev`
+/// (`major:minor`; a `/` in the name is `!` there).
+fn node_rdev(name: &str) -> Result<u64, String> {
+    let path = format!("/sys/class/cuse/{}/dev", name.replace('/', "!"));
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    let (major, minor) = text.trim().split_once(':').ok_or_else(|| format!("{path}: {text:?}"))?;
+    let (major, minor) = (major.parse::<u32>(), minor.parse::<u32>());
+    match (major, minor) {
+        (Ok(ma), Ok(mi)) => Ok(libc::makedev(ma, mi)),
+        _ => Err(format!("{path}: {text:?}")),
+    }
+}
+
+/// The groups `--groups` names. `auto`: every IOMMU group with a device bound to a VFIO driver
+/// (it has a `vfio-dev/vfioN` cdev) whose node path is free (a kernel with VFIO groups has its
+/// own `/dev/vfio/<N>`, which wins).
+fn groups_to_serve(spec: &str, container_name: &str) -> Result<Vec<u32>, String> {
+    use vfio_shim::Backend;
+    match spec {
+        "none" => Ok(Vec::new()),
+        "auto" => {
+            let mut backend = vfio_shim_sys::KernelBackend::new();
+            let mut found = Vec::new();
+            let entries = std::fs::read_dir("/sys/kernel/iommu_groups").map(|d| d.flatten().collect()).unwrap_or_else(|_| Vec::new());
+            for e in entries {
+                let Some(n) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+                let has_vfio = backend.group_devices(n).is_ok_and(|d| d.iter().any(|d| d.cdev.is_some()));
+                let node = format!("/dev/{}", group_node_name(container_name, n));
+                if has_vfio && std::path::Path::new(&node).exists() {
+                    info!("group {n}: {node} exists (the kernel's own group node), not served");
+                } else if has_vfio {
+                    found.push(n);
+                }
+            }
+            found.sort_unstable();
+            Ok(found)
+        }
+        list => list
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.trim().parse::<u32>().map_err(|_| format!("--groups: {s:?} is not a group number")))
+            .collect(),
+    }
 }
 
 /// Detaches: the parent waits until the child reports the node exists (exit 0) or dies (exit 1).

@@ -246,6 +246,30 @@ pub fn fixed_step<'a>(io: &Ioctl<'a>, in_len: u32, out_len: u32, limit: u32) -> 
     Step::fail(Errno::EIO)
 }
 
+/// One round of an ioctl whose argument is a NUL-terminated string of at most `max` bytes
+/// (`strndup_user(arg, max)`, e.g. `VFIO_GROUP_GET_DEVICE_FD`). Round 1 fetches up to the end
+/// of `arg`'s page, so a short string near unmapped memory works as in the kernel; if that holds
+/// no NUL and is shorter than `max`, round 2 fetches `max` bytes. Ready with the bytes fetched
+/// (the NUL may still be missing: the command then answers EINVAL, as strndup_user).
+pub fn cstr_step<'a>(io: &Ioctl<'a>, max: u32, page: u32, limit: u32) -> Step<&'a [u8]> {
+    let page = u64::from(page.max(1));
+    let first = (page - io.arg % page).min(u64::from(max));
+    let got = io.in_data.len() as u64;
+    if io.out_size != 0 {
+        return Step::fail(Errno::EIO);
+    }
+    if got == 0 {
+        return retry(io, &nonzero(io.arg, first), &[], limit);
+    }
+    if got == first && first < u64::from(max) && !io.in_data.contains(&0) {
+        return retry(io, &nonzero(io.arg, u64::from(max)), &[], limit);
+    }
+    if got == first || got == u64::from(max) {
+        return Step::Ready(io.in_data);
+    }
+    Step::fail(Errno::EIO)
+}
+
 fn nonzero(base: u64, len: u64) -> Vec<(u64, u64)> {
     if len == 0 {
         Vec::new()
@@ -524,5 +548,30 @@ mod tests {
             argsz_step_extended(&io(&round4, 0), spec, LIMIT, &ex),
             Step::Reply(IoctlOutcome::Error(Errno::EINVAL))
         );
+    }
+
+    #[test]
+    fn cstr_rounds() {
+        let io = |arg: u64, data: &'static [u8]| Ioctl { cmd: 1, arg, flags: FUSE_IOCTL_UNRESTRICTED, in_data: data, out_size: 0 };
+        // Near a page end: first the rest of the page.
+        match cstr_step(&io(0x1ffa, b""), 4096, 4096, LIMIT) {
+            Step::Reply(IoctlOutcome::Retry { in_iovs, out_iovs }) => {
+                assert_eq!(in_iovs, vec![(0x1ffa, 6)]);
+                assert!(out_iovs.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cstr_step(&io(0x1ffa, b"ab\0xyz"), 4096, 4096, LIMIT), Step::Ready(&b"ab\0xyz"[..]));
+        // No NUL in the first piece: the whole 4096 next.
+        match cstr_step(&io(0x1ffa, b"abcdef"), 4096, 4096, LIMIT) {
+            Step::Reply(IoctlOutcome::Retry { in_iovs, .. }) => assert_eq!(in_iovs, vec![(0x1ffa, 4096)]),
+            other => panic!("{other:?}"),
+        }
+        static FULL: [u8; 4096] = [b'a'; 4096];
+        assert_eq!(cstr_step(&io(0x1ffa, &FULL), 4096, 4096, LIMIT), Step::Ready(&FULL[..]));
+        // Page-aligned: one round of 4096, ready even without a NUL (EINVAL is the command's).
+        assert_eq!(cstr_step(&io(0x2000, &FULL), 4096, 4096, LIMIT), Step::Ready(&FULL[..]));
+        // Anything else is a protocol error.
+        assert_eq!(cstr_step(&io(0x2000, b"abc"), 4096, 4096, LIMIT), Step::Reply(IoctlOutcome::Error(Errno::EIO)));
     }
 }

@@ -90,6 +90,10 @@ pub const VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP: u32 = 1 << 2;
 /// [`VFIO_SHIM_CUSE_ADOPT_PROTOCOL`].
 pub const VFIO_SHIM_CUSE_ADOPT: u32 = io(VFIO_TYPE, 240);
 pub const VFIO_SHIM_CUSE_ADOPT_PROTOCOL: i32 = 1;
+/// vfio-shim's own: the daemon asks its container node which open a file is (it answers its
+/// file handle). Served only to the daemon's own threads, so a group's `SET_CONTAINER` can name
+/// a container by fd. `_IO(';', 241)`.
+pub const VFIO_SHIM_CUSE_IDENTIFY: u32 = io(VFIO_TYPE, 241);
 
 /// type1's `dma_entry_limit` module parameter default (`U16_MAX`, T1:59).
 pub const DMA_ENTRY_LIMIT_DEFAULT: u32 = 65535;

@@ -585,6 +585,11 @@ impl<B: Backend> Shim<B> {
         Ok(id)
     }
 
+    /// Open, but holding nothing: no container set and no device handed out.
+    pub fn group_is_idle(&self, id: GroupId) -> bool {
+        self.groups.get(&id).is_some_and(|g| g.container.is_none() && g.device_users == 0)
+    }
+
     pub fn group_number(&self, id: GroupId) -> Option<u32> {
         self.groups.get(&id).map(|g| g.number)
     }

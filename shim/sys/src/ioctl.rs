@@ -579,6 +579,15 @@ pub fn device_dma_buf(
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `VFIO_SHIM_CUSE_IDENTIFY` on a file of vfio-shim's own CUSE container node: the open's
+/// file handle in the daemon. Only ever issued on a file whose device number was checked to be
+/// that node, since another driver could give the number another meaning.
+pub fn cuse_identify(node_file: BorrowedFd<'_>) -> Result<u64, Errno> {
+    // SAFETY: an `_IO` command with an integer argument (0): no memory is passed.
+    let rc = unsafe { libc::ioctl(node_file.as_raw_fd(), vfio_shim::abi::VFIO_SHIM_CUSE_IDENTIFY as _, 0) };
+    Errno::result(rc).map(|fh| fh as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@ use vfio_shim::backend::{
     Backend, DeviceHandle, GroupDevice, IoasGeometry, IoasId, IommufdId, IovaRange, Prot,
 };
 
+use crate::caller::CallerProcess;
 use crate::ioctl::{self, HwInfo};
 use crate::vtd::{self, VtdBootParams};
 
@@ -50,6 +51,9 @@ pub struct KernelBackend {
     iommufds: HashMap<IommufdId, OwnedFd>,
     devices: HashMap<DeviceHandle, Device>,
     vtd_params: Option<VtdBootParams>,
+    /// Set while a CUSE daemon serves a client's ioctl: maps then pin that caller's shared
+    /// memory by file (`IOMMU_IOAS_MAP_FILE`) instead of this process's memory by address.
+    memory_owner: Option<CallerProcess>,
 }
 
 impl Default for KernelBackend {
@@ -73,7 +77,14 @@ impl KernelBackend {
             iommufds: HashMap::new(),
             devices: HashMap::new(),
             vtd_params: None,
+            memory_owner: None,
         }
+    }
+
+    /// Whose memory `ioas_map` addresses refer to: `None` (the default) for this process's,
+    /// `Some(caller)` for a CUSE caller's. Returns the previous owner.
+    pub fn set_memory_owner(&mut self, owner: Option<CallerProcess>) -> Option<CallerProcess> {
+        std::mem::replace(&mut self.memory_owner, owner)
     }
 
     /// The open `/dev/iommu` behind `ctx`, for glue that must hand the number out.
@@ -262,6 +273,13 @@ impl Backend for KernelBackend {
         }
         if prot.write {
             flags |= ioctl::IOMMU_IOAS_MAP_WRITEABLE;
+        }
+        if let Some(owner) = &self.memory_owner {
+            // The daemon cannot pin another process's memory by address (IOMMU_IOAS_MAP pins
+            // current->mm); it maps the file behind a shared mapping instead.
+            let backing = owner.shared_backing(vaddr, length, prot.write)?;
+            return ioctl::ioas_map_file(self.iommufd(ctx)?, ioas.0, flags, backing.file.as_fd(), backing.offset, length, iova)
+                .map(drop);
         }
         match ioctl::ioas_map(self.iommufd(ctx)?, ioas.0, flags, vaddr, length, iova) {
             Ok(_) => Ok(()),

@@ -3,6 +3,7 @@
 //! `Backend` trait on them; [`vtd`] derives type1's view of an Intel IOMMU from its registers.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod caller;
 pub mod ioctl;
 pub mod kernel;
 pub mod own_memory;
