@@ -117,7 +117,7 @@ fn open_emulated(t: Target, flags: c_int) -> c_int {
     emulate(|s| {
         let r = match t {
             Target::Container => s.open_container(flags),
-            Target::Group(n) => s.open_group(n, flags & libc::O_CLOEXEC != 0),
+            Target::Group(n) => s.open_group(n, flags),
         };
         s.sync_internal();
         r

@@ -86,11 +86,18 @@ fn dup_fd(fd: c_int, cloexec: bool) -> Result<c_int, Errno> {
     Ok(new)
 }
 
-/// If `/dev/vfio/vfio` is vfio-shim's CUSE node, opens it for real (so the kernel checks the
-/// node's permissions and `/proc/self/fd` names it) and tells the daemon this open is served
-/// in-process. `None` when there is no node, or it is the kernel's own (misc major 10).
-fn cuse_node_with(flags: c_int) -> Result<Option<c_int>, Errno> {
-    let path = c"/dev/vfio/vfio";
+/// Whether the character device `rdev` is a CUSE node (`/sys/dev/char/M:m` leads to
+/// `/sys/devices/virtual/cuse/...`): vfio-shim's daemon, not the kernel's VFIO.
+fn is_cuse_node(rdev: libc::dev_t) -> bool {
+    let link = format!("/sys/dev/char/{}:{}", libc::major(rdev), libc::minor(rdev));
+    std::fs::read_link(link).is_ok_and(|t| t.to_string_lossy().contains("/cuse/"))
+}
+
+/// If `path` (`/dev/vfio/vfio` or `/dev/vfio/<N>`) is vfio-shim's CUSE node, opens it for real
+/// (so the kernel checks the node's permissions, and `/proc/self/fd` names it) and tells the
+/// daemon this open is served in-process. `None` when there is no node or it is not ours.
+/// An open the node refuses (EACCES, a group already open: EBUSY) is that error.
+fn cuse_node_with(path: &std::ffi::CStr, flags: c_int) -> Result<Option<c_int>, Errno> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: `path` is a valid C string and `st` a writable stat buffer.
     if unsafe { libc::stat(path.as_ptr(), st.as_mut_ptr()) } != 0 {
@@ -98,8 +105,7 @@ fn cuse_node_with(flags: c_int) -> Result<Option<c_int>, Errno> {
     }
     // SAFETY: stat succeeded and filled `st`.
     let st = unsafe { st.assume_init() };
-    const MISC_MAJOR: u32 = 10;
-    if st.st_mode & libc::S_IFMT != libc::S_IFCHR || libc::major(st.st_rdev) == MISC_MAJOR {
+    if st.st_mode & libc::S_IFMT != libc::S_IFCHR || !is_cuse_node(st.st_rdev) {
         return Ok(None);
     }
     // SAFETY: a plain open of the node with the caller's flags.
@@ -223,7 +229,7 @@ impl State {
 
     pub fn open_container(&mut self, flags: c_int) -> Result<c_int, Errno> {
         let cloexec = flags & libc::O_CLOEXEC != 0;
-        let node = cuse_node_with(flags)?;
+        let node = cuse_node_with(c"/dev/vfio/vfio", flags)?;
         let id = match self.shim.open_container() {
             Ok(id) => id,
             Err(e) => {
@@ -252,15 +258,27 @@ impl State {
         }
     }
 
-    pub fn open_group(&mut self, number: u32, cloexec: bool) -> Result<c_int, Errno> {
+    pub fn open_group(&mut self, number: u32, flags: c_int) -> Result<c_int, Errno> {
         let id = self.shim.open_group(number)?;
+        let node = std::ffi::CString::new(format!("/dev/vfio/{number}")).expect("no NUL");
+        match cuse_node_with(&node, flags) {
+            Ok(Some(fd)) => {
+                self.adopt(fd, Object::Group(id));
+                return Ok(fd);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.shim.close_group(id);
+                return Err(e);
+            }
+        }
         let dir = std::ffi::CString::new(format!("/sys/kernel/iommu_groups/{number}")).expect("no NUL");
-        let mut flags = libc::O_PATH | libc::O_DIRECTORY;
-        if cloexec {
-            flags |= libc::O_CLOEXEC;
+        let mut oflags = libc::O_PATH | libc::O_DIRECTORY;
+        if flags & libc::O_CLOEXEC != 0 {
+            oflags |= libc::O_CLOEXEC;
         }
         // SAFETY: `dir` is a valid C string; an O_PATH fd stands for the group's number.
-        let fd = unsafe { (real().open)(dir.as_ptr(), flags, 0) };
+        let fd = unsafe { (real().open)(dir.as_ptr(), oflags, 0) };
         if fd < 0 || fd as usize >= table::MAX_FDS {
             let e = if fd < 0 { Errno::last() } else { Errno::EMFILE };
             if fd >= 0 {

@@ -101,9 +101,51 @@ impl CallerProcess {
         Ok(SharedBacking { file, offset })
     }
 
+    fn read_proc(&self, name: &str) -> Result<String, Errno> {
+        let fd = openat(self.proc_dir.as_fd(), name, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
+        let mut text = String::new();
+        File::from(fd).read_to_string(&mut text).map_err(|e| e.raw_os_error().map_or(Errno::EIO, Errno::from_raw))?;
+        Ok(text)
+    }
+
+    /// What type1 would check when this thread pins memory (vfio_iommu_type1.c
+    /// vfio_pin_pages_remote): its process's locked pages against its RLIMIT_MEMLOCK, unless
+    /// the thread has CAP_IPC_LOCK (`dma->lock_cap`).
+    pub fn memlock(&self) -> Result<Memlock, Errno> {
+        parse_memlock(&self.read_proc("status")?, &self.read_proc("limits")?).ok_or(Errno::EIO)
+    }
+
     pub fn pidfd(&self) -> BorrowedFd<'_> {
         self.pidfd.as_fd()
     }
+}
+
+/// A caller's memory-locking state, as type1 sees it at `MAP_DMA`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memlock {
+    /// The process (thread group) the pages are charged to: type1 charges `dma->mm`.
+    pub tgid: u32,
+    /// `VmLck`: the process's `mm->locked_vm` in bytes (its own mlocks).
+    pub locked: u64,
+    /// The soft RLIMIT_MEMLOCK in bytes; `None` when unlimited or the thread has CAP_IPC_LOCK.
+    pub limit: Option<u64>,
+}
+
+const CAP_IPC_LOCK: u32 = 14;
+
+/// From `/proc/<tid>/status` and `/proc/<tid>/limits`.
+pub fn parse_memlock(status: &str, limits: &str) -> Option<Memlock> {
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+    let tgid = field("Tgid:")?.parse().ok()?;
+    let locked = field("VmLck:").map_or(Some(0), |v| v.trim_end_matches("kB").trim().parse::<u64>().ok())? * 1024;
+    let cap_eff = u64::from_str_radix(field("CapEff:")?, 16).ok()?;
+    let soft = limits.lines().find_map(|l| l.strip_prefix("Max locked memory"))?.split_whitespace().next()?;
+    let limit = match soft {
+        "unlimited" => None,
+        n => Some(n.parse().ok()?),
+    };
+    let limit = if cap_eff & (1 << CAP_IPC_LOCK) != 0 { None } else { limit };
+    Some(Memlock { tgid, locked, limit })
 }
 
 /// One line of `/proc/<pid>/maps`.
@@ -246,6 +288,22 @@ mod tests {
         // Runs past the end of the last mapping, or into a hole.
         assert_eq!(covering_shared_file(&v, 0x7f0000b00000, 0x2000, true).unwrap_err(), Errno::EFAULT);
         assert_eq!(covering_shared_file(&v, u64::MAX - 1, 4, true).unwrap_err(), Errno::EFAULT);
+    }
+
+    #[test]
+    fn memlock_from_proc() {
+        let status = "Name:\tx\nTgid:\t42\nPid:\t43\nVmLck:\t      8 kB\nCapEff:\t0000000000000000\n";
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max locked memory         1048576              8388608              bytes     \n";
+        assert_eq!(parse_memlock(status, limits), Some(Memlock { tgid: 42, locked: 8192, limit: Some(1 << 20) }));
+        let capable = status.replace("0000000000000000", "0000000000004000");
+        assert_eq!(parse_memlock(&capable, limits).unwrap().limit, None);
+        let unlimited = limits.replace("1048576 ", "unlimited");
+        assert_eq!(parse_memlock(status, &unlimited).unwrap().limit, None);
+        assert_eq!(parse_memlock("Tgid:\t1\n", limits), None);
+        // This process, for real.
+        let me = CallerProcess::open(std::process::id()).unwrap();
+        assert_eq!(me.memlock().unwrap().tgid, std::process::id());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! ioctls only. It never issues a legacy VFIO container ioctl on an iommufd, nor
 //! `IOMMU_VFIO_IOAS`: that is the kernel's compat layer the shim replaces.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -54,6 +54,10 @@ pub struct KernelBackend {
     /// Set while a CUSE daemon serves a client's ioctl: maps then pin that caller's shared
     /// memory by file (`IOMMU_IOAS_MAP_FILE`) instead of this process's memory by address.
     memory_owner: Option<CallerProcess>,
+    /// Pages pinned for CUSE callers, charged as type1 charges them (per process, against its
+    /// RLIMIT_MEMLOCK), since the daemon's own pins are charged to the daemon.
+    caller_charges: BTreeMap<(IommufdId, IoasId, u64), (u32, u64)>,
+    charged_pages: HashMap<u32, u64>,
 }
 
 impl Default for KernelBackend {
@@ -78,6 +82,8 @@ impl KernelBackend {
             devices: HashMap::new(),
             vtd_params: None,
             memory_owner: None,
+            caller_charges: BTreeMap::new(),
+            charged_pages: HashMap::new(),
         }
     }
 
@@ -143,6 +149,30 @@ impl KernelBackend {
             return Some((dev, region, offset & ((1 << VFIO_PCI_OFFSET_SHIFT) - 1)));
         }
         None
+    }
+
+    /// Drops the caller charges of the mappings starting in `[iova, iova + length)` (the
+    /// translator unmaps whole mappings), of one IOAS or of every IOAS of `ctx`.
+    fn uncharge(&mut self, ctx: IommufdId, ioas: Option<IoasId>, iova: u64, length: u64) {
+        if self.caller_charges.is_empty() {
+            return;
+        }
+        let last = iova.saturating_add(length.saturating_sub(1));
+        let gone: Vec<_> = self
+            .caller_charges
+            .range((ctx, ioas.unwrap_or(IoasId(0)), iova)..=(ctx, ioas.unwrap_or(IoasId(u32::MAX)), last))
+            .filter(|(k, _)| ioas.is_none_or(|i| k.1 == i) && (iova..=last).contains(&k.2))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        for (k, (tgid, pages)) in gone {
+            self.caller_charges.remove(&k);
+            if let Some(n) = self.charged_pages.get_mut(&tgid) {
+                *n = n.saturating_sub(pages);
+                if *n == 0 {
+                    self.charged_pages.remove(&tgid);
+                }
+            }
+        }
     }
 
     fn handle(&mut self) -> u64 {
@@ -232,6 +262,7 @@ impl Backend for KernelBackend {
     }
 
     fn iommufd_close(&mut self, ctx: IommufdId) {
+        self.uncharge(ctx, None, 0, u64::MAX);
         self.iommufds.remove(&ctx);
     }
 
@@ -240,7 +271,9 @@ impl Backend for KernelBackend {
     }
 
     fn ioas_destroy(&mut self, ctx: IommufdId, ioas: IoasId) -> Result<(), Errno> {
-        ioctl::destroy(self.iommufd(ctx)?, ioas.0)
+        ioctl::destroy(self.iommufd(ctx)?, ioas.0)?;
+        self.uncharge(ctx, Some(ioas), 0, u64::MAX);
+        Ok(())
     }
 
     fn ioas_geometry(&mut self, ctx: IommufdId, ioas: IoasId) -> Result<IoasGeometry, Errno> {
@@ -278,8 +311,20 @@ impl Backend for KernelBackend {
             // The daemon cannot pin another process's memory by address (IOMMU_IOAS_MAP pins
             // current->mm); it maps the file behind a shared mapping instead.
             let backing = owner.shared_backing(vaddr, length, prot.write)?;
-            return ioctl::ioas_map_file(self.iommufd(ctx)?, ioas.0, flags, backing.file.as_fd(), backing.offset, length, iova)
-                .map(drop);
+            let memlock = owner.memlock()?;
+            let page = page_size();
+            let pages = length.div_ceil(page);
+            let charged = self.charged_pages.get(&memlock.tgid).copied().unwrap_or(0);
+            if let Some(limit) = memlock.limit {
+                // vfio_pin_pages_remote: `mm->locked_vm + npage > limit` is ENOMEM.
+                if memlock.locked / page + charged + pages > limit / page {
+                    return Err(Errno::ENOMEM);
+                }
+            }
+            ioctl::ioas_map_file(self.iommufd(ctx)?, ioas.0, flags, backing.file.as_fd(), backing.offset, length, iova)?;
+            self.caller_charges.insert((ctx, ioas, iova), (memlock.tgid, pages));
+            *self.charged_pages.entry(memlock.tgid).or_default() += pages;
+            return Ok(());
         }
         match ioctl::ioas_map(self.iommufd(ctx)?, ioas.0, flags, vaddr, length, iova) {
             Ok(_) => Ok(()),
@@ -304,7 +349,9 @@ impl Backend for KernelBackend {
         iova: u64,
         length: u64,
     ) -> Result<u64, Errno> {
-        ioctl::ioas_unmap(self.iommufd(ctx)?, ioas.0, iova, length)
+        let unmapped = ioctl::ioas_unmap(self.iommufd(ctx)?, ioas.0, iova, length)?;
+        self.uncharge(ctx, Some(ioas), iova, length);
+        Ok(unmapped)
     }
 
     /// VT-d devices: the default paging domain's sizes (see [`vtd::paging_domain_pgsizes`]).
