@@ -344,8 +344,60 @@ int get_device_fd(const char *label, int gfd, const char *bdf)
 	return c_ioctl_fd(label, gfd, VFIO_GROUP_GET_DEVICE_FD, name);
 }
 
+int hold_device(const char *label, int gfd, const char *bdf)
+{
+	const char *no = getenv("VFIO_TEST_NO_DEVICE_FD");
+	int dev;
+
+	if (no && strcmp(no, "1") == 0)
+		return NO_DEVICE;
+	dev = get_device_fd(label, gfd, bdf);
+	if (dev < 0)
+		die("VFIO_GROUP_GET_DEVICE_FD(%s) failed: %s", bdf, errname(last_errno));
+	return dev;
+}
+
+void release_device(const char *label, int dev)
+{
+	if (dev != NO_DEVICE)
+		c_close(label, dev);
+}
+
 /* ------------------------------------------------------------------ */
 /* memory                                                               */
+
+static int shared_memory(void)
+{
+	const char *m = getenv("VFIO_TEST_MEMORY");
+
+	if (!m || !*m || strcmp(m, "private") == 0)
+		return 0;
+	if (strcmp(m, "shared") == 0)
+		return 1;
+	die("VFIO_TEST_MEMORY=%s: expected private or shared", m);
+}
+
+#ifndef MFD_HUGE_2MB
+#define MFD_HUGE_2MB (21U << 26) /* MFD_HUGE_SHIFT 26, include/uapi/linux/memfd.h */
+#endif
+
+/* MAP_SHARED memory of a fresh memfd (hugetlb-backed when huge). */
+static void *map_memfd(size_t size, int huge)
+{
+	unsigned flags = MFD_CLOEXEC | (huge ? MFD_HUGETLB | MFD_HUGE_2MB : 0);
+	int fd = memfd_create(huge ? "vfio-test-huge" : "vfio-test", flags);
+	void *p;
+
+	if (fd < 0)
+		die("memfd_create: %s", strerror(errno));
+	if (ftruncate(fd, (off_t)size) < 0)
+		die("ftruncate memfd %zu bytes: %s", size, strerror(errno));
+	p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED)
+		die("mmap memfd %zu bytes: %s", size, strerror(errno));
+	close(fd);
+	return p;
+}
 
 void fill_pattern(void *buf, size_t len, unsigned seed)
 {
@@ -363,8 +415,14 @@ void fill_pattern(void *buf, size_t len, unsigned seed)
 
 void *map_anon(size_t size)
 {
-	void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	void *p;
 
+	if (shared_memory()) {
+		p = map_memfd(size, 0);
+		memset(p, 0x5a, size);
+		return p;
+	}
+	p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (p == MAP_FAILED)
 		die("mmap anonymous %zu bytes: %s", size, strerror(errno));
 	memset(p, 0x5a, size);
@@ -373,8 +431,15 @@ void *map_anon(size_t size)
 
 void *map_huge(size_t size)
 {
-	void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_HUGE_2MB, -1, 0);
+	void *p;
+
+	if (shared_memory()) {
+		p = map_memfd(size, 1);
+		memset(p, 0xa5, size);
+		return p;
+	}
+	p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_HUGE_2MB, -1, 0);
 
 	if (p == MAP_FAILED)
 		die("mmap MAP_HUGETLB %zu bytes: %s (reserve 2 MiB hugepages: "

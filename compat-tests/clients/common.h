@@ -70,8 +70,19 @@ int set_container(const char *label, int gfd, int cfd);
 int unset_container(const char *label, int gfd);
 /* GET_DEVICE_FD for bdf (recorded, ret=FD); returns fd or -1 */
 int get_device_fd(const char *label, int gfd, const char *bdf);
+/* A device fd the client needs only to hold (not to drive): GET_DEVICE_FD, dying on
+ * failure.  With VFIO_TEST_NO_DEVICE_FD=1 nothing is called or recorded and NO_DEVICE is
+ * returned: a client without the preload on vfio-shim's CUSE node cannot get device fds
+ * (docs/cuse.md), and that mode compares such clients with type1 without them. */
+#define NO_DEVICE (-2)
+int hold_device(const char *label, int gfd, const char *bdf);
+/* Closes what hold_device returned (recorded), nothing for NO_DEVICE. */
+void release_device(const char *label, int dev);
 
-/* ---- memory ---- */
+/* ---- memory ----
+ * VFIO_TEST_MEMORY=shared makes both return MAP_SHARED memfd memory (hugetlb memfd for
+ * map_huge), which a CUSE daemon can pin for a client without the preload; the default is
+ * private anonymous memory.  Transcripts never depend on which. */
 /* Anonymous private mapping, every page written; dies on failure. */
 void *map_anon(size_t size);
 /* Anonymous MAP_HUGETLB (2 MiB pages) mapping, written; dies on failure. */

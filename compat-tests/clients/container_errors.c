@@ -407,9 +407,7 @@ static void run(int gfd, int v2)
 	c_ioctl(L("set_iommu.twice.%s", v), cfd, VFIO_SET_IOMMU, type);
 	c_ioctl(L("set_iommu.twice_other_type.%s", v), cfd, VFIO_SET_IOMMU, other);
 
-	dev = get_device_fd(L("get_device_fd.%s", v), gfd, bdf);
-	if (dev < 0)
-		die("VFIO_GROUP_GET_DEVICE_FD(%s) failed: %s", bdf, errname(last_errno));
+	dev = hold_device(L("get_device_fd.%s", v), gfd, bdf);
 
 	get_iommu_info(L("iommu_info.%s", v), cfd, &caps);
 	get_info_argsz(v, cfd);
@@ -431,7 +429,7 @@ static void run(int gfd, int v2)
 	entry_limit(v, cfd);
 	memlock(v, cfd); /* last: changes RLIMIT_MEMLOCK and CAP_IPC_LOCK, restores them */
 
-	c_close(L("close.device.%s", v), dev);
+	release_device(L("close.device.%s", v), dev);
 	unset_container(L("unset_container.%s", v), gfd);
 	c_close(L("close.container.%s", v), cfd);
 }

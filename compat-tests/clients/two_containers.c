@@ -56,12 +56,8 @@ int main(void)
 	get_iommu_info("iommu_info.c1", c1, &caps);
 	get_iommu_info("iommu_info.c2", c2, &caps);
 
-	de = get_device_fd("get_device_fd.edu", gfe, edu);
-	if (de < 0)
-		die("VFIO_GROUP_GET_DEVICE_FD(%s) failed: %s", edu, errname(last_errno));
-	di = get_device_fd("get_device_fd.ivshmem", gfi, ivs);
-	if (di < 0)
-		die("VFIO_GROUP_GET_DEVICE_FD(%s) failed: %s", ivs, errname(last_errno));
+	de = hold_device("get_device_fd.edu", gfe, edu);
+	di = hold_device("get_device_fd.ivshmem", gfi, ivs);
 
 	/* the same IOVA (and the same memory) in both */
 	dma_map("map.c1", c1, IOVA, SIZE, buf, MAP_RW);
@@ -89,8 +85,8 @@ int main(void)
 	dma_unmap_all("unmap_all.c2", c2);
 	dma_unmap_all("unmap_all.c1", c1);
 
-	c_close("close.device.edu", de);
-	c_close("close.device.ivshmem", di);
+	release_device("close.device.edu", de);
+	release_device("close.device.ivshmem", di);
 	unset_container("unset.edu", gfe);
 	unset_container("unset.ivshmem", gfi);
 	c_close("close.container.c1", c1);

@@ -113,9 +113,7 @@ static void run(int gfd, const char *bdf, int v2)
 	if (c_ioctl(L("%s.set_iommu", v), cfd, VFIO_SET_IOMMU,
 		    v2 ? VFIO_TYPE1v2_IOMMU : VFIO_TYPE1_IOMMU) < 0)
 		die("VFIO_SET_IOMMU failed: %s", errname(last_errno));
-	dev = get_device_fd(L("%s.get_device_fd", v), gfd, bdf);
-	if (dev < 0)
-		die("VFIO_GROUP_GET_DEVICE_FD(%s) failed: %s", bdf, errname(last_errno));
+	dev = hold_device(L("%s.get_device_fd", v), gfd, bdf);
 
 	setup(L("unmap.%s.initial", v), cfd);
 	state(L("unmap.%s.initial", v), cfd);
@@ -138,7 +136,7 @@ static void run(int gfd, const char *bdf, int v2)
 	dma_unmap_all(L("unmap.%s.final", v), cfd);
 	state(L("unmap.%s.final", v), cfd);
 
-	c_close(L("%s.close.device", v), dev);
+	release_device(L("%s.close.device", v), dev);
 	unset_container(L("%s.unset_container", v), gfd);
 	c_close(L("%s.close.container", v), cfd);
 }
