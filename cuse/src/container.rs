@@ -29,7 +29,7 @@ use vfio_shim::{ContainerId, FdTarget, GroupId, GroupReply, Shim};
 use vfio_shim_sys::caller::{CallerProcess, PRIVATE_MEMORY_ERRNO};
 use vfio_shim_sys::{ioctl as sys, KernelBackend};
 
-use crate::retry::{argsz_step, cstr_step, fixed_step, ArgszSpec, Step};
+use crate::retry::{argsz_step, argsz_step_extended, cstr_step, fixed_step, ArgszArg, ArgszSpec, Extra, Step};
 use crate::session::{Caller, CuseDevice, Ioctl, IoctlOutcome};
 
 pub use vfio_shim::abi::{VFIO_SHIM_CUSE_ADOPT, VFIO_SHIM_CUSE_ADOPT_PROTOCOL as ADOPT_PROTOCOL};
@@ -201,15 +201,42 @@ impl ContainerDevice {
     }
 
     /// The argument layout of each container ioctl: how much of the caller's struct to fetch
-    /// and whether it is written back. Value-argument commands need no memory.
+    /// (VFIO's `minsz`, or up to the `vfio_bitmap` a dirty-bitmap request carries) and how much
+    /// is written back. Value-argument commands need no memory.
     fn spec(cmd: u32) -> Option<ArgszSpec> {
+        const WITH_BITMAP: u32 = 48; // the struct up to the end of its vfio_bitmap
         match cmd {
             VFIO_IOMMU_GET_INFO => Some(ArgszSpec::in_out(minsz::IOMMU_INFO as u32).reading(u32::MAX)),
             VFIO_IOMMU_MAP_DMA => Some(ArgszSpec::input(minsz::DMA_MAP as u32)),
-            VFIO_IOMMU_UNMAP_DMA => Some(ArgszSpec::in_out(minsz::DMA_UNMAP as u32)),
-            VFIO_IOMMU_DIRTY_PAGES => Some(ArgszSpec::input(minsz::DIRTY_BITMAP as u32).reading(u32::MAX)),
+            // type1 copies minsz back (T1 vfio_iommu_type1_unmap_dma).
+            VFIO_IOMMU_UNMAP_DMA => Some(
+                ArgszSpec::in_out(minsz::DMA_UNMAP as u32).reading(WITH_BITMAP).writing(minsz::DMA_UNMAP as u32),
+            ),
+            VFIO_IOMMU_DIRTY_PAGES => Some(ArgszSpec::input(minsz::DIRTY_BITMAP as u32).reading(WITH_BITMAP)),
             _ => None,
         }
+    }
+
+    /// The user bitmap a dirty-bitmap request names (`vfio_bitmap` at offset 24 in both
+    /// `UNMAP_DMA` + `GET_DIRTY_BITMAP` and `DIRTY_PAGES` + `GET_BITMAP`), fetched in and out:
+    /// type1 keeps the caller's low bits of the first word it updates. A struct too short for
+    /// it, or a zero size, fetches nothing (the core answers EINVAL); beyond the CUSE
+    /// per-direction limit it is ENOMEM.
+    fn bitmap_range(cmd: u32, a: &ArgszArg<'_>, limit: u32) -> Result<Extra, Errno> {
+        let flag = match cmd {
+            VFIO_IOMMU_UNMAP_DMA => VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
+            VFIO_IOMMU_DIRTY_PAGES => VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP,
+            _ => return Ok(Extra::default()),
+        };
+        let wants = a.u32_at(4).is_some_and(|f| f & flag != 0);
+        let (Some(size), Some(data)) = (a.u64_at(32), a.u64_at(40)) else { return Ok(Extra::default()) };
+        if !wants || size == 0 || data == 0 {
+            return Ok(Extra::default());
+        }
+        if size > u64::from(limit) {
+            return Err(Errno::ENOMEM);
+        }
+        Ok(Extra { in_iovs: vec![(data, size)], out_iovs: vec![(data, size)] })
     }
 
     fn identify(&self, fh: u64, caller: &Caller) -> IoctlOutcome {
@@ -242,12 +269,20 @@ impl CuseDevice for ContainerDevice {
             _ => {}
         }
         // Fetch the argument before taking the lock: retry rounds go back to the caller.
+        let limit = self.reg.limit;
         let (mut mem, out_len) = match Self::spec(io.cmd) {
             None => (BufferArg::default(), 0),
-            Some(spec) => match argsz_step(io, spec, self.reg.limit) {
-                Step::Ready(a) => (BufferArg::new(a.data.to_vec()), a.out_len as usize),
-                Step::Reply(r) => return r,
-            },
+            Some(spec) => {
+                let extra = |a: &ArgszArg<'_>| Self::bitmap_range(io.cmd, a, limit);
+                match argsz_step_extended(io, spec, limit, &extra) {
+                    Step::Ready(a) => {
+                        let bitmap = a.extra_in.to_vec();
+                        let user_base = if bitmap.is_empty() { 0 } else { a.u64_at(40).unwrap_or(0) };
+                        (BufferArg { bytes: a.data.to_vec(), user_base, user: bitmap }, a.out_len as usize)
+                    }
+                    Step::Reply(r) => return r,
+                }
+            }
         };
         // Pin the caller before the lock too (a few syscalls), for maps of its memory.
         let owner = if io.cmd == VFIO_IOMMU_MAP_DMA {
@@ -281,8 +316,10 @@ impl CuseDevice for ContainerDevice {
         shim.backend_mut().set_memory_owner(None);
         match result {
             Ok(v) => {
+                // The struct's write-back, then the bitmap (the out ranges, in order).
                 let mut out = mem.bytes;
                 out.truncate(out_len);
+                out.extend_from_slice(&mem.user);
                 IoctlOutcome::Done { result: v as i32, out }
             }
             Err(e) => {

@@ -7,16 +7,20 @@
 //! follows from `in_data.len()` and `out_size`, which are exactly the ranges the previous
 //! round asked for.
 //!
-//! VFIO's ioctls are `_IO()` (no size in the command) and start with `u32 argsz`:
+//! VFIO's ioctls are `_IO()` (no size in the command) and start with `u32 argsz`. VFIO itself
+//! copies `minsz` bytes first (a fault there is EFAULT), then checks `argsz >= minsz` (EINVAL),
+//! then uses what argsz allows. The engine asks for the same, in the same order:
 //!
 //! | round | kernel sent                  | engine answers                                        |
 //! |-------|------------------------------|-------------------------------------------------------|
-//! | 1     | nothing (in 0, out 0)        | retry: in `[arg, arg+4)`                              |
-//! | 2     | the 4 argsz bytes            | argsz < min_size: EINVAL; else retry: in `[arg, arg+n_in)`, out `[arg, arg+n_out)` |
+//! | 1     | nothing (in 0, out 0)        | retry: in `[arg, arg+min)`, out `[arg, arg+min_out)`  |
+//! | 2     | the `min` bytes              | argsz < min: EINVAL; ready if `n_in == min` and `n_out == min_out`; else retry: in `[arg, arg+n_in)`, out `[arg, arg+n_out)` |
 //! | 3     | n_in bytes, out room n_out   | re-read argsz from these bytes; if it still gives n_in/n_out: ready, else EINVAL |
 //!
-//! with `n_in = min(argsz, max_in, limit)` and `n_out = min(argsz, limit)` when the command
-//! writes back (else 0). Round 2 is answered "ready" directly when `n_in == 4` and nothing goes out.
+//! with `min = max(min_size, 4)`, `n_in = min(argsz, max_in, limit)`, and, for commands that
+//! write back, `n_out = min(argsz, max_out, limit)` and `min_out = min(min, max_out)` (else 0).
+//! MAP_DMA and UNMAP_DMA are ready after two rounds; GET_INFO, whose answer may fill argsz,
+//! takes three.
 //!
 //! **Re-validation.** The caller's memory can change between rounds (another thread). Round 3
 //! re-reads argsz from the bytes it was given and re-checks `min_size`; if argsz moved so that
@@ -47,22 +51,38 @@ pub struct ArgszSpec {
     pub max_in: u32,
     /// Whether the command writes back into `[arg, arg + argsz)`.
     pub writes_back: bool,
+    /// The most bytes it writes back at `arg` (`u32::MAX`: all of argsz).
+    pub max_out: u32,
 }
 
 impl ArgszSpec {
     /// Reads `min_size` bytes, writes nothing back (VFIO_IOMMU_MAP_DMA style).
     pub const fn input(min_size: u32) -> ArgszSpec {
-        ArgszSpec { min_size, max_in: min_size, writes_back: false }
+        ArgszSpec { min_size, max_in: min_size, writes_back: false, max_out: 0 }
     }
 
     /// Reads `min_size` bytes, may write back up to argsz (VFIO_IOMMU_GET_INFO style).
     pub const fn in_out(min_size: u32) -> ArgszSpec {
-        ArgszSpec { min_size, max_in: min_size, writes_back: true }
+        ArgszSpec { min_size, max_in: min_size, writes_back: true, max_out: u32::MAX }
     }
 
     /// Reads up to `max_in` bytes instead (`u32::MAX`: all of argsz).
     pub const fn reading(self, max_in: u32) -> ArgszSpec {
         ArgszSpec { max_in, ..self }
+    }
+
+    /// Writes back at most `max_out` bytes at `arg` (VFIO's UNMAP_DMA writes `minsz` back).
+    pub const fn writing(self, max_out: u32) -> ArgszSpec {
+        ArgszSpec { max_out, ..self }
+    }
+
+    /// The out room of round 1.
+    fn min_out(&self, limit: u32) -> u32 {
+        if self.writes_back {
+            self.min().min(self.max_out).min(limit)
+        } else {
+            0
+        }
     }
 
     fn min(&self) -> u32 {
@@ -75,7 +95,7 @@ impl ArgszSpec {
 
     fn want_out(&self, argsz: u32, limit: u32) -> u32 {
         if self.writes_back {
-            argsz.min(limit)
+            argsz.min(self.max_out).min(limit)
         } else {
             0
         }
@@ -168,12 +188,17 @@ pub fn argsz_step_extended<'a>(io: &Ioctl<'a>, spec: ArgszSpec, limit: u32, extr
 fn argsz_core<'a>(io: &Ioctl<'a>, spec: ArgszSpec, limit: u32, extra: Option<&ExtraFn<'_>>) -> Step<ArgszArg<'a>> {
     let in_len = io.in_data.len() as u64;
     let out_size = u64::from(io.out_size);
-    // Round 1: ask for argsz.
-    if in_len == 0 {
-        return retry(io, &[(io.arg, u64::from(ARGSZ_LEN))], &[], limit);
+    let (min, min_out) = (u64::from(spec.min()), u64::from(spec.min_out(limit)));
+    // Round 1: ask for the fixed part, as VFIO copies minsz before looking at argsz.
+    if in_len == 0 && out_size == 0 {
+        if min > u64::from(limit) {
+            // limit < min_size: the command can never run through CUSE.
+            return Step::fail(Errno::ENOMEM);
+        }
+        return retry(io, &[(io.arg, min)], &nonzero(io.arg, min_out), limit);
     }
-    let Some(argsz_bytes) = io.in_data.get(..ARGSZ_LEN as usize) else {
-        // We never ask for 1-3 bytes: not a round of ours.
+    let Some(argsz_bytes) = io.in_data.get(..ARGSZ_LEN as usize).filter(|_| in_len >= min) else {
+        // We never ask for less than `min` bytes: not a round of ours.
         return Step::fail(Errno::EIO);
     };
     let argsz = u32::from_ne_bytes([argsz_bytes[0], argsz_bytes[1], argsz_bytes[2], argsz_bytes[3]]);
@@ -187,7 +212,7 @@ fn argsz_core<'a>(io: &Ioctl<'a>, spec: ArgszSpec, limit: u32, extra: Option<&Ex
         return Step::fail(Errno::ENOMEM);
     }
     let (want_in, want_out) = (u64::from(want_in), u64::from(want_out));
-    let is_round2 = in_len == u64::from(ARGSZ_LEN) && out_size == 0;
+    let is_round2 = (in_len, out_size) == (min, min_out);
     let struct_only = (in_len, out_size) == (want_in, want_out);
     let arg = |data: &'a [u8], extra_in: &'a [u8], extra_out_len: u64| ArgszArg {
         argsz,
@@ -352,16 +377,21 @@ mod tests {
     }
 
     #[test]
-    fn input_command_three_rounds() {
+    fn input_command_two_rounds() {
         let mem = st(16, 16);
         let (r, rounds) = drive(ArgszSpec::input(16), &mem);
         assert_eq!(r, Ok((16, mem.clone(), 0)));
-        assert_eq!(rounds, 3);
-        // The rounds, one by one.
-        assert_eq!(argsz_step(&io(&[], 0), ArgszSpec::input(16), LIMIT), Step::Reply(retry_of(&[(ARG, 4)], &[])));
+        assert_eq!(rounds, 2);
+        // The rounds, one by one: minsz first, as VFIO copies it.
+        assert_eq!(argsz_step(&io(&[], 0), ArgszSpec::input(16), LIMIT), Step::Reply(retry_of(&[(ARG, 16)], &[])));
+        assert!(matches!(argsz_step(&io(&mem, 0), ArgszSpec::input(16), LIMIT), Step::Ready(_)));
+        // Reading all of a larger argsz: one more round.
+        let mem = st(32, 32);
+        let (r, rounds) = drive(ArgszSpec::input(16).reading(u32::MAX), &mem);
+        assert_eq!((r, rounds), (Ok((32, mem.clone(), 0)), 3));
         assert_eq!(
-            argsz_step(&io(&mem[..4], 0), ArgszSpec::input(16), LIMIT),
-            Step::Reply(retry_of(&[(ARG, 16)], &[]))
+            argsz_step(&io(&mem[..16], 0), ArgszSpec::input(16).reading(u32::MAX), LIMIT),
+            Step::Reply(retry_of(&[(ARG, 32)], &[]))
         );
     }
 
@@ -369,11 +399,15 @@ mod tests {
     fn in_out_command_asks_out_range() {
         let mem = st(16, 16);
         assert_eq!(
-            argsz_step(&io(&mem[..4], 0), ArgszSpec::in_out(16), LIMIT),
+            argsz_step(&io(&[], 0), ArgszSpec::in_out(16), LIMIT),
             Step::Reply(retry_of(&[(ARG, 16)], &[(ARG, 16)]))
         );
-        let (r, _) = drive(ArgszSpec::in_out(16), &mem);
-        assert_eq!(r, Ok((16, mem, 16)));
+        let (r, rounds) = drive(ArgszSpec::in_out(16), &mem);
+        assert_eq!((r, rounds), (Ok((16, mem.clone(), 16)), 2));
+        // A write-back cap: argsz 64 but only minsz goes back (VFIO's UNMAP_DMA).
+        let mem = st(64, 64);
+        let (r, rounds) = drive(ArgszSpec::in_out(16).writing(16), &mem);
+        assert_eq!((r, rounds), (Ok((64, mem[..16].to_vec(), 16)), 2));
     }
 
     #[test]
@@ -399,19 +433,18 @@ mod tests {
 
     #[test]
     fn argsz_of_exactly_four() {
-        // Nothing beyond argsz to fetch: ready in round 2.
+        // Nothing beyond argsz to fetch: ready in round 2, writing back or not.
         let mem = st(4, 4);
         assert_eq!(drive(ArgszSpec::input(4), &mem), (Ok((4, mem.clone(), 0)), 2));
-        // Writing back: one more round for the out range.
-        assert_eq!(drive(ArgszSpec::in_out(4), &mem), (Ok((4, mem, 4)), 3));
+        assert_eq!(drive(ArgszSpec::in_out(4), &mem), (Ok((4, mem, 4)), 2));
     }
 
     #[test]
     fn argsz_beyond_limit_is_clamped() {
         let spec = ArgszSpec::in_out(16).reading(u32::MAX);
-        let mem = st(u32::MAX, 4);
+        let mem = st(u32::MAX, 16);
         assert_eq!(
-            argsz_step(&io(&mem, 0), spec, LIMIT),
+            argsz_step(&io(&mem, 16), spec, LIMIT),
             Step::Reply(retry_of(&[(ARG, LIMIT as u64)], &[(ARG, LIMIT as u64)]))
         );
         let big = st(u32::MAX, LIMIT as usize);
@@ -443,8 +476,9 @@ mod tests {
     fn garbage_rounds_fail_cleanly() {
         let spec = ArgszSpec::in_out(16);
         assert_eq!(argsz_step(&io(&[1, 2], 0), spec, LIMIT), Step::Reply(IoctlOutcome::Error(Errno::EIO)));
-        // Out room without in data: treated as round 1 again, never a panic.
-        assert!(matches!(argsz_step(&io(&[], 64), spec, LIMIT), Step::Reply(IoctlOutcome::Retry { .. })));
+        // Less than minsz, or out room without in data: never asked for, EIO.
+        assert_eq!(argsz_step(&io(&st(16, 8), 0), spec, LIMIT), Step::Reply(IoctlOutcome::Error(Errno::EIO)));
+        assert_eq!(argsz_step(&io(&[], 64), spec, LIMIT), Step::Reply(IoctlOutcome::Error(Errno::EIO)));
     }
 
     #[test]
@@ -471,7 +505,7 @@ mod tests {
     #[test]
     fn minimum_beyond_limit_is_enomem() {
         assert_eq!(
-            argsz_step(&io(&st(64, 4), 0), ArgszSpec::input(64), 32),
+            argsz_step(&io(&[], 0), ArgszSpec::input(64), 32),
             Step::Reply(IoctlOutcome::Error(Errno::ENOMEM))
         );
     }
@@ -509,8 +543,7 @@ mod tests {
         fn step(d: &[u8], o: u32) -> Step<ArgszArg<'_>> {
             argsz_step_extended(&io(d, o), ArgszSpec::input(24), LIMIT, &bitmap_extra)
         }
-        assert_eq!(step(&[], 0), Step::Reply(retry_of(&[(ARG, 4)], &[])));
-        assert_eq!(step(&s[..4], 0), Step::Reply(retry_of(&[(ARG, 24)], &[])));
+        assert_eq!(step(&[], 0), Step::Reply(retry_of(&[(ARG, 24)], &[])));
         assert_eq!(step(&s, 0), Step::Reply(retry_of(&[(ARG, 24)], &[(0x5000, 512)])));
         match step(&s, 512) {
             Step::Ready(a) => assert_eq!((a.data, a.out_len, a.extra_out_len, a.extra_in), (&s[..], 0, 512, &[][..])),

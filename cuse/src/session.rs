@@ -838,13 +838,14 @@ mod tests {
     fn open_ioctl_release() {
         serve(|k, _| {
             let fh = open(k, 10);
-            // Round 1: the retry asks for argsz.
+            // Round 1: the retry asks for the fixed part, in and out.
             k.send(&ioctl_frame(12, fh, TEST_INCREMENT, 0x1000, &[], 0));
             let r = k.recv();
-            assert_eq!(head(&r), (48, 0, 12));
-            assert_eq!(&r[16..32], [0u32, FUSE_IOCTL_RETRY, 1, 0].as_bytes());
-            assert_eq!(&r[32..48], [0x1000u64, 4].as_bytes());
-            // Round 3: the struct; the answer carries the incremented copy.
+            assert_eq!(head(&r), (64, 0, 12));
+            assert_eq!(&r[16..32], [0u32, FUSE_IOCTL_RETRY, 1, 1].as_bytes());
+            assert_eq!(&r[32..48], [0x1000u64, 16].as_bytes());
+            assert_eq!(&r[48..64], [0x1000u64, 16].as_bytes());
+            // Round 2: the struct; the answer carries the incremented copy.
             let mut st = 16u32.to_ne_bytes().to_vec();
             st.extend_from_slice(&3u32.to_ne_bytes());
             st.extend_from_slice(&9u64.to_ne_bytes());
