@@ -69,6 +69,9 @@ pub struct Registry {
     limit: u32,
     inner: Mutex<Inner>,
     container_rdev: OnceLock<u64>,
+    /// Callers pinned by pidfd, reused while [`CallerProcess::is_current`] (a map costs two
+    /// syscalls instead of opening /proc again).
+    callers: Mutex<HashMap<u32, Arc<CallerProcess>>>,
 }
 
 struct Inner {
@@ -88,6 +91,7 @@ impl Registry {
             limit: ioctl_limit,
             inner: Mutex::new(Inner { shim: Shim::new(backend), opens: HashMap::new(), next_fh: 1 }),
             container_rdev: OnceLock::new(),
+            callers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -176,6 +180,24 @@ impl Registry {
             // The preload's container is invisible here: to this daemon it is no container.
             _ => FdTarget::Other,
         }
+    }
+
+    /// The caller thread `tid`, pinned (see [`CallerProcess`]).
+    fn caller(&self, tid: u32) -> Result<Arc<CallerProcess>, Errno> {
+        const MAX_CACHED: usize = 256;
+        let mut callers = self.callers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = callers.get(&tid) {
+            if c.is_current() {
+                return Ok(Arc::clone(c));
+            }
+            callers.remove(&tid);
+        }
+        let c = Arc::new(CallerProcess::open(tid)?);
+        if callers.len() >= MAX_CACHED {
+            callers.clear();
+        }
+        callers.insert(tid, Arc::clone(&c));
+        Ok(c)
     }
 
     fn tell_preload(open: &mut Open, fh: u64, what: &str) {
@@ -286,7 +308,7 @@ impl CuseDevice for ContainerDevice {
         };
         // Pin the caller before the lock too (a few syscalls), for maps of its memory.
         let owner = if io.cmd == VFIO_IOMMU_MAP_DMA {
-            match CallerProcess::open(caller.pid) {
+            match self.reg.caller(caller.pid) {
                 Ok(p) => Some(p),
                 Err(e) => return IoctlOutcome::Error(e),
             }

@@ -17,6 +17,8 @@ use nix::errno::Errno;
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::Mode;
 
+use crate::ioctl;
+
 /// `PIDFD_THREAD` (include/uapi/linux/pidfd.h): a pidfd for one thread, not its group leader.
 const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
 
@@ -28,8 +30,12 @@ pub const PRIVATE_MEMORY_ERRNO: Errno = Errno::EOPNOTSUPP;
 #[derive(Debug)]
 pub struct CallerProcess {
     tid: u32,
+    /// The process the thread belongs to: type1 charges pinned pages to its mm.
+    tgid: u32,
     pidfd: OwnedFd,
     proc_dir: OwnedFd,
+    /// `/proc/<tid>/maps`, for `PROCMAP_QUERY`; it names the mm the thread had at open.
+    maps: OwnedFd,
 }
 
 /// The file and offset behind a range of a caller's shared mapping.
@@ -59,7 +65,50 @@ impl CallerProcess {
             libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), 0, std::ptr::null::<libc::siginfo_t>(), 0)
         };
         Errno::result(rc)?;
-        Ok(CallerProcess { tid, pidfd, proc_dir })
+        let maps = openat(proc_dir.as_fd(), "maps", OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
+        let mut me = CallerProcess { tid, tgid: tid, pidfd, proc_dir, maps };
+        me.tgid = me
+            .read_proc("status")?
+            .lines()
+            .find_map(|l| l.strip_prefix("Tgid:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or(Errno::EIO)?;
+        Ok(me)
+    }
+
+    /// Whether this is still the live thread it was opened for, with the memory it had then:
+    /// `false` once the thread is gone (its id may name another thread now) or has exec'd.
+    pub fn is_current(&self) -> bool {
+        // SAFETY: pidfd_send_signal with signal 0 only checks the target; info is NULL.
+        let rc = unsafe {
+            libc::syscall(libc::SYS_pidfd_send_signal, self.pidfd.as_raw_fd(), 0, std::ptr::null::<libc::siginfo_t>(), 0)
+        };
+        // After an exec the old mm has no users left: PROCMAP_QUERY on it is ESRCH.
+        rc == 0 && self.vma_at(0).map_or_else(|e| e != Errno::ESRCH, |_| true)
+    }
+
+    pub fn tgid(&self) -> u32 {
+        self.tgid
+    }
+
+    /// The VMA covering `addr` (`PROCMAP_QUERY`, no text to parse), `None` when unmapped.
+    pub fn vma_at(&self, addr: u64) -> Result<Option<Vma>, Errno> {
+        match ioctl::procmap_query(self.maps.as_fd(), addr) {
+            Ok(q) => Ok(Some(Vma {
+                start: q.vma_start,
+                end: q.vma_end,
+                readable: q.vma_flags & ioctl::PROCMAP_QUERY_VMA_READABLE != 0,
+                writable: q.vma_flags & ioctl::PROCMAP_QUERY_VMA_WRITABLE != 0,
+                shared: q.vma_flags & ioctl::PROCMAP_QUERY_VMA_SHARED != 0,
+                offset: q.vma_offset,
+                dev: (q.dev_major, q.dev_minor),
+                inode: q.inode,
+                // Only a VMA with a file has an inode here (fs/proc/task_mmu.c do_procmap_query).
+                has_file: q.inode != 0,
+            })),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn tid(&self) -> u32 {
@@ -79,25 +128,28 @@ impl CallerProcess {
         Ok(unsafe { OwnedFd::from_raw_fd(new) })
     }
 
-    fn read_maps(&self) -> Result<String, Errno> {
-        let fd = openat(self.proc_dir.as_fd(), "maps", OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
-        let mut text = String::new();
-        File::from(fd).read_to_string(&mut text).map_err(|e| e.raw_os_error().map_or(Errno::EIO, Errno::from_raw))?;
-        Ok(text)
-    }
-
     /// The file behind `[vaddr, vaddr + length)` of the caller's memory, if that range is one
-    /// shared file mapping (memfd, hugetlbfs, /dev/shm, possibly split into adjacent VMAs of
-    /// the same file at contiguous offsets). Unmapped memory is `EFAULT` (what pinning gives
-    /// type1); a read-only mapping asked for `write` is `EFAULT` too (FOLL_WRITE fails);
-    /// private memory is [`PRIVATE_MEMORY_ERRNO`].
+    /// shared file mapping (memfd, hugetlbfs, /dev/shm, shared anonymous memory; possibly split
+    /// into adjacent VMAs of the same file at contiguous offsets). Unmapped memory is `EFAULT`
+    /// (what pinning gives type1); a read-only mapping asked for `write` is `EFAULT` too
+    /// (FOLL_WRITE fails); private memory is [`PRIVATE_MEMORY_ERRNO`].
     pub fn shared_backing(&self, vaddr: u64, length: u64, write: bool) -> Result<SharedBacking, Errno> {
-        let maps = self.read_maps()?;
-        let vmas: Vec<Vma<'_>> = maps.lines().filter_map(Vma::parse).collect();
+        let end = vaddr.checked_add(length).ok_or(Errno::EFAULT)?;
+        let mut vmas = Vec::new();
+        let mut at = vaddr;
+        while at < end {
+            let Some(v) = self.vma_at(at)? else { break };
+            if v.start > at {
+                break; // a hole
+            }
+            at = v.end;
+            vmas.push(v);
+        }
         let (first, offset) = covering_shared_file(&vmas, vaddr, length, write)?;
         let name = format!("map_files/{:x}-{:x}", first.start, first.end);
-        let flags = if write { OFlag::O_RDWR } else { OFlag::O_RDONLY };
-        let file = openat(self.proc_dir.as_fd(), name.as_str(), flags | OFlag::O_CLOEXEC, Mode::empty())?;
+        // IOMMU_IOAS_MAP_FILE ignores the file's open mode (io_pagetable.c:519); the caller's
+        // own mapping was checked writable above when the device may write.
+        let file = openat(self.proc_dir.as_fd(), name.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
         Ok(SharedBacking { file, offset })
     }
 
@@ -108,11 +160,27 @@ impl CallerProcess {
         Ok(text)
     }
 
-    /// What type1 would check when this thread pins memory (vfio_iommu_type1.c
-    /// vfio_pin_pages_remote): its process's locked pages against its RLIMIT_MEMLOCK, unless
-    /// the thread has CAP_IPC_LOCK (`dma->lock_cap`).
+    /// What type1 would check when this thread pins memory (vfio_iommu_type1.c:766-775):
+    /// its process's locked pages against its RLIMIT_MEMLOCK, unless the thread has
+    /// CAP_IPC_LOCK (`dma->lock_cap`). Two syscalls; `VmLck` is read only when a limit applies.
     pub fn memlock(&self) -> Result<Memlock, Errno> {
-        parse_memlock(&self.read_proc("status")?, &self.read_proc("limits")?).ok_or(Errno::EIO)
+        let tid = libc::pid_t::try_from(self.tid).map_err(|_| Errno::ESRCH)?;
+        let mut header = libc_cap_header { version: 0x2008_0522, pid: tid }; // _LINUX_CAPABILITY_VERSION_3
+        let mut data = [libc_cap_data::default(); 2];
+        // SAFETY: capget writes two `__user_cap_data_struct`s into `data`, as version 3 asks.
+        let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+        Errno::result(rc)?;
+        let capable = data[0].effective & (1 << CAP_IPC_LOCK) != 0;
+        let mut rlim = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: prlimit64 reads the limit into `rlim`; no new limit is passed (NULL).
+        let rc = unsafe { libc::prlimit64(tid, libc::RLIMIT_MEMLOCK, std::ptr::null(), &mut rlim) };
+        Errno::result(rc)?;
+        let limit = if capable || rlim.rlim_cur == libc::RLIM64_INFINITY { None } else { Some(rlim.rlim_cur) };
+        let locked = match limit {
+            None => 0,
+            Some(_) => parse_vm_lck(&self.read_proc("status")?).ok_or(Errno::EIO)?,
+        };
+        Ok(Memlock { tgid: self.tgid, locked, limit })
     }
 
     pub fn pidfd(&self) -> BorrowedFd<'_> {
@@ -133,77 +201,51 @@ pub struct Memlock {
 
 const CAP_IPC_LOCK: u32 = 14;
 
-/// From `/proc/<tid>/status` and `/proc/<tid>/limits`.
-pub fn parse_memlock(status: &str, limits: &str) -> Option<Memlock> {
-    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
-    let tgid = field("Tgid:")?.parse().ok()?;
-    let locked = field("VmLck:").map_or(Some(0), |v| v.trim_end_matches("kB").trim().parse::<u64>().ok())? * 1024;
-    let cap_eff = u64::from_str_radix(field("CapEff:")?, 16).ok()?;
-    let soft = limits.lines().find_map(|l| l.strip_prefix("Max locked memory"))?.split_whitespace().next()?;
-    let limit = match soft {
-        "unlimited" => None,
-        n => Some(n.parse().ok()?),
-    };
-    let limit = if cap_eff & (1 << CAP_IPC_LOCK) != 0 { None } else { limit };
-    Some(Memlock { tgid, locked, limit })
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+#[allow(non_camel_case_types)]
+struct libc_cap_header {
+    version: u32,
+    pid: libc::c_int,
 }
 
-/// One line of `/proc/<pid>/maps`.
+/// `struct __user_cap_data_struct`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+#[allow(non_camel_case_types)]
+struct libc_cap_data {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// `VmLck:` of `/proc/<tid>/status`, in bytes (0 when absent, as for a kernel thread).
+pub fn parse_vm_lck(status: &str) -> Option<u64> {
+    match status.lines().find_map(|l| l.strip_prefix("VmLck:")) {
+        None => Some(0),
+        Some(v) => v.trim().trim_end_matches("kB").trim().parse::<u64>().ok().map(|k| k * 1024),
+    }
+}
+
+/// One VMA of a caller, as `PROCMAP_QUERY` describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Vma<'a> {
+pub struct Vma {
     pub start: u64,
     pub end: u64,
     pub readable: bool,
     pub writable: bool,
+    /// `VM_MAYSHARE`: the `s` of /proc/<pid>/maps.
     pub shared: bool,
     pub offset: u64,
-    /// `major:minor`
-    pub dev: &'a str,
+    pub dev: (u32, u32),
     pub inode: u64,
-    pub path: &'a str,
-}
-
-impl<'a> Vma<'a> {
-    /// `start-end perms offset dev inode [path]` (fs/proc/task_mmu.c show_vma_header_prefix).
-    pub fn parse(line: &'a str) -> Option<Vma<'a>> {
-        let mut f = line.splitn(6, ' ');
-        let (start, end) = f.next()?.split_once('-')?;
-        let perms = f.next()?.as_bytes();
-        if perms.len() != 4 {
-            return None;
-        }
-        let offset = u64::from_str_radix(f.next()?, 16).ok()?;
-        let dev = f.next()?;
-        let inode = f.next()?.parse().ok()?;
-        let path = f.next().unwrap_or("").trim_start();
-        Some(Vma {
-            start: u64::from_str_radix(start, 16).ok()?,
-            end: u64::from_str_radix(end, 16).ok()?,
-            readable: perms[0] == b'r',
-            writable: perms[1] == b'w',
-            shared: perms[3] == b's',
-            offset,
-            dev,
-            inode,
-            path,
-        })
-    }
-
-    /// Backed by a file (a memfd and `/dev/zero` shared memory included), not anonymous
-    /// memory, the heap, the stack or a kernel pseudo-mapping such as `[vvar]`.
-    fn has_file(&self) -> bool {
-        self.inode != 0 && !self.path.is_empty() && !self.path.starts_with('[')
-    }
+    /// Backed by a file (memfd and shared anonymous memory included), not anonymous memory.
+    pub has_file: bool,
 }
 
 /// The first VMA of the shared file mapping covering `[vaddr, vaddr + length)` and the file
 /// offset of `vaddr`, following adjacent VMAs of the same file at contiguous offsets.
-pub fn covering_shared_file<'v, 'a>(
-    vmas: &'v [Vma<'a>],
-    vaddr: u64,
-    length: u64,
-    write: bool,
-) -> Result<(&'v Vma<'a>, u64), Errno> {
+pub fn covering_shared_file(vmas: &[Vma], vaddr: u64, length: u64, write: bool) -> Result<(&Vma, u64), Errno> {
     let end = vaddr.checked_add(length).ok_or(Errno::EFAULT)?;
     let i = vmas.iter().position(|v| v.start <= vaddr && vaddr < v.end).ok_or(Errno::EFAULT)?;
     let first = &vmas[i];
@@ -221,7 +263,7 @@ pub fn covering_shared_file<'v, 'a>(
         if !v.readable || (write && !v.writable) {
             return Err(Errno::EFAULT);
         }
-        if !v.shared || !v.has_file() {
+        if !v.shared || !v.has_file {
             return Err(PRIVATE_MEMORY_ERRNO);
         }
         if end <= v.end {
@@ -236,31 +278,35 @@ pub fn covering_shared_file<'v, 'a>(
 mod tests {
     use super::*;
 
-    const MAPS: &str = "\
-55d0c0a00000-55d0c0a21000 rw-p 00000000 00:00 0                          [heap]
-7f0000000000-7f0000200000 rw-s 00000000 00:01 1041                       /memfd:dma (deleted)
-7f0000200000-7f0000400000 r--s 00200000 00:01 1041                       /memfd:dma (deleted)
-7f0000400000-7f0000600000 rw-s 00000000 00:10 77                         /dev/hugepages/buf
-7f0000600000-7f0000800000 rw-s 00400000 00:10 77                         /dev/hugepages/buf
-7f0000800000-7f0000a00000 rw-p 00000000 00:00 0 
-7f0000a00000-7f0000a01000 rw-p 00000000 fd:01 5                          /usr/lib/x.so
-7f0000b00000-7f0000b01000 rw-s 00000000 00:01 9                          /dev/zero (deleted)
-7ffc00000000-7ffc00021000 rw-p 00000000 00:00 0                          [stack]
-";
-
-    fn vmas() -> Vec<Vma<'static>> {
-        MAPS.lines().filter_map(Vma::parse).collect()
+    fn vma(start: u64, end: u64, perms: &str, offset: u64, inode: u64) -> Vma {
+        let p = perms.as_bytes();
+        Vma {
+            start,
+            end,
+            readable: p[0] == b'r',
+            writable: p[1] == b'w',
+            shared: p[3] == b's',
+            offset,
+            dev: (0, if inode == 0 { 0 } else { 1 }),
+            inode,
+            has_file: inode != 0,
+        }
     }
 
-    #[test]
-    fn parses_every_line() {
-        let v = vmas();
-        assert_eq!(v.len(), 9);
-        assert_eq!(v[1].path, "/memfd:dma (deleted)");
-        assert!(v[1].shared && v[1].writable);
-        assert_eq!(v[5].path, "");
-        assert_eq!(v[5].inode, 0);
-        assert_eq!(v[2].offset, 0x200000);
+    /// heap, a memfd split by mprotect, a hugetlbfs file mapped twice, anonymous memory, a
+    /// library's private data, shared anonymous memory, the stack.
+    fn vmas() -> Vec<Vma> {
+        vec![
+            vma(0x55d0c0a00000, 0x55d0c0a21000, "rw-p", 0, 0),
+            vma(0x7f0000000000, 0x7f0000200000, "rw-s", 0, 1041),
+            vma(0x7f0000200000, 0x7f0000400000, "r--s", 0x200000, 1041),
+            vma(0x7f0000400000, 0x7f0000600000, "rw-s", 0, 77),
+            vma(0x7f0000600000, 0x7f0000800000, "rw-s", 0x400000, 77),
+            vma(0x7f0000800000, 0x7f0000a00000, "rw-p", 0, 0),
+            vma(0x7f0000a00000, 0x7f0000a01000, "rw-p", 0, 5),
+            vma(0x7f0000b00000, 0x7f0000b01000, "rw-s", 0, 9),
+            vma(0x7ffc00000000, 0x7ffc00021000, "rw-p", 0, 0),
+        ]
     }
 
     #[test]
@@ -292,27 +338,45 @@ mod tests {
 
     #[test]
     fn memlock_from_proc() {
-        let status = "Name:\tx\nTgid:\t42\nPid:\t43\nVmLck:\t      8 kB\nCapEff:\t0000000000000000\n";
-        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
-                      Max locked memory         1048576              8388608              bytes     \n";
-        assert_eq!(parse_memlock(status, limits), Some(Memlock { tgid: 42, locked: 8192, limit: Some(1 << 20) }));
-        let capable = status.replace("0000000000000000", "0000000000004000");
-        assert_eq!(parse_memlock(&capable, limits).unwrap().limit, None);
-        let unlimited = limits.replace("1048576 ", "unlimited");
-        assert_eq!(parse_memlock(status, &unlimited).unwrap().limit, None);
-        assert_eq!(parse_memlock("Tgid:\t1\n", limits), None);
-        // This process, for real.
+        assert_eq!(parse_vm_lck("Tgid:\t42\nVmLck:\t      8 kB\n"), Some(8192));
+        assert_eq!(parse_vm_lck("Tgid:\t42\n"), Some(0));
+        assert_eq!(parse_vm_lck("VmLck:\tlots\n"), None);
+        // This process, for real: same tgid; a limit unless capable or unlimited.
         let me = CallerProcess::open(std::process::id()).unwrap();
-        assert_eq!(me.memlock().unwrap().tgid, std::process::id());
+        let m = me.memlock().unwrap();
+        assert_eq!(m.tgid, std::process::id());
     }
 
     #[test]
     fn a_pinned_caller_is_this_process() {
         let me = CallerProcess::open(std::process::id()).unwrap();
+        assert!(me.is_current());
+        assert_eq!(me.tgid(), std::process::id());
+        // PROCMAP_QUERY on our own memory: a shared memfd page and a private heap page.
+        let fd = nix::sys::memfd::memfd_create("caller-test", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
+        nix::unistd::ftruncate(&fd, 8192).unwrap();
+        let shared = shared_mapping(&fd);
+        let b = me.shared_backing(shared + 4096, 4096, true).unwrap();
+        assert_eq!(b.offset, 4096);
+        let heap = Box::new([0u8; 64]);
+        assert_eq!(me.shared_backing(heap.as_ptr() as u64, 64, true).unwrap_err(), PRIVATE_MEMORY_ERRNO);
+        assert_eq!(me.shared_backing(8, 4096, false).unwrap_err(), Errno::EFAULT);
         let dup = me.dup_fd(0);
         // stdin may be closed under a test harness; either a dup or EBADF, never a panic.
         assert!(dup.is_ok() || dup.unwrap_err() == Errno::EBADF);
         assert_eq!(me.dup_fd(-1).unwrap_err(), Errno::EBADF);
         assert_eq!(me.dup_fd(1 << 30).unwrap_err(), Errno::EBADF);
+    }
+
+    /// A shared 8 KiB mapping of `fd`, left mapped (the test process ends).
+    fn shared_mapping(fd: &OwnedFd) -> u64 {
+        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+        // SAFETY: a fresh shared mapping of our own memfd at an address the kernel picks;
+        // nothing else refers to that range.
+        let p = unsafe {
+            mmap(None, std::num::NonZeroUsize::new(8192).unwrap(), ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED, fd, 0)
+        }
+        .unwrap();
+        p.as_ptr() as u64
     }
 }

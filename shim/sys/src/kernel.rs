@@ -7,6 +7,7 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
@@ -53,7 +54,7 @@ pub struct KernelBackend {
     vtd_params: Option<VtdBootParams>,
     /// Set while a CUSE daemon serves a client's ioctl: maps then pin that caller's shared
     /// memory by file (`IOMMU_IOAS_MAP_FILE`) instead of this process's memory by address.
-    memory_owner: Option<CallerProcess>,
+    memory_owner: Option<Arc<CallerProcess>>,
     /// Pages pinned for CUSE callers, charged as type1 charges them (per process, against its
     /// RLIMIT_MEMLOCK), since the daemon's own pins are charged to the daemon.
     caller_charges: BTreeMap<(IommufdId, IoasId, u64), (u32, u64)>,
@@ -89,7 +90,7 @@ impl KernelBackend {
 
     /// Whose memory `ioas_map` addresses refer to: `None` (the default) for this process's,
     /// `Some(caller)` for a CUSE caller's. Returns the previous owner.
-    pub fn set_memory_owner(&mut self, owner: Option<CallerProcess>) -> Option<CallerProcess> {
+    pub fn set_memory_owner(&mut self, owner: Option<Arc<CallerProcess>>) -> Option<Arc<CallerProcess>> {
         std::mem::replace(&mut self.memory_owner, owner)
     }
 
