@@ -3,7 +3,7 @@
 #   golden tests, runner unit tests; the real-kernel tests show as "ignored" here);
 # - VM tier: builds and caches the two test kernels, boots them under QEMU TCG and runs the
 #   kernel-backend tests and every legacy client in every mode, then compares with type1;
-#   the CUSE daemon (protocol, SIGTERM/kill -9, the node with the preload); then the kernel's
+#   the CUSE daemon (protocol, SIGTERM/kill -9, the nodes without and with the preload); then the kernel's
 #   VFIO selftests and QEMU 7.2/10.0 on type1 and through the shim.
 # Both install what they need (Debian packages, virtme-ng) by themselves.
 
@@ -21,6 +21,7 @@ host-test:
 vm-test:
 	bash compat-tests/scripts/vm-tier.sh
 	bash cuse/tests/vm/run.sh
+	bash cuse/tests/vm/without-preload.sh
 	bash cuse/tests/vm/with-preload.sh
 	bash compat-tests/scripts/programs-tier.sh
 

@@ -1,6 +1,9 @@
 /* MAP+UNMAP cost through the legacy container API, for comparing type1, the kernel's compat
  * layer and the shim from one VM run. Plain libc calls: the shim is reached by LD_PRELOAD.
- * Prints "BENCH <name> <value> <unit>" lines. Env: VFIO_TEST_EDU (BDF), BENCH_PAIRS. */
+ * Prints "BENCH <name> <value> <unit>" lines. Env: VFIO_TEST_EDU (BDF), BENCH_PAIRS,
+ * BENCH_MEMORY=shared (MAP_SHARED memfd memory instead of private anonymous memory, which is
+ * what vfio-shim-cuse can pin for a client without the preload), BENCH_NO_DEVICE=1 (no
+ * GET_DEVICE_FD: a client without the preload on the CUSE node cannot get one). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -44,6 +47,26 @@ static int unmap(int c, uint64_t iova, uint64_t size)
 	return u.size == size ? 0 : (errno = EIO, -1);
 }
 
+/* Private anonymous memory, or MAP_SHARED memfd memory with BENCH_MEMORY=shared. */
+static void *memory(size_t size)
+{
+	const char *m = getenv("BENCH_MEMORY");
+	void *p;
+
+	if (m && strcmp(m, "shared") == 0) {
+		int fd = memfd_create("map_bench", MFD_CLOEXEC);
+		if (fd < 0 || ftruncate(fd, (off_t)size))
+			die("memfd");
+		p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		close(fd);
+	} else {
+		p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	}
+	if (p == MAP_FAILED)
+		die("mmap");
+	return p;
+}
+
 static int cmp_double(const void *a, const void *b)
 {
 	double x = *(const double *)a, y = *(const double *)b;
@@ -69,13 +92,11 @@ int main(void)
 		die("open group/container");
 	if (ioctl(g, VFIO_GROUP_SET_CONTAINER, &c) || ioctl(c, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU))
 		die("SET_CONTAINER/SET_IOMMU");
-	int dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, bdf);
-	if (dev < 0)
+	int dev = -1;
+	if (!getenv("BENCH_NO_DEVICE") && (dev = ioctl(g, VFIO_GROUP_GET_DEVICE_FD, bdf)) < 0)
 		die("GET_DEVICE_FD");
 
-	void *page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (page == MAP_FAILED)
-		die("mmap 4K");
+	void *page = memory(4096);
 	memset(page, 1, 4096);
 	/* 5 rounds; the median round's per-pair time. */
 	double rounds[5];
@@ -91,9 +112,7 @@ int main(void)
 	printf("BENCH pairs_per_s %.0f /s\n", 1 / rounds[2]);
 
 	size_t gib = 1ul << 30;
-	void *big = mmap(NULL, gib, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (big == MAP_FAILED)
-		die("mmap 1G");
+	void *big = memory(gib);
 	memset(big, 2, gib); /* fault in first: measure pinning and mapping, not page faults */
 	double t = now();
 	if (map(c, big, 0x40000000, gib))
@@ -104,7 +123,8 @@ int main(void)
 		die("unmap 1G");
 	printf("BENCH map_1g_ms %.1f ms\n", map_s * 1e3);
 	printf("BENCH unmap_1g_ms %.1f ms\n", (now() - t) * 1e3);
-	close(dev);
+	if (dev >= 0)
+		close(dev);
 	ioctl(g, VFIO_GROUP_UNSET_CONTAINER);
 	close(c);
 	close(g);

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks against the kernel, from one run: 4 KiB MAP+UNMAP pairs and mapping 1 GiB through
 # type1, the kernel's iommufd compat layer and the shim (LD_PRELOAD), interleaved in one boot of
-# the full test kernel; and the preload's pass-through cost on the host. Prints ratios.
+# the full test kernel; the CUSE node without the preload against the preload path, on shared
+# memory, interleaved in one boot of the cdev-only kernel; and the preload's pass-through cost
+# on the host. Prints ratios.
 # Usage: bench.sh [results-dir]     (default target/bench)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -12,11 +14,12 @@ out=$(cd "$out" && pwd)
 
 bash "$here/host-deps.sh"
 bash "$here/build-kernel.sh" full >/dev/null
-(cd "$root" && cargo build -q --release -p vfio-shim-preload)
+bash "$here/build-kernel.sh" cdev-only >/dev/null
+(cd "$root" && cargo build -q --release -p vfio-shim-preload -p vfio-shim-cuse)
 lib=$root/target/release/libvfio_shim_preload.so
 gcc -O2 -Wall -Wextra -Werror -o "$out/map_bench" "$root/compat-tests/bench/map_bench.c"
 gcc -O2 -Wall -Wextra -Werror -o "$out/passthrough_bench" "$root/compat-tests/bench/passthrough_bench.c"
-rm -f "$out"/type1.* "$out"/compat.* "$out"/shim.* "$out"/host-*.*
+rm -f "$out"/type1.* "$out"/compat.* "$out"/shim.* "$out"/host-*.* "$out"/preload-shared.* "$out"/cuse.*
 
 {
   echo '#!/usr/bin/env bash'
@@ -32,6 +35,22 @@ rm -f "$out"/type1.* "$out"/compat.* "$out"/shim.* "$out"/host-*.*
   echo 'done'
 } >"$out/guest.sh"
 VM_MEMORY=${VM_MEMORY:-4G} bash "$here/vm.sh" full "$out" -- bash "$out/guest.sh" </dev/null >/dev/null
+
+# cdev-only: the daemon serves /dev/vfio/vfio and the group nodes; the preload adopts them and
+# serves in-process, a client without it goes through the daemon.
+{
+  echo '#!/usr/bin/env bash'
+  echo 'set -eu'
+  echo ". $(printf %q "$here/guest-setup.sh") 2>$(printf %q "$out/guest-setup-cdev.log")"
+  echo "cd $(printf %q "$out")"
+  echo "$(printf %q "$root/target/release/vfio-shim-cuse") 2>cuse-daemon.log"
+  echo 'for round in 1 2 3; do'
+  echo "  BENCH_MEMORY=shared LD_PRELOAD=$(printf %q "$lib") ./map_bench >preload-shared.\$round"
+  echo '  BENCH_MEMORY=shared BENCH_NO_DEVICE=1 ./map_bench >cuse.$round'
+  echo 'done'
+  echo 'pkill -TERM -x vfio-shim-cuse'
+} >"$out/guest-cdev.sh"
+VM_MEMORY=${VM_MEMORY:-4G} bash "$here/vm.sh" cdev-only "$out" -- bash "$out/guest-cdev.sh" </dev/null >/dev/null
 
 for round in 1 2 3 4 5; do
   "$out/passthrough_bench" >"$out/host-plain.$round"
@@ -56,6 +75,11 @@ print(f"{'guest (TCG), median of 3 runs':32} {'type1':>10} {'compat':>10} {'shim
 for name, key in rows:
     t, c, s = med("type1", key), med("compat", key), med("shim", key)
     print(f"{name:32} {t:10.2f} {c:10.2f} {s:10.2f} {s/t:11.3f} {s/c:12.3f}")
+print()
+print(f"{'cdev-only guest, shared memory':32} {'preload':>10} {'cuse':>10} {'cuse/preload':>13}")
+for name, key in rows:
+    p, c = med("preload-shared", key), med("cuse", key)
+    print(f"{name:32} {p:10.2f} {c:10.2f} {c/p:13.3f}")
 print()
 print(f"{'host pass-through, median of 5':32} {'plain':>10} {'preload':>10} {'ratio':>11}")
 for name, key in [("ioctl(FIONREAD) on a pipe (ns)", "ioctl_pipe_ns"), ("close(dup(pipe)) (ns)", "dup_close_pipe_ns")]:

@@ -38,6 +38,10 @@ struct Args {
     /// comma-separated list of group numbers.
     #[arg(long, default_value = "auto")]
     groups: String,
+    /// Keep every capability (default: once the nodes exist, keep only what serving clients
+    /// needs: CAP_SYS_PTRACE, CAP_CHECKPOINT_RESTORE, CAP_DAC_READ_SEARCH, CAP_IPC_LOCK).
+    #[arg(long)]
+    keep_privileges: bool,
 }
 
 fn main() -> ExitCode {
@@ -91,6 +95,9 @@ fn serve(args: &Args, ready: Option<std::fs::File>) -> Result<(), String> {
         let s = Session::new(GroupDevice::new(reg.clone(), n), gc).map_err(|e| e.to_string())?;
         s.init().map_err(|e| e.to_string())?;
         group_sessions.push(s);
+    }
+    if !args.keep_privileges {
+        drop_privileges()?;
     }
     let mut all: Vec<&dyn Served> = vec![&container];
     all.extend(group_sessions.iter().map(|s| s as &dyn Served));
@@ -148,6 +155,31 @@ fn run_sessions(sessions: &[&dyn Served], ready: Option<std::fs::File>, stop_sig
     });
     info!("stopped");
     results.into_iter().collect()
+}
+
+/// What serving clients needs once the nodes exist (/dev/cuse is open; devices and iommufds
+/// are opened as their owner, root): the caller's fds and memory map (pidfd_getfd and
+/// /proc/<pid>/maps of another user: CAP_SYS_PTRACE), /proc/<pid>/map_files
+/// (CAP_CHECKPOINT_RESTORE), reopening a caller's shared memory file whatever its mode
+/// (CAP_DAC_READ_SEARCH), and pinning it without being charged (CAP_IPC_LOCK). Everything else,
+/// CAP_SYS_ADMIN included, goes, with no-new-privs. Runs before any worker thread exists.
+fn drop_privileges() -> Result<(), String> {
+    use vfio_shim_sys::privileges::*;
+    let keep = [CAP_SYS_PTRACE, CAP_CHECKPOINT_RESTORE, CAP_DAC_READ_SEARCH, CAP_IPC_LOCK]
+        .iter()
+        .fold(0u64, |m, c| m | (1 << c));
+    match keep_only(keep) {
+        Ok(()) => {
+            info!("capabilities: kept {:#x} (ptrace, checkpoint_restore, dac_read_search, ipc_lock)", keep);
+            Ok(())
+        }
+        // Started without the privilege to drop privileges (no CAP_SETPCAP): nothing to drop.
+        Err(nix::errno::Errno::EPERM) => {
+            info!("capabilities: cannot change them (no CAP_SETPCAP); running with what we were given");
+            Ok(())
+        }
+        Err(e) => Err(format!("dropping capabilities: {}", e.desc())),
+    }
 }
 
 /// `vfio/vfio` -> `vfio/<n>`; a name without a directory -> `<n>`.

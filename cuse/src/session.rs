@@ -433,8 +433,9 @@ impl<D: CuseDevice> Session<D> {
     /// One worker: wait, read, dispatch, until stopped or disconnected.
     pub fn worker(&self) -> Result<(), Error> {
         let mut buf = vec![0u8; self.buf_size];
+        let waiter = self.chan.waiter(self.stop.as_fd()).map_err(|e| Error::new("epoll for /dev/cuse", e))?;
         loop {
-            match self.chan.wait(self.stop.as_fd(), PollTimeout::NONE) {
+            match waiter.wait(PollTimeout::NONE) {
                 Ok(Some(Readiness::Stop)) => return Ok(()),
                 Ok(_) => {}
                 Err(e) => {

@@ -7,7 +7,8 @@
 #     no device fd (VFIO_TEST_NO_DEVICE_FD=1) gives exactly the transcript real type1 gives in
 #     the same mode (first boot, full kernel), fork_stress (8 processes x 1000 pairs on one
 #     container) included; one of them again as an unprivileged user;
-#  3. kill -9 of the daemon in the middle of fork_stress: every process ends with an error, no
+#  3. the daemon runs with four capabilities and no-new-privs, as root (uid 0) still;
+#  4. kill -9 of the daemon in the middle of fork_stress: every process ends with an error, no
 #     hang; a restarted daemon serves the next client; SIGTERM then stops it cleanly.
 # Usage: without-preload.sh [results-dir]        (host, as root; boots two VMs)
 set -euo pipefail
@@ -40,6 +41,9 @@ edu_group=\$(basename "\$(readlink /sys/bus/pci/devices/\$VFIO_TEST_EDU/iommu_gr
 RUST_LOG=info "$daemon" 2>"$out/node/daemon-1.log"; res \$? "daemon-start"
 [ -c /dev/vfio/vfio ] && [ -c /dev/vfio/\$edu_group ]; res \$? "nodes /dev/vfio/vfio and /dev/vfio/\$edu_group"
 ls -l /dev/vfio >"$out/node/nodes.txt"
+caps=\$(grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/\$(pgrep -x vfio-shim-cuse)/status | tr -s '\t\n' '  ')
+# CAP_DAC_READ_SEARCH, CAP_IPC_LOCK, CAP_SYS_PTRACE, CAP_CHECKPOINT_RESTORE only, no-new-privs
+[ "\$caps" = "CapEff: 0000010000084004 CapBnd: 0000010000084004 NoNewPrivs: 1 " ]; res \$? "daemon dropped privileges (\$caps)"
 
 timeout 120 python3 "$root/cuse/tests/vm/node_groups.py" "\$VFIO_TEST_EDU" "\$edu_group"
 grep -q "needs the preload" "$out/node/daemon-1.log"; res \$? "daemon logged the load-the-preload line"
@@ -84,8 +88,8 @@ bash "$root/compat-tests/scripts/vm.sh" cdev-only "$out/node" -- bash "$out/gues
   2>"$out/node/vm.stderr" | tee "$out/summary.txt" || true
 ok=$(grep -c '^ok ' "$out/summary.txt" || true)
 bad=$(grep -c '^FAIL' "$out/summary.txt" || true)
-# 21 node_groups checks, 3 setup lines, 4 clients, nobody, 3 kill -9 and 3 restart/stop lines.
-want=35
+# 21 node_groups checks, 4 setup lines, 4 clients, nobody, 3 kill -9 and 3 restart/stop lines.
+want=36
 [ $(( ok + bad )) -ge "$want" ] || { bad=$(( bad + want - ok - bad )); tail -n 20 "$out/node/vm.stderr" >&2; }
 echo "cuse-node: $ok passed, $bad failed"
 [ "$bad" = 0 ]

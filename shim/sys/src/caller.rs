@@ -174,8 +174,14 @@ impl CallerProcess {
         let mut rlim = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: prlimit64 reads the limit into `rlim`; no new limit is passed (NULL).
         let rc = unsafe { libc::prlimit64(tid, libc::RLIMIT_MEMLOCK, std::ptr::null(), &mut rlim) };
-        Errno::result(rc)?;
-        let limit = if capable || rlim.rlim_cur == libc::RLIM64_INFINITY { None } else { Some(rlim.rlim_cur) };
+        let soft = match Errno::result(rc) {
+            Ok(_) => (rlim.rlim_cur != libc::RLIM64_INFINITY).then_some(rlim.rlim_cur),
+            // Another user's limits need CAP_SYS_RESOURCE, which the daemon drops; /proc says
+            // the same to anyone.
+            Err(Errno::EPERM) => parse_memlock_limit(&self.read_proc("limits")?).ok_or(Errno::EIO)?,
+            Err(e) => return Err(e),
+        };
+        let limit = if capable { None } else { soft };
         let locked = match limit {
             None => 0,
             Some(_) => parse_vm_lck(&self.read_proc("status")?).ok_or(Errno::EIO)?,
@@ -217,6 +223,15 @@ struct libc_cap_data {
     effective: u32,
     permitted: u32,
     inheritable: u32,
+}
+
+/// The soft "Max locked memory" of `/proc/<tid>/limits`: `Some(None)` when unlimited.
+pub fn parse_memlock_limit(limits: &str) -> Option<Option<u64>> {
+    let soft = limits.lines().find_map(|l| l.strip_prefix("Max locked memory"))?.split_whitespace().next()?;
+    match soft {
+        "unlimited" => Some(None),
+        n => n.parse().ok().map(Some),
+    }
 }
 
 /// `VmLck:` of `/proc/<tid>/status`, in bytes (0 when absent, as for a kernel thread).
@@ -341,6 +356,11 @@ mod tests {
         assert_eq!(parse_vm_lck("Tgid:\t42\nVmLck:\t      8 kB\n"), Some(8192));
         assert_eq!(parse_vm_lck("Tgid:\t42\n"), Some(0));
         assert_eq!(parse_vm_lck("VmLck:\tlots\n"), None);
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max locked memory         1048576              8388608              bytes     \n";
+        assert_eq!(parse_memlock_limit(limits), Some(Some(1 << 20)));
+        assert_eq!(parse_memlock_limit(&limits.replace("1048576 ", "unlimited")), Some(None));
+        assert_eq!(parse_memlock_limit("Max open files 1024 1024 files\n"), None);
         // This process, for real: same tgid; a limit unless capable or unlimited.
         let me = CallerProcess::open(std::process::id()).unwrap();
         let m = me.memlock().unwrap();

@@ -7,6 +7,7 @@ pub mod caller;
 pub mod ioctl;
 pub mod kernel;
 pub mod own_memory;
+pub mod privileges;
 pub mod vtd;
 
 pub use kernel::KernelBackend;
