@@ -59,12 +59,9 @@ impl CallerProcess {
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )?;
-        // SAFETY: pidfd_send_signal with signal 0 only checks the target; no pointers passed
-        // (info is NULL).
-        let rc = unsafe {
-            libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), 0, std::ptr::null::<libc::siginfo_t>(), 0)
-        };
-        Errno::result(rc)?;
+        if !thread_lives(pidfd.as_fd()) {
+            return Err(Errno::ESRCH);
+        }
         let maps = openat(proc_dir.as_fd(), "maps", OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
         let mut me = CallerProcess { tid, tgid: tid, pidfd, proc_dir, maps };
         me.tgid = me
@@ -79,12 +76,8 @@ impl CallerProcess {
     /// Whether this is still the live thread it was opened for, with the memory it had then:
     /// `false` once the thread is gone (its id may name another thread now) or has exec'd.
     pub fn is_current(&self) -> bool {
-        // SAFETY: pidfd_send_signal with signal 0 only checks the target; info is NULL.
-        let rc = unsafe {
-            libc::syscall(libc::SYS_pidfd_send_signal, self.pidfd.as_raw_fd(), 0, std::ptr::null::<libc::siginfo_t>(), 0)
-        };
         // After an exec the old mm has no users left: PROCMAP_QUERY on it is ESRCH.
-        rc == 0 && self.vma_at(0).map_or_else(|e| e != Errno::ESRCH, |_| true)
+        thread_lives(self.pidfd.as_fd()) && self.vma_at(0).map_or_else(|e| e != Errno::ESRCH, |_| true)
     }
 
     pub fn tgid(&self) -> u32 {
@@ -189,8 +182,64 @@ impl CallerProcess {
         Ok(Memlock { tgid: self.tgid, locked, limit })
     }
 
+    /// Copies `buf.len()` bytes of the caller's memory at `addr`: see [`read_thread_memory`].
+    pub fn read_memory(&self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        read_thread_memory(self.tid, addr, buf)
+    }
+
+    /// Copies `bytes` into the caller's memory at `addr`: see [`write_thread_memory`].
+    pub fn write_memory(&self, addr: u64, bytes: &[u8]) -> Result<(), Errno> {
+        write_thread_memory(self.tid, addr, bytes)
+    }
+
     pub fn pidfd(&self) -> BorrowedFd<'_> {
         self.pidfd.as_fd()
+    }
+}
+
+/// Whether the thread behind `pidfd` still exists: signal 0 through the pidfd. EPERM (another
+/// user's thread, and the daemon keeps no CAP_KILL) says it exists too; only ESRCH says it is
+/// gone.
+fn thread_lives(pidfd: BorrowedFd<'_>) -> bool {
+    // SAFETY: pidfd_send_signal with signal 0 only checks the target; info is NULL.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), 0, std::ptr::null::<libc::siginfo_t>(), 0)
+    };
+    rc == 0 || Errno::last() == Errno::EPERM
+}
+
+/// Copies `buf.len()` bytes at `addr` of thread `tid`'s memory (`process_vm_readv`):
+/// `EFAULT` when any of it is not readable, as a kernel copy-in gives. For a thread blocked in
+/// one of our CUSE requests, `tid` cannot name anyone else meanwhile (module docs), so this
+/// needs no pidfd.
+pub fn read_thread_memory(tid: u32, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+    transfer(tid, addr, buf.as_mut_ptr(), buf.len(), false)
+}
+
+/// Copies `bytes` to `addr` in thread `tid`'s memory (`process_vm_writev`): `EFAULT` when any
+/// of it is not writable, as a kernel copy-out gives. Same condition on `tid`.
+pub fn write_thread_memory(tid: u32, addr: u64, bytes: &[u8]) -> Result<(), Errno> {
+    transfer(tid, addr, bytes.as_ptr().cast_mut(), bytes.len(), true)
+}
+
+fn transfer(tid: u32, addr: u64, local: *mut u8, len: usize, write: bool) -> Result<(), Errno> {
+    let tid = libc::pid_t::try_from(tid).map_err(|_| Errno::ESRCH)?;
+    let local_iov = libc::iovec { iov_base: local.cast(), iov_len: len };
+    let remote_iov = libc::iovec { iov_base: addr as usize as *mut libc::c_void, iov_len: len };
+    // SAFETY: the local iovec covers `len` bytes of a live buffer of the caller of this
+    // function (only read from when writing, written to when reading); the remote side is the
+    // other process's address space, checked by the kernel, which reports EFAULT for what is
+    // not mapped.
+    let n = unsafe {
+        if write {
+            libc::process_vm_writev(tid, &local_iov, 1, &remote_iov, 1, 0)
+        } else {
+            libc::process_vm_readv(tid, &local_iov, 1, &remote_iov, 1, 0)
+        }
+    };
+    match Errno::result(n)? {
+        n if n as usize == len => Ok(()),
+        _ => Err(Errno::EFAULT),
     }
 }
 
@@ -381,6 +430,12 @@ mod tests {
         let heap = Box::new([0u8; 64]);
         assert_eq!(me.shared_backing(heap.as_ptr() as u64, 64, true).unwrap_err(), PRIVATE_MEMORY_ERRNO);
         assert_eq!(me.shared_backing(8, 4096, false).unwrap_err(), Errno::EFAULT);
+        // Its memory, read and written as a daemon would.
+        let mut word = [0u8; 8];
+        me.write_memory(shared, b"vfioshim").unwrap();
+        me.read_memory(shared, &mut word).unwrap();
+        assert_eq!(&word, b"vfioshim");
+        assert_eq!(me.read_memory(8, &mut word).unwrap_err(), Errno::EFAULT);
         let dup = me.dup_fd(0);
         // stdin may be closed under a test harness; either a dup or EBADF, never a panic.
         assert!(dup.is_ok() || dup.unwrap_err() == Errno::EBADF);
