@@ -69,7 +69,7 @@ int main(void)
 	if (set_container("set_container", gfd, cfd) < 0 ||
 	    c_ioctl("set_iommu", cfd, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU) < 0)
 		die("setup failed: %s", errname(last_errno));
-	dev = get_device_fd("get_device_fd", gfd, edu);
+	dev = hold_device("get_device_fd", gfd, edu);
 
 	pthread_create(&r, NULL, reader, NULL);
 	for (uintptr_t i = 0; i < THREADS; i++)
@@ -84,7 +84,7 @@ int main(void)
 		atomic_load(&reader_failures));
 	get_dma_avail("after.avail", cfd);
 	dma_unmap_all("after.unmap_all", cfd);
-	c_close("close.device", dev);
+	release_device("close.device", dev);
 	c_close("close.container", cfd);
 	c_close("close.group", gfd);
 	printf("END status=ok\n");

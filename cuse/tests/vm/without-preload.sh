@@ -6,7 +6,8 @@
 #  2. every differential client that runs on shared memory (VFIO_TEST_MEMORY=shared) and needs
 #     no device fd (VFIO_TEST_NO_DEVICE_FD=1) gives exactly the transcript real type1 gives in
 #     the same mode (first boot, full kernel), fork_stress (8 processes x 1000 pairs on one
-#     container) included; one of them again as an unprivileged user;
+#     container) and threads_stress (8 threads x 1000 pairs) included; one of them again as an
+#     unprivileged user;
 #  3. the daemon runs with four capabilities and no-new-privs, as root (uid 0) still;
 #  4. kill -9 of the daemon in the middle of fork_stress: every process ends with an error, no
 #     hang; a restarted daemon serves the next client; SIGTERM then stops it cleanly.
@@ -18,7 +19,7 @@ rm -rf "$out"; mkdir -p "$out/type1" "$out/node"; out=$(cd "$out" && pwd)
 (cd "$root" && cargo build --release -q -p vfio-shim-cuse)
 sh "$root/compat-tests/clients/build.sh" "$out/clients" >/dev/null
 daemon=$root/target/release/vfio-shim-cuse
-clients="container_errors unmap_semantics two_containers fork_stress"
+clients="container_errors unmap_semantics two_containers fork_stress threads_stress"
 mode_env="VFIO_TEST_MEMORY=shared VFIO_TEST_NO_DEVICE_FD=1"
 
 cat >"$out/guest-type1.sh" <<GUEST
@@ -88,8 +89,8 @@ bash "$root/compat-tests/scripts/vm.sh" cdev-only "$out/node" -- bash "$out/gues
   2>"$out/node/vm.stderr" | tee "$out/summary.txt" || true
 ok=$(grep -c '^ok ' "$out/summary.txt" || true)
 bad=$(grep -c '^FAIL' "$out/summary.txt" || true)
-# 21 node_groups checks, 4 setup lines, 4 clients, nobody, 3 kill -9 and 3 restart/stop lines.
-want=36
+# 21 node_groups checks, 4 setup lines, 5 clients, nobody, 3 kill -9 and 3 restart/stop lines.
+want=37
 [ $(( ok + bad )) -ge "$want" ] || { bad=$(( bad + want - ok - bad )); tail -n 20 "$out/node/vm.stderr" >&2; }
 echo "cuse-node: $ok passed, $bad failed"
 [ "$bad" = 0 ]
