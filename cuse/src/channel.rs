@@ -79,11 +79,10 @@ impl Channel {
         }
     }
 
-    /// Whether the connection is dead, without waiting.
     /// A worker's own wait: an epoll instance holding the stop fd and this channel, the
     /// channel with `EPOLLEXCLUSIVE`. A plain poll(2) puts every worker on the connection's
-    /// wait queue non-exclusively, so each request woke them all and all but one read EAGAIN:
-    /// measured in the TCG guest, that herd cost more than the request itself. With exclusive
+    /// wait queue non-exclusively, so each request woke them all and all but one read EAGAIN.
+    /// With exclusive
     /// entries a request wakes one worker waiting in epoll_wait (fs/eventpoll.c
     /// ep_poll_callback); the stop fd still wakes everyone.
     pub fn waiter(&self, stop: BorrowedFd<'_>) -> Result<Waiter, Errno> {
@@ -94,6 +93,7 @@ impl Channel {
         Ok(Waiter { epoll })
     }
 
+    /// Whether the connection is dead, without waiting.
     pub fn is_disconnected(&self) -> bool {
         let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
         match nix::poll::poll(&mut fds, PollTimeout::ZERO) {

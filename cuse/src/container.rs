@@ -22,11 +22,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use log::{debug, info, warn};
 use nix::errno::Errno;
-use nix::sys::stat::{fstat, SFlag};
 use vfio_shim::abi::*;
 use vfio_shim::arg::BufferArg;
 use vfio_shim::{ContainerId, FdTarget, GroupId, GroupReply, Shim};
 use vfio_shim_sys::caller::{read_thread_memory, write_thread_memory, CallerProcess, PRIVATE_MEMORY_ERRNO};
+use vfio_shim_sys::kernel::MemoryOwner;
 use vfio_shim_sys::{ioctl as sys, KernelBackend};
 
 use crate::retry::{argsz_step, argsz_step_extended, cstr_step, fixed_step, ArgszArg, ArgszSpec, Extra, Step};
@@ -149,42 +149,41 @@ impl Registry {
 
     /// What the caller's fd `fd` is, for `SET_CONTAINER`. Called without the lock held: the
     /// identify command goes through the kernel to the container node's own workers.
-    fn resolve_fd(&self, caller: &Caller, fd: i32) -> FdTarget {
-        let file = match CallerProcess::open(caller.pid).and_then(|p| p.dup_fd(fd)) {
+    fn resolve_fd(&self, caller: &Caller, fd: i32) -> Result<FdTarget, Errno> {
+        let file = match self.caller(caller.pid)?.dup_fd(fd) {
             Ok(f) => f,
-            Err(_) => return FdTarget::Closed,
+            Err(Errno::EBADF) => return Ok(FdTarget::Closed),
+            Err(e) => return Err(e),
         };
-        let ours = match (fstat(file.as_fd()), self.container_rdev.get()) {
-            (Ok(st), Some(&rdev)) => {
-                SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR && st.st_rdev == rdev
-            }
+        // The device number from the attributes in memory: no request to a FUSE server
+        // behind an arbitrary file the caller passed.
+        let ours = match (sys::char_device_of(file.as_fd()), self.container_rdev.get()) {
+            (Ok(Some(rdev)), Some(&ours)) => rdev == ours,
             _ => false,
         };
         if !ours {
-            return FdTarget::Other;
+            return Ok(FdTarget::Other);
         }
-        let Ok(fh) = sys::cuse_identify(file.as_fd()) else { return FdTarget::Other };
+        let Ok(fh) = sys::cuse_identify(file.as_fd()) else { return Ok(FdTarget::Other) };
         drop(file); // before taking the lock: our dup must not be the file's last reference later
         let mut inner = self.lock();
         let Inner { shim, opens, .. } = &mut *inner;
-        let Some(open) = opens.get_mut(&fh) else { return FdTarget::Other };
-        match open.state {
+        let Some(open) = opens.get_mut(&fh) else { return Ok(FdTarget::Other) };
+        Ok(match open.state {
             OpenState::Container(id) => FdTarget::Container(id),
-            OpenState::Fresh => match shim.open_container() {
-                Ok(id) => {
-                    open.state = OpenState::Container(id);
-                    FdTarget::Container(id)
-                }
-                Err(_) => FdTarget::Other,
-            },
+            OpenState::Fresh => {
+                let id = shim.open_container()?;
+                open.state = OpenState::Container(id);
+                FdTarget::Container(id)
+            }
             // The preload's container is invisible here: to this daemon it is no container.
             _ => FdTarget::Other,
-        }
+        })
     }
 
     /// The caller thread `tid`, pinned (see [`CallerProcess`]).
     fn caller(&self, tid: u32) -> Result<Arc<CallerProcess>, Errno> {
-        const MAX_CACHED: usize = 256;
+        const MAX_CACHED: usize = 64; // three fds each
         let mut callers = self.callers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = callers.get(&tid) {
             if c.is_current() {
@@ -194,7 +193,10 @@ impl Registry {
         }
         let c = Arc::new(CallerProcess::open(tid)?);
         if callers.len() >= MAX_CACHED {
-            callers.clear();
+            callers.retain(|_, c| c.is_current());
+            if callers.len() >= MAX_CACHED {
+                callers.clear();
+            }
         }
         callers.insert(tid, Arc::clone(&c));
         Ok(c)
@@ -214,8 +216,8 @@ impl Registry {
 
 /// A MAP_DMA or UNMAP_DMA argument read straight from the caller.
 struct Direct {
-    /// The pinned caller, for a map.
-    owner: Option<Arc<CallerProcess>>,
+    /// The pinned caller and its memory resolved, for a map.
+    owner: Option<MemoryOwner>,
     /// The `minsz` bytes at `arg`.
     bytes: Vec<u8>,
 }
@@ -285,12 +287,27 @@ impl ContainerDevice {
             return Ok(None); // a later retry round
         }
         let mut bytes = vec![0u8; minsz];
-        read_thread_memory(caller.pid, io.arg, &mut bytes)?;
-        let flags = u32::from_ne_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-        if io.cmd == VFIO_IOMMU_UNMAP_DMA && flags & VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP != 0 {
+        match read_thread_memory(caller.pid, io.arg, &mut bytes) {
+            Ok(()) => {}
+            Err(Errno::EFAULT) => return Err(Errno::EFAULT), // what the kernel's copy-in says
+            Err(_) => return Ok(None), // not allowed to read it (Yama, namespaces): retry rounds
+        }
+        let word = |o: usize| u64::from_ne_bytes(bytes[o..o + 8].try_into().unwrap_or([0; 8]));
+        let flags = word(0) >> 32;
+        if io.cmd == VFIO_IOMMU_UNMAP_DMA && flags & u64::from(VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP) != 0 {
             return Ok(None); // the bitmap goes through the retry engine
         }
-        let owner = if io.cmd == VFIO_IOMMU_MAP_DMA { Some(self.reg.caller(caller.pid)?) } else { None };
+        let owner = match io.cmd {
+            VFIO_IOMMU_MAP_DMA => {
+                let caller = self.reg.caller(caller.pid)?;
+                // Resolve the memory now, outside the lock (vaddr at 8, size at 24). A VADDR
+                // update maps nothing.
+                let prepared = (flags & u64::from(VFIO_DMA_MAP_FLAG_VADDR) == 0)
+                    .then(|| caller.prepare_map(word(8), word(24), flags & u64::from(VFIO_DMA_MAP_FLAG_WRITE) != 0));
+                Some(MemoryOwner { caller, prepared })
+            }
+            _ => None,
+        };
         Ok(Some(Direct { owner, bytes }))
     }
 
@@ -325,7 +342,7 @@ impl CuseDevice for ContainerDevice {
         }
         // Fetch the argument before taking the lock: retry rounds go back to the caller.
         let limit = self.reg.limit;
-        let direct = match self.direct_argument(caller, io) {
+        let mut direct = match self.direct_argument(caller, io) {
             Ok(d) => d,
             Err(e) => return IoctlOutcome::Error(e),
         };
@@ -344,38 +361,43 @@ impl CuseDevice for ContainerDevice {
                 }
             }
         };
-        // Pin the caller before the lock too (a few syscalls), for maps of its memory.
-        let owner = if let Some(owner) = direct.as_ref().and_then(|d| d.owner.as_ref()) {
-            Some(Arc::clone(owner))
-        } else if io.cmd == VFIO_IOMMU_MAP_DMA {
-            match self.reg.caller(caller.pid) {
-                Ok(p) => Some(p),
-                Err(e) => return IoctlOutcome::Error(e),
-            }
-        } else {
-            None
-        };
-
-        let mut inner = self.reg.lock();
-        let Inner { shim, opens, .. } = &mut *inner;
-        let Some(open) = opens.get_mut(&fh) else { return IoctlOutcome::Error(Errno::EBADF) };
-        let id = match open.state {
-            // An adopted open is the preload's: its ioctls never come here (a process that
-            // received the fd without the preload would be talking to a container it cannot see).
-            OpenState::Adopted => return IoctlOutcome::Error(Errno::EBADFD),
-            OpenState::Container(id) => id,
-            OpenState::Fresh => match shim.open_container() {
-                Ok(id) => {
-                    open.state = OpenState::Container(id);
-                    id
-                }
+        // A map found no direct path: pin the caller here, still outside the lock.
+        let owner = match direct.as_mut().and_then(|d| d.owner.take()) {
+            Some(o) => Some(o),
+            None if io.cmd == VFIO_IOMMU_MAP_DMA => match self.reg.caller(caller.pid) {
+                Ok(caller) => Some(MemoryOwner { caller, prepared: None }),
                 Err(e) => return IoctlOutcome::Error(e),
             },
-            OpenState::Group(_) => return IoctlOutcome::Error(Errno::EBADF),
+            None => None,
         };
-        shim.backend_mut().set_memory_owner(owner);
-        let result = shim.container_ioctl(id, io.cmd, io.arg, &mut mem);
-        shim.backend_mut().set_memory_owner(None);
+
+        let result = {
+            let mut inner = self.reg.lock();
+            let Inner { shim, opens, .. } = &mut *inner;
+            let Some(open) = opens.get_mut(&fh) else { return IoctlOutcome::Error(Errno::EBADF) };
+            let id = match open.state {
+                // An adopted open is the preload's: its ioctls never come here (a process that
+                // received the fd without the preload would be talking to a container it cannot see).
+                OpenState::Adopted => return IoctlOutcome::Error(Errno::EBADFD),
+                OpenState::Container(id) => id,
+                OpenState::Fresh => match shim.open_container() {
+                    Ok(id) => {
+                        open.state = OpenState::Container(id);
+                        id
+                    }
+                    Err(e) => return IoctlOutcome::Error(e),
+                },
+                OpenState::Group(_) => return IoctlOutcome::Error(Errno::EBADF),
+            };
+            shim.backend_mut().set_memory_owner(owner);
+            let result = shim.container_ioctl(id, io.cmd, io.arg, &mut mem);
+            shim.backend_mut().set_memory_owner(None);
+            if result == Err(PRIVATE_MEMORY_ERRNO) && io.cmd == VFIO_IOMMU_MAP_DMA {
+                Registry::tell_preload(open, fh, "VFIO_IOMMU_MAP_DMA of private (anonymous) memory");
+            }
+            result
+        };
+        // Only now touch the caller's memory again: never with the lock held.
         match result {
             Ok(v) if direct.is_some() => {
                 // type1 copies UNMAP_DMA's minsz back on success (the new `size`); MAP writes nothing.
@@ -395,12 +417,7 @@ impl CuseDevice for ContainerDevice {
                 out.extend_from_slice(&mem.user);
                 IoctlOutcome::Done { result: v as i32, out }
             }
-            Err(e) => {
-                if e == PRIVATE_MEMORY_ERRNO && io.cmd == VFIO_IOMMU_MAP_DMA {
-                    Registry::tell_preload(open, fh, "VFIO_IOMMU_MAP_DMA of private (anonymous) memory");
-                }
-                IoctlOutcome::Error(e)
-            }
+            Err(e) => IoctlOutcome::Error(e),
         }
     }
 }
@@ -459,7 +476,10 @@ impl CuseDevice for GroupDevice {
             VFIO_GROUP_SET_CONTAINER => match fixed_step(io, 4, 0, limit) {
                 Step::Ready(bytes) => {
                     let fd = i32::from_ne_bytes(bytes.try_into().unwrap_or([0xff; 4]));
-                    (BufferArg::new(bytes.to_vec()), 0, Some(self.reg.resolve_fd(caller, fd)))
+                    match self.reg.resolve_fd(caller, fd) {
+                        Ok(target) => (BufferArg::new(bytes.to_vec()), 0, Some(target)),
+                        Err(e) => return IoctlOutcome::Error(e),
+                    }
                 }
                 Step::Reply(r) => return r,
             },

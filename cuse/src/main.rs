@@ -8,7 +8,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use clap::Parser;
-use log::{error, info};
+use log::{error, info, warn};
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::ForkResult;
 use std::io::{Read, Write};
@@ -120,20 +120,23 @@ impl<D: vfio_shim_cuse::CuseDevice + 'static> Served for Session<D> {
 }
 
 /// Serves every (initialised) session until a stop signal, or until one of them ends (its
-/// connection aborted), which stops the others: the nodes live and die together.
+/// connection aborted): the nodes live and die together. `sessions[0]` (the container) stops
+/// last: a group worker resolving a `SET_CONTAINER` waits on the container's workers (the
+/// identify ioctl, or the release of its duplicate of the caller's fd), so the groups are
+/// stopped and joined first.
 fn run_sessions(sessions: &[&dyn Served], ready: Option<std::fs::File>, stop_signals: SigSet) -> Result<(), String> {
     if let Some(mut w) = ready {
         // The parent exits 0 on this byte; a child that dies before it makes the parent fail.
         let _ = w.write_all(b"1");
     }
-    let stoppers: Vec<Stopper> = sessions.iter().map(|s| s.stopper()).collect();
-    let on_signal = stoppers.clone();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let on_signal = stop_tx.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || match stop_signals.wait() {
             Ok(sig) => {
                 info!("{sig}: stopping");
-                on_signal.iter().for_each(Stopper::stop);
+                let _ = on_signal.send(());
             }
             Err(e) => error!("sigwait: {}", e.desc()),
         })
@@ -143,15 +146,25 @@ fn run_sessions(sessions: &[&dyn Served], ready: Option<std::fs::File>, stop_sig
         let handles: Vec<_> = sessions
             .iter()
             .map(|s| {
-                let stoppers = &stoppers;
+                let done = stop_tx.clone();
                 scope.spawn(move || {
                     let r = s.run();
-                    stoppers.iter().for_each(Stopper::stop);
+                    let _ = done.send(());
                     r
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("session panicked".into()))).collect()
+        let _ = stop_rx.recv();
+        let join = |h: std::thread::ScopedJoinHandle<'_, Result<(), String>>| {
+            h.join().unwrap_or_else(|_| Err("session panicked".into()))
+        };
+        let mut handles = handles.into_iter();
+        let container = handles.next();
+        sessions[1..].iter().for_each(|s| s.stopper().stop());
+        let mut results: Vec<Result<(), String>> = handles.map(join).collect();
+        sessions[0].stopper().stop();
+        results.extend(container.map(join));
+        results
     });
     info!("stopped");
     results.into_iter().collect()
@@ -162,24 +175,20 @@ fn run_sessions(sessions: &[&dyn Served], ready: Option<std::fs::File>, stop_sig
 /// /proc/<pid>/maps of another user: CAP_SYS_PTRACE), /proc/<pid>/map_files
 /// (CAP_CHECKPOINT_RESTORE), reopening a caller's shared memory file whatever its mode
 /// (CAP_DAC_READ_SEARCH), and pinning it without being charged (CAP_IPC_LOCK). Everything else,
-/// CAP_SYS_ADMIN included, goes, with no-new-privs. Runs before any worker thread exists.
+/// CAP_SYS_ADMIN included, goes (from the bounding set too when we hold CAP_SETPCAP), with
+/// no-new-privs. Runs before any worker thread exists.
 fn drop_privileges() -> Result<(), String> {
     use vfio_shim_sys::privileges::*;
     let keep = [CAP_SYS_PTRACE, CAP_CHECKPOINT_RESTORE, CAP_DAC_READ_SEARCH, CAP_IPC_LOCK]
         .iter()
         .fold(0u64, |m, c| m | (1 << c));
-    match keep_only(keep) {
-        Ok(()) => {
-            info!("capabilities: kept {:#x} (ptrace, checkpoint_restore, dac_read_search, ipc_lock)", keep);
-            Ok(())
-        }
-        // Started without the privilege to drop privileges (no CAP_SETPCAP): nothing to drop.
-        Err(nix::errno::Errno::EPERM) => {
-            info!("capabilities: cannot change them (no CAP_SETPCAP); running with what we were given");
-            Ok(())
-        }
-        Err(e) => Err(format!("dropping capabilities: {}", e.desc())),
+    let kept = keep_only(keep).map_err(|e| format!("dropping capabilities: {}", e.desc()))?;
+    if kept != keep {
+        warn!("capabilities: started without some of {keep:#x}; kept {kept:#x}: some clients may be refused");
+    } else {
+        info!("capabilities: kept {kept:#x} (ptrace, checkpoint_restore, dac_read_search, ipc_lock), no-new-privs");
     }
+    Ok(())
 }
 
 /// `vfio/vfio` -> `vfio/<n>`; a name without a directory -> `<n>`.

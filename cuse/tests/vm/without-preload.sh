@@ -46,7 +46,7 @@ caps=\$(grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/\$(pgrep -x vfio-shim-cuse)/
 # CAP_DAC_READ_SEARCH, CAP_IPC_LOCK, CAP_SYS_PTRACE, CAP_CHECKPOINT_RESTORE only, no-new-privs
 [ "\$caps" = "CapEff: 0000010000084004 CapBnd: 0000010000084004 NoNewPrivs: 1 " ]; res \$? "daemon dropped privileges (\$caps)"
 
-timeout 120 python3 "$root/cuse/tests/vm/node_groups.py" "\$VFIO_TEST_EDU" "\$edu_group"
+timeout 120 python3 "$root/cuse/tests/vm/node_groups.py" "\$VFIO_TEST_EDU" "\$edu_group" "$out/node"
 grep -q "needs the preload" "$out/node/daemon-1.log"; res \$? "daemon logged the load-the-preload line"
 
 for c in $clients; do
@@ -89,8 +89,8 @@ bash "$root/compat-tests/scripts/vm.sh" cdev-only "$out/node" -- bash "$out/gues
   2>"$out/node/vm.stderr" | tee "$out/summary.txt" || true
 ok=$(grep -c '^ok ' "$out/summary.txt" || true)
 bad=$(grep -c '^FAIL' "$out/summary.txt" || true)
-# 21 node_groups checks, 4 setup lines, 5 clients, nobody, 3 kill -9 and 3 restart/stop lines.
-want=37
+# 22 node_groups checks, 4 setup lines, 5 clients, nobody, 3 kill -9 and 3 restart/stop lines.
+want=38
 [ $(( ok + bad )) -ge "$want" ] || { bad=$(( bad + want - ok - bad )); tail -n 20 "$out/node/vm.stderr" >&2; }
 echo "cuse-node: $ok passed, $bad failed"
 [ "$bad" = 0 ]

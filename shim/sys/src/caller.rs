@@ -6,8 +6,9 @@
 //! uninterruptibly, even against SIGKILL (fs/fuse/dev.c:745-749), so its thread cannot be
 //! reaped and its id cannot be reused meanwhile. On top of that, [`CallerProcess::open`] pins
 //! the thread with a pidfd, opens `/proc/<tid>` and then checks through the pidfd that the
-//! thread is still the one it names, the usual pidfd idiom: everything after that is read
-//! relative to that directory fd.
+//! thread is still the one it names, the usual pidfd idiom: its `/proc` files are read
+//! relative to that directory fd. What is addressed by thread id (`process_vm_readv`,
+//! `capget`, `prlimit`) relies on the first guarantee alone.
 
 use std::fs::File;
 use std::io::Read;
@@ -36,6 +37,17 @@ pub struct CallerProcess {
     proc_dir: OwnedFd,
     /// `/proc/<tid>/maps`, for `PROCMAP_QUERY`; it names the mm the thread had at open.
     maps: OwnedFd,
+}
+
+/// A caller's map, resolved ahead (see [`CallerProcess::prepare_map`]); errors are kept to be
+/// reported where type1 would report them (after its own checks).
+#[derive(Debug)]
+pub struct PreparedMap {
+    pub vaddr: u64,
+    pub length: u64,
+    pub write: bool,
+    pub backing: Result<SharedBacking, Errno>,
+    pub memlock: Result<Memlock, Errno>,
 }
 
 /// The file and offset behind a range of a caller's shared mapping.
@@ -71,6 +83,13 @@ impl CallerProcess {
             .and_then(|v| v.trim().parse().ok())
             .ok_or(Errno::EIO)?;
         Ok(me)
+    }
+
+    /// Whether the thread's user namespace is the daemon's (the initial one, where it runs).
+    fn in_initial_user_ns(&self) -> Result<bool, Errno> {
+        let theirs = nix::sys::stat::fstatat(&self.proc_dir, "ns/user", nix::fcntl::AtFlags::empty())?;
+        let ours = nix::sys::stat::stat("/proc/self/ns/user")?;
+        Ok((theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino))
     }
 
     /// Whether this is still the live thread it was opened for, with the memory it had then:
@@ -136,14 +155,43 @@ impl CallerProcess {
                 break; // a hole
             }
             at = v.end;
+            // Stop at the first VMA that decides the answer (no walk over a huge range).
+            let fits = v.shared && v.has_file && v.readable && (v.writable || !write);
             vmas.push(v);
+            if !fits {
+                break;
+            }
         }
         let (first, offset) = covering_shared_file(&vmas, vaddr, length, write)?;
         let name = format!("map_files/{:x}-{:x}", first.start, first.end);
+        // O_PATH first: no ->open of a file system we have not checked (a FUSE file's server
+        // could keep the daemon waiting). Only shmem and hugetlbfs can back IOMMU_IOAS_MAP_FILE
+        // anyway (mm/gup.c memfd_pin_folios).
+        let path = openat(self.proc_dir.as_fd(), name.as_str(), OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())?;
+        let fs = nix::sys::statfs::fstatfs(&path)?;
+        let magic = fs.filesystem_type();
+        if magic != nix::sys::statfs::TMPFS_MAGIC && magic != nix::sys::statfs::HUGETLBFS_MAGIC {
+            return Err(PRIVATE_MEMORY_ERRNO);
+        }
+        // The caller may have replaced the mapping since it was queried: the file must be the
+        // one the VMA named, and the VMA must still be there.
+        let st = nix::sys::stat::fstat(&path)?;
+        let (major, minor) = first.dev;
+        if st.st_ino != first.inode || st.st_dev != libc::makedev(major, minor) || self.vma_at(vaddr)?.as_ref() != Some(first) {
+            return Err(Errno::EAGAIN);
+        }
         // IOMMU_IOAS_MAP_FILE ignores the file's open mode (io_pagetable.c:519); the caller's
         // own mapping was checked writable above when the device may write.
-        let file = openat(self.proc_dir.as_fd(), name.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
+        let reopen = format!("/proc/self/fd/{}", path.as_raw_fd());
+        let file = nix::fcntl::open(reopen.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
         Ok(SharedBacking { file, offset })
+    }
+
+    /// Everything a map of `[vaddr, vaddr + length)` needs from the caller, gathered before
+    /// the daemon takes its lock: see [`CallerProcess::shared_backing`] and
+    /// [`CallerProcess::memlock`].
+    pub fn prepare_map(&self, vaddr: u64, length: u64, write: bool) -> PreparedMap {
+        PreparedMap { vaddr, length, write, backing: self.shared_backing(vaddr, length, write), memlock: self.memlock() }
     }
 
     fn read_proc(&self, name: &str) -> Result<String, Errno> {
@@ -163,7 +211,9 @@ impl CallerProcess {
         // SAFETY: capget writes two `__user_cap_data_struct`s into `data`, as version 3 asks.
         let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
         Errno::result(rc)?;
-        let capable = data[0].effective & (1 << CAP_IPC_LOCK) != 0;
+        // type1 asks capable(CAP_IPC_LOCK), in the initial user namespace; capget answers
+        // relative to the caller's own.
+        let capable = data[0].effective & (1 << CAP_IPC_LOCK) != 0 && self.in_initial_user_ns()?;
         let mut rlim = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: prlimit64 reads the limit into `rlim`; no new limit is passed (NULL).
         let rc = unsafe { libc::prlimit64(tid, libc::RLIMIT_MEMLOCK, std::ptr::null(), &mut rlim) };

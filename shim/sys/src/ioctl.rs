@@ -579,6 +579,29 @@ pub fn device_dma_buf(
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The device number of `file` if it is a character device, from the attributes the kernel
+/// holds (`statx` with `AT_STATX_DONT_SYNC`: a FUSE file's server is not asked).
+pub fn char_device_of(file: BorrowedFd<'_>) -> Result<Option<u64>, Errno> {
+    // SAFETY: an all-zero statx is a valid value of the plain-data struct.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: `c""` is a valid empty C string; with AT_EMPTY_PATH statx describes `file`
+    // itself and writes only into `stx`.
+    let rc = unsafe {
+        libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC,
+            libc::STATX_TYPE,
+            &mut stx,
+        )
+    };
+    Errno::result(rc)?;
+    if u32::from(stx.stx_mode) & libc::S_IFMT != libc::S_IFCHR {
+        return Ok(None);
+    }
+    Ok(Some(libc::makedev(stx.stx_rdev_major, stx.stx_rdev_minor)))
+}
+
 /// `VFIO_SHIM_CUSE_IDENTIFY` on a file of vfio-shim's own CUSE container node: the open's
 /// file handle in the daemon. Only ever issued on a file whose device number was checked to be
 /// that node, since another driver could give the number another meaning.

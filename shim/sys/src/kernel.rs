@@ -16,7 +16,7 @@ use vfio_shim::backend::{
     Backend, DeviceHandle, GroupDevice, IoasGeometry, IoasId, IommufdId, IovaRange, Prot,
 };
 
-use crate::caller::CallerProcess;
+use crate::caller::{CallerProcess, PreparedMap};
 use crate::ioctl::{self, HwInfo};
 use crate::vtd::{self, VtdBootParams};
 
@@ -43,6 +43,13 @@ struct Device {
     attached: Option<IoasId>,
 }
 
+/// Whose memory `ioas_map` maps while a CUSE daemon serves a caller.
+pub struct MemoryOwner {
+    pub caller: Arc<CallerProcess>,
+    /// The map of the request being served, resolved ahead.
+    pub prepared: Option<PreparedMap>,
+}
+
 /// Real `/dev/iommu` contexts and `/dev/vfio/devices/vfioN` cdevs, addressed by handles that
 /// are never reused (fd numbers are).
 pub struct KernelBackend {
@@ -54,7 +61,7 @@ pub struct KernelBackend {
     vtd_params: Option<VtdBootParams>,
     /// Set while a CUSE daemon serves a client's ioctl: maps then pin that caller's shared
     /// memory by file (`IOMMU_IOAS_MAP_FILE`) instead of this process's memory by address.
-    memory_owner: Option<Arc<CallerProcess>>,
+    memory_owner: Option<MemoryOwner>,
     /// Pages pinned for CUSE callers, charged as type1 charges them (per process, against its
     /// RLIMIT_MEMLOCK), since the daemon's own pins are charged to the daemon.
     caller_charges: BTreeMap<(IommufdId, IoasId, u64), (u32, u64)>,
@@ -90,7 +97,7 @@ impl KernelBackend {
 
     /// Whose memory `ioas_map` addresses refer to: `None` (the default) for this process's,
     /// `Some(caller)` for a CUSE caller's. Returns the previous owner.
-    pub fn set_memory_owner(&mut self, owner: Option<Arc<CallerProcess>>) -> Option<Arc<CallerProcess>> {
+    pub fn set_memory_owner(&mut self, owner: Option<MemoryOwner>) -> Option<MemoryOwner> {
         std::mem::replace(&mut self.memory_owner, owner)
     }
 
@@ -308,11 +315,14 @@ impl Backend for KernelBackend {
         if prot.write {
             flags |= ioctl::IOMMU_IOAS_MAP_WRITEABLE;
         }
-        if let Some(owner) = &self.memory_owner {
+        if let Some(owner) = self.memory_owner.as_mut() {
             // The daemon cannot pin another process's memory by address (IOMMU_IOAS_MAP pins
-            // current->mm); it maps the file behind a shared mapping instead.
-            let backing = owner.shared_backing(vaddr, length, prot.write)?;
-            let memlock = owner.memlock()?;
+            // current->mm); it maps the file behind a shared mapping instead, resolved ahead
+            // (outside the daemon's lock) when the glue could.
+            let prepared = owner.prepared.take().filter(|p| (p.vaddr, p.length, p.write) == (vaddr, length, prot.write));
+            let prepared = prepared.unwrap_or_else(|| owner.caller.prepare_map(vaddr, length, prot.write));
+            let backing = prepared.backing?;
+            let memlock = prepared.memlock?;
             let page = page_size();
             let pages = length.div_ceil(page);
             let charged = self.charged_pages.get(&memlock.tgid).copied().unwrap_or(0);

@@ -34,14 +34,20 @@ fn last_cap() -> u32 {
         .unwrap_or(40)
 }
 
-/// Keeps only the capabilities in `keep` (a bit per capability number): every other one leaves
-/// the bounding set, and the effective and permitted sets become `keep` (the inheritable and
-/// ambient sets empty); no-new-privs is set, so nothing this process runs can regain any. The
-/// uid stays as it is. Process-wide only if called before any thread exists (capabilities are
-/// per thread).
-pub fn keep_only(keep: u64) -> Result<(), Errno> {
-    for cap in 0..=last_cap() {
-        if keep & (1 << cap) == 0 {
+/// Keeps only the capabilities in `keep` (a bit per capability number) that this process
+/// has: the effective and permitted sets become `keep & permitted`, the inheritable and ambient
+/// sets empty, no-new-privs is set (nothing this process runs can regain anything), and, with
+/// CAP_SETPCAP, every other capability leaves the bounding set too. Returns what was kept. The
+/// uid stays as it is. Capabilities are per thread: call before any thread exists.
+pub fn keep_only(keep: u64) -> Result<u64, Errno> {
+    keep_only_up_to(keep, last_cap())
+}
+
+fn keep_only_up_to(keep: u64, last_cap: u32) -> Result<u64, Errno> {
+    let (_, permitted) = sets()?;
+    let keep = keep & permitted;
+    if permitted & (1 << CAP_SETPCAP) != 0 {
+        for cap in (0..=last_cap).filter(|c| keep & (1 << c) == 0) {
             // SAFETY: prctl with integer arguments only.
             let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
             Errno::result(rc)?;
@@ -51,8 +57,7 @@ pub fn keep_only(keep: u64) -> Result<(), Errno> {
     let rc = unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0) };
     Errno::result(rc)?;
     let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
-    let lo = keep as u32;
-    let hi = (keep >> 32) as u32;
+    let (lo, hi) = (keep as u32, (keep >> 32) as u32);
     let data = [
         CapData { effective: lo, permitted: lo, inheritable: 0 },
         CapData { effective: hi, permitted: hi, inheritable: 0 },
@@ -62,17 +67,24 @@ pub fn keep_only(keep: u64) -> Result<(), Errno> {
     Errno::result(rc)?;
     // SAFETY: prctl with integer arguments only.
     let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-    Errno::result(rc).map(drop)
+    Errno::result(rc)?;
+    Ok(keep)
 }
 
-/// The calling thread's effective set, as a bit per capability.
-pub fn effective() -> Result<u64, Errno> {
+/// The calling thread's (effective, permitted) sets.
+fn sets() -> Result<(u64, u64), Errno> {
     let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
     let mut data = [CapData::default(); 2];
     // SAFETY: capget writes two data structs (version 3) into `data`.
     let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
     Errno::result(rc)?;
-    Ok(u64::from(data[0].effective) | (u64::from(data[1].effective) << 32))
+    let join = |lo: u32, hi: u32| u64::from(lo) | (u64::from(hi) << 32);
+    Ok((join(data[0].effective, data[1].effective), join(data[0].permitted, data[1].permitted)))
+}
+
+/// The calling thread's effective set, as a bit per capability.
+pub fn effective() -> Result<u64, Errno> {
+    sets().map(|(e, _)| e)
 }
 
 #[cfg(test)]
@@ -81,17 +93,19 @@ mod tests {
 
     #[test]
     fn keeping_a_subset_in_a_child() {
-        // In a child process: the test runner's own capabilities stay as they are.
-        // SAFETY: the child only makes syscalls and exits with _exit.
+        // In a child process, so the test runner keeps its capabilities. The child only makes
+        // syscalls (no allocation after fork in a multi-threaded runner): `last_cap` is read
+        // before.
+        let last = last_cap();
+        // SAFETY: the child runs only syscalls and _exit (see above).
         match unsafe { nix::unistd::fork() }.unwrap() {
             nix::unistd::ForkResult::Child => {
                 let before = effective().unwrap_or(0);
-                let keep = before & (1 << CAP_SYS_PTRACE);
-                // Without CAP_SETPCAP the bounding set cannot shrink: EPERM, nothing dropped.
-                let ok = if before & (1 << CAP_SETPCAP) != 0 {
-                    keep_only(keep).is_ok() && effective() == Ok(keep)
-                } else {
-                    keep_only(keep) == Err(Errno::EPERM)
+                let want = (1 << CAP_SYS_PTRACE) | (1u64 << 62); // 62: no such capability
+                let ok = match keep_only_up_to(want, last) {
+                    // Only what we had is kept, and it is all that is left.
+                    Ok(kept) => kept == before & want & !(1u64 << 62) && effective() == Ok(kept),
+                    Err(_) => false,
                 };
                 // SAFETY: _exit is async-signal-safe.
                 unsafe { libc::_exit(if ok { 0 } else { 1 }) }
