@@ -1,7 +1,7 @@
 """Checks of vfio-shim-cuse's container and group nodes WITHOUT the preload, in the cdev-only
 guest (no kernel VFIO groups): what the daemon serves for a client and the documented errno for
 what only the preload can do (docs/cuse.md). Prints one ok/FAIL line per check.
-Usage: node_groups.py <edu-bdf> <edu-group> <dir on a disk-backed file system>"""
+Usage: node_groups.py <edu-bdf> <edu-group> <dir on a file system other than tmpfs/hugetlbfs>"""
 import ctypes, errno, fcntl, mmap, os, struct, sys
 
 VFIO_SET_IOMMU, VFIO_TYPE1v2 = 0x3B66, 3
@@ -90,15 +90,19 @@ private[0:1] = b"x"
 r = dma_map(cfd, 0x300000, private)
 check("MAP_DMA of private anonymous memory is the documented errno", r[1] == NOT_WITHOUT_PRELOAD,
       errno.errorcode.get(r[1], str(r)))
-# A shared mapping of a file on a disk-backed (here: host-shared) file system: IOMMU_IOAS_MAP_FILE
-# takes only shmem and hugetlbfs; the daemon refuses before opening the file for real.
-disk_path = os.path.join(sys.argv[3], "disk-file")
-with open(disk_path, "wb") as f:
+# A shared mapping of a file that is neither shmem nor hugetlbfs (argv[3]: a ramfs directory,
+# standing in for a disk file system): IOMMU_IOAS_MAP_FILE pins only those two, and the daemon
+# refuses before opening the file for real.
+other_path = os.path.join(sys.argv[3], "not-shmem")
+with open(other_path, "wb") as f:
     f.truncate(4096)
-dfd = os.open(disk_path, os.O_RDWR)
-dm = mmap.mmap(dfd, 4096, flags=mmap.MAP_SHARED)
-r = dma_map(cfd, 0x400000, dm)
-check("MAP_DMA of a shared disk-file mapping is the documented errno", r[1] == NOT_WITHOUT_PRELOAD,
+dfd = os.open(other_path, os.O_RDWR)
+try:
+    dm = mmap.mmap(dfd, 4096, flags=mmap.MAP_SHARED)
+    r = dma_map(cfd, 0x400000, dm)
+except OSError as e:
+    r = ("mmap failed", e.errno)
+check("MAP_DMA of a shared non-shmem file mapping is the documented errno", r[1] == NOT_WITHOUT_PRELOAD,
       errno.errorcode.get(r[1], str(r)))
 os.close(dfd)
 r, size = dma_unmap(cfd, 0x100000)

@@ -46,7 +46,8 @@ caps=\$(grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/\$(pgrep -x vfio-shim-cuse)/
 # CAP_DAC_READ_SEARCH, CAP_IPC_LOCK, CAP_SYS_PTRACE, CAP_CHECKPOINT_RESTORE only, no-new-privs
 [ "\$caps" = "CapEff: 0000010000084004 CapBnd: 0000010000084004 NoNewPrivs: 1 " ]; res \$? "daemon dropped privileges (\$caps)"
 
-timeout 120 python3 "$root/cuse/tests/vm/node_groups.py" "\$VFIO_TEST_EDU" "\$edu_group" "$out/node"
+mkdir -p /run/vfio-shim-ramfs && mount -t ramfs none /run/vfio-shim-ramfs
+timeout 120 python3 "$root/cuse/tests/vm/node_groups.py" "\$VFIO_TEST_EDU" "\$edu_group" /run/vfio-shim-ramfs
 grep -q "needs the preload" "$out/node/daemon-1.log"; res \$? "daemon logged the load-the-preload line"
 
 for c in $clients; do
