@@ -119,6 +119,9 @@ impl Registry {
     }
 
     fn release(&self, fh: u64) {
+        // The pinned callers hold the last file each mapped: a container going away is a good
+        // time to let those go (the next map pins its caller again, a few syscalls).
+        self.callers.lock().unwrap_or_else(|e| e.into_inner()).clear();
         let mut inner = self.lock();
         let Some(open) = inner.opens.remove(&fh) else { return };
         match open.state {
@@ -200,6 +203,10 @@ impl Registry {
         }
         callers.insert(tid, Arc::clone(&c));
         Ok(c)
+    }
+
+    fn forget_caller(&self, tid: u32) {
+        self.callers.lock().unwrap_or_else(|e| e.into_inner()).remove(&tid);
     }
 
     fn tell_preload(open: &mut Open, fh: u64, what: &str) {
@@ -299,12 +306,21 @@ impl ContainerDevice {
         }
         let owner = match io.cmd {
             VFIO_IOMMU_MAP_DMA => {
-                let caller = self.reg.caller(caller.pid)?;
                 // Resolve the memory now, outside the lock (vaddr at 8, size at 24). A VADDR
                 // update maps nothing.
-                let prepared = (flags & u64::from(VFIO_DMA_MAP_FLAG_VADDR) == 0)
-                    .then(|| caller.prepare_map(word(8), word(24), flags & u64::from(VFIO_DMA_MAP_FLAG_WRITE) != 0));
-                Some(MemoryOwner { caller, prepared })
+                let prepare = |c: &CallerProcess| {
+                    (flags & u64::from(VFIO_DMA_MAP_FLAG_VADDR) == 0)
+                        .then(|| c.prepare_map(word(8), word(24), flags & u64::from(VFIO_DMA_MAP_FLAG_WRITE) != 0))
+                };
+                let mut pinned = self.reg.caller(caller.pid)?;
+                let mut prepared = prepare(&pinned);
+                if prepared.as_ref().is_some_and(|p| CallerProcess::is_stale(&p.backing)) {
+                    // The thread exec'd since it was pinned: pin it again.
+                    self.reg.forget_caller(caller.pid);
+                    pinned = self.reg.caller(caller.pid)?;
+                    prepared = prepare(&pinned);
+                }
+                Some(MemoryOwner { caller: pinned, prepared })
             }
             _ => None,
         };

@@ -13,6 +13,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, OFlag};
@@ -37,7 +38,13 @@ pub struct CallerProcess {
     proc_dir: OwnedFd,
     /// `/proc/<tid>/maps`, for `PROCMAP_QUERY`; it names the mm the thread had at open.
     maps: OwnedFd,
+    /// The last file mapped for this caller, checked (tmpfs or hugetlbfs), by its VMA's
+    /// `(dev, inode)`. One only: it keeps that file's memory alive while cached.
+    last_file: Mutex<Option<HeldFile>>,
 }
+
+/// A file held open for a caller: its VMA's `(dev, inode)` and the open file.
+type HeldFile = ((u32, u32), u64, Arc<OwnedFd>);
 
 /// A caller's map, resolved ahead (see [`CallerProcess::prepare_map`]); errors are kept to be
 /// reported where type1 would report them (after its own checks).
@@ -53,7 +60,7 @@ pub struct PreparedMap {
 /// The file and offset behind a range of a caller's shared mapping.
 #[derive(Debug)]
 pub struct SharedBacking {
-    pub file: OwnedFd,
+    pub file: Arc<OwnedFd>,
     pub offset: u64,
 }
 
@@ -75,7 +82,7 @@ impl CallerProcess {
             return Err(Errno::ESRCH);
         }
         let maps = openat(proc_dir.as_fd(), "maps", OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
-        let mut me = CallerProcess { tid, tgid: tid, pidfd, proc_dir, maps };
+        let mut me = CallerProcess { tid, tgid: tid, pidfd, proc_dir, maps, last_file: Mutex::new(None) };
         me.tgid = me
             .read_proc("status")?
             .lines()
@@ -92,11 +99,18 @@ impl CallerProcess {
         Ok((theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino))
     }
 
-    /// Whether this is still the live thread it was opened for, with the memory it had then:
-    /// `false` once the thread is gone (its id may name another thread now) or has exec'd.
+    /// Whether this is still the live thread it was opened for: `false` once it is gone (its
+    /// id may name another thread now). After an exec the thread lives on with a new mm, and
+    /// `PROCMAP_QUERY` on the old one is `ESRCH`: a caller then pins the thread again (see
+    /// [`CallerProcess::is_stale`]).
     pub fn is_current(&self) -> bool {
-        // After an exec the old mm has no users left: PROCMAP_QUERY on it is ESRCH.
-        thread_lives(self.pidfd.as_fd()) && self.vma_at(0).map_or_else(|e| e != Errno::ESRCH, |_| true)
+        thread_lives(self.pidfd.as_fd())
+    }
+
+    /// Whether a result from this pin says the thread's memory is not the one it had (`ESRCH`
+    /// from `PROCMAP_QUERY`: the mm it was opened on has gone, after an exec).
+    pub fn is_stale(result: &Result<SharedBacking, Errno>) -> bool {
+        matches!(result, Err(Errno::ESRCH))
     }
 
     pub fn tgid(&self) -> u32 {
@@ -163,6 +177,14 @@ impl CallerProcess {
             }
         }
         let (first, offset) = covering_shared_file(&vmas, vaddr, length, write)?;
+        let mut last = self.last_file.lock().unwrap_or_else(|e| e.into_inner());
+        // Same (dev, inode) as the file we hold open: the same file (the inode cannot be
+        // reused while we hold it), already checked.
+        if let Some((dev, inode, file)) = last.as_ref() {
+            if (*dev, *inode) == (first.dev, first.inode) {
+                return Ok(SharedBacking { file: Arc::clone(file), offset });
+            }
+        }
         let name = format!("map_files/{:x}-{:x}", first.start, first.end);
         // O_PATH first: no ->open of a file system we have not checked (a FUSE file's server
         // could keep the daemon waiting). Only shmem and hugetlbfs can back IOMMU_IOAS_MAP_FILE
@@ -183,7 +205,8 @@ impl CallerProcess {
         // IOMMU_IOAS_MAP_FILE ignores the file's open mode (io_pagetable.c:519); the caller's
         // own mapping was checked writable above when the device may write.
         let reopen = format!("/proc/self/fd/{}", path.as_raw_fd());
-        let file = nix::fcntl::open(reopen.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
+        let file = Arc::new(nix::fcntl::open(reopen.as_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?);
+        *last = Some((first.dev, first.inode, Arc::clone(&file)));
         Ok(SharedBacking { file, offset })
     }
 
@@ -477,6 +500,10 @@ mod tests {
         let shared = shared_mapping(&fd);
         let b = me.shared_backing(shared + 4096, 4096, true).unwrap();
         assert_eq!(b.offset, 4096);
+        // The same file again: the file held from the first time.
+        let again = me.shared_backing(shared, 4096, false).unwrap();
+        assert!(Arc::ptr_eq(&b.file, &again.file));
+        assert_eq!(again.offset, 0);
         let heap = Box::new([0u8; 64]);
         assert_eq!(me.shared_backing(heap.as_ptr() as u64, 64, true).unwrap_err(), PRIVATE_MEMORY_ERRNO);
         assert_eq!(me.shared_backing(8, 4096, false).unwrap_err(), Errno::EFAULT);
