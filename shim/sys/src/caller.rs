@@ -33,7 +33,7 @@ pub const PRIVATE_MEMORY_ERRNO: Errno = Errno::EOPNOTSUPP;
 pub struct CallerProcess {
     tid: u32,
     /// The process the thread belongs to: type1 charges pinned pages to its mm.
-    tgid: u32,
+    process: ProcessId,
     pidfd: OwnedFd,
     proc_dir: OwnedFd,
     /// `/proc/<tid>/maps`, for `PROCMAP_QUERY`; it names the mm the thread had at open.
@@ -82,13 +82,18 @@ impl CallerProcess {
             return Err(Errno::ESRCH);
         }
         let maps = openat(proc_dir.as_fd(), "maps", OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
-        let mut me = CallerProcess { tid, tgid: tid, pidfd, proc_dir, maps, last_file: Mutex::new(None) };
-        me.tgid = me
+        let process = ProcessId { tgid: tid, start_time: 0 };
+        let mut me = CallerProcess { tid, process, pidfd, proc_dir, maps, last_file: Mutex::new(None) };
+        let tgid = me
             .read_proc("status")?
             .lines()
             .find_map(|l| l.strip_prefix("Tgid:"))
             .and_then(|v| v.trim().parse().ok())
             .ok_or(Errno::EIO)?;
+        // The leader's start time makes the id unique over time: the leader lives as long as
+        // the process (our thread is pinned, so its group is), and a recycled pid starts later.
+        let stat = std::fs::read_to_string(format!("/proc/{tgid}/stat")).map_err(|e| e.raw_os_error().map_or(Errno::EIO, Errno::from_raw))?;
+        me.process = ProcessId { tgid, start_time: parse_start_time(&stat).ok_or(Errno::EIO)? };
         Ok(me)
     }
 
@@ -114,7 +119,7 @@ impl CallerProcess {
     }
 
     pub fn tgid(&self) -> u32 {
-        self.tgid
+        self.process.tgid
     }
 
     /// The VMA covering `addr` (`PROCMAP_QUERY`, no text to parse), `None` when unmapped.
@@ -252,7 +257,7 @@ impl CallerProcess {
             None => 0,
             Some(_) => parse_vm_lck(&self.read_proc("status")?).ok_or(Errno::EIO)?,
         };
-        Ok(Memlock { tgid: self.tgid, locked, limit })
+        Ok(Memlock { process: self.process, locked, limit })
     }
 
     /// Copies `buf.len()` bytes of the caller's memory at `addr`: see [`read_thread_memory`].
@@ -316,11 +321,25 @@ fn transfer(tid: u32, addr: u64, local: *mut u8, len: usize, write: bool) -> Res
     }
 }
 
+/// A process, unique over time: its pid and its start time (in clock ticks since boot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcessId {
+    pub tgid: u32,
+    pub start_time: u64,
+}
+
+/// Field 22 (`starttime`) of `/proc/<pid>/stat`; the command name (field 2) may hold spaces
+/// and parentheses, so fields are counted after its last `)`.
+pub fn parse_start_time(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// A caller's memory-locking state, as type1 sees it at `MAP_DMA`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Memlock {
-    /// The process (thread group) the pages are charged to: type1 charges `dma->mm`.
-    pub tgid: u32,
+    /// The process the pages are charged to: type1 charges `dma->mm`.
+    pub process: ProcessId,
     /// `VmLck`: the process's `mm->locked_vm` in bytes (its own mlocks).
     pub locked: u64,
     /// The soft RLIMIT_MEMLOCK in bytes; `None` when unlimited or the thread has CAP_IPC_LOCK.
@@ -486,7 +505,11 @@ mod tests {
         // This process, for real: same tgid; a limit unless capable or unlimited.
         let me = CallerProcess::open(std::process::id()).unwrap();
         let m = me.memlock().unwrap();
-        assert_eq!(m.tgid, std::process::id());
+        assert_eq!(m.process.tgid, std::process::id());
+        assert!(m.process.start_time > 0);
+        let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 1000 10";
+        assert_eq!(parse_start_time(stat), Some(123456));
+        assert_eq!(parse_start_time("42 (x) S 1"), None);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use vfio_shim::backend::{
     Backend, DeviceHandle, GroupDevice, IoasGeometry, IoasId, IommufdId, IovaRange, Prot,
 };
 
-use crate::caller::{CallerProcess, PreparedMap};
+use crate::caller::{CallerProcess, PreparedMap, ProcessId};
 use crate::ioctl::{self, HwInfo};
 use crate::vtd::{self, VtdBootParams};
 
@@ -64,8 +64,8 @@ pub struct KernelBackend {
     memory_owner: Option<MemoryOwner>,
     /// Pages pinned for CUSE callers, charged as type1 charges them (per process, against its
     /// RLIMIT_MEMLOCK), since the daemon's own pins are charged to the daemon.
-    caller_charges: BTreeMap<(IommufdId, IoasId, u64), (u32, u64)>,
-    charged_pages: HashMap<u32, u64>,
+    caller_charges: BTreeMap<(IommufdId, IoasId, u64), (ProcessId, u64)>,
+    charged_pages: HashMap<ProcessId, u64>,
 }
 
 impl Default for KernelBackend {
@@ -172,12 +172,12 @@ impl KernelBackend {
             .filter(|(k, _)| ioas.is_none_or(|i| k.1 == i) && (iova..=last).contains(&k.2))
             .map(|(k, v)| (*k, *v))
             .collect();
-        for (k, (tgid, pages)) in gone {
+        for (k, (process, pages)) in gone {
             self.caller_charges.remove(&k);
-            if let Some(n) = self.charged_pages.get_mut(&tgid) {
+            if let Some(n) = self.charged_pages.get_mut(&process) {
                 *n = n.saturating_sub(pages);
                 if *n == 0 {
-                    self.charged_pages.remove(&tgid);
+                    self.charged_pages.remove(&process);
                 }
             }
         }
@@ -325,7 +325,7 @@ impl Backend for KernelBackend {
             let memlock = prepared.memlock?;
             let page = page_size();
             let pages = length.div_ceil(page);
-            let charged = self.charged_pages.get(&memlock.tgid).copied().unwrap_or(0);
+            let charged = self.charged_pages.get(&memlock.process).copied().unwrap_or(0);
             if let Some(limit) = memlock.limit {
                 // vfio_pin_pages_remote: `mm->locked_vm + npage > limit` is ENOMEM.
                 if memlock.locked / page + charged + pages > limit / page {
@@ -333,8 +333,8 @@ impl Backend for KernelBackend {
                 }
             }
             ioctl::ioas_map_file(self.iommufd(ctx)?, ioas.0, flags, backing.file.as_fd(), backing.offset, length, iova)?;
-            self.caller_charges.insert((ctx, ioas, iova), (memlock.tgid, pages));
-            *self.charged_pages.entry(memlock.tgid).or_default() += pages;
+            self.caller_charges.insert((ctx, ioas, iova), (memlock.process, pages));
+            *self.charged_pages.entry(memlock.process).or_default() += pages;
             return Ok(());
         }
         match ioctl::ioas_map(self.iommufd(ctx)?, ioas.0, flags, vaddr, length, iova) {
