@@ -25,7 +25,7 @@ use nix::errno::Errno;
 use vfio_shim::abi::*;
 use vfio_shim::arg::BufferArg;
 use vfio_shim::{ContainerId, FdTarget, GroupId, GroupReply, Shim};
-use vfio_shim_sys::caller::{read_thread_memory, write_thread_memory, CallerProcess, PRIVATE_MEMORY_ERRNO};
+use vfio_shim_sys::caller::{read_thread_memory, write_thread_memory, CallerProcess, PreparedMap, PRIVATE_MEMORY_ERRNO};
 use vfio_shim_sys::kernel::MemoryOwner;
 use vfio_shim_sys::{ioctl as sys, KernelBackend};
 
@@ -48,8 +48,9 @@ enum Node {
 enum OpenState {
     /// A container node opened, no VFIO ioctl yet.
     Fresh,
-    /// The preload serves it in-process.
-    Adopted,
+    /// The preload serves it in-process. An adopted group node keeps its idle group open in
+    /// the core: that holds type1's one-opener slot for the group across every process.
+    Adopted(Option<GroupId>),
     Container(ContainerId),
     Group(GroupId),
 }
@@ -107,7 +108,7 @@ impl Registry {
     /// Opens currently alive, and how many of them are adopted (tests, logs).
     pub fn counts(&self) -> (usize, usize) {
         let inner = self.lock();
-        let adopted = inner.opens.values().filter(|o| matches!(o.state, OpenState::Adopted)).count();
+        let adopted = inner.opens.values().filter(|o| matches!(o.state, OpenState::Adopted(_))).count();
         (inner.opens.len(), adopted)
     }
 
@@ -126,8 +127,8 @@ impl Registry {
         let Some(open) = inner.opens.remove(&fh) else { return };
         match open.state {
             OpenState::Container(id) => inner.shim.close_container(id),
-            OpenState::Group(id) => inner.shim.close_group(id),
-            OpenState::Fresh | OpenState::Adopted => {}
+            OpenState::Group(id) | OpenState::Adopted(Some(id)) => inner.shim.close_group(id),
+            OpenState::Fresh | OpenState::Adopted(None) => {}
         }
         debug!("release fh {fh} ({:?}, opened by pid {})", open.node, open.pid);
     }
@@ -137,15 +138,14 @@ impl Registry {
         let mut inner = self.lock();
         let Inner { shim, opens, .. } = &mut *inner;
         let Some(open) = opens.get_mut(&fh) else { return IoctlOutcome::Error(Errno::EBADF) };
-        match open.state {
-            OpenState::Fresh => {}
+        open.state = match open.state {
+            OpenState::Fresh => OpenState::Adopted(None),
             // A group is opened here at open(2) (for type1's one-opener rule) but holds
             // nothing until SET_CONTAINER: it can still be handed over.
-            OpenState::Group(id) if shim.group_is_idle(id) => shim.close_group(id),
+            OpenState::Group(id) if shim.group_is_idle(id) => OpenState::Adopted(Some(id)),
             // Too late: the daemon already serves it.
             _ => return IoctlOutcome::Error(Errno::EBUSY),
-        }
-        open.state = OpenState::Adopted;
+        };
         info!("fh {fh} ({:?}): adopted by the preload in pid {}", open.node, caller.pid);
         IoctlOutcome::Done { result: ADOPT_PROTOCOL, out: Vec::new() }
     }
@@ -314,7 +314,7 @@ impl ContainerDevice {
                 };
                 let mut pinned = self.reg.caller(caller.pid)?;
                 let mut prepared = prepare(&pinned);
-                if prepared.as_ref().is_some_and(|p| CallerProcess::is_stale(&p.backing)) {
+                if prepared.as_ref().is_some_and(PreparedMap::mm_gone) {
                     // The thread exec'd since it was pinned: pin it again.
                     self.reg.forget_caller(caller.pid);
                     pinned = self.reg.caller(caller.pid)?;
@@ -362,8 +362,8 @@ impl CuseDevice for ContainerDevice {
             Ok(d) => d,
             Err(e) => return IoctlOutcome::Error(e),
         };
-        let (mut mem, out_len) = match (&direct, Self::spec(io.cmd)) {
-            (Some(d), _) => (BufferArg::new(d.bytes.clone()), 0),
+        let (mut mem, out_len) = match (&mut direct, Self::spec(io.cmd)) {
+            (Some(d), _) => (BufferArg::new(std::mem::take(&mut d.bytes)), 0),
             (None, None) => (BufferArg::default(), 0),
             (None, Some(spec)) => {
                 let extra = |a: &ArgszArg<'_>| Self::bitmap_range(io.cmd, a, limit);
@@ -394,7 +394,7 @@ impl CuseDevice for ContainerDevice {
             let id = match open.state {
                 // An adopted open is the preload's: its ioctls never come here (a process that
                 // received the fd without the preload would be talking to a container it cannot see).
-                OpenState::Adopted => return IoctlOutcome::Error(Errno::EBADFD),
+                OpenState::Adopted(_) => return IoctlOutcome::Error(Errno::EBADFD),
                 OpenState::Container(id) => id,
                 OpenState::Fresh => match shim.open_container() {
                     Ok(id) => {
@@ -452,7 +452,7 @@ impl GroupDevice {
     fn group_of(&self, inner: &Inner, fh: u64) -> Result<GroupId, Errno> {
         match inner.opens.get(&fh).map(|o| &o.state) {
             Some(OpenState::Group(id)) => Ok(*id),
-            Some(OpenState::Adopted) => Err(Errno::EBADFD),
+            Some(OpenState::Adopted(_)) => Err(Errno::EBADFD),
             _ => Err(Errno::EBADF),
         }
     }
@@ -464,13 +464,6 @@ impl CuseDevice for GroupDevice {
     /// opens included.
     fn open(&self, caller: &Caller, _flags: u32) -> Result<u64, Errno> {
         let mut inner = self.reg.lock();
-        let adopted_elsewhere = inner
-            .opens
-            .values()
-            .any(|o| o.node == Node::Group(self.number) && matches!(o.state, OpenState::Adopted));
-        if adopted_elsewhere {
-            return Err(Errno::EBUSY);
-        }
         let id = inner.shim.open_group(self.number)?;
         let fh = Registry::insert(&mut inner, caller.pid, Node::Group(self.number), OpenState::Group(id));
         debug!("open group {} fh {fh} by pid {} uid {}", self.number, caller.pid, caller.uid);

@@ -78,12 +78,17 @@ fn dup_fd(fd: c_int, cloexec: bool) -> Result<c_int, Errno> {
     if new < 0 {
         return Err(Errno::last());
     }
-    if new as usize >= table::MAX_FDS {
+    in_table(new)
+}
+
+/// `fd`, just made by us, if the fd table can hold it; else it is closed again (EMFILE).
+fn in_table(fd: c_int) -> Result<c_int, Errno> {
+    if fd as usize >= table::MAX_FDS {
         // SAFETY: closing the descriptor just created.
-        unsafe { (real().close)(new) };
+        unsafe { (real().close)(fd) };
         return Err(Errno::EMFILE);
     }
-    Ok(new)
+    Ok(fd)
 }
 
 /// Whether the character device `rdev` is a CUSE node (`/sys/dev/char/M:m` leads to
@@ -213,10 +218,29 @@ impl State {
         if self.inherited.remove(&obj) {
             return;
         }
+        self.release(obj);
+    }
+
+    /// Drops the core's object (its last fd is gone, or none could be made for it).
+    fn release(&mut self, obj: Object) {
         match obj {
             Object::Container(id) => self.shim.close_container(id),
             Object::Group(id) => self.shim.close_group(id),
             Object::Device(grant) => self.shim.close_device(grant),
+        }
+    }
+
+    /// The fd made for a fresh object: adopted on success; on failure the object goes again.
+    fn adopt_new(&mut self, fd: Result<c_int, Errno>, obj: Object) -> Result<c_int, Errno> {
+        match fd {
+            Ok(fd) => {
+                self.adopt(fd, obj);
+                Ok(fd)
+            }
+            Err(e) => {
+                self.release(obj);
+                Err(e)
+            }
         }
     }
 
@@ -241,36 +265,18 @@ impl State {
             }
         };
         if let Some(fd) = node {
-            self.adopt(fd, Object::Container(id));
-            return Ok(fd);
+            return self.adopt_new(Ok(fd), Object::Container(id));
         }
         let ctx = self.shim.container_iommufd(id).expect("just opened");
         let raw = self.shim.backend().iommufd_raw_fd(ctx).expect("live context");
-        match dup_fd(raw, cloexec) {
-            Ok(fd) => {
-                self.adopt(fd, Object::Container(id));
-                Ok(fd)
-            }
-            Err(e) => {
-                self.shim.close_container(id);
-                Err(e)
-            }
-        }
+        self.adopt_new(dup_fd(raw, cloexec), Object::Container(id))
     }
 
     pub fn open_group(&mut self, number: u32, flags: c_int) -> Result<c_int, Errno> {
         let id = self.shim.open_group(number)?;
         let node = std::ffi::CString::new(format!("/dev/vfio/{number}")).expect("no NUL");
-        match cuse_node_with(&node, flags) {
-            Ok(Some(fd)) => {
-                self.adopt(fd, Object::Group(id));
-                return Ok(fd);
-            }
-            Ok(None) => {}
-            Err(e) => {
-                self.shim.close_group(id);
-                return Err(e);
-            }
+        if let Some(fd) = cuse_node_with(&node, flags).transpose() {
+            return self.adopt_new(fd, Object::Group(id));
         }
         let dir = std::ffi::CString::new(format!("/sys/kernel/iommu_groups/{number}")).expect("no NUL");
         let mut oflags = libc::O_PATH | libc::O_DIRECTORY;
@@ -279,17 +285,8 @@ impl State {
         }
         // SAFETY: `dir` is a valid C string; an O_PATH fd stands for the group's number.
         let fd = unsafe { (real().open)(dir.as_ptr(), oflags, 0) };
-        if fd < 0 || fd as usize >= table::MAX_FDS {
-            let e = if fd < 0 { Errno::last() } else { Errno::EMFILE };
-            if fd >= 0 {
-                // SAFETY: closing the descriptor just opened.
-                unsafe { (real().close)(fd) };
-            }
-            self.shim.close_group(id);
-            return Err(e);
-        }
-        self.adopt(fd, Object::Group(id));
-        Ok(fd)
+        let fd = if fd < 0 { Err(Errno::last()) } else { in_table(fd) };
+        self.adopt_new(fd, Object::Group(id))
     }
 
     pub fn container_ioctl(&mut self, id: ContainerId, req: u32, arg: u64) -> Result<c_int, Errno> {
@@ -311,16 +308,7 @@ impl State {
             GroupReply::Device(grant) => {
                 let raw = self.shim.backend().device_raw_fd(grant.handle).expect("bound device");
                 // type1 installs device fds O_CLOEXEC (GR: FD_ADD(O_CLOEXEC, ...)).
-                match dup_fd(raw, true) {
-                    Ok(fd) => {
-                        self.adopt(fd, Object::Device(grant));
-                        Ok(fd)
-                    }
-                    Err(e) => {
-                        self.shim.close_device(grant);
-                        Err(e)
-                    }
-                }
+                self.adopt_new(dup_fd(raw, true), Object::Device(grant))
             }
         }
     }

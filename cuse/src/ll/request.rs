@@ -152,30 +152,14 @@ impl<'a> Request<'a> {
             opcode::FUSE_OPEN => Operation::Open(fixed(&header, body)?.0),
             opcode::FUSE_RELEASE => Operation::Release(fixed(&header, body)?.0),
             opcode::FUSE_IOCTL => {
-                let (arg, in_data): (fuse_ioctl_in, _) = fixed(&header, body)?;
-                if in_data.len() != arg.in_size as usize {
-                    return Err(ParseError::DataSizeMismatch {
-                        unique,
-                        opcode: opc,
-                        stated: arg.in_size,
-                        have: in_data.len(),
-                    });
-                }
+                let (arg, in_data) = sized(&header, body, |a: &fuse_ioctl_in| a.in_size)?;
                 Operation::Ioctl { arg, in_data }
             }
             opcode::FUSE_POLL => Operation::Poll(fixed(&header, body)?.0),
             opcode::FUSE_INTERRUPT => Operation::Interrupt(fixed(&header, body)?.0),
             opcode::FUSE_READ => Operation::Read(fixed(&header, body)?.0),
             opcode::FUSE_WRITE => {
-                let (arg, data): (fuse_write_in, _) = fixed(&header, body)?;
-                if data.len() != arg.size as usize {
-                    return Err(ParseError::DataSizeMismatch {
-                        unique,
-                        opcode: opc,
-                        stated: arg.size,
-                        have: data.len(),
-                    });
-                }
+                let (arg, data) = sized(&header, body, |a: &fuse_write_in| a.size)?;
                 Operation::Write { arg, data }
             }
             opcode::FUSE_FLUSH => Operation::Flush(fixed(&header, body)?.0),
@@ -203,6 +187,20 @@ fn fixed<'b, T: FromBytes>(header: &fuse_in_header, body: &'b [u8]) -> Result<(T
         need: size_of::<T>(),
         have: body.len(),
     })
+}
+
+/// A fixed part followed by exactly the data length it states (`stated`).
+fn sized<'b, T: FromBytes>(
+    header: &fuse_in_header,
+    body: &'b [u8],
+    stated: impl Fn(&T) -> u32,
+) -> Result<(T, &'b [u8]), ParseError> {
+    let (arg, data) = fixed::<T>(header, body)?;
+    let stated = stated(&arg);
+    if data.len() != stated as usize {
+        return Err(ParseError::DataSizeMismatch { unique: header.unique, opcode: header.opcode, stated, have: data.len() });
+    }
+    Ok((arg, data))
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use nix::errno::Errno;
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::Mode;
 
-use crate::ioctl;
+use crate::{ioctl, privileges};
 
 /// `PIDFD_THREAD` (include/uapi/linux/pidfd.h): a pidfd for one thread, not its group leader.
 const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
@@ -55,6 +55,14 @@ pub struct PreparedMap {
     pub write: bool,
     pub backing: Result<SharedBacking, Errno>,
     pub memlock: Result<Memlock, Errno>,
+}
+
+impl PreparedMap {
+    /// The pinned thread's memory is not the one it had (`ESRCH` from `PROCMAP_QUERY`: the mm
+    /// it was pinned with has gone, after an exec): pin it again and prepare anew.
+    pub fn mm_gone(&self) -> bool {
+        matches!(self.backing, Err(Errno::ESRCH))
+    }
 }
 
 /// The file and offset behind a range of a caller's shared mapping.
@@ -99,24 +107,20 @@ impl CallerProcess {
 
     /// Whether the thread's user namespace is the daemon's (the initial one, where it runs).
     fn in_initial_user_ns(&self) -> Result<bool, Errno> {
+        static OURS: std::sync::OnceLock<Option<(u64, u64)>> = std::sync::OnceLock::new();
+        let ours = OURS.get_or_init(|| nix::sys::stat::stat("/proc/self/ns/user").ok().map(|st| (st.st_dev, st.st_ino)));
         let theirs = nix::sys::stat::fstatat(&self.proc_dir, "ns/user", nix::fcntl::AtFlags::empty())?;
-        let ours = nix::sys::stat::stat("/proc/self/ns/user")?;
-        Ok((theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino))
+        Ok(*ours == Some((theirs.st_dev, theirs.st_ino)))
     }
 
     /// Whether this is still the live thread it was opened for: `false` once it is gone (its
     /// id may name another thread now). After an exec the thread lives on with a new mm, and
     /// `PROCMAP_QUERY` on the old one is `ESRCH`: a caller then pins the thread again (see
-    /// [`CallerProcess::is_stale`]).
+    /// [`PreparedMap::mm_gone`]).
     pub fn is_current(&self) -> bool {
         thread_lives(self.pidfd.as_fd())
     }
 
-    /// Whether a result from this pin says the thread's memory is not the one it had (`ESRCH`
-    /// from `PROCMAP_QUERY`: the mm it was opened on has gone, after an exec).
-    pub fn is_stale(result: &Result<SharedBacking, Errno>) -> bool {
-        matches!(result, Err(Errno::ESRCH))
-    }
 
     pub fn tgid(&self) -> u32 {
         self.process.tgid
@@ -234,14 +238,10 @@ impl CallerProcess {
     /// CAP_IPC_LOCK (`dma->lock_cap`). Two syscalls; `VmLck` is read only when a limit applies.
     pub fn memlock(&self) -> Result<Memlock, Errno> {
         let tid = libc::pid_t::try_from(self.tid).map_err(|_| Errno::ESRCH)?;
-        let mut header = libc_cap_header { version: 0x2008_0522, pid: tid }; // _LINUX_CAPABILITY_VERSION_3
-        let mut data = [libc_cap_data::default(); 2];
-        // SAFETY: capget writes two `__user_cap_data_struct`s into `data`, as version 3 asks.
-        let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
-        Errno::result(rc)?;
+        let (effective, _) = privileges::sets_of(tid)?;
         // type1 asks capable(CAP_IPC_LOCK), in the initial user namespace; capget answers
         // relative to the caller's own.
-        let capable = data[0].effective & (1 << CAP_IPC_LOCK) != 0 && self.in_initial_user_ns()?;
+        let capable = effective & (1 << privileges::CAP_IPC_LOCK) != 0 && self.in_initial_user_ns()?;
         let mut rlim = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: prlimit64 reads the limit into `rlim`; no new limit is passed (NULL).
         let rc = unsafe { libc::prlimit64(tid, libc::RLIMIT_MEMLOCK, std::ptr::null(), &mut rlim) };
@@ -291,28 +291,36 @@ fn thread_lives(pidfd: BorrowedFd<'_>) -> bool {
 /// one of our CUSE requests, `tid` cannot name anyone else meanwhile (module docs), so this
 /// needs no pidfd.
 pub fn read_thread_memory(tid: u32, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
-    transfer(tid, addr, buf.as_mut_ptr(), buf.len(), false)
+    let tid = libc::pid_t::try_from(tid).map_err(|_| Errno::ESRCH)?;
+    // SAFETY: `buf` is `buf.len()` writable bytes we own for the call.
+    unsafe { vm_transfer(tid, addr, buf.as_mut_ptr(), buf.len(), false) }
 }
 
 /// Copies `bytes` to `addr` in thread `tid`'s memory (`process_vm_writev`): `EFAULT` when any
 /// of it is not writable, as a kernel copy-out gives. Same condition on `tid`.
 pub fn write_thread_memory(tid: u32, addr: u64, bytes: &[u8]) -> Result<(), Errno> {
-    transfer(tid, addr, bytes.as_ptr().cast_mut(), bytes.len(), true)
+    let tid = libc::pid_t::try_from(tid).map_err(|_| Errno::ESRCH)?;
+    // SAFETY: `bytes` is `bytes.len()` readable bytes for the call; a write only reads them.
+    unsafe { vm_transfer(tid, addr, bytes.as_ptr().cast_mut(), bytes.len(), true) }
 }
 
-fn transfer(tid: u32, addr: u64, local: *mut u8, len: usize, write: bool) -> Result<(), Errno> {
-    let tid = libc::pid_t::try_from(tid).map_err(|_| Errno::ESRCH)?;
+/// `process_vm_readv`/`process_vm_writev` of `len` bytes between `local` and `addr` in `pid`'s
+/// memory: `EFAULT` unless all of it moved.
+///
+/// # Safety
+/// `local` must point to `len` bytes valid for the call: writable when reading (`!write`),
+/// readable when writing.
+pub(crate) unsafe fn vm_transfer(pid: libc::pid_t, addr: u64, local: *mut u8, len: usize, write: bool) -> Result<(), Errno> {
     let local_iov = libc::iovec { iov_base: local.cast(), iov_len: len };
     let remote_iov = libc::iovec { iov_base: addr as usize as *mut libc::c_void, iov_len: len };
-    // SAFETY: the local iovec covers `len` bytes of a live buffer of the caller of this
-    // function (only read from when writing, written to when reading); the remote side is the
-    // other process's address space, checked by the kernel, which reports EFAULT for what is
-    // not mapped.
+    // SAFETY: the local iovec covers `len` valid bytes (this function's contract); the remote
+    // side is the other process's address space, checked by the kernel, which reports EFAULT
+    // for what is not mapped.
     let n = unsafe {
         if write {
-            libc::process_vm_writev(tid, &local_iov, 1, &remote_iov, 1, 0)
+            libc::process_vm_writev(pid, &local_iov, 1, &remote_iov, 1, 0)
         } else {
-            libc::process_vm_readv(tid, &local_iov, 1, &remote_iov, 1, 0)
+            libc::process_vm_readv(pid, &local_iov, 1, &remote_iov, 1, 0)
         }
     };
     match Errno::result(n)? {
@@ -346,25 +354,6 @@ pub struct Memlock {
     pub limit: Option<u64>,
 }
 
-const CAP_IPC_LOCK: u32 = 14;
-
-/// `struct __user_cap_header_struct`.
-#[repr(C)]
-#[allow(non_camel_case_types)]
-struct libc_cap_header {
-    version: u32,
-    pid: libc::c_int,
-}
-
-/// `struct __user_cap_data_struct`.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-#[allow(non_camel_case_types)]
-struct libc_cap_data {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
 
 /// The soft "Max locked memory" of `/proc/<tid>/limits`: `Some(None)` when unlimited.
 pub fn parse_memlock_limit(limits: &str) -> Option<Option<u64>> {

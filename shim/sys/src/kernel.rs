@@ -159,21 +159,23 @@ impl KernelBackend {
         None
     }
 
-    /// Drops the caller charges of the mappings starting in `[iova, iova + length)` (the
-    /// translator unmaps whole mappings), of one IOAS or of every IOAS of `ctx`.
+    /// Drops the caller charges of one IOAS's mappings starting in `[iova, iova + length)`
+    /// (the translator unmaps whole mappings), or, with `ioas` `None`, every charge of `ctx`.
     fn uncharge(&mut self, ctx: IommufdId, ioas: Option<IoasId>, iova: u64, length: u64) {
         if self.caller_charges.is_empty() {
             return;
         }
         let last = iova.saturating_add(length.saturating_sub(1));
-        let gone: Vec<_> = self
-            .caller_charges
-            .range((ctx, ioas.unwrap_or(IoasId(0)), iova)..=(ctx, ioas.unwrap_or(IoasId(u32::MAX)), last))
-            .filter(|(k, _)| ioas.is_none_or(|i| k.1 == i) && (iova..=last).contains(&k.2))
-            .map(|(k, v)| (*k, *v))
-            .collect();
-        for (k, (process, pages)) in gone {
-            self.caller_charges.remove(&k);
+        let gone: Vec<_> = match ioas {
+            Some(ioas) => self.caller_charges.range((ctx, ioas, iova)..=(ctx, ioas, last)).map(|(k, _)| *k).collect(),
+            None => self
+                .caller_charges
+                .range((ctx, IoasId(0), 0)..=(ctx, IoasId(u32::MAX), u64::MAX))
+                .map(|(k, _)| *k)
+                .collect(),
+        };
+        for k in gone {
+            let Some((process, pages)) = self.caller_charges.remove(&k) else { continue };
             if let Some(n) = self.charged_pages.get_mut(&process) {
                 *n = n.saturating_sub(pages);
                 if *n == 0 {

@@ -94,24 +94,8 @@ fn vm_copy(addr: u64, local: *mut u8, len: usize, write: bool) -> Result<(), Err
         }
         return Ok(());
     }
-    let local_iov = libc::iovec { iov_base: local.cast(), iov_len: len };
-    let remote_iov = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: len };
-    // SAFETY: `local` points to `len` bytes owned by the caller for the duration of the call;
-    // the remote side is checked by the kernel, which reports EFAULT for unmapped memory.
-    let n = unsafe {
-        if write {
-            libc::process_vm_writev(pid(), &local_iov, 1, &remote_iov, 1, 0)
-        } else {
-            libc::process_vm_readv(pid(), &local_iov, 1, &remote_iov, 1, 0)
-        }
-    };
-    if n < 0 {
-        return Err(Errno::last());
-    }
-    if n as usize != len {
-        return Err(Errno::EFAULT);
-    }
-    Ok(())
+    // SAFETY: `local` is the `len`-byte buffer this function's callers pass (a slice of theirs).
+    unsafe { crate::caller::vm_transfer(pid(), addr, local, len, write) }
 }
 
 impl ArgMemory for OwnMemory {

@@ -73,7 +73,13 @@ fn keep_only_up_to(keep: u64, last_cap: u32) -> Result<u64, Errno> {
 
 /// The calling thread's (effective, permitted) sets.
 fn sets() -> Result<(u64, u64), Errno> {
-    let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    sets_of(0)
+}
+
+/// Thread `tid`'s (effective, permitted) sets (0: the calling thread), a bit per capability,
+/// as seen from that thread's own user namespace.
+pub fn sets_of(tid: libc::pid_t) -> Result<(u64, u64), Errno> {
+    let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: tid };
     let mut data = [CapData::default(); 2];
     // SAFETY: capget writes two data structs (version 3) into `data`.
     let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
