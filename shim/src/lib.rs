@@ -7,10 +7,14 @@ pub mod backend;
 pub mod ledger;
 pub mod arg;
 pub mod fake;
+pub mod handoff;
 pub mod hot_reset;
 pub mod info;
 pub mod translator;
 
 pub use backend::Backend;
 pub use nix::errno::Errno;
-pub use translator::{ContainerId, DeviceGrant, FdTarget, GroupId, GroupReply, Shim};
+pub use translator::{
+    ContainerExport, ContainerId, DeviceGrant, ExportedDevice, FdTarget, GroupExport, GroupId, GroupReply,
+    IommuExport, Shim,
+};

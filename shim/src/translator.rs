@@ -88,6 +88,10 @@ struct Container {
     open: bool,
     groups: Vec<GroupId>,
     iommu: Option<Iommu>,
+    /// The kernel objects behind it are shared with another process (a fork parent, the
+    /// sender of an `SCM_RIGHTS` message): releasing our view closes our fds only, it never
+    /// unmaps, detaches or destroys anything the other process still uses.
+    shared: bool,
 }
 
 #[derive(Debug)]
@@ -107,6 +111,8 @@ struct Group {
     devices: Vec<BoundDevice>,
     /// Device fds handed out by `GET_DEVICE_FD` and not yet closed.
     device_users: u32,
+    /// As [`Container::shared`].
+    shared: bool,
 }
 
 /// All legacy objects of one process (or one CUSE client), over one backend.
@@ -157,7 +163,10 @@ impl<B: Backend> Shim<B> {
     pub fn open_container(&mut self) -> Result<ContainerId, Errno> {
         let ctx = self.backend.iommufd_open()?;
         let id = ContainerId(self.fresh_id());
-        self.containers.insert(id, Container { ctx, open: true, groups: Vec::new(), iommu: None });
+        self.containers.insert(
+            id,
+            Container { ctx, open: true, groups: Vec::new(), iommu: None, shared: false },
+        );
         Ok(id)
     }
 
@@ -580,7 +589,14 @@ impl<B: Backend> Shim<B> {
         let id = GroupId(self.fresh_id());
         self.groups.insert(
             id,
-            Group { number, open: true, container: None, devices: Vec::new(), device_users: 0 },
+            Group {
+                number,
+                open: true,
+                container: None,
+                devices: Vec::new(),
+                device_users: 0,
+                shared: false,
+            },
         );
         Ok(id)
     }
@@ -759,8 +775,9 @@ impl<B: Backend> Shim<B> {
         let g = self.groups.get_mut(&id).expect("checked");
         let Some(cid) = g.container.take() else { return };
         let devices = std::mem::take(&mut g.devices);
+        let shared = g.shared;
         for d in &devices {
-            if d.attached {
+            if d.attached && !shared {
                 let _ = self.backend.device_detach(d.handle);
             }
             self.backend.device_close(d.handle);
@@ -768,7 +785,9 @@ impl<B: Backend> Shim<B> {
         let c = self.containers.get_mut(&cid).expect("group's container");
         c.groups.retain(|g| *g != id);
         let ctx = c.ctx;
-        if c.groups.is_empty() {
+        if shared || c.shared {
+            // The other process still has the group on the container: our view only.
+        } else if c.groups.is_empty() {
             if let Some(iommu) = c.iommu.take() {
                 if !iommu.ledger.is_empty() {
                     let _ = self.backend.ioas_unmap(ctx, iommu.ioas, 0, u64::MAX);
@@ -817,6 +836,133 @@ impl<B: Backend> Shim<B> {
     pub fn group_devices(&self, id: GroupId) -> Vec<DeviceHandle> {
         self.groups.get(&id).map(|g| g.devices.iter().map(|d| d.handle).collect()).unwrap_or_default()
     }
+
+    // ------------------------------------------------- sharing with other processes
+
+    /// In a fork child: every object so far is the parent's too.
+    pub fn mark_all_shared(&mut self) {
+        self.containers.values_mut().for_each(|c| c.shared = true);
+        self.groups.values_mut().for_each(|g| g.shared = true);
+    }
+
+    /// What another process needs to act on this container as its own holder would.
+    pub fn export_container(&self, id: ContainerId) -> Option<ContainerExport> {
+        let c = self.containers.get(&id)?;
+        Some(ContainerExport {
+            ctx: c.ctx,
+            iommu: c.iommu.as_ref().map(|i| IommuExport {
+                v2: i.v2,
+                ioas: i.ioas,
+                mappings: i.ledger.iter().collect(),
+                dma_avail: i.dma_avail,
+                pgsizes: i.pgsizes,
+                iova_ranges: i.iova_ranges.clone(),
+                coherent: i.coherent,
+                dirty_tracking: i.dirty_tracking,
+            }),
+        })
+    }
+
+    /// A group as [`Shim::export_container`] describes a container.
+    pub fn export_group(&self, id: GroupId) -> Option<GroupExport> {
+        let g = self.groups.get(&id)?;
+        Some(GroupExport {
+            number: g.number,
+            container: g.container,
+            devices: g
+                .devices
+                .iter()
+                .map(|d| ExportedDevice { info: d.info.clone(), handle: d.handle, attached: d.attached })
+                .collect(),
+        })
+    }
+
+    /// A container another process exported, over an iommufd context the backend adopted.
+    /// It is open (the caller holds an fd of it) and shared.
+    pub fn import_container(&mut self, ctx: IommufdId, iommu: Option<IommuExport>) -> ContainerId {
+        let iommu = iommu.map(|e| {
+            let mut ledger = MappingLedger::new();
+            e.mappings.into_iter().for_each(|m| ledger.insert(m));
+            Iommu {
+                v2: e.v2,
+                ioas: e.ioas,
+                ledger,
+                dma_avail: e.dma_avail,
+                pgsizes: e.pgsizes,
+                iova_ranges: e.iova_ranges,
+                coherent: e.coherent,
+                dirty_tracking: e.dirty_tracking,
+            }
+        });
+        let id = ContainerId(self.fresh_id());
+        self.containers.insert(id, Container { ctx, open: true, groups: Vec::new(), iommu, shared: true });
+        id
+    }
+
+    /// A group another process exported, set on `container` (imported before) when it was
+    /// set there, with its devices as the backend adopted them. Open and shared.
+    pub fn import_group(
+        &mut self,
+        number: u32,
+        container: Option<ContainerId>,
+        devices: Vec<ExportedDevice>,
+    ) -> Result<GroupId, Errno> {
+        if let Some(cid) = container {
+            if !self.containers.contains_key(&cid) {
+                return Err(Errno::EBADF);
+            }
+        }
+        let id = GroupId(self.fresh_id());
+        let devices = devices
+            .into_iter()
+            .map(|d| BoundDevice { info: d.info, handle: d.handle, attached: d.attached })
+            .collect();
+        self.groups.insert(
+            id,
+            Group { number, open: true, container, devices, device_users: 0, shared: true },
+        );
+        if let Some(cid) = container {
+            self.containers.get_mut(&cid).expect("checked").groups.push(id);
+        }
+        Ok(id)
+    }
+}
+
+/// A container's state as another process needs it ([`Shim::export_container`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerExport {
+    pub ctx: IommufdId,
+    pub iommu: Option<IommuExport>,
+}
+
+/// The type1 state of a container after `SET_IOMMU`, as exported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IommuExport {
+    pub v2: bool,
+    pub ioas: IoasId,
+    pub mappings: Vec<Mapping>,
+    pub dma_avail: u32,
+    pub pgsizes: u64,
+    pub iova_ranges: Vec<IovaRange>,
+    pub coherent: bool,
+    pub dirty_tracking: bool,
+}
+
+/// A group's state as another process needs it ([`Shim::export_group`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupExport {
+    pub number: u32,
+    pub container: Option<ContainerId>,
+    pub devices: Vec<ExportedDevice>,
+}
+
+/// A bound device of an exported group: its handle is the exporter's backend's, or (on
+/// import) the one the importer's backend adopted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportedDevice {
+    pub info: GroupDevice,
+    pub handle: DeviceHandle,
+    pub attached: bool,
 }
 
 /// What a group ioctl produced.

@@ -865,3 +865,44 @@ fn joining_group_whose_domain_conflicts_with_mappings_is_einval() {
     assert_eq!(env.shim.backend().device_state(IVSHMEM), None, "nothing left bound");
     assert_eq!(env.mapped(), vec![(0x10_0000, 0x1000)]);
 }
+
+// ------------------------------------------- objects shared with another process
+
+both_versions!(releasing_shared_objects_touches_no_kernel_state, |v2| {
+    // A fork child's (or a receiver's) view: closing it must not unmap, detach or destroy
+    // what the other process still uses, only drop our own references.
+    let mut env = Env::new(v2);
+    env.map(0x10_0000, 0x1000).unwrap();
+    let GroupReply::Device(grant) = env.device(env.g, EDU).unwrap() else { panic!("no device") };
+    env.shim.mark_all_shared();
+    let before = [Op::IoasUnmap, Op::IoasDestroy, Op::DeviceDetach].map(|op| env.shim.backend().calls(op));
+    env.shim.close_device(grant);
+    env.shim.close_group(env.g);
+    env.shim.close_container(env.c);
+    let after = [Op::IoasUnmap, Op::IoasDestroy, Op::DeviceDetach].map(|op| env.shim.backend().calls(op));
+    assert_eq!(before, after);
+    assert_eq!(env.shim.backend().live_objects(), (0, 0), "our references are closed");
+});
+
+both_versions!(an_imported_container_answers_as_the_exporter_does, |v2| {
+    let mut env = Env::new(v2);
+    env.map(0x10_0000, 0x2000).unwrap();
+    let exported = env.shim.export_container(env.c).unwrap();
+    let group = env.shim.export_group(env.g).unwrap();
+    assert_eq!(group.container, Some(env.c));
+    assert_eq!(group.devices.len(), 1);
+    let info_before = env.get_info(256).unwrap().bytes;
+
+    // Imported over the same (fake) kernel objects, as a receiver's preload does.
+    let c = env.shim.import_container(exported.ctx, exported.iommu.clone());
+    let g = env.shim.import_group(group.number, Some(c), group.devices.clone()).unwrap();
+    assert_eq!(env.shim.export_container(c).unwrap(), exported);
+    let mut imported = Env { shim: env.shim, c, g };
+    assert_eq!(imported.get_info(256).unwrap().bytes, info_before, "GET_INFO byte for byte");
+    assert_eq!(imported.mapped(), vec![(0x10_0000, 0x2000)]);
+    assert_eq!(imported.map(0x10_1000, 0x1000), Err(Errno::EEXIST));
+    assert_eq!(imported.status(g), Ok(VFIO_GROUP_FLAGS_VIABLE | VFIO_GROUP_FLAGS_CONTAINER_SET));
+    assert!(matches!(imported.device(g, EDU), Ok(GroupReply::Device(_))));
+    assert_eq!(imported.device(g, "0000:00:09.0"), Err(Errno::ENODEV));
+    assert_eq!(imported.shim.import_group(7, Some(ContainerId(999)), vec![]), Err(Errno::EBADF));
+});
