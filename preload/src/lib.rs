@@ -14,6 +14,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod real;
+mod handoff;
 pub mod state;
 pub mod table;
 
@@ -446,6 +447,138 @@ fn kvm_set_device_attr(fd: c_int, arg: c_ulong) -> c_int {
         }
         Ok(0)
     })
+}
+
+// ------------------------------------------------------------------------ SCM_RIGHTS
+
+/// # Safety
+/// As `sendmsg(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> libc::ssize_t {
+    // SAFETY: forwarding the caller's arguments.
+    let pass = || unsafe { (real().sendmsg)(fd, msg, flags) };
+    if msg.is_null() || inside() || !ACTIVE.load(std::sync::atomic::Ordering::Relaxed) {
+        return pass();
+    }
+    // SAFETY: the caller's msghdr, valid for the duration of the call.
+    let m = unsafe { &*msg };
+    if m.msg_control.is_null() || m.msg_controllen == 0 || m.msg_controllen > RECV_ROOM {
+        return pass();
+    }
+    // SAFETY: the caller's control buffer of `msg_controllen` bytes.
+    let ctrl = unsafe { std::slice::from_raw_parts(m.msg_control as *const u8, m.msg_controllen) };
+    let ours = |f: c_int| matches!(table::kind(f), Kind::Container | Kind::Group);
+    if !handoff::cmsgs(ctrl).filter(handoff::is_rights).any(|c| handoff::fds_of(c.data).any(ours)) {
+        return pass();
+    }
+    send_with_handoff(fd, m, ctrl, flags)
+}
+
+fn dup_cloexec(fd: c_int) -> Result<std::os::fd::OwnedFd, Errno> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: duplicating a descriptor we hold; no memory is involved.
+    let new = unsafe { (real().fcntl)(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if new < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: `new` was just created and is owned here alone.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(new) })
+}
+
+/// The application's message with the handoff appended. The fds to append are duplicated
+/// under the state lock, so the send itself (which may block) runs without it.
+fn send_with_handoff(fd: c_int, m: &libc::msghdr, ctrl: &[u8], flags: c_int) -> libc::ssize_t {
+    use std::os::fd::AsRawFd;
+    let app_fds = handoff::rights(ctrl);
+    let mut prepared = None;
+    let rc = emulate(|s| {
+        let Some((h, extras)) = s.handoff_for(&app_fds)? else { return Ok(0) };
+        if app_fds.len() + extras.len() + 1 > handoff::SCM_MAX_FD {
+            log::warn!("sendmsg: no room for the handoff of our container/group fds; the receiver gets them bare");
+            return Ok(0);
+        }
+        let memfd = handoff::memfd_of(&h.encode()?)?;
+        let dups = extras.iter().map(|f| dup_cloexec(*f)).collect::<Result<Vec<_>, _>>()?;
+        log::debug!("sendmsg: {} container/group fd(s) handed off with {} fd(s)", h.slots.len(), dups.len());
+        prepared = Some((dups, memfd));
+        Ok(0)
+    });
+    if rc < 0 {
+        return -1;
+    }
+    let Some((dups, memfd)) = prepared else {
+        // SAFETY: forwarding the caller's message.
+        return unsafe { (real().sendmsg)(fd, m, flags) };
+    };
+    let mut appended: Vec<c_int> = dups.iter().map(|d| d.as_raw_fd()).collect();
+    appended.push(memfd.as_raw_fd());
+    let buf = handoff::with_appended(ctrl, &appended);
+    let mut mine = *m;
+    mine.msg_control = buf.as_ptr() as *mut _;
+    mine.msg_controllen = buf.len();
+    // SAFETY: the caller's message with our control buffer, live across the call.
+    let rc = unsafe { (real().sendmsg)(fd, &mine, flags) };
+    let err = Errno::last_raw();
+    drop((dups, memfd));
+    Errno::set_raw(err);
+    rc
+}
+
+/// The receive buffer the kernel fills in place of the application's, and the room a
+/// handoff can add to what the application's own buffer would hold: every fd one message
+/// can carry. Bigger application buffers are passed through untouched.
+const RECV_BUF: usize = 4096;
+const HANDOFF_ROOM: usize = 16 + 4 * handoff::SCM_MAX_FD + 4;
+const RECV_ROOM: usize = RECV_BUF - HANDOFF_ROOM;
+
+/// # Safety
+/// As `recvmsg(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> libc::ssize_t {
+    // SAFETY: the caller's msghdr (or null), valid and writable for the duration of the call.
+    match unsafe { msg.as_mut() } {
+        Some(m) if !inside() && !m.msg_control.is_null() && m.msg_controllen > 0 && m.msg_controllen <= RECV_ROOM => {
+            recv_adopting(fd, m, flags)
+        }
+        // SAFETY: forwarding the caller's arguments.
+        _ => unsafe { (real().recvmsg)(fd, msg, flags) },
+    }
+}
+
+/// Receives into a buffer with room for a handoff, adopts what one describes, and gives the
+/// application what the kernel would have given it in its own buffer.
+fn recv_adopting(fd: c_int, m: &mut libc::msghdr, flags: c_int) -> libc::ssize_t {
+    let saved = Errno::last_raw();
+    let room = m.msg_controllen;
+    let mut buf = [0u64; RECV_BUF / 8];
+    let mut mine = *m;
+    mine.msg_control = buf.as_mut_ptr().cast();
+    mine.msg_controllen = room + HANDOFF_ROOM;
+    // SAFETY: the caller's message with our control buffer of `msg_controllen` bytes.
+    let rc = unsafe { (real().recvmsg)(fd, &mut mine, flags) };
+    if rc < 0 {
+        return rc;
+    }
+    let got: &[u8] = zerocopy::IntoBytes::as_bytes(&buf[..]);
+    let got = &got[..mine.msg_controllen.min(RECV_BUF)];
+    // SAFETY: the caller's control buffer of `room` bytes, writable.
+    let out = unsafe { std::slice::from_raw_parts_mut(m.msg_control as *mut u8, room) };
+    let (used, truncated) = handoff::deliver(got, out, |app_fds, extras, h| {
+        emulate(|s| {
+            let r = s.adopt_handoff(app_fds, extras, h);
+            s.sync_internal();
+            match &r {
+                Ok(()) => log::debug!("recvmsg: adopted {} container/group fd(s)", app_fds.len()),
+                Err(e) => log::warn!("recvmsg: a vfio-shim handoff could not be adopted: {e}"),
+            }
+            r.map(|()| 0)
+        });
+    });
+    m.msg_controllen = used;
+    m.msg_namelen = mine.msg_namelen;
+    m.msg_flags = mine.msg_flags | if truncated { libc::MSG_CTRUNC } else { 0 };
+    Errno::set_raw(saved);
+    rc
 }
 
 // ------------------------------------------------------------------ constructor, fork

@@ -16,6 +16,8 @@ pub type FcntlFn = unsafe extern "C" fn(c_int, c_int, c_ulong) -> c_int;
 pub type IoctlFn = unsafe extern "C" fn(c_int, c_ulong, c_ulong) -> c_int;
 pub type CloseRangeFn = unsafe extern "C" fn(libc::c_uint, libc::c_uint, c_int) -> c_int;
 pub type ClosefromFn = unsafe extern "C" fn(c_int);
+pub type SendmsgFn = unsafe extern "C" fn(c_int, *const libc::msghdr, c_int) -> libc::ssize_t;
+pub type RecvmsgFn = unsafe extern "C" fn(c_int, *mut libc::msghdr, c_int) -> libc::ssize_t;
 
 pub struct Real {
     pub open: OpenFn,
@@ -33,6 +35,8 @@ pub struct Real {
     pub ioctl: IoctlFn,
     pub close_range: CloseRangeFn,
     pub closefrom: ClosefromFn,
+    pub sendmsg: SendmsgFn,
+    pub recvmsg: RecvmsgFn,
 }
 
 static REAL: OnceLock<Real> = OnceLock::new();
@@ -79,6 +83,8 @@ fn resolve_all() -> Real {
         ioctl: resolve!(c"ioctl", IoctlFn),
         close_range: resolve!(c"close_range", CloseRangeFn),
         closefrom: resolve!(c"closefrom", ClosefromFn),
+        sendmsg: resolve!(c"sendmsg", SendmsgFn),
+        recvmsg: resolve!(c"recvmsg", RecvmsgFn),
     }
 }
 

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::ffi::c_int;
 
 use vfio_shim::arg::ArgMemory;
+use vfio_shim::handoff::Origin;
 use zerocopy::FromBytes;
 use vfio_shim::{ContainerId, DeviceGrant, Errno, FdTarget, GroupId, GroupReply, Shim};
 use vfio_shim_sys::own_memory::OwnMemory;
@@ -65,10 +66,12 @@ pub struct State {
     refs: HashMap<Object, usize>,
     /// The backend's own fds, marked [`Kind::Internal`] in the table.
     internal: Vec<c_int>,
-    /// Objects a fork child inherited from its parent. The kernel objects behind them are
-    /// shared with the parent, and a child's close only drops its own references, so their
-    /// release here must not tear anything down (detach, unmap, destroy) for the parent.
-    inherited: std::collections::HashSet<Object>,
+    /// Names our containers and groups get in handoffs to other processes (with their id).
+    pub(crate) nonce: u64,
+    /// Objects named otherwise: received from another process, or inherited over fork.
+    pub(crate) origins: HashMap<Object, Origin>,
+    /// Received objects by name, so one that arrives again is adopted once.
+    pub(crate) by_origin: HashMap<Origin, Object>,
 }
 
 fn dup_fd(fd: c_int, cloexec: bool) -> Result<c_int, Errno> {
@@ -149,13 +152,42 @@ impl State {
             fds: FdMap::default(),
             refs: HashMap::new(),
             internal: Vec::new(),
-            inherited: Default::default(),
+            nonce: fresh_nonce(),
+            origins: HashMap::new(),
+            by_origin: HashMap::new(),
         }
     }
 
-    /// In a fork child: everything open now belongs to the parent as well.
+    /// In a fork child: everything open now is the parent's as well. Its names stay (a
+    /// handoff from parent and child must meet in one object); new objects get a new nonce.
     pub fn mark_inherited(&mut self) {
-        self.inherited = self.refs.keys().copied().collect();
+        let objects: Vec<Object> = self.refs.keys().copied().collect();
+        for obj in objects {
+            let origin = self.origin_of(obj);
+            self.origins.insert(obj, origin);
+        }
+        self.nonce = fresh_nonce();
+        self.shim.mark_all_shared();
+    }
+
+    /// The name of a container or group across processes.
+    pub fn origin_of(&self, obj: Object) -> Origin {
+        let id = match obj {
+            Object::Container(c) => c.0,
+            Object::Group(g) => g.0,
+            Object::Device(d) => d.serial,
+        };
+        self.origins.get(&obj).copied().unwrap_or(Origin { nonce: self.nonce, id })
+    }
+
+    /// How many fds name `obj`.
+    pub fn fd_count(&self, obj: Object) -> usize {
+        self.refs.get(&obj).copied().unwrap_or(0)
+    }
+
+    /// A received object we already hold an fd of.
+    pub fn held(&self, origin: Origin) -> Option<Object> {
+        self.by_origin.get(&origin).copied().filter(|o| self.refs.contains_key(o))
     }
 
     /// Re-marks the backend's fds after an operation that may open or close some.
@@ -199,7 +231,7 @@ impl State {
         self.fds.get(fd)
     }
 
-    fn adopt(&mut self, fd: c_int, obj: Object) {
+    pub(crate) fn adopt(&mut self, fd: c_int, obj: Object) {
         self.fds.insert(fd, obj);
         *self.refs.entry(obj).or_default() += 1;
         table::set(fd, obj.kind());
@@ -215,8 +247,8 @@ impl State {
             return;
         }
         self.refs.remove(&obj);
-        if self.inherited.remove(&obj) {
-            return;
+        if let Some(origin) = self.origins.remove(&obj) {
+            self.by_origin.remove(&origin);
         }
         self.release(obj);
     }
@@ -404,6 +436,17 @@ impl Default for State {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// 64 random bits (the time and pid when getrandom fails: a name need not be secret).
+fn fresh_nonce() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: `b` is a writable 8-byte buffer.
+    if unsafe { libc::getrandom(b.as_mut_ptr().cast(), 8, libc::GRND_NONBLOCK) } == 8 {
+        return u64::from_ne_bytes(b);
+    }
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    (t.as_nanos() as u64) ^ (u64::from(std::process::id()) << 32)
 }
 
 pub fn fd_is_open(fd: c_int) -> bool {

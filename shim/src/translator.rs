@@ -568,6 +568,11 @@ impl<B: Backend> Shim<B> {
             .unwrap_or_default()
     }
 
+    /// The IOAS behind a container once `SET_IOMMU` has happened.
+    pub fn container_ioas(&self, id: ContainerId) -> Option<IoasId> {
+        self.containers.get(&id).and_then(|c| c.iommu.as_ref()).map(|i| i.ioas)
+    }
+
     /// Whether `SET_IOMMU` has happened and which version: `Some(true)` for TYPE1v2.
     pub fn iommu_version(&self, id: ContainerId) -> Option<bool> {
         self.containers.get(&id).and_then(|c| c.iommu.as_ref()).map(|i| i.v2)

@@ -120,6 +120,40 @@ impl KernelBackend {
         self.devices.get(&dev).map(|d| d.fd.as_raw_fd())
     }
 
+    /// The cdev path a device was opened by.
+    pub fn device_cdev(&self, dev: DeviceHandle) -> Option<&str> {
+        self.devices.get(&dev).map(|d| d.cdev.as_str())
+    }
+
+    /// An iommufd another process handed over (`SCM_RIGHTS`), as a context of ours. `EBADF`
+    /// unless `fd` is an open of `<dev>/iommu`.
+    pub fn adopt_iommufd(&mut self, fd: OwnedFd) -> Result<IommufdId, Errno> {
+        same_char_device(fd.as_fd(), &self.dev.join("iommu"))?;
+        let ctx = IommufdId(self.handle());
+        self.iommufds.insert(ctx, fd);
+        Ok(ctx)
+    }
+
+    /// A device cdev another process opened, bound to `ctx` (as `dev_id`) and maybe attached
+    /// to `attached`. `EBADF` unless `fd` is an open of `cdev`, a VFIO device cdev.
+    pub fn adopt_device(
+        &mut self,
+        fd: OwnedFd,
+        cdev: &str,
+        ctx: IommufdId,
+        dev_id: u32,
+        attached: Option<IoasId>,
+    ) -> Result<DeviceHandle, Errno> {
+        let devices = self.dev.join("vfio/devices");
+        if !Path::new(cdev).parent().is_some_and(|p| p == devices) || !self.iommufds.contains_key(&ctx) {
+            return Err(Errno::EBADF);
+        }
+        same_char_device(fd.as_fd(), Path::new(cdev))?;
+        let dev = DeviceHandle(self.handle());
+        self.devices.insert(dev, Device { fd, cdev: cdev.to_owned(), bound: Some((ctx, dev_id)), attached });
+        Ok(dev)
+    }
+
     /// The dev id of a bound device (for `IOMMU_GET_HW_INFO`, `IOMMU_HWPT_ALLOC`).
     pub fn device_dev_id(&self, dev: DeviceHandle) -> Option<u32> {
         self.devices.get(&dev)?.bound.map(|(_, id)| id)
@@ -485,6 +519,17 @@ impl Backend for KernelBackend {
     fn device_close(&mut self, dev: DeviceHandle) {
         self.devices.remove(&dev);
     }
+}
+
+/// `EBADF` unless `fd` is an open of the character device at `path`.
+fn same_char_device(fd: BorrowedFd<'_>, path: &Path) -> Result<(), Errno> {
+    use nix::sys::stat::{fstat, stat, SFlag};
+    let (theirs, node) = (fstat(fd)?, stat(path)?);
+    let is_chr = |st: &libc::stat| st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFCHR.bits();
+    if !is_chr(&theirs) || !is_chr(&node) || theirs.st_rdev != node.st_rdev {
+        return Err(Errno::EBADF);
+    }
+    Ok(())
 }
 
 /// Basename of `<dev>/driver`, when a driver is bound.
