@@ -11,6 +11,9 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+#include <linux/pci_regs.h>
 #include <linux/capability.h>
 
 #ifndef MAP_HUGE_SHIFT
@@ -817,4 +820,78 @@ void edu_and_ivshmem(const char **edu, const char **ivs, int *ge, int *gi)
 	if (*ge == *gi)
 		die("edu (%s) and ivshmem (%s) share iommu group %d; two groups are needed", *edu,
 		    *ivs, *ge);
+}
+
+/* ---- edu ---- */
+
+#define EDU_IDENT_VALUE 0x010000edu
+#define DMA_TIMEOUT_MS 10000
+
+static volatile uint64_t *reg64(volatile void *bar, unsigned off)
+{
+	return (volatile uint64_t *)((volatile char *)bar + off);
+}
+
+int edu_dma(volatile void *bar, uint64_t src, uint64_t dst, uint64_t cnt, int to_ram)
+{
+	struct timespec t0, t;
+	long ms;
+
+	*reg64(bar, 0x80) = src;
+	*reg64(bar, 0x88) = dst;
+	*reg64(bar, 0x90) = cnt;
+	*reg64(bar, 0x98) = 0x1 | (to_ram ? 0x2 : 0);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (;;) {
+		if (!(*reg64(bar, 0x98) & 0x1))
+			return 0;
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		ms = (t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000;
+		if (ms > DMA_TIMEOUT_MS) {
+			fprintf(stderr, "edu DMA did not complete within %d ms\n", DMA_TIMEOUT_MS);
+			return -1;
+		}
+		usleep(1000);
+	}
+}
+
+static int region_info(const char *label, int dev, unsigned index, struct vfio_region_info *ri)
+{
+	memset(ri, 0, sizeof(*ri));
+	ri->argsz = sizeof(*ri);
+	ri->index = index;
+	if (c_ioctl_ptr(label, dev, VFIO_DEVICE_GET_REGION_INFO, ri) < 0)
+		return -1;
+	rec_out(label, "flags=0x%x size=0x%llx", ri->flags, (unsigned long long)ri->size);
+	return 0;
+}
+
+volatile void *edu_bar(const char *sfx, int dev, size_t *size)
+{
+	struct vfio_region_info bar0, cfg;
+	volatile void *bar;
+	uint16_t cmd;
+	uint32_t ident;
+
+	if (region_info(L("region.bar0.%s", sfx), dev, VFIO_PCI_BAR0_REGION_INDEX, &bar0) < 0)
+		die("BAR0 region info failed: %s", errname(last_errno));
+	if (region_info(L("region.config.%s", sfx), dev, VFIO_PCI_CONFIG_REGION_INDEX, &cfg) < 0)
+		die("config region info failed: %s", errname(last_errno));
+	if (!(bar0.flags & VFIO_REGION_INFO_FLAG_MMAP) || bar0.size < 0x100)
+		die("edu BAR0 cannot be mmapped (flags 0x%x size 0x%llx)", bar0.flags,
+		    (unsigned long long)bar0.size);
+	if (pread(dev, &cmd, sizeof(cmd), (off_t)(cfg.offset + PCI_COMMAND)) != sizeof(cmd))
+		die("pread PCI_COMMAND: %s", strerror(errno));
+	cmd |= PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER;
+	if (pwrite(dev, &cmd, sizeof(cmd), (off_t)(cfg.offset + PCI_COMMAND)) != sizeof(cmd))
+		die("pwrite PCI_COMMAND: %s", strerror(errno));
+	bar = mmap(NULL, bar0.size, PROT_READ | PROT_WRITE, MAP_SHARED, dev, (off_t)bar0.offset);
+	if (bar == MAP_FAILED)
+		die("mmap BAR0: %s", strerror(errno));
+	ident = *(volatile uint32_t *)bar;
+	rec_out(L("ident.%s", sfx), "ident=0x%08x", ident);
+	if (ident != EDU_IDENT_VALUE)
+		die("edu ident 0x%08x, expected 0x%08x: is the device an edu?", ident, EDU_IDENT_VALUE);
+	*size = bar0.size;
+	return bar;
 }

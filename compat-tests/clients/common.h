@@ -151,4 +151,14 @@ void print_ranges(const char *label, const struct iommu_caps *caps);
 int cap_ipc_lock_drop(void);
 void cap_ipc_lock_restore(int was_effective);
 
+/* ---- QEMU's edu device (BAR0: 0x00 ident 0x010000ed; 0x80/0x88/0x90/0x98 DMA source,
+ * destination, count, command, 64-bit; a 4 KiB device buffer at 0x40000; DMA addresses
+ * within 28 bits) ---- */
+#define EDU_BUF 0x40000ULL
+/* BAR0 and config region info (OUT region.bar0.<sfx>, region.config.<sfx>), memory and bus
+ * mastering on, BAR0 mmapped and its ident recorded (OUT ident.<sfx>); dies on failure. */
+volatile void *edu_bar(const char *sfx, int dev, size_t *size);
+/* One edu DMA of cnt bytes (to_ram: device buffer -> RAM); 0 when done, -1 on timeout. */
+int edu_dma(volatile void *bar, uint64_t src, uint64_t dst, uint64_t cnt, int to_ram);
+
 #endif /* VFIO_COMPAT_COMMON_H */

@@ -21,73 +21,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 #include <unistd.h>
-#include <linux/pci_regs.h>
 #include "common.h"
-
-#define EDU_IDENT 0x00
-#define EDU_DMA_SRC 0x80
-#define EDU_DMA_DST 0x88
-#define EDU_DMA_CNT 0x90
-#define EDU_DMA_CMD 0x98
-#define EDU_CMD_RUN 0x1
-#define EDU_CMD_TO_RAM 0x2
-#define EDU_BUF 0x40000ULL
-#define EDU_IDENT_VALUE 0x010000edu
 
 #define IOVA_SRC 0x100000ULL
 #define IOVA_DST 0x200000ULL
-#define DMA_TIMEOUT_MS 10000
-
-static volatile uint64_t *reg64(volatile void *bar, unsigned off)
-{
-	return (volatile uint64_t *)((volatile char *)bar + off);
-}
-
-/* Starts one edu DMA and waits for the busy bit to clear. 0 = done, -1 = timeout. */
-static int edu_dma(volatile void *bar, uint64_t src, uint64_t dst, uint64_t cnt, int to_ram)
-{
-	struct timespec t0, t;
-	long ms;
-
-	*reg64(bar, EDU_DMA_SRC) = src;
-	*reg64(bar, EDU_DMA_DST) = dst;
-	*reg64(bar, EDU_DMA_CNT) = cnt;
-	*reg64(bar, EDU_DMA_CMD) = EDU_CMD_RUN | (to_ram ? EDU_CMD_TO_RAM : 0);
-	clock_gettime(CLOCK_MONOTONIC, &t0);
-	for (;;) {
-		if (!(*reg64(bar, EDU_DMA_CMD) & EDU_CMD_RUN))
-			return 0;
-		clock_gettime(CLOCK_MONOTONIC, &t);
-		ms = (t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000;
-		if (ms > DMA_TIMEOUT_MS) {
-			fprintf(stderr, "edu DMA did not complete within %d ms\n", DMA_TIMEOUT_MS);
-			return -1;
-		}
-		usleep(1000);
-	}
-}
-
-static int region_info(const char *label, int dev, unsigned index, struct vfio_region_info *ri)
-{
-	memset(ri, 0, sizeof(*ri));
-	ri->argsz = sizeof(*ri);
-	ri->index = index;
-	if (c_ioctl_ptr(label, dev, VFIO_DEVICE_GET_REGION_INFO, ri) < 0)
-		return -1;
-	rec_out(label, "flags=0x%x size=0x%llx", ri->flags, (unsigned long long)ri->size);
-	return 0;
-}
 
 static void phase(int gfd, const char *bdf, int v2)
 {
 	const char *v = v2 ? "v2" : "v1";
-	struct vfio_region_info bar0, cfg;
 	volatile void *bar;
+	size_t bar_size;
 	unsigned char *src, *dst, *expect;
-	uint16_t cmd;
-	uint32_t ident;
 	int cfd, dev, ok_src, ok_dst;
 
 	cfd = open_container(L("open.container.%s", v));
@@ -100,29 +45,7 @@ static void phase(int gfd, const char *bdf, int v2)
 	if (dev < 0)
 		die("VFIO_GROUP_GET_DEVICE_FD(%s) failed: %s", bdf, errname(last_errno));
 
-	if (region_info(L("region.bar0.%s", v), dev, VFIO_PCI_BAR0_REGION_INDEX, &bar0) < 0)
-		die("BAR0 region info failed: %s", errname(last_errno));
-	if (region_info(L("region.config.%s", v), dev, VFIO_PCI_CONFIG_REGION_INDEX, &cfg) < 0)
-		die("config region info failed: %s", errname(last_errno));
-	if (!(bar0.flags & VFIO_REGION_INFO_FLAG_MMAP) || bar0.size < 0x100)
-		die("edu BAR0 cannot be mmapped (flags 0x%x size 0x%llx)", bar0.flags,
-		    (unsigned long long)bar0.size);
-
-	/* memory decoding and bus mastering on */
-	if (pread(dev, &cmd, sizeof(cmd), (off_t)(cfg.offset + PCI_COMMAND)) != sizeof(cmd))
-		die("pread PCI_COMMAND: %s", strerror(errno));
-	cmd |= PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER;
-	if (pwrite(dev, &cmd, sizeof(cmd), (off_t)(cfg.offset + PCI_COMMAND)) != sizeof(cmd))
-		die("pwrite PCI_COMMAND: %s", strerror(errno));
-
-	bar = mmap(NULL, bar0.size, PROT_READ | PROT_WRITE, MAP_SHARED, dev, (off_t)bar0.offset);
-	if (bar == MAP_FAILED)
-		die("mmap BAR0: %s", strerror(errno));
-	ident = *(volatile uint32_t *)((volatile char *)bar + EDU_IDENT);
-	rec_out(L("ident.%s", v), "ident=0x%08x", ident);
-	if (ident != EDU_IDENT_VALUE)
-		die("edu ident 0x%08x, expected 0x%08x: is %s an edu device?", ident,
-		    EDU_IDENT_VALUE, bdf);
+	bar = edu_bar(v, dev, &bar_size);
 
 	src = map_anon(PG);
 	dst = map_anon(PG);
@@ -163,7 +86,7 @@ static void phase(int gfd, const char *bdf, int v2)
 		rec_dma(L("edu.still_mapped.%s", v), memcmp(expect, src, PG) ? "mismatch" : "ok");
 	}
 
-	munmap((void *)bar, bar0.size);
+	munmap((void *)bar, bar_size);
 	dma_unmap(L("unmap.src.%s", v), cfd, IOVA_SRC, PG, 0, NULL);
 	c_close(L("close.device.%s", v), dev);
 	unset_container(L("unset_container.%s", v), gfd);
