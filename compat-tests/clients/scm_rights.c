@@ -17,6 +17,10 @@
  * untouched, and once the parent closes its fds too the group is free: reopened, set on a
  * new container, its device handed out again (a child that kept hidden references to the
  * device would make this fail).
+ *
+ * Part 3, exec: container and group opened without O_CLOEXEC; a fork child execs this
+ * binary (execv), and the new image does what the receiver of part 1 does with the fds it
+ * inherited.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -84,43 +88,54 @@ static int recv_fd(const char *label, int sock)
 	return fd;
 }
 
-/* The secondary: a fresh program image holding only what it receives. */
-static int receiver(int sock, const char *bdf)
+/*
+ * What a process that got the container and group from another one checks and does: the
+ * container and group as type1 shows them, the other process's mapping, a device fd, and a
+ * DMA by the device from the other process's page into a page of its own.
+ */
+static void use_shared(const char *p, int cfd, int gfd, const char *bdf)
 {
 	struct iommu_caps caps;
 	volatile void *bar;
 	size_t bar_size;
 	unsigned char *dst, *expect;
-	int cfd, gfd, dev, ok;
+	int dev, ok;
 
-	cfd = recv_fd("rx.recv.container", sock);
-	gfd = recv_fd("rx.recv.group", sock);
-	c_ioctl("rx.api_version", cfd, VFIO_GET_API_VERSION, 0);
-	c_ioctl("rx.ext.type1v2", cfd, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU);
-	group_status("rx.status", gfd);
-	get_iommu_info("rx.info", cfd, &caps);
-	rec_state("rx.src_page", "%c", probe_page(cfd, IOVA_SRC));
-	dev = get_device_fd("rx.get_device_fd", gfd, bdf);
+	c_ioctl(L("%s.api_version", p), cfd, VFIO_GET_API_VERSION, 0);
+	c_ioctl(L("%s.ext.type1v2", p), cfd, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU);
+	group_status(L("%s.status", p), gfd);
+	get_iommu_info(L("%s.info", p), cfd, &caps);
+	rec_state(L("%s.src_page", p), "%c", probe_page(cfd, IOVA_SRC));
+	dev = get_device_fd(L("%s.get_device_fd", p), gfd, bdf);
 	if (dev < 0)
-		die("GET_DEVICE_FD on the received group: %s", errname(last_errno));
-	bar = edu_bar("rx", dev, &bar_size);
+		die("GET_DEVICE_FD on the group from another process: %s", errname(last_errno));
+	bar = edu_bar(p, dev, &bar_size);
 
 	dst = map_anon(PG);
 	expect = malloc(PG);
 	if (!expect)
 		die("out of memory");
 	fill_pattern(expect, PG, SEED_SRC);
-	ok = dma_map("rx.map.dst", cfd, IOVA_DST, PG, dst, MAP_RW) == 0;
+	ok = dma_map(L("%s.map.dst", p), cfd, IOVA_DST, PG, dst, MAP_RW) == 0;
 	if (!ok || edu_dma(bar, IOVA_SRC, EDU_BUF, PG, 0) < 0 ||
 	    edu_dma(bar, EDU_BUF, IOVA_DST, PG, 1) < 0)
-		rec_dma("rx.edu.parent_to_receiver", "error");
+		rec_dma(L("%s.edu.other_to_own", p), "error");
 	else
-		rec_dma("rx.edu.parent_to_receiver", memcmp(expect, dst, PG) ? "mismatch" : "ok");
-	dma_unmap("rx.unmap.dst", cfd, IOVA_DST, PG, 0, NULL);
+		rec_dma(L("%s.edu.other_to_own", p), memcmp(expect, dst, PG) ? "mismatch" : "ok");
+	dma_unmap(L("%s.unmap.dst", p), cfd, IOVA_DST, PG, 0, NULL);
 	munmap((void *)bar, bar_size);
-	c_close("rx.close.device", dev);
-	c_close("rx.close.group", gfd);
-	c_close("rx.close.container", cfd);
+	c_close(L("%s.close.device", p), dev);
+	c_close(L("%s.close.group", p), gfd);
+	c_close(L("%s.close.container", p), cfd);
+}
+
+/* The secondary: a fresh program image holding only what it receives. */
+static int receiver(int sock, const char *bdf)
+{
+	int cfd = recv_fd("rx.recv.container", sock);
+	int gfd = recv_fd("rx.recv.group", sock);
+
+	use_shared("rx", cfd, gfd, bdf);
 	return 0;
 }
 
@@ -238,6 +253,36 @@ static void part_fork(const char *bdf)
 	munmap(src, PG);
 }
 
+/* Part 3: fds kept across exec (no O_CLOEXEC), used by the new image of a fork child. */
+static void part_exec(const char *self, const char *bdf)
+{
+	char cfd_arg[16], gfd_arg[16];
+	int cfd, gfd, dev;
+	void *src = map_anon(PG);
+	pid_t pid;
+
+	fill_pattern(src, PG, SEED_SRC);
+	setup("exec", bdf, 0, &cfd, &gfd, &dev, src);
+	fflush(stdout);
+	pid = fork();
+	if (pid < 0)
+		die("fork: %s", strerror(errno));
+	if (pid == 0) {
+		char *args[] = { (char *)self, "exec-child", cfd_arg, gfd_arg, NULL };
+
+		snprintf(cfd_arg, sizeof(cfd_arg), "%d", cfd);
+		snprintf(gfd_arg, sizeof(gfd_arg), "%d", gfd);
+		execv(self, args);
+		_exit(127);
+	}
+	wait_child("exec.child", pid);
+	rec_state("exec.after.dst_page", "%c", probe_page(cfd, IOVA_DST));
+	rec_state("exec.after.src_page", "%c", probe_page(cfd, IOVA_SRC));
+	get_dma_avail("exec.after.avail", cfd);
+	teardown("exec", cfd, gfd, dev, 1);
+	munmap(src, PG);
+}
+
 int main(int argc, char **argv)
 {
 	const char *bdf;
@@ -246,7 +291,12 @@ int main(int argc, char **argv)
 	bdf = env_bdf("VFIO_TEST_EDU");
 	if (argc == 3 && strcmp(argv[1], "receiver") == 0)
 		return receiver(atoi(argv[2]), bdf);
+	if (argc == 4 && strcmp(argv[1], "exec-child") == 0) {
+		use_shared("ex", atoi(argv[2]), atoi(argv[3]), bdf);
+		return 0;
+	}
 	part_scm_rights("/proc/self/exe", bdf);
 	part_fork(bdf);
+	part_exec("/proc/self/exe", bdf);
 	end_ok();
 }

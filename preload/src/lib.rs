@@ -14,6 +14,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod real;
+mod exec;
 mod handoff;
 pub mod state;
 pub mod table;
@@ -581,6 +582,90 @@ fn recv_adopting(fd: c_int, m: &mut libc::msghdr, flags: c_int) -> libc::ssize_t
     rc
 }
 
+// ------------------------------------------------------------------------------ exec
+
+extern "C" {
+    static environ: *const *const c_char;
+}
+
+/// Runs an exec with the handoff of our objects that survive it in the new environment, and
+/// takes the handoff back when the exec returns (it failed).
+fn exec_with_handoff(envp: *const *const c_char, call: impl FnOnce(*const *const c_char) -> c_int) -> c_int {
+    if !ACTIVE.load(std::sync::atomic::Ordering::Relaxed) || inside() {
+        return call(envp);
+    }
+    let mut prepared = None;
+    emulate(|s| {
+        prepared = s.prepare_exec().inspect_err(|e| log::warn!("exec: no handoff: {e}")).ok().flatten();
+        Ok(0)
+    });
+    let Some(handoff) = prepared else { return call(envp) };
+    let env = exec::environment(envp, &handoff.env);
+    let rc = call(env.as_ptr());
+    let err = Errno::last_raw();
+    handoff.undo();
+    Errno::set_raw(err);
+    rc
+}
+
+/// # Safety
+/// As `execve(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+    // SAFETY: forwarding the caller's arguments with a valid environment array.
+    exec_with_handoff(envp, |e| unsafe { (real().execve)(path, argv, e) })
+}
+
+/// # Safety
+/// As `execv(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
+    // SAFETY: `environ` is the process environment, read as libc's execv reads it.
+    let envp = unsafe { environ };
+    // SAFETY: forwarding the caller's arguments with a valid environment array.
+    exec_with_handoff(envp, |e| unsafe { (real().execve)(path, argv, e) })
+}
+
+/// # Safety
+/// As `execvp(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
+    // SAFETY: `environ` is the process environment, read as libc's execvp reads it.
+    let envp = unsafe { environ };
+    // SAFETY: forwarding the caller's arguments with a valid environment array.
+    exec_with_handoff(envp, |e| unsafe { (real().execvpe)(file, argv, e) })
+}
+
+/// # Safety
+/// As `execvpe(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+    // SAFETY: forwarding the caller's arguments with a valid environment array.
+    exec_with_handoff(envp, |e| unsafe { (real().execvpe)(file, argv, e) })
+}
+
+/// # Safety
+/// As `fexecve(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn fexecve(fd: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+    // SAFETY: forwarding the caller's arguments with a valid environment array.
+    exec_with_handoff(envp, |e| unsafe { (real().fexecve)(fd, argv, e) })
+}
+
+/// # Safety
+/// As `execveat(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn execveat(
+    dirfd: c_int,
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    flags: c_int,
+) -> c_int {
+    // SAFETY: forwarding the caller's arguments with a valid environment array.
+    exec_with_handoff(envp, |e| unsafe { (real().execveat)(dirfd, path, argv, e, flags) })
+}
+
 // ------------------------------------------------------------------ constructor, fork
 
 extern "C" fn before_fork() {
@@ -606,6 +691,18 @@ extern "C" fn constructor() {
     real::init();
     // SAFETY: registering plain extern "C" handlers with no captured state.
     unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork_parent), Some(after_fork_child)) };
+    if std::env::var_os("VFIO_SHIM_HANDOFF").is_some() {
+        emulate(|s| {
+            if let Some((app_fds, mut kept, h)) = exec::inherited() {
+                match s.adopt_handoff(&app_fds, &mut kept, h) {
+                    Ok(()) => log::debug!("exec: adopted {} container/group fd(s)", app_fds.len()),
+                    Err(e) => log::warn!("exec: the handoff could not be adopted: {e}"),
+                }
+                s.sync_internal();
+            }
+            Ok(0)
+        });
+    }
 }
 
 #[used]

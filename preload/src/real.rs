@@ -16,6 +16,10 @@ pub type FcntlFn = unsafe extern "C" fn(c_int, c_int, c_ulong) -> c_int;
 pub type IoctlFn = unsafe extern "C" fn(c_int, c_ulong, c_ulong) -> c_int;
 pub type CloseRangeFn = unsafe extern "C" fn(libc::c_uint, libc::c_uint, c_int) -> c_int;
 pub type ClosefromFn = unsafe extern "C" fn(c_int);
+pub type ExecveFn = unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;
+pub type FexecveFn = unsafe extern "C" fn(c_int, *const *const c_char, *const *const c_char) -> c_int;
+pub type ExecveatFn =
+    unsafe extern "C" fn(c_int, *const c_char, *const *const c_char, *const *const c_char, c_int) -> c_int;
 pub type SendmsgFn = unsafe extern "C" fn(c_int, *const libc::msghdr, c_int) -> libc::ssize_t;
 pub type RecvmsgFn = unsafe extern "C" fn(c_int, *mut libc::msghdr, c_int) -> libc::ssize_t;
 
@@ -37,6 +41,10 @@ pub struct Real {
     pub closefrom: ClosefromFn,
     pub sendmsg: SendmsgFn,
     pub recvmsg: RecvmsgFn,
+    pub execve: ExecveFn,
+    pub execvpe: ExecveFn,
+    pub fexecve: FexecveFn,
+    pub execveat: ExecveatFn,
 }
 
 static REAL: OnceLock<Real> = OnceLock::new();
@@ -85,6 +93,10 @@ fn resolve_all() -> Real {
         closefrom: resolve!(c"closefrom", ClosefromFn),
         sendmsg: resolve!(c"sendmsg", SendmsgFn),
         recvmsg: resolve!(c"recvmsg", RecvmsgFn),
+        execve: resolve!(c"execve", ExecveFn),
+        execvpe: resolve!(c"execvpe", ExecveFn),
+        fexecve: resolve!(c"fexecve", FexecveFn),
+        execveat: resolve!(c"execveat", ExecveatFn),
     }
 }
 
