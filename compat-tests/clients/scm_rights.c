@@ -232,13 +232,19 @@ static void part_fork(const char *bdf)
 	if (pid < 0)
 		die("fork: %s", strerror(errno));
 	if (pid == 0) {
-		/* close everything inherited, then stay alive until the parent is done */
+		/* close everything inherited, then stay alive until the parent is done (or dies:
+		 * only the parent holds the pipe's write end) */
 		int bad = (close(dev) | close(gfd) | close(cfd)) != 0;
+
+		close(go[0]);
+		close(done[1]);
 
 		if (write(go[1], &bad, 1) != 1 || read(done[0], &byte, 1) < 0)
 			_exit(2);
 		_exit(bad);
 	}
+	close(go[1]);
+	close(done[0]);
 	if (read(go[0], &byte, 1) != 1)
 		die("child did not report");
 	rec_out("fork.child_closed", "errors=%d", byte);
