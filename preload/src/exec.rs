@@ -22,15 +22,29 @@ use crate::state::{Object, State};
 const VAR: &str = "VFIO_SHIM_HANDOFF";
 
 /// What an exec in progress keeps open, undone if the exec fails.
+/// Its fds are held only to be closed if the exec fails (a successful one never returns).
 pub struct ExecHandoff {
-    memfd: OwnedFd,
-    kept: Vec<c_int>,
+    _memfd: OwnedFd,
+    /// Duplicates of the native fds, without close-on-exec (the backend's own stay as they
+    /// are, so a failed exec changes nothing of theirs).
+    _kept: Vec<OwnedFd>,
     pub env: CString,
 }
 
 fn set_cloexec(fd: c_int, on: bool) {
     // SAFETY: F_SETFD on a descriptor we hold; no memory is involved.
     unsafe { (real().fcntl)(fd, libc::F_SETFD, if on { libc::FD_CLOEXEC as _ } else { 0 }) };
+}
+
+/// A duplicate of `fd` that an exec keeps open.
+fn dup_inherited(fd: c_int) -> Result<OwnedFd, Errno> {
+    // SAFETY: duplicating a descriptor we hold; no memory is involved.
+    let new = unsafe { (real().fcntl)(fd, libc::F_DUPFD, 0) };
+    if new < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: `new` was just created and is owned here alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
 fn is_cloexec(fd: c_int) -> bool {
@@ -53,20 +67,20 @@ impl State {
             .filter(|fd| matches!(self.object(*fd), Some(Object::Container(_) | Object::Group(_))))
             .filter(|fd| !is_cloexec(*fd))
             .collect();
-        let Some((h, kept)) = self.handoff_for(&app_fds)? else { return Ok(None) };
+        let Some((h, native)) = self.handoff_for(&app_fds)? else { return Ok(None) };
         let memfd = handoff::memfd_of(&h.encode()?)?;
         set_cloexec(memfd.as_raw_fd(), false);
-        kept.iter().for_each(|fd| set_cloexec(*fd, false));
-        let env = format!("{VAR}={}:{}:{}", memfd.as_raw_fd(), list(&app_fds), list(&kept));
-        Ok(Some(ExecHandoff { memfd, kept, env: CString::new(env).expect("digits") }))
+        let kept = native.iter().map(|fd| dup_inherited(*fd)).collect::<Result<Vec<_>, _>>()?;
+        let numbers: Vec<c_int> = kept.iter().map(|fd| fd.as_raw_fd()).collect();
+        let env = format!("{VAR}={}:{}:{}", memfd.as_raw_fd(), list(&app_fds), list(&numbers));
+        Ok(Some(ExecHandoff { _memfd: memfd, _kept: kept, env: CString::new(env).expect("digits") }))
     }
 }
 
 impl ExecHandoff {
-    /// The exec failed: everything of ours is close-on-exec again.
+    /// The exec failed: the duplicates and the memfd go.
     pub fn undo(self) {
-        self.kept.iter().for_each(|fd| set_cloexec(*fd, true));
-        drop(self.memfd);
+        drop(self);
     }
 }
 

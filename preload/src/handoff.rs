@@ -25,6 +25,8 @@ use crate::state::{Object, State};
 pub const SCM_MAX_FD: usize = 253;
 const SEALS: c_int = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
 const HDR: usize = std::mem::size_of::<libc::cmsghdr>();
+/// `SCM_PIDFD` (include/linux/socket.h): a pidfd the kernel installs on receive.
+const SCM_PIDFD: c_int = 4;
 /// The largest handoff read back (65,535 mappings take about 3 MiB).
 const MAX_TEXT: usize = 64 << 20;
 
@@ -85,7 +87,12 @@ fn push_cmsg(buf: &mut Vec<u8>, level: c_int, kind: c_int, data: &[u8]) {
 /// The application's control buffer with one more `SCM_RIGHTS` message (the kernel merges
 /// every `SCM_RIGHTS` of a message into one list, in order).
 pub fn with_appended(ctrl: &[u8], fds: &[c_int]) -> Vec<u8> {
-    let mut buf = ctrl.to_vec();
+    // Where the kernel's walk looks for the next header: after the last valid one.
+    let end = cmsgs(ctrl).last().map_or(0, |c| {
+        let start = c.data.as_ptr() as usize - ctrl.as_ptr() as usize - HDR;
+        (start + align(HDR + c.data.len())).min(ctrl.len())
+    });
+    let mut buf = ctrl[..end].to_vec();
     let data: Vec<u8> = fds.iter().flat_map(|f| f.to_ne_bytes()).collect();
     push_cmsg(&mut buf, libc::SOL_SOCKET, libc::SCM_RIGHTS, &data);
     buf
@@ -100,6 +107,14 @@ pub fn lay_out(msgs: &[(c_int, c_int, Vec<u8>)], room: usize) -> (Vec<u8>, bool,
     let mut dropped = Vec::new();
     for (level, kind, data) in msgs {
         let left = room - out.len();
+        if *level == libc::SOL_SOCKET && *kind == SCM_PIDFD {
+            // scm_pidfd_recv: installed only with room for CMSG_LEN(sizeof(int)).
+            if left < HDR + 4 {
+                truncated = true;
+                dropped.extend(fds_of(data));
+                continue;
+            }
+        }
         if *level == libc::SOL_SOCKET && *kind == libc::SCM_RIGHTS {
             let fds: Vec<c_int> = fds_of(data).collect();
             let fit = if left <= HDR { 0 } else { ((left - HDR) / 4).min(fds.len()) };
@@ -165,6 +180,13 @@ pub fn memfd_of(text: &str) -> Result<OwnedFd, Errno> {
 pub fn read_handoff(fd: c_int) -> Option<Handoff> {
     // SAFETY: F_GET_SEALS only reads the file's seals (EINVAL for anything but a memfd).
     if unsafe { (real().fcntl)(fd, libc::F_GET_SEALS, 0) } != SEALS {
+        return None;
+    }
+    let magic = b"vfio-shim-handoff ";
+    let mut head = [0u8; 18];
+    // SAFETY: reading into a live buffer of its own length.
+    let n = unsafe { libc::pread(fd, head.as_mut_ptr().cast(), head.len(), 0) };
+    if n != head.len() as isize || &head != magic {
         return None;
     }
     let mut text = Vec::new();
@@ -357,10 +379,12 @@ pub fn deliver(
         return (got.len(), false);
     }
     let fds = rights(got);
-    let handoff = fds.last().and_then(|last| {
+    // A handoff is at least one fd of the application's and the memfd; with
+    // SO_RIGHTS_NOTRUNC the kernel may put negative errnos where fds did not fit.
+    let handoff = fds.last().filter(|_| fds.len() >= 2 && fds.iter().all(|f| *f >= 0)).and_then(|last| {
         let h = read_handoff(*last)?;
-        let appended = h.max_fd_index().map_or(0, |i| i + 1);
-        (fds.len() > appended).then_some((h, fds.len() - 1 - appended))
+        let appended = h.max_fd_index().map_or(Some(0), |i| i.checked_add(1))?;
+        (fds.len() > appended.checked_add(1)?).then_some((h, fds.len() - 1 - appended))
     });
     let Some((mut h, n_app)) = handoff else {
         if got.len() <= out.len() {
@@ -396,8 +420,10 @@ pub fn deliver(
         }
     }
     let ((used, truncated), dropped) = write_out(&msgs, out);
-    h.slots.retain(|(i, _)| !dropped.contains(&app_fds[*i]));
-    adopt(app_fds, &mut extras, h);
+    h.slots.retain(|(i, _)| app_fds.get(*i).is_some_and(|fd| !dropped.contains(fd)));
+    if !h.slots.is_empty() {
+        adopt(app_fds, &mut extras, h);
+    }
     (used, truncated)
 }
 
@@ -448,6 +474,26 @@ mod tests {
         let (b, t, _) = lay_out(&[(libc::SOL_SOCKET, libc::SCM_CREDENTIALS, vec![1; 12])], 20);
         assert_eq!((b.len(), t), (20, true));
         assert_eq!(usize::from_ne_bytes(b[..8].try_into().unwrap()), 20);
+    }
+
+    #[test]
+    fn appended_after_the_last_header_not_the_buffer_end() {
+        // A buffer with room for three fds carrying one: the kernel's walk looks for the
+        // next header right after the first (CMSG_ALIGN(cmsg_len)), not at the buffer end.
+        let mut app = with_appended(&[], &[5]);
+        app.resize(32, 0);
+        let buf = with_appended(&app, &[9]);
+        assert_eq!(rights(&buf), vec![5, 9]);
+        assert_eq!(buf.len(), 48);
+    }
+
+    #[test]
+    fn a_pidfd_without_room_is_dropped() {
+        let pidfd = (libc::SOL_SOCKET, SCM_PIDFD, 7i32.to_ne_bytes().to_vec());
+        let (b, t, d) = lay_out(std::slice::from_ref(&pidfd), 19);
+        assert_eq!((b.len(), t, d), (0, true, vec![7]));
+        let (b, t, d) = lay_out(&[pidfd], 24);
+        assert_eq!((b.len(), t, d), (24, false, vec![]));
     }
 
     #[test]

@@ -492,21 +492,21 @@ fn send_with_handoff(fd: c_int, m: &libc::msghdr, ctrl: &[u8], flags: c_int) -> 
     use std::os::fd::AsRawFd;
     let app_fds = handoff::rights(ctrl);
     let mut prepared = None;
-    let rc = emulate(|s| {
-        let Some((h, extras)) = s.handoff_for(&app_fds)? else { return Ok(0) };
-        if app_fds.len() + extras.len() + 1 > handoff::SCM_MAX_FD {
-            log::warn!("sendmsg: no room for the handoff of our container/group fds; the receiver gets them bare");
-            return Ok(0);
-        }
-        let memfd = handoff::memfd_of(&h.encode()?)?;
-        let dups = extras.iter().map(|f| dup_cloexec(*f)).collect::<Result<Vec<_>, _>>()?;
-        log::debug!("sendmsg: {} container/group fd(s) handed off with {} fd(s)", h.slots.len(), dups.len());
-        prepared = Some((dups, memfd));
+    emulate(|s| {
+        let made = (|| {
+            let Some((h, extras)) = s.handoff_for(&app_fds)? else { return Ok(None) };
+            if app_fds.len() + extras.len() + 1 > handoff::SCM_MAX_FD {
+                return Err(Errno::ETOOMANYREFS);
+            }
+            let memfd = handoff::memfd_of(&h.encode()?)?;
+            let dups = extras.iter().map(|f| dup_cloexec(*f)).collect::<Result<Vec<_>, _>>()?;
+            log::debug!("sendmsg: {} container/group fd(s) handed off with {} fd(s)", h.slots.len(), dups.len());
+            Ok(Some((dups, memfd)))
+        })();
+        // The kernel would send the message: without a handoff the receiver gets bare fds.
+        prepared = made.inspect_err(|e| log::warn!("sendmsg: no handoff for our container/group fds: {e}")).ok().flatten();
         Ok(0)
     });
-    if rc < 0 {
-        return -1;
-    }
     let Some((dups, memfd)) = prepared else {
         // SAFETY: forwarding the caller's message.
         return unsafe { (real().sendmsg)(fd, m, flags) };
@@ -521,6 +521,12 @@ fn send_with_handoff(fd: c_int, m: &libc::msghdr, ctrl: &[u8], flags: c_int) -> 
     let rc = unsafe { (real().sendmsg)(fd, &mine, flags) };
     let err = Errno::last_raw();
     drop((dups, memfd));
+    if rc >= 0 {
+        emulate(|s| {
+            s.mark_sent(&app_fds);
+            Ok(0)
+        });
+    }
     Errno::set_raw(err);
     rc
 }
@@ -551,7 +557,8 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
 fn recv_adopting(fd: c_int, m: &mut libc::msghdr, flags: c_int) -> libc::ssize_t {
     let saved = Errno::last_raw();
     let room = m.msg_controllen;
-    let mut buf = [0u64; RECV_BUF / 8];
+    // Not zeroed: only what the kernel wrote is read back (no memset on this path).
+    let mut buf = std::mem::MaybeUninit::<[u64; RECV_BUF / 8]>::uninit();
     let mut mine = *m;
     mine.msg_control = buf.as_mut_ptr().cast();
     mine.msg_controllen = room + HANDOFF_ROOM;
@@ -560,11 +567,19 @@ fn recv_adopting(fd: c_int, m: &mut libc::msghdr, flags: c_int) -> libc::ssize_t
     if rc < 0 {
         return rc;
     }
-    let got: &[u8] = zerocopy::IntoBytes::as_bytes(&buf[..]);
-    let got = &got[..mine.msg_controllen.min(RECV_BUF)];
+    m.msg_namelen = mine.msg_namelen;
+    m.msg_flags = mine.msg_flags;
+    let len = mine.msg_controllen.min(RECV_BUF);
+    if len == 0 {
+        m.msg_controllen = 0;
+        Errno::set_raw(saved);
+        return rc;
+    }
+    // SAFETY: the kernel wrote the first `len` bytes of `buf`.
+    let got = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), len) };
     // SAFETY: the caller's control buffer of `room` bytes, writable.
     let out = unsafe { std::slice::from_raw_parts_mut(m.msg_control as *mut u8, room) };
-    let (used, truncated) = handoff::deliver(got, out, |app_fds, extras, h| {
+    let delivered = catch_unwind(AssertUnwindSafe(|| handoff::deliver(got, out, |app_fds, extras, h| {
         emulate(|s| {
             let r = s.adopt_handoff(app_fds, extras, h);
             s.sync_internal();
@@ -574,10 +589,13 @@ fn recv_adopting(fd: c_int, m: &mut libc::msghdr, flags: c_int) -> libc::ssize_t
             }
             r.map(|()| 0)
         });
-    });
+    })));
+    // A panic here is a bug of ours: the message stays received, without control data.
+    let (used, truncated) = delivered.unwrap_or((0, true));
     m.msg_controllen = used;
-    m.msg_namelen = mine.msg_namelen;
-    m.msg_flags = mine.msg_flags | if truncated { libc::MSG_CTRUNC } else { 0 };
+    if truncated {
+        m.msg_flags |= libc::MSG_CTRUNC;
+    }
     Errno::set_raw(saved);
     rc
 }
@@ -676,6 +694,10 @@ extern "C" fn before_fork() {
 extern "C" fn after_fork_parent() {
     // SAFETY: `before_fork` left the lock held by this thread.
     unsafe { STATE.force_unlock() };
+    // The child holds every object too now: our closes must not tear them down under it.
+    if let Some(state) = STATE.lock().as_mut() {
+        state.shim.mark_all_shared();
+    }
 }
 
 extern "C" fn after_fork_child() {

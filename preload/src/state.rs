@@ -165,6 +165,7 @@ impl State {
         for obj in objects {
             let origin = self.origin_of(obj);
             self.origins.insert(obj, origin);
+            self.by_origin.insert(origin, obj);
         }
         self.nonce = fresh_nonce();
         self.shim.mark_all_shared();
@@ -185,9 +186,20 @@ impl State {
         self.refs.get(&obj).copied().unwrap_or(0)
     }
 
-    /// A received object we already hold an fd of.
+    /// The live object an origin names here: one of ours (a handoff that came back) or one
+    /// received before, with or without an fd now (a container can live on through a group).
     pub fn held(&self, origin: Origin) -> Option<Object> {
-        self.by_origin.get(&origin).copied().filter(|o| self.refs.contains_key(o))
+        let mine = |id| [Object::Container(ContainerId(id)), Object::Group(GroupId(id))];
+        let candidates = if origin.nonce == self.nonce {
+            mine(origin.id).into_iter().filter(|o| !self.origins.contains_key(o)).collect()
+        } else {
+            self.by_origin.get(&origin).copied().into_iter().collect::<Vec<_>>()
+        };
+        candidates.into_iter().find(|o| match o {
+            Object::Container(c) => self.shim.container_iommufd(*c).is_some(),
+            Object::Group(g) => self.shim.group_number(*g).is_some(),
+            Object::Device(_) => false,
+        })
     }
 
     /// Re-marks the backend's fds after an operation that may open or close some.
@@ -233,8 +245,27 @@ impl State {
 
     pub(crate) fn adopt(&mut self, fd: c_int, obj: Object) {
         self.fds.insert(fd, obj);
-        *self.refs.entry(obj).or_default() += 1;
+        let refs = self.refs.entry(obj).or_default();
+        *refs += 1;
+        if *refs == 1 {
+            match obj {
+                Object::Container(c) => self.shim.reopen_container(c),
+                Object::Group(g) => self.shim.reopen_group(g),
+                Object::Device(_) => {}
+            }
+        }
         table::set(fd, obj.kind());
+    }
+
+    /// The objects behind `fds` are now held by another process too.
+    pub fn mark_sent(&mut self, fds: &[c_int]) {
+        for fd in fds {
+            match self.object(*fd) {
+                Some(Object::Container(c)) => self.shim.mark_container_shared(c),
+                Some(Object::Group(g)) => self.shim.mark_group_shared(g),
+                _ => {}
+            }
+        }
     }
 
     /// Forgets `fd`; releases the object when it was its last fd. The caller closes `fd`.
@@ -247,9 +278,6 @@ impl State {
             return;
         }
         self.refs.remove(&obj);
-        if let Some(origin) = self.origins.remove(&obj) {
-            self.by_origin.remove(&origin);
-        }
         self.release(obj);
     }
 

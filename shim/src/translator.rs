@@ -629,7 +629,7 @@ impl<B: Backend> Shim<B> {
             return;
         }
         if g.container.is_some() {
-            self.detach_container(id);
+            self.detach_container(id, false);
         }
         self.groups.remove(&id);
     }
@@ -755,7 +755,7 @@ impl<B: Backend> Shim<B> {
         let ctx = c.ctx;
         if let Some(iommu) = c.iommu.as_mut() {
             if let Err(e) = Self::refresh_domain_facts(&mut self.backend, ctx, iommu) {
-                self.detach_container(id);
+                self.detach_container(id, true);
                 return Err(e);
             }
         }
@@ -771,18 +771,22 @@ impl<B: Backend> Shim<B> {
         if g.device_users > 0 {
             return Err(Errno::EBUSY);
         }
-        self.detach_container(id);
+        self.detach_container(id, true);
         Ok(())
     }
 
     /// CT:468: detach a group; the last group leaving drops the IOMMU and every mapping.
-    fn detach_container(&mut self, id: GroupId) {
+    /// `explicit` for `UNSET_CONTAINER` (or a failed `SET_CONTAINER`), which acts on the one
+    /// kernel group every holder shares, as type1's does; otherwise our last fd of the group
+    /// is gone, and when the group is shared with another process that only drops our
+    /// references (type1 releases a group at its last close anywhere).
+    fn detach_container(&mut self, id: GroupId, explicit: bool) {
         let g = self.groups.get_mut(&id).expect("checked");
         let Some(cid) = g.container.take() else { return };
         let devices = std::mem::take(&mut g.devices);
-        let shared = g.shared;
+        let native = explicit || !g.shared;
         for d in &devices {
-            if d.attached && !shared {
+            if d.attached && native {
                 let _ = self.backend.device_detach(d.handle);
             }
             self.backend.device_close(d.handle);
@@ -790,14 +794,15 @@ impl<B: Backend> Shim<B> {
         let c = self.containers.get_mut(&cid).expect("group's container");
         c.groups.retain(|g| *g != id);
         let ctx = c.ctx;
-        if shared || c.shared {
-            // The other process still has the group on the container: our view only.
-        } else if c.groups.is_empty() {
+        let native = native && (explicit || !c.shared);
+        if c.groups.is_empty() {
             if let Some(iommu) = c.iommu.take() {
-                if !iommu.ledger.is_empty() {
-                    let _ = self.backend.ioas_unmap(ctx, iommu.ioas, 0, u64::MAX);
+                if native {
+                    if !iommu.ledger.is_empty() {
+                        let _ = self.backend.ioas_unmap(ctx, iommu.ioas, 0, u64::MAX);
+                    }
+                    let _ = self.backend.ioas_destroy(ctx, iommu.ioas);
                 }
-                let _ = self.backend.ioas_destroy(ctx, iommu.ioas);
             }
         } else if let Some(iommu) = c.iommu.as_mut() {
             let _ = Self::refresh_domain_facts(&mut self.backend, ctx, iommu);
@@ -844,10 +849,41 @@ impl<B: Backend> Shim<B> {
 
     // ------------------------------------------------- sharing with other processes
 
-    /// In a fork child: every object so far is the parent's too.
+    /// After fork, in both processes: every object so far is the other's too.
     pub fn mark_all_shared(&mut self) {
         self.containers.values_mut().for_each(|c| c.shared = true);
         self.groups.values_mut().for_each(|g| g.shared = true);
+    }
+
+    /// A container now held by another process too (its fd was sent).
+    pub fn mark_container_shared(&mut self, id: ContainerId) {
+        if let Some(c) = self.containers.get_mut(&id) {
+            c.shared = true;
+        }
+    }
+
+    /// A group, and the container it is set on, now held by another process too.
+    pub fn mark_group_shared(&mut self, id: GroupId) {
+        let Some(g) = self.groups.get_mut(&id) else { return };
+        g.shared = true;
+        if let Some(c) = g.container {
+            self.mark_container_shared(c);
+        }
+    }
+
+    /// A container or group whose fds were all closed (it lived on through another object)
+    /// is held by an fd again.
+    pub fn reopen_container(&mut self, id: ContainerId) {
+        if let Some(c) = self.containers.get_mut(&id) {
+            c.open = true;
+        }
+    }
+
+    /// As [`Shim::reopen_container`].
+    pub fn reopen_group(&mut self, id: GroupId) {
+        if let Some(g) = self.groups.get_mut(&id) {
+            g.open = true;
+        }
     }
 
     /// What another process needs to act on this container as its own holder would.

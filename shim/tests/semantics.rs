@@ -906,3 +906,16 @@ both_versions!(an_imported_container_answers_as_the_exporter_does, |v2| {
     assert_eq!(imported.device(g, "0000:00:09.0"), Err(Errno::ENODEV));
     assert_eq!(imported.shim.import_group(7, Some(ContainerId(999)), vec![]), Err(Errno::EBADF));
 });
+
+both_versions!(unset_container_on_a_shared_group_acts_on_the_kernel_group, |v2| {
+    // UNSET_CONTAINER is an ioctl on the one kernel group all holders share: type1 detaches
+    // it for everyone, and the last group leaving drops every mapping.
+    let mut env = Env::new(v2);
+    env.map(0x10_0000, 0x1000).unwrap();
+    env.shim.mark_all_shared();
+    let before = [Op::IoasUnmap, Op::IoasDestroy, Op::DeviceDetach].map(|op| env.shim.backend().calls(op));
+    env.unset_container(env.g).unwrap();
+    let after = [Op::IoasUnmap, Op::IoasDestroy, Op::DeviceDetach].map(|op| env.shim.backend().calls(op));
+    assert_eq!(after, before.map(|n| n + 1));
+    assert_eq!(env.map(0x10_0000, 0x1000), Err(Errno::EINVAL), "no IOMMU any more");
+});

@@ -145,7 +145,7 @@ impl KernelBackend {
         attached: Option<IoasId>,
     ) -> Result<DeviceHandle, Errno> {
         let devices = self.dev.join("vfio/devices");
-        if !Path::new(cdev).parent().is_some_and(|p| p == devices) || !self.iommufds.contains_key(&ctx) {
+        if Path::new(cdev).parent().is_none_or(|p| p != devices) || !self.iommufds.contains_key(&ctx) {
             return Err(Errno::EBADF);
         }
         same_char_device(fd.as_fd(), Path::new(cdev))?;
