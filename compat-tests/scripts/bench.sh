@@ -82,7 +82,8 @@ for name, key in rows:
     print(f"{name:32} {p:10.2f} {c:10.2f} {c/p:13.3f}")
 print()
 print(f"{'host pass-through, median of 5':32} {'plain':>10} {'preload':>10} {'ratio':>11}")
-for name, key in [("ioctl(FIONREAD) on a pipe (ns)", "ioctl_pipe_ns"), ("close(dup(pipe)) (ns)", "dup_close_pipe_ns")]:
+for name, key in [("ioctl(FIONREAD) on a pipe (ns)", "ioctl_pipe_ns"), ("close(dup(pipe)) (ns)", "dup_close_pipe_ns"),
+                  ("sendmsg+recvmsg, 1 byte (ns)", "msg_pair_ns"), ("the same with 1 fd (ns)", "msg_fd_pair_ns")]:
     p, q = med("host-plain", key), med("host-preload", key)
     print(f"{name:32} {p:10.1f} {q:10.1f} {q/p:11.3f}")
 PY
