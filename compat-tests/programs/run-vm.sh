@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Real programs in the test VM, in one command: the kernel's VFIO selftests (selftests.sh) and
-# QEMU 7.2 / 10.0 driving an assigned edu's DMA from an L2 (qemu.sh).
+# Real programs in the test VM, in one command: the kernel's VFIO selftests (selftests.sh),
+# QEMU 7.2 / 10.0 driving an assigned edu's DMA from an L2 (qemu.sh), and a DPDK primary and
+# secondary sharing the igb (dpdk.sh).
 #
 # Usage: run-vm.sh <full|cdev-only> <results-dir> [<selftest-modes>]
 #   On the host. Builds the selftests into <results-dir>/selftests-bins, fetches QEMU and stages
@@ -10,7 +11,7 @@
 #   Exit status: 0 iff both passed (selftest skips are not failures).
 #
 # Environment passed into the guest (for the preload later; unset for the type1 baseline):
-#   SELFTESTS_WRAP, QEMU_WRAP   command prefixes, e.g. "env LD_PRELOAD=/path/libvfio_shim_preload.so"
+#   SELFTESTS_WRAP, QEMU_WRAP, DPDK_WRAP   command prefixes, e.g. "env LD_PRELOAD=/path/libvfio_shim_preload.so"
 #   SELFTESTS_ONLY, SELFTESTS_EXTRA, L2_DMA_RUNS  see selftests.sh / qemu.sh
 # and everything vm.sh reads (VM_TIMEOUT, VM_KERNEL, ...).
 # `run-vm.sh --guest <results-dir> <modes>` is the part that runs inside the guest.
@@ -24,6 +25,7 @@ if [ "${1:-}" = --guest ]; then
   . "$repo/compat-tests/scripts/guest-setup.sh" || exit 1
   bash "$here/selftests.sh" run "$results/selftests-bins" "$modes" "$results/selftests" || rc=1
   bash "$here/qemu.sh" l2-dma-all "$results/qemu" "$results/qemu-trees" || rc=1
+  bash "$here/dpdk.sh" run "$results/dpdk-bin" "$results/dpdk" || rc=1
   exit $rc
 fi
 
@@ -34,9 +36,10 @@ mkdir -p "$results"; results=$(cd "$results" && pwd)
 bash "$here/selftests.sh" build "$results/selftests-bins"
 bash "$here/qemu.sh" fetch >/dev/null
 bash "$here/qemu.sh" stage "$results/qemu-trees" >/dev/null
+bash "$here/dpdk.sh" fetch "$results/dpdk-bin"
 
 envs=()
-for v in SELFTESTS_WRAP QEMU_WRAP SELFTESTS_ONLY SELFTESTS_EXTRA L2_DMA_RUNS; do
+for v in SELFTESTS_WRAP QEMU_WRAP DPDK_WRAP SELFTESTS_ONLY SELFTESTS_EXTRA L2_DMA_RUNS; do
   [ -n "${!v:-}" ] && envs+=("$v=${!v}")
 done
 set +e
@@ -46,4 +49,5 @@ rc=$?
 set -e
 echo "===== $results/selftests/summary.txt"; cat "$results/selftests/summary.txt" 2>/dev/null || true
 echo "===== $results/qemu/summary.txt"; cat "$results/qemu/summary.txt" 2>/dev/null || true
+echo "===== $results/dpdk/summary.txt"; cat "$results/dpdk/summary.txt" 2>/dev/null || true
 exit $rc

@@ -5,7 +5,9 @@
 #   2. the same on the cdev-only kernel (no legacy container, no groups), every program run
 #      by `vfio-shim run --` (LD_PRELOAD);
 #   3. every selftest case must have the same result in both, and both QEMU versions must move
-#      the L2 DMA through the assigned device, map its BAR for P2P and quit cleanly.
+#      the L2 DMA through the assigned device, map its BAR for P2P and quit cleanly;
+#   4. a DPDK secondary (dpdk-proc-info) must open the primary's (testpmd) igb through the
+#      container and group fds it receives over SCM_RIGHTS, on type1 and through the shim.
 # Usage: programs-tier.sh [results-dir]   (default compat-tests/out/programs-tier; wiped)
 # The last line is "programs: N passed, M failed, K skipped".
 set -euo pipefail
@@ -24,7 +26,7 @@ set +e
 bash "$root/compat-tests/programs/run-vm.sh" full "$out/type1" >"$out/type1.log" 2>&1
 type1_rc=$?
 echo "=== programs-tier: through the shim on the cdev-only kernel (vfio-shim run)" >&2
-SELFTESTS_WRAP="$run run --" QEMU_WRAP="$run run --" \
+SELFTESTS_WRAP="$run run --" QEMU_WRAP="$run run --" DPDK_WRAP="$run run --" \
   bash "$root/compat-tests/programs/run-vm.sh" cdev-only "$out/shim" >"$out/shim.log" 2>&1
 shim_rc=$?
 set -e
@@ -82,6 +84,17 @@ for version in ("7.2", "10.0"):
           f"({len(dma)} L2 DMA runs, {len(bar)} BAR maps)")
     for l in dma[:1] + bar[:1]:
         print("   " + l.strip())
+print()
+def dpdk(side):
+    p = out / side / "dpdk" / "summary.txt"
+    return p.read_text().splitlines() if p.exists() else []
+t1d, shd = dpdk("type1"), dpdk("shim")
+ok = any(l.startswith("DPDK-SECONDARY: ok") for l in t1d) and any(l.startswith("DPDK-SECONDARY: ok") for l in shd)
+passed += ok
+failed += not ok
+print(f"DPDK primary + secondary (SCM_RIGHTS), type1 then shim: {'pass' if ok else 'FAIL'}")
+for l in (t1d[:1] or ["   type1: no summary"]) + (shd or ["   shim: no summary"]):
+    print("   " + l.strip())
 print(f"programs: {passed} passed, {failed} failed, {skipped} skipped")
 sys.exit(1 if failed else 0)
 PY
