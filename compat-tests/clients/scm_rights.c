@@ -38,51 +38,61 @@
 #define IOVA_DST 0x200000ULL
 #define SEED_SRC 41
 
-static void send_fd(int sock, int fd)
-{
-	char byte = 'f';
-	struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
+/* One byte with room for exactly one SCM_RIGHTS fd: what both ends use. */
+struct one_fd_msg {
+	char byte;
+	struct iovec iov;
 	union {
 		char buf[CMSG_SPACE(sizeof(int))];
 		struct cmsghdr align;
 	} u;
-	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
-			      .msg_controllen = sizeof(u.buf) };
-	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+	struct msghdr msg;
+};
 
+static void one_fd_msg_init(struct one_fd_msg *m)
+{
+	memset(m, 0, sizeof(*m));
+	m->byte = 'f';
+	m->iov = (struct iovec){ .iov_base = &m->byte, .iov_len = 1 };
+	m->msg = (struct msghdr){ .msg_iov = &m->iov, .msg_iovlen = 1, .msg_control = m->u.buf,
+				  .msg_controllen = sizeof(m->u.buf) };
+}
+
+static void send_fd(int sock, int fd)
+{
+	struct one_fd_msg m;
+	struct cmsghdr *c;
+
+	one_fd_msg_init(&m);
+	c = CMSG_FIRSTHDR(&m.msg);
 	c->cmsg_level = SOL_SOCKET;
 	c->cmsg_type = SCM_RIGHTS;
 	c->cmsg_len = CMSG_LEN(sizeof(int));
 	memcpy(CMSG_DATA(c), &fd, sizeof(int));
-	if (sendmsg(sock, &msg, 0) != 1)
+	if (sendmsg(sock, &m.msg, 0) != 1)
 		die("sendmsg: %s", strerror(errno));
 }
 
 /* Receives one message with room for one fd; records what arrived. */
 static int recv_fd(const char *label, int sock)
 {
-	char byte;
-	struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
-	union {
-		char buf[CMSG_SPACE(sizeof(int))];
-		struct cmsghdr align;
-	} u;
-	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
-			      .msg_controllen = sizeof(u.buf) };
+	struct one_fd_msg m;
 	struct cmsghdr *c;
 	int fd = -1, n = 0;
-	ssize_t r = recvmsg(sock, &msg, 0);
+	ssize_t r;
 
+	one_fd_msg_init(&m);
+	r = recvmsg(sock, &m.msg, 0);
 	if (r != 1)
 		die("recvmsg: %s", r < 0 ? strerror(errno) : "short");
-	for (c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+	for (c = CMSG_FIRSTHDR(&m.msg); c; c = CMSG_NXTHDR(&m.msg, c)) {
 		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
 			n += (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
 			memcpy(&fd, CMSG_DATA(c), sizeof(int));
 		}
 	}
-	rec_out(label, "fds=%d controllen=%zu ctrunc=%d", n, (size_t)msg.msg_controllen,
-		!!(msg.msg_flags & MSG_CTRUNC));
+	rec_out(label, "fds=%d controllen=%zu ctrunc=%d", n, (size_t)m.msg.msg_controllen,
+		!!(m.msg.msg_flags & MSG_CTRUNC));
 	if (n != 1)
 		die("expected one fd, got %d", n);
 	return fd;

@@ -17,11 +17,11 @@ use vfio_shim::Errno;
 
 use crate::handoff;
 use crate::real::real;
-use crate::state::{Object, State};
+use crate::state::{dup_owned, set_cloexec, Object, State};
 
 const VAR: &str = "VFIO_SHIM_HANDOFF";
 
-/// What an exec in progress keeps open, undone if the exec fails.
+/// What an exec in progress keeps open; dropped (closed) if the exec fails.
 /// Its fds are held only to be closed if the exec fails (a successful one never returns).
 pub struct ExecHandoff {
     _memfd: OwnedFd,
@@ -29,22 +29,6 @@ pub struct ExecHandoff {
     /// are, so a failed exec changes nothing of theirs).
     _kept: Vec<OwnedFd>,
     pub env: CString,
-}
-
-fn set_cloexec(fd: c_int, on: bool) {
-    // SAFETY: F_SETFD on a descriptor we hold; no memory is involved.
-    unsafe { (real().fcntl)(fd, libc::F_SETFD, if on { libc::FD_CLOEXEC as _ } else { 0 }) };
-}
-
-/// A duplicate of `fd` that an exec keeps open.
-fn dup_inherited(fd: c_int) -> Result<OwnedFd, Errno> {
-    // SAFETY: duplicating a descriptor we hold; no memory is involved.
-    let new = unsafe { (real().fcntl)(fd, libc::F_DUPFD, 0) };
-    if new < 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: `new` was just created and is owned here alone.
-    Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
 fn is_cloexec(fd: c_int) -> bool {
@@ -70,17 +54,10 @@ impl State {
         let Some((h, native)) = self.handoff_for(&app_fds)? else { return Ok(None) };
         let memfd = handoff::memfd_of(&h.encode()?)?;
         set_cloexec(memfd.as_raw_fd(), false);
-        let kept = native.iter().map(|fd| dup_inherited(*fd)).collect::<Result<Vec<_>, _>>()?;
+        let kept = native.iter().map(|fd| dup_owned(*fd, false)).collect::<Result<Vec<_>, _>>()?;
         let numbers: Vec<c_int> = kept.iter().map(|fd| fd.as_raw_fd()).collect();
         let env = format!("{VAR}={}:{}:{}", memfd.as_raw_fd(), list(&app_fds), list(&numbers));
         Ok(Some(ExecHandoff { _memfd: memfd, _kept: kept, env: CString::new(env).expect("digits") }))
-    }
-}
-
-impl ExecHandoff {
-    /// The exec failed: the duplicates and the memfd go.
-    pub fn undo(self) {
-        drop(self);
     }
 }
 

@@ -16,10 +16,10 @@ use std::ffi::c_int;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use vfio_shim::handoff::{ContainerRecord, DeviceRecord, GroupRecord, Handoff, Origin};
-use vfio_shim::{Backend, ContainerId, Errno, ExportedDevice, GroupId};
+use vfio_shim::{Backend, ContainerId, Errno, BoundDevice, GroupId};
 
 use crate::real::real;
-use crate::state::{Object, State};
+use crate::state::{set_cloexec, Object, State};
 
 /// The kernel's `SCM_MAX_FD`: the most fds one message carries.
 pub const SCM_MAX_FD: usize = 253;
@@ -72,7 +72,7 @@ pub fn fds_of(data: &[u8]) -> impl Iterator<Item = c_int> + '_ {
 
 /// Every fd the `SCM_RIGHTS` messages of `ctrl` carry, in the order the receiver gets them.
 pub fn rights(ctrl: &[u8]) -> Vec<c_int> {
-    cmsgs(ctrl).filter(is_rights).flat_map(|c| fds_of(c.data).collect::<Vec<_>>()).collect()
+    cmsgs(ctrl).filter(is_rights).flat_map(|c| fds_of(c.data)).collect()
 }
 
 fn push_cmsg(buf: &mut Vec<u8>, level: c_int, kind: c_int, data: &[u8]) {
@@ -281,20 +281,17 @@ impl State {
                 }
             }
         });
-        // Objects that came without an fd of their own (a group's container) live on through
-        // what holds them; ours never had an fd, so the caller's hold ends now.
-        for obj in made {
-            match obj {
-                Object::Container(c) if r.is_err() || !self.has_fds(obj) => self.shim.close_container(c),
-                Object::Group(g) if r.is_err() || !self.has_fds(obj) => self.shim.close_group(g),
-                _ => {}
+        if r.is_err() {
+            // Nothing of a handoff that does not add up stays: what was imported goes again.
+            for obj in made {
+                match obj {
+                    Object::Container(c) => self.shim.close_container(c),
+                    Object::Group(g) => self.shim.close_group(g),
+                    Object::Device(_) => {}
+                }
             }
         }
         r
-    }
-
-    fn has_fds(&self, obj: Object) -> bool {
-        self.fd_count(obj) > 0
     }
 
     fn import_records(
@@ -340,7 +337,7 @@ impl State {
                     let attached = if d.attached { Some(ioas.ok_or(Errno::EINVAL)?) } else { None };
                     let fd = take(d.fd)?;
                     let handle = self.shim.backend_mut().adopt_device(fd, cdev, ctx, d.dev_id, attached)?;
-                    devices.push(ExportedDevice { info: d.info.clone(), handle, attached: d.attached });
+                    devices.push(BoundDevice { info: d.info.clone(), handle, attached: d.attached });
                 }
                 Ok(())
             };
@@ -361,7 +358,6 @@ impl State {
 
     fn name(&mut self, obj: Object, origin: Origin) {
         self.origins.insert(obj, origin);
-        self.by_origin.insert(origin, obj);
     }
 }
 
@@ -405,8 +401,8 @@ pub fn deliver(
     let mut extras: Vec<Option<OwnedFd>> = fds[n_app..fds.len() - 1]
         .iter()
         .map(|f| {
-            // SAFETY: F_SETFD on an fd just received: ours are never inherited over exec.
-            unsafe { (real().fcntl)(*f, libc::F_SETFD, libc::FD_CLOEXEC as _) };
+            // Ours are never inherited over exec.
+            set_cloexec(*f, true);
             Some(own(*f))
         })
         .collect();

@@ -475,17 +475,6 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_i
     send_with_handoff(fd, m, ctrl, flags)
 }
 
-fn dup_cloexec(fd: c_int) -> Result<std::os::fd::OwnedFd, Errno> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: duplicating a descriptor we hold; no memory is involved.
-    let new = unsafe { (real().fcntl)(fd, libc::F_DUPFD_CLOEXEC, 0) };
-    if new < 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: `new` was just created and is owned here alone.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(new) })
-}
-
 /// The application's message with the handoff appended. The fds to append are duplicated
 /// under the state lock, so the send itself (which may block) runs without it.
 fn send_with_handoff(fd: c_int, m: &libc::msghdr, ctrl: &[u8], flags: c_int) -> libc::ssize_t {
@@ -499,7 +488,7 @@ fn send_with_handoff(fd: c_int, m: &libc::msghdr, ctrl: &[u8], flags: c_int) -> 
                 return Err(Errno::ETOOMANYREFS);
             }
             let memfd = handoff::memfd_of(&h.encode()?)?;
-            let dups = extras.iter().map(|f| dup_cloexec(*f)).collect::<Result<Vec<_>, _>>()?;
+            let dups = extras.iter().map(|f| state::dup_owned(*f, true)).collect::<Result<Vec<_>, _>>()?;
             log::debug!("sendmsg: {} container/group fd(s) handed off with {} fd(s)", h.slots.len(), dups.len());
             Ok(Some((dups, memfd)))
         })();
@@ -621,7 +610,7 @@ fn exec_with_handoff(envp: *const *const c_char, call: impl FnOnce(*const *const
     let env = exec::environment(envp, &handoff.env);
     let rc = call(env.as_ptr());
     let err = Errno::last_raw();
-    handoff.undo();
+    drop(handoff);
     Errno::set_raw(err);
     rc
 }

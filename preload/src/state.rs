@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::ffi::c_int;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 
 use vfio_shim::arg::ArgMemory;
 use vfio_shim::handoff::Origin;
@@ -70,18 +71,28 @@ pub struct State {
     pub(crate) nonce: u64,
     /// Objects named otherwise: received from another process, or inherited over fork.
     pub(crate) origins: HashMap<Object, Origin>,
-    /// Received objects by name, so one that arrives again is adopted once.
-    pub(crate) by_origin: HashMap<Origin, Object>,
 }
 
-fn dup_fd(fd: c_int, cloexec: bool) -> Result<c_int, Errno> {
+/// A duplicate of a descriptor we hold.
+pub(crate) fn dup_owned(fd: c_int, cloexec: bool) -> Result<OwnedFd, Errno> {
     let cmd = if cloexec { libc::F_DUPFD_CLOEXEC } else { libc::F_DUPFD };
-    // SAFETY: duplicating a descriptor we own; no memory is involved.
+    // SAFETY: duplicating a descriptor we hold; no memory is involved.
     let new = unsafe { (real().fcntl)(fd, cmd, 0) };
     if new < 0 {
         return Err(Errno::last());
     }
-    in_table(new)
+    // SAFETY: `new` was just created and is owned here alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Sets or clears `FD_CLOEXEC` on a descriptor we hold.
+pub(crate) fn set_cloexec(fd: c_int, on: bool) {
+    // SAFETY: F_SETFD on a descriptor we hold; no memory is involved.
+    unsafe { (real().fcntl)(fd, libc::F_SETFD, if on { libc::FD_CLOEXEC as _ } else { 0 }) };
+}
+
+fn dup_fd(fd: c_int, cloexec: bool) -> Result<c_int, Errno> {
+    in_table(dup_owned(fd, cloexec)?.into_raw_fd())
 }
 
 /// `fd`, just made by us, if the fd table can hold it; else it is closed again (EMFILE).
@@ -154,7 +165,6 @@ impl State {
             internal: Vec::new(),
             nonce: fresh_nonce(),
             origins: HashMap::new(),
-            by_origin: HashMap::new(),
         }
     }
 
@@ -165,7 +175,6 @@ impl State {
         for obj in objects {
             let origin = self.origin_of(obj);
             self.origins.insert(obj, origin);
-            self.by_origin.insert(origin, obj);
         }
         self.nonce = fresh_nonce();
         self.shim.mark_all_shared();
@@ -181,24 +190,18 @@ impl State {
         self.origins.get(&obj).copied().unwrap_or(Origin { nonce: self.nonce, id })
     }
 
-    /// How many fds name `obj`.
-    pub fn fd_count(&self, obj: Object) -> usize {
-        self.refs.get(&obj).copied().unwrap_or(0)
-    }
-
     /// The live object an origin names here: one of ours (a handoff that came back) or one
     /// received before, with or without an fd now (a container can live on through a group).
     pub fn held(&self, origin: Origin) -> Option<Object> {
-        let mine = |id| [Object::Container(ContainerId(id)), Object::Group(GroupId(id))];
-        let candidates = if origin.nonce == self.nonce {
-            mine(origin.id).into_iter().filter(|o| !self.origins.contains_key(o)).collect()
-        } else {
-            self.by_origin.get(&origin).copied().into_iter().collect::<Vec<_>>()
-        };
-        candidates.into_iter().find(|o| match o {
-            Object::Container(c) => self.shim.container_iommufd(*c).is_some(),
-            Object::Group(g) => self.shim.group_number(*g).is_some(),
-            Object::Device(_) => false,
+        let id = origin.id;
+        let mine = (origin.nonce == self.nonce).then_some([Object::Container(ContainerId(id)), Object::Group(GroupId(id))]);
+        self.origins.keys().copied().chain(mine.into_iter().flatten()).find(|o| {
+            self.origin_of(*o) == origin
+                && match o {
+                    Object::Container(c) => self.shim.container_iommufd(*c).is_some(),
+                    Object::Group(g) => self.shim.group_number(*g).is_some(),
+                    Object::Device(_) => false,
+                }
         })
     }
 

@@ -15,6 +15,6 @@ pub mod translator;
 pub use backend::Backend;
 pub use nix::errno::Errno;
 pub use translator::{
-    ContainerExport, ContainerId, DeviceGrant, ExportedDevice, FdTarget, GroupExport, GroupId, GroupReply,
+    BoundDevice, ContainerExport, ContainerId, DeviceGrant, FdTarget, GroupExport, GroupId, GroupReply,
     IommuExport, Shim,
 };

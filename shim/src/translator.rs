@@ -94,11 +94,13 @@ struct Container {
     shared: bool,
 }
 
-#[derive(Debug)]
-struct BoundDevice {
-    info: GroupDevice,
-    handle: DeviceHandle,
-    attached: bool,
+/// A VFIO device of a group, bound to the container's iommufd while the group is set (in
+/// exports: the exporter's handle, or on import the one the importer's backend adopted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BoundDevice {
+    pub info: GroupDevice,
+    pub handle: DeviceHandle,
+    pub attached: bool,
 }
 
 #[derive(Debug)]
@@ -910,16 +912,13 @@ impl<B: Backend> Shim<B> {
         Some(GroupExport {
             number: g.number,
             container: g.container,
-            devices: g
-                .devices
-                .iter()
-                .map(|d| ExportedDevice { info: d.info.clone(), handle: d.handle, attached: d.attached })
-                .collect(),
+            devices: g.devices.clone(),
         })
     }
 
     /// A container another process exported, over an iommufd context the backend adopted.
-    /// It is open (the caller holds an fd of it) and shared.
+    /// Shared, and held by no fd until the glue says so ([`Shim::reopen_container`]): one
+    /// that came only as a group's container lives on through that group.
     pub fn import_container(&mut self, ctx: IommufdId, iommu: Option<IommuExport>) -> ContainerId {
         let iommu = iommu.map(|e| {
             let mut ledger = MappingLedger::new();
@@ -936,17 +935,18 @@ impl<B: Backend> Shim<B> {
             }
         });
         let id = ContainerId(self.fresh_id());
-        self.containers.insert(id, Container { ctx, open: true, groups: Vec::new(), iommu, shared: true });
+        self.containers.insert(id, Container { ctx, open: false, groups: Vec::new(), iommu, shared: true });
         id
     }
 
     /// A group another process exported, set on `container` (imported before) when it was
-    /// set there, with its devices as the backend adopted them. Open and shared.
+    /// set there, with its devices as the backend adopted them. Shared, and held by no fd
+    /// until the glue says so ([`Shim::reopen_group`]).
     pub fn import_group(
         &mut self,
         number: u32,
         container: Option<ContainerId>,
-        devices: Vec<ExportedDevice>,
+        devices: Vec<BoundDevice>,
     ) -> Result<GroupId, Errno> {
         if let Some(cid) = container {
             if !self.containers.contains_key(&cid) {
@@ -954,13 +954,9 @@ impl<B: Backend> Shim<B> {
             }
         }
         let id = GroupId(self.fresh_id());
-        let devices = devices
-            .into_iter()
-            .map(|d| BoundDevice { info: d.info, handle: d.handle, attached: d.attached })
-            .collect();
         self.groups.insert(
             id,
-            Group { number, open: true, container, devices, device_users: 0, shared: true },
+            Group { number, open: false, container, devices, device_users: 0, shared: true },
         );
         if let Some(cid) = container {
             self.containers.get_mut(&cid).expect("checked").groups.push(id);
@@ -994,16 +990,7 @@ pub struct IommuExport {
 pub struct GroupExport {
     pub number: u32,
     pub container: Option<ContainerId>,
-    pub devices: Vec<ExportedDevice>,
-}
-
-/// A bound device of an exported group: its handle is the exporter's backend's, or (on
-/// import) the one the importer's backend adopted.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ExportedDevice {
-    pub info: GroupDevice,
-    pub handle: DeviceHandle,
-    pub attached: bool,
+    pub devices: Vec<BoundDevice>,
 }
 
 /// What a group ioctl produced.
