@@ -25,7 +25,9 @@ use nix::errno::Errno;
 use vfio_shim::abi::*;
 use vfio_shim::arg::BufferArg;
 use vfio_shim::{ContainerId, FdTarget, GroupId, GroupReply, Shim};
-use vfio_shim_sys::caller::{read_thread_memory, write_thread_memory, CallerProcess, PreparedMap, PRIVATE_MEMORY_ERRNO};
+use vfio_shim_sys::caller::{
+    read_thread_memory, write_thread_memory, CallerProcess, PreparedMap, PRIVATE_MEMORY_ERRNO,
+};
 use vfio_shim_sys::kernel::MemoryOwner;
 use vfio_shim_sys::{ioctl as sys, KernelBackend};
 
@@ -248,9 +250,9 @@ impl ContainerDevice {
             VFIO_IOMMU_GET_INFO => Some(ArgszSpec::in_out(minsz::IOMMU_INFO as u32).reading(u32::MAX)),
             VFIO_IOMMU_MAP_DMA => Some(ArgszSpec::input(minsz::DMA_MAP as u32)),
             // type1 copies minsz back (T1 vfio_iommu_type1_unmap_dma).
-            VFIO_IOMMU_UNMAP_DMA => Some(
-                ArgszSpec::in_out(minsz::DMA_UNMAP as u32).reading(WITH_BITMAP).writing(minsz::DMA_UNMAP as u32),
-            ),
+            VFIO_IOMMU_UNMAP_DMA => {
+                Some(ArgszSpec::in_out(minsz::DMA_UNMAP as u32).reading(WITH_BITMAP).writing(minsz::DMA_UNMAP as u32))
+            }
             VFIO_IOMMU_DIRTY_PAGES => Some(ArgszSpec::input(minsz::DIRTY_BITMAP as u32).reading(WITH_BITMAP)),
             _ => None,
         }
@@ -297,7 +299,7 @@ impl ContainerDevice {
         match read_thread_memory(caller.pid, io.arg, &mut bytes) {
             Ok(()) => {}
             Err(Errno::EFAULT) => return Err(Errno::EFAULT), // what the kernel's copy-in says
-            Err(_) => return Ok(None), // not allowed to read it (Yama, namespaces): retry rounds
+            Err(_) => return Ok(None),                       // not allowed to read it (Yama, namespaces): retry rounds
         }
         let word = |o: usize| u64::from_ne_bytes(bytes[o..o + 8].try_into().unwrap_or([0; 8]));
         let flags = word(0) >> 32;
@@ -492,10 +494,12 @@ impl CuseDevice for GroupDevice {
                 }
                 Step::Reply(r) => return r,
             },
-            VFIO_GROUP_GET_DEVICE_FD => match cstr_step(io, vfio_shim::translator::PAGE_SIZE as u32, crate::session::page_size(), limit) {
-                Step::Ready(bytes) => (BufferArg::new(bytes.to_vec()), 0, None),
-                Step::Reply(r) => return r,
-            },
+            VFIO_GROUP_GET_DEVICE_FD => {
+                match cstr_step(io, vfio_shim::translator::PAGE_SIZE as u32, crate::session::page_size(), limit) {
+                    Step::Ready(bytes) => (BufferArg::new(bytes.to_vec()), 0, None),
+                    Step::Reply(r) => return r,
+                }
+            }
             _ => (BufferArg::default(), 0, None),
         };
 

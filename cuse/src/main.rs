@@ -222,7 +222,9 @@ fn groups_to_serve(spec: &str, container_name: &str) -> Result<Vec<u32>, String>
         "auto" => {
             let mut backend = vfio_shim_sys::KernelBackend::new();
             let mut found = Vec::new();
-            let entries = std::fs::read_dir("/sys/kernel/iommu_groups").map(|d| d.flatten().collect()).unwrap_or_else(|_| Vec::new());
+            let entries = std::fs::read_dir("/sys/kernel/iommu_groups")
+                .map(|d| d.flatten().collect())
+                .unwrap_or_else(|_| Vec::new());
             for e in entries {
                 let Some(n) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
                 let has_vfio = backend.group_devices(n).is_ok_and(|d| d.iter().any(|d| d.cdev.is_some()));

@@ -504,10 +504,7 @@ mod tests {
 
     #[test]
     fn minimum_beyond_limit_is_enomem() {
-        assert_eq!(
-            argsz_step(&io(&[], 0), ArgszSpec::input(64), 32),
-            Step::Reply(IoctlOutcome::Error(Errno::ENOMEM))
-        );
+        assert_eq!(argsz_step(&io(&[], 0), ArgszSpec::input(64), 32), Step::Reply(IoctlOutcome::Error(Errno::ENOMEM)));
     }
 
     #[test]
@@ -585,7 +582,13 @@ mod tests {
 
     #[test]
     fn cstr_rounds() {
-        let io = |arg: u64, data: &'static [u8]| Ioctl { cmd: 1, arg, flags: FUSE_IOCTL_UNRESTRICTED, in_data: data, out_size: 0 };
+        let io = |arg: u64, data: &'static [u8]| Ioctl {
+            cmd: 1,
+            arg,
+            flags: FUSE_IOCTL_UNRESTRICTED,
+            in_data: data,
+            out_size: 0,
+        };
         // Near a page end: first the rest of the page.
         match cstr_step(&io(0x1ffa, b""), 4096, 4096, LIMIT) {
             Step::Reply(IoctlOutcome::Retry { in_iovs, out_iovs }) => {

@@ -16,7 +16,7 @@ use std::ffi::c_int;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use vfio_shim::handoff::{ContainerRecord, DeviceRecord, GroupRecord, Handoff, Origin};
-use vfio_shim::{Backend, ContainerId, Errno, BoundDevice, GroupId};
+use vfio_shim::{Backend, BoundDevice, ContainerId, Errno, GroupId};
 
 use crate::real::real;
 use crate::state::{set_cloexec, Object, State};
@@ -266,7 +266,12 @@ impl State {
     /// Adopts what a handoff describes: `app_fds` are the fds the application received,
     /// `extras` the appended ones (taken as they are used; the rest are closed by the caller).
     /// On failure nothing of it is adopted.
-    pub fn adopt_handoff(&mut self, app_fds: &[c_int], extras: &mut [Option<OwnedFd>], h: Handoff) -> Result<(), Errno> {
+    pub fn adopt_handoff(
+        &mut self,
+        app_fds: &[c_int],
+        extras: &mut [Option<OwnedFd>],
+        h: Handoff,
+    ) -> Result<(), Errno> {
         if h.slots.iter().any(|(i, _)| *i >= app_fds.len()) {
             return Err(Errno::EINVAL);
         }

@@ -13,9 +13,9 @@
 //! ([`table::kind`]) and a tail call to libc; no allocation, lock or logging.
 #![deny(unsafe_op_in_unsafe_fn)]
 
-mod real;
 mod exec;
 mod handoff;
+mod real;
 pub mod state;
 pub mod table;
 
@@ -493,7 +493,8 @@ fn send_with_handoff(fd: c_int, m: &libc::msghdr, ctrl: &[u8], flags: c_int) -> 
             Ok(Some((dups, memfd)))
         })();
         // The kernel would send the message: without a handoff the receiver gets bare fds.
-        prepared = made.inspect_err(|e| log::warn!("sendmsg: no handoff for our container/group fds: {e}")).ok().flatten();
+        prepared =
+            made.inspect_err(|e| log::warn!("sendmsg: no handoff for our container/group fds: {e}")).ok().flatten();
         Ok(0)
     });
     let Some((dups, memfd)) = prepared else {
@@ -568,17 +569,19 @@ fn recv_adopting(fd: c_int, m: &mut libc::msghdr, flags: c_int) -> libc::ssize_t
     let got = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), len) };
     // SAFETY: the caller's control buffer of `room` bytes, writable.
     let out = unsafe { std::slice::from_raw_parts_mut(m.msg_control as *mut u8, room) };
-    let delivered = catch_unwind(AssertUnwindSafe(|| handoff::deliver(got, out, |app_fds, extras, h| {
-        emulate(|s| {
-            let r = s.adopt_handoff(app_fds, extras, h);
-            s.sync_internal();
-            match &r {
-                Ok(()) => log::debug!("recvmsg: adopted {} container/group fd(s)", app_fds.len()),
-                Err(e) => log::warn!("recvmsg: a vfio-shim handoff could not be adopted: {e}"),
-            }
-            r.map(|()| 0)
-        });
-    })));
+    let delivered = catch_unwind(AssertUnwindSafe(|| {
+        handoff::deliver(got, out, |app_fds, extras, h| {
+            emulate(|s| {
+                let r = s.adopt_handoff(app_fds, extras, h);
+                s.sync_internal();
+                match &r {
+                    Ok(()) => log::debug!("recvmsg: adopted {} container/group fd(s)", app_fds.len()),
+                    Err(e) => log::warn!("recvmsg: a vfio-shim handoff could not be adopted: {e}"),
+                }
+                r.map(|()| 0)
+            });
+        })
+    }));
     // A panic here is a bug of ours: the message stays received, without control data.
     let (used, truncated) = delivered.unwrap_or((0, true));
     m.msg_controllen = used;

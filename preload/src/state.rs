@@ -7,10 +7,10 @@ use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 
 use vfio_shim::arg::ArgMemory;
 use vfio_shim::handoff::Origin;
-use zerocopy::FromBytes;
 use vfio_shim::{ContainerId, DeviceGrant, Errno, FdTarget, GroupId, GroupReply, Shim};
 use vfio_shim_sys::own_memory::OwnMemory;
 use vfio_shim_sys::KernelBackend;
+use zerocopy::FromBytes;
 
 use crate::real::real;
 use crate::table::{self, Kind};
@@ -194,7 +194,8 @@ impl State {
     /// received before, with or without an fd now (a container can live on through a group).
     pub fn held(&self, origin: Origin) -> Option<Object> {
         let id = origin.id;
-        let mine = (origin.nonce == self.nonce).then_some([Object::Container(ContainerId(id)), Object::Group(GroupId(id))]);
+        let mine =
+            (origin.nonce == self.nonce).then_some([Object::Container(ContainerId(id)), Object::Group(GroupId(id))]);
         self.origins.keys().copied().chain(mine.into_iter().flatten()).find(|o| {
             self.origin_of(*o) == origin
                 && match o {
@@ -235,8 +236,7 @@ impl State {
     /// Our fds (emulated and internal) in `[first, last]`, ascending.
     pub fn fds_in(&self, first: c_int, last: c_int) -> (Vec<c_int>, Vec<c_int>) {
         let mut ours: Vec<c_int> = self.fds.fds().filter(|f| (first..=last).contains(f)).collect();
-        let mut internal: Vec<c_int> =
-            self.internal.iter().copied().filter(|f| (first..=last).contains(f)).collect();
+        let mut internal: Vec<c_int> = self.internal.iter().copied().filter(|f| (first..=last).contains(f)).collect();
         ours.sort_unstable();
         internal.sort_unstable();
         (ours, internal)
@@ -432,7 +432,9 @@ impl State {
         let mut info = vfio_pci_hot_reset_header { argsz: buf.len() as u32, flags: 0, count: 0 };
         buf[..HEADER_SIZE].copy_from_slice(info.as_bytes());
         // SAFETY: `buf` is a writable hot-reset-info buffer of `argsz` bytes.
-        let rc = unsafe { (real().ioctl)(fd, vfio_shim::abi::VFIO_DEVICE_GET_PCI_HOT_RESET_INFO as _, buf.as_mut_ptr() as _) };
+        let rc = unsafe {
+            (real().ioctl)(fd, vfio_shim::abi::VFIO_DEVICE_GET_PCI_HOT_RESET_INFO as _, buf.as_mut_ptr() as _)
+        };
         if rc < 0 {
             return Err(Errno::last());
         }
@@ -446,7 +448,8 @@ impl State {
         groups_cover(&affected, &passed)?;
         let cdev_form = vfio_pci_hot_reset_header { argsz: HEADER_SIZE as u32, flags: 0, count: 0 };
         // SAFETY: a valid header-only vfio_pci_hot_reset on our stack.
-        let rc = unsafe { (real().ioctl)(fd, vfio_shim::abi::VFIO_DEVICE_PCI_HOT_RESET as _, &cdev_form as *const _ as _) };
+        let rc =
+            unsafe { (real().ioctl)(fd, vfio_shim::abi::VFIO_DEVICE_PCI_HOT_RESET as _, &cdev_form as *const _ as _) };
         if rc < 0 {
             return Err(Errno::last());
         }
@@ -455,11 +458,7 @@ impl State {
 
     /// The raw cdev fds of a group's bound devices (KVM file add/del rewriting).
     pub fn group_device_fds(&self, id: GroupId) -> Vec<c_int> {
-        self.shim
-            .group_devices(id)
-            .into_iter()
-            .filter_map(|h| self.shim.backend().device_raw_fd(h))
-            .collect()
+        self.shim.group_devices(id).into_iter().filter_map(|h| self.shim.backend().device_raw_fd(h)).collect()
     }
 }
 

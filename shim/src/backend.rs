@@ -82,13 +82,7 @@ pub trait Backend {
     /// `IOMMU_IOAS_UNMAP` of `[iova, iova + length)`; returns the bytes unmapped.
     /// `length == u64::MAX` with `iova == 0` unmaps everything and returns 0 when nothing was
     /// mapped; any other range with nothing mapped is `ENOENT` (ioas.c:351-367).
-    fn ioas_unmap(
-        &mut self,
-        ctx: IommufdId,
-        ioas: IoasId,
-        iova: u64,
-        length: u64,
-    ) -> Result<u64, Errno>;
+    fn ioas_unmap(&mut self, ctx: IommufdId, ioas: IoasId, iova: u64, length: u64) -> Result<u64, Errno>;
 
     /// The IOMMU page sizes of the domain(s) backing `ioas` once devices are attached, as
     /// type1's `iova_pgsizes` reports them (the intersection over attached devices).

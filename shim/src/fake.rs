@@ -198,10 +198,7 @@ impl Backend for FakeBackend {
     }
 
     fn iommufd_close(&mut self, ctx: IommufdId) {
-        assert!(
-            !self.devices.values().any(|d| d.bound == Some(ctx)),
-            "iommufd closed with devices still bound"
-        );
+        assert!(!self.devices.values().any(|d| d.bound == Some(ctx)), "iommufd closed with devices still bound");
         self.ctxs.remove(&ctx.0);
     }
 
@@ -254,11 +251,7 @@ impl Backend for FakeBackend {
         if !platform_allowed.iter().any(|r| iova >= r.start && last <= r.last) {
             return Err(Errno::EINVAL);
         }
-        let overlaps = state
-            .areas
-            .range(..=last)
-            .next_back()
-            .is_some_and(|(a, l)| a + (l - 1) >= iova);
+        let overlaps = state.areas.range(..=last).next_back().is_some_and(|(a, l)| a + (l - 1) >= iova);
         if overlaps {
             return Err(Errno::EEXIST);
         }
@@ -324,10 +317,7 @@ impl Backend for FakeBackend {
             return Err(Errno::EBUSY);
         }
         self.next_handle += 1;
-        self.devices.insert(
-            self.next_handle,
-            Device { name: device.name.clone(), bound: None, attached: None },
-        );
+        self.devices.insert(self.next_handle, Device { name: device.name.clone(), bound: None, attached: None });
         Ok(DeviceHandle(self.next_handle))
     }
 
@@ -355,9 +345,8 @@ impl Backend for FakeBackend {
         let platform = self.platform.clone();
         let state = self.ioas(ctx, ioas)?;
         let allowed_after = allowed_ranges(&platform, state.attached + 1);
-        let fits = state.areas.iter().all(|(a, l)| {
-            allowed_after.iter().any(|r| *a >= r.start && a + (l - 1) <= r.last)
-        });
+        let fits =
+            state.areas.iter().all(|(a, l)| allowed_after.iter().any(|r| *a >= r.start && a + (l - 1) <= r.last));
         if !fits {
             return Err(Errno::EADDRINUSE);
         }

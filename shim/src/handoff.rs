@@ -117,8 +117,7 @@ impl Handoff {
         }
         for g in &self.groups {
             let container = g.container.map_or("-".to_owned(), origin_text);
-            writeln!(t, "group {} number={} container={container}", origin_text(g.origin), g.number)
-                .expect("String");
+            writeln!(t, "group {} number={} container={container}", origin_text(g.origin), g.number).expect("String");
             for d in &g.devices {
                 let cdev = d.info.cdev.as_deref().ok_or(Errno::EINVAL)?;
                 let driver = d.info.driver.as_deref().unwrap_or("-");
@@ -172,11 +171,7 @@ impl Handoff {
                     h.containers.push(ContainerRecord { origin, iommufd, iommu });
                 }
                 Some(kind @ ("range" | "map")) => {
-                    let iommu = h
-                        .containers
-                        .last_mut()
-                        .and_then(|c| c.iommu.as_mut())
-                        .ok_or(Errno::EINVAL)?;
+                    let iommu = h.containers.last_mut().and_then(|c| c.iommu.as_mut()).ok_or(Errno::EINVAL)?;
                     let a = hex(w.next().ok_or(Errno::EINVAL)?)?;
                     let b = hex(w.next().ok_or(Errno::EINVAL)?)?;
                     if kind == "range" {
@@ -291,12 +286,27 @@ mod tests {
                         v2: true,
                         ioas: IoasId(3),
                         mappings: vec![
-                            Mapping { iova: 0x10_0000, size: 0x1000, vaddr: 0x7f00_0000_0000, prot: Prot { read: true, write: true }, vaddr_invalid: false },
-                            Mapping { iova: 0x20_0000, size: 0x20_0000, vaddr: 0x7f00_0010_0000, prot: Prot { read: true, write: false }, vaddr_invalid: true },
+                            Mapping {
+                                iova: 0x10_0000,
+                                size: 0x1000,
+                                vaddr: 0x7f00_0000_0000,
+                                prot: Prot { read: true, write: true },
+                                vaddr_invalid: false,
+                            },
+                            Mapping {
+                                iova: 0x20_0000,
+                                size: 0x20_0000,
+                                vaddr: 0x7f00_0010_0000,
+                                prot: Prot { read: true, write: false },
+                                vaddr_invalid: true,
+                            },
                         ],
                         dma_avail: 65533,
                         pgsizes: 0x4020_1000,
-                        iova_ranges: vec![IovaRange { start: 0, last: 0xfedf_ffff }, IovaRange { start: 0xfef0_0000, last: u64::MAX }],
+                        iova_ranges: vec![
+                            IovaRange { start: 0, last: 0xfedf_ffff },
+                            IovaRange { start: 0xfef0_0000, last: u64::MAX },
+                        ],
                         coherent: false,
                         dirty_tracking: true,
                     }),
@@ -308,7 +318,11 @@ mod tests {
                 number: 12,
                 container: Some(o1),
                 devices: vec![DeviceRecord {
-                    info: GroupDevice { name: "0000:00:03.0".into(), driver: Some("vfio-pci".into()), cdev: Some("/dev/vfio/devices/vfio0".into()) },
+                    info: GroupDevice {
+                        name: "0000:00:03.0".into(),
+                        driver: Some("vfio-pci".into()),
+                        cdev: Some("/dev/vfio/devices/vfio0".into()),
+                    },
                     fd: 1,
                     dev_id: 2,
                     attached: true,

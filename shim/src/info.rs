@@ -108,10 +108,8 @@ mod tests {
     #[test]
     fn chain_matches_the_measured_type1_layout() {
         // Measured in the TCG guest: argsz 120 with two IOVA ranges around the MSI window.
-        let ranges = [
-            IovaRange { start: 0, last: 0xfedf_ffff },
-            IovaRange { start: 0xfef0_0000, last: 0x7f_ffff_ffff },
-        ];
+        let ranges =
+            [IovaRange { start: 0, last: 0xfedf_ffff }, IovaRange { start: 0xfef0_0000, last: 0x7f_ffff_ffff }];
         let src = InfoSource { pgsizes: 0x4020_1000, dma_avail: 65535, iova_ranges: &ranges };
         let (info, caps) = encode(&src, 24);
         assert_eq!(info.argsz, 120);

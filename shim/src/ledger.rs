@@ -93,10 +93,8 @@ impl MappingLedger {
         if m.vaddr_invalid {
             self.vaddr_invalid_count += 1;
         }
-        self.by_iova.insert(
-            m.iova,
-            Entry { size: m.size, vaddr: m.vaddr, prot: m.prot, vaddr_invalid: m.vaddr_invalid },
-        );
+        self.by_iova
+            .insert(m.iova, Entry { size: m.size, vaddr: m.vaddr, prot: m.prot, vaddr_invalid: m.vaddr_invalid });
     }
 
     /// Removes the mapping that starts exactly at `iova`.
@@ -133,9 +131,7 @@ impl MappingLedger {
     pub fn overlapping(&self, start: u64, last: u64) -> impl Iterator<Item = Mapping> + '_ {
         // The first overlapping mapping starts at or before `last`, so the range is valid.
         let from = self.first_overlapping(start, last).map(|m| m.iova);
-        from.into_iter().flat_map(move |from| {
-            self.by_iova.range(from..=last).map(|(&iova, e)| Self::mapping(iova, e))
-        })
+        from.into_iter().flat_map(move |from| self.by_iova.range(from..=last).map(|(&iova, e)| Self::mapping(iova, e)))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Mapping> + '_ {

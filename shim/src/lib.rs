@@ -3,18 +3,18 @@
 #![allow(non_camel_case_types)] // uAPI struct names are kept verbatim
 
 pub mod abi;
-pub mod backend;
-pub mod ledger;
 pub mod arg;
+pub mod backend;
 pub mod fake;
 pub mod handoff;
 pub mod hot_reset;
 pub mod info;
+pub mod ledger;
 pub mod translator;
 
 pub use backend::Backend;
 pub use nix::errno::Errno;
 pub use translator::{
-    BoundDevice, ContainerExport, ContainerId, DeviceGrant, FdTarget, GroupExport, GroupId, GroupReply,
-    IommuExport, Shim,
+    BoundDevice, ContainerExport, ContainerId, DeviceGrant, FdTarget, GroupExport, GroupId, GroupReply, IommuExport,
+    Shim,
 };

@@ -76,8 +76,7 @@ impl Iommu {
 
     /// type1's `vfio_iommu_iova_dma_valid` (T1:1630).
     fn iova_valid(&self, start: u64, last: u64) -> bool {
-        self.iova_ranges.is_empty()
-            || self.iova_ranges.iter().any(|r| start >= r.start && last <= r.last)
+        self.iova_ranges.is_empty() || self.iova_ranges.iter().any(|r| start >= r.start && last <= r.last)
     }
 }
 
@@ -165,10 +164,7 @@ impl<B: Backend> Shim<B> {
     pub fn open_container(&mut self) -> Result<ContainerId, Errno> {
         let ctx = self.backend.iommufd_open()?;
         let id = ContainerId(self.fresh_id());
-        self.containers.insert(
-            id,
-            Container { ctx, open: true, groups: Vec::new(), iommu: None, shared: false },
-        );
+        self.containers.insert(id, Container { ctx, open: true, groups: Vec::new(), iommu: None, shared: false });
         Ok(id)
     }
 
@@ -322,11 +318,7 @@ impl<B: Backend> Shim<B> {
             return Err(Errno::EINVAL);
         }
         let (_, _, iommu) = self.iommu_mut(id);
-        let src = InfoSource {
-            pgsizes: iommu.pgsizes,
-            dma_avail: iommu.dma_avail,
-            iova_ranges: &iommu.iova_ranges,
-        };
+        let src = InfoSource { pgsizes: iommu.pgsizes, dma_avail: iommu.dma_avail, iova_ranges: &iommu.iova_ranges };
         let (reply, caps) = info::encode(&src, argsz);
         if let Some(caps) = caps {
             mem.write(size_of::<vfio_iommu_type1_info>(), &caps)?;
@@ -349,10 +341,8 @@ impl<B: Backend> Shim<B> {
         }
         let last = iova.checked_add(size - 1).ok_or(Errno::EOVERFLOW)?;
         vaddr.checked_add(size - 1).ok_or(Errno::EOVERFLOW)?;
-        let prot = Prot {
-            read: map.flags & VFIO_DMA_MAP_FLAG_READ != 0,
-            write: map.flags & VFIO_DMA_MAP_FLAG_WRITE != 0,
-        };
+        let prot =
+            Prot { read: map.flags & VFIO_DMA_MAP_FLAG_READ != 0, write: map.flags & VFIO_DMA_MAP_FLAG_WRITE != 0 };
         let any_prot = prot.read || prot.write;
         if any_prot == set_vaddr {
             return Err(Errno::EINVAL);
@@ -367,9 +357,7 @@ impl<B: Backend> Shim<B> {
         if set_vaddr {
             return match existing {
                 None => Err(Errno::ENOENT),
-                Some(m) if !m.vaddr_invalid || m.iova != iova || m.size != size => {
-                    Err(Errno::EINVAL)
-                }
+                Some(m) if !m.vaddr_invalid || m.iova != iova || m.size != size => Err(Errno::EINVAL),
                 Some(m) => {
                     iommu.ledger.set_vaddr(m.iova, false, Some(vaddr));
                     Ok(())
@@ -395,9 +383,7 @@ impl<B: Backend> Shim<B> {
     fn unmap_dma(&mut self, id: ContainerId, mem: &mut dyn ArgMemory) -> Result<(), Errno> {
         let mut unmap: vfio_iommu_type1_dma_unmap = read_sized(mem)?;
         let argsz = unmap.argsz;
-        let known = VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP
-            | VFIO_DMA_UNMAP_FLAG_VADDR
-            | VFIO_DMA_UNMAP_FLAG_ALL;
+        let known = VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP | VFIO_DMA_UNMAP_FLAG_VADDR | VFIO_DMA_UNMAP_FLAG_ALL;
         if unmap.flags & !known != 0 {
             return Err(Errno::EINVAL);
         }
@@ -526,8 +512,7 @@ impl<B: Backend> Shim<B> {
                 if data_size < size_of::<vfio_iommu_type1_dirty_bitmap_get>() {
                     return Err(Errno::EINVAL);
                 }
-                let range: vfio_iommu_type1_dirty_bitmap_get =
-                    read_struct(mem, minsz::DIRTY_BITMAP)?;
+                let range: vfio_iommu_type1_dirty_bitmap_get = read_struct(mem, minsz::DIRTY_BITMAP)?;
                 if range.size == 0 {
                     return Err(Errno::EINVAL);
                 }
@@ -535,8 +520,7 @@ impl<B: Backend> Shim<B> {
                 if !access_ok(range.bitmap.data, range.bitmap.size) {
                     return Err(Errno::EINVAL);
                 }
-                let npages =
-                    range.size.checked_shr(range.bitmap.pgsize.trailing_zeros()).unwrap_or(0);
+                let npages = range.size.checked_shr(range.bitmap.pgsize.trailing_zeros()).unwrap_or(0);
                 verify_bitmap_size(npages, range.bitmap.size)?;
                 let pgsize = iommu.min_pgsize();
                 if range.bitmap.pgsize != pgsize
@@ -563,11 +547,7 @@ impl<B: Backend> Shim<B> {
 
     /// Mappings of a container, ascending (for tests, state dumps and the CUSE daemon).
     pub fn mappings(&self, id: ContainerId) -> Vec<Mapping> {
-        self.containers
-            .get(&id)
-            .and_then(|c| c.iommu.as_ref())
-            .map(|i| i.ledger.iter().collect())
-            .unwrap_or_default()
+        self.containers.get(&id).and_then(|c| c.iommu.as_ref()).map(|i| i.ledger.iter().collect()).unwrap_or_default()
     }
 
     /// The IOAS behind a container once `SET_IOMMU` has happened.
@@ -596,14 +576,7 @@ impl<B: Backend> Shim<B> {
         let id = GroupId(self.fresh_id());
         self.groups.insert(
             id,
-            Group {
-                number,
-                open: true,
-                container: None,
-                devices: Vec::new(),
-                device_users: 0,
-                shared: false,
-            },
+            Group { number, open: true, container: None, devices: Vec::new(), device_users: 0, shared: false },
         );
         Ok(id)
     }
@@ -721,13 +694,11 @@ impl<B: Backend> Shim<B> {
                 undo(&mut self.backend, &bound);
                 return Err(Errno::EBUSY);
             }
-            let step = self.backend.device_open(&info).and_then(|handle| {
-                match self.backend.device_bind(handle, ctx) {
-                    Ok(()) => Ok(handle),
-                    Err(e) => {
-                        self.backend.device_close(handle);
-                        Err(e)
-                    }
+            let step = self.backend.device_open(&info).and_then(|handle| match self.backend.device_bind(handle, ctx) {
+                Ok(()) => Ok(handle),
+                Err(e) => {
+                    self.backend.device_close(handle);
+                    Err(e)
                 }
             });
             match step {
@@ -825,12 +796,7 @@ impl<B: Backend> Shim<B> {
         if self.containers[&cid].iommu.is_none() {
             return Err(Errno::EINVAL);
         }
-        let handle = g
-            .devices
-            .iter()
-            .find(|d| d.info.name == name.device)
-            .map(|d| d.handle)
-            .ok_or(Errno::ENODEV)?;
+        let handle = g.devices.iter().find(|d| d.info.name == name.device).map(|d| d.handle).ok_or(Errno::ENODEV)?;
         let serial = self.fresh_id();
         let g = self.groups.get_mut(&id).expect("checked");
         g.device_users += 1;
@@ -909,11 +875,7 @@ impl<B: Backend> Shim<B> {
     /// A group as [`Shim::export_container`] describes a container.
     pub fn export_group(&self, id: GroupId) -> Option<GroupExport> {
         let g = self.groups.get(&id)?;
-        Some(GroupExport {
-            number: g.number,
-            container: g.container,
-            devices: g.devices.clone(),
-        })
+        Some(GroupExport { number: g.number, container: g.container, devices: g.devices.clone() })
     }
 
     /// A container another process exported, over an iommufd context the backend adopted.
@@ -954,10 +916,7 @@ impl<B: Backend> Shim<B> {
             }
         }
         let id = GroupId(self.fresh_id());
-        self.groups.insert(
-            id,
-            Group { number, open: false, container, devices, device_users: 0, shared: true },
-        );
+        self.groups.insert(id, Group { number, open: false, container, devices, device_users: 0, shared: true });
         if let Some(cid) = container {
             self.containers.get_mut(&cid).expect("checked").groups.push(id);
         }

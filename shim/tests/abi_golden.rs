@@ -77,23 +77,11 @@ fn struct_sizes_agree_with_vfio_bindings() {
         size_of::<vfio_iommu_type1_info_cap_iova_range>(),
         size_of::<vb::vfio_iommu_type1_info_cap_iova_range>()
     );
-    assert_eq!(
-        size_of::<vfio_iommu_type1_info_cap_migration>(),
-        size_of::<vb::vfio_iommu_type1_info_cap_migration>()
-    );
-    assert_eq!(
-        size_of::<vfio_iommu_type1_info_dma_avail>(),
-        size_of::<vb::vfio_iommu_type1_info_dma_avail>()
-    );
+    assert_eq!(size_of::<vfio_iommu_type1_info_cap_migration>(), size_of::<vb::vfio_iommu_type1_info_cap_migration>());
+    assert_eq!(size_of::<vfio_iommu_type1_info_dma_avail>(), size_of::<vb::vfio_iommu_type1_info_dma_avail>());
     assert_eq!(size_of::<vfio_iommu_type1_dma_map>(), size_of::<vb::vfio_iommu_type1_dma_map>());
     assert_eq!(size_of::<vfio_iommu_type1_dma_unmap>(), size_of::<vb::vfio_iommu_type1_dma_unmap>());
     assert_eq!(size_of::<vfio_bitmap>(), size_of::<vb::vfio_bitmap>());
-    assert_eq!(
-        size_of::<vfio_iommu_type1_dirty_bitmap>(),
-        size_of::<vb::vfio_iommu_type1_dirty_bitmap>()
-    );
-    assert_eq!(
-        size_of::<vfio_iommu_type1_dirty_bitmap_get>(),
-        size_of::<vb::vfio_iommu_type1_dirty_bitmap_get>()
-    );
+    assert_eq!(size_of::<vfio_iommu_type1_dirty_bitmap>(), size_of::<vb::vfio_iommu_type1_dirty_bitmap>());
+    assert_eq!(size_of::<vfio_iommu_type1_dirty_bitmap_get>(), size_of::<vb::vfio_iommu_type1_dirty_bitmap_get>());
 }

@@ -346,7 +346,10 @@ both_versions!(map_bad_flags_short_argsz_no_prot_are_einval, |v2| {
         "prot together with VADDR"
     );
     assert_eq!(env.map_raw(vfio_iommu_type1_dma_map { flags: VFIO_DMA_MAP_FLAG_READ, ..good }), Ok(0));
-    assert_eq!(env.map_raw(vfio_iommu_type1_dma_map { argsz: 4096, flags: VFIO_DMA_MAP_FLAG_WRITE, iova: 0x20_0000, ..good }), Ok(0));
+    assert_eq!(
+        env.map_raw(vfio_iommu_type1_dma_map { argsz: 4096, flags: VFIO_DMA_MAP_FLAG_WRITE, iova: 0x20_0000, ..good }),
+        Ok(0)
+    );
 });
 
 #[test]
@@ -363,13 +366,22 @@ both_versions!(map_size_0_overflow_unaligned, |v2| {
     let mut env = Env::new(v2);
     let good = vfio_iommu_type1_dma_map { argsz: 32, flags: RW, vaddr: 0x7000_0000, iova: 0x10_0000, size: 0x1000 };
     assert_eq!(env.map_raw(vfio_iommu_type1_dma_map { size: 0, ..good }), Err(Errno::EINVAL));
-    assert_eq!(env.map_raw(vfio_iommu_type1_dma_map { iova: u64::MAX - 0xfff, size: 0x2000, ..good }), Err(Errno::EOVERFLOW));
-    assert_eq!(env.map_raw(vfio_iommu_type1_dma_map { vaddr: u64::MAX - 0xfff, size: 0x2000, ..good }), Err(Errno::EOVERFLOW));
+    assert_eq!(
+        env.map_raw(vfio_iommu_type1_dma_map { iova: u64::MAX - 0xfff, size: 0x2000, ..good }),
+        Err(Errno::EOVERFLOW)
+    );
+    assert_eq!(
+        env.map_raw(vfio_iommu_type1_dma_map { vaddr: u64::MAX - 0xfff, size: 0x2000, ..good }),
+        Err(Errno::EOVERFLOW)
+    );
     assert_eq!(env.map_raw(vfio_iommu_type1_dma_map { iova: 0x10_0800, ..good }), Err(Errno::EINVAL));
     assert_eq!(env.map_raw(vfio_iommu_type1_dma_map { size: 0x1800, ..good }), Err(Errno::EINVAL));
     assert_eq!(env.map_raw(vfio_iommu_type1_dma_map { vaddr: 0x7000_0010, ..good }), Err(Errno::EINVAL));
     // Overflow is checked before alignment, as in T1:1696.
-    assert_eq!(env.map_raw(vfio_iommu_type1_dma_map { iova: u64::MAX - 0x7ff, size: 0x1000, ..good }), Err(Errno::EOVERFLOW));
+    assert_eq!(
+        env.map_raw(vfio_iommu_type1_dma_map { iova: u64::MAX - 0x7ff, size: 0x1000, ..good }),
+        Err(Errno::EOVERFLOW)
+    );
     assert!(env.mapped().is_empty());
 });
 
@@ -494,7 +506,11 @@ fn unmap_v1_covering_a_mappings_start_removes_it_whole() {
     assert_eq!(env.unmap(0x10_0000, 0x1000), Ok(0x4000));
     assert_eq!(env.unmap(0x1f_f000, 0x2000), Ok(0x4000), "range ends inside the mapping");
     assert!(env.mapped().is_empty());
-    assert!(env.shim.backend().areas(env.shim.container_iommufd(env.c).unwrap(), vfio_shim::backend::IoasId(1)).is_empty());
+    assert!(env
+        .shim
+        .backend()
+        .areas(env.shim.container_iommufd(env.c).unwrap(), vfio_shim::backend::IoasId(1))
+        .is_empty());
 }
 
 both_versions!(unmap_size_is_bytes_actually_unmapped, |v2| {
@@ -523,9 +539,19 @@ both_versions!(unmap_and_map_with_vaddr_update_the_address, |v2| {
     assert_eq!(env.unmap_flags(0x10_0000, 0x2000, VFIO_DMA_UNMAP_FLAG_VADDR), Ok(0x2000));
     assert_eq!(env.unmap_flags(0x10_0000, 0x2000, VFIO_DMA_UNMAP_FLAG_VADDR), Err(Errno::EINVAL), "twice");
     assert_eq!(env.ext(VFIO_UPDATE_VADDR), 1);
-    let upd = vfio_iommu_type1_dma_map { argsz: 32, flags: VFIO_DMA_MAP_FLAG_VADDR, vaddr: 0x5555_0000, iova: 0x10_0000, size: 0x2000 };
+    let upd = vfio_iommu_type1_dma_map {
+        argsz: 32,
+        flags: VFIO_DMA_MAP_FLAG_VADDR,
+        vaddr: 0x5555_0000,
+        iova: 0x10_0000,
+        size: 0x2000,
+    };
     assert_eq!(env.map_raw(vfio_iommu_type1_dma_map { size: 0x1000, ..upd }), Err(Errno::EINVAL), "size differs");
-    assert_eq!(env.map_raw(vfio_iommu_type1_dma_map { iova: 0x20_0000, size: 0x1000, ..upd }), Err(Errno::EINVAL), "vaddr valid");
+    assert_eq!(
+        env.map_raw(vfio_iommu_type1_dma_map { iova: 0x20_0000, size: 0x1000, ..upd }),
+        Err(Errno::EINVAL),
+        "vaddr valid"
+    );
     assert_eq!(env.map_raw(vfio_iommu_type1_dma_map { iova: 0x30_0000, ..upd }), Err(Errno::ENOENT), "nothing there");
     assert_eq!(env.map_raw(upd), Ok(0));
     assert_eq!(env.shim.mappings(env.c)[0].vaddr, 0x5555_0000);
@@ -575,9 +601,8 @@ fn get_bitmap(env: &mut Env, iova: u64, size: u64, pgsize: u64, prefill: u8) -> 
         size,
         bitmap: vfio_bitmap { pgsize, size: bitmap_bytes, data: user_base },
     };
-    let mut bytes = vfio_iommu_type1_dirty_bitmap { argsz: 48, flags: VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP }
-        .as_bytes()
-        .to_vec();
+    let mut bytes =
+        vfio_iommu_type1_dirty_bitmap { argsz: 48, flags: VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP }.as_bytes().to_vec();
     bytes.extend_from_slice(get.as_bytes());
     let mut arg = BufferArg { bytes, user_base, user: vec![prefill; bitmap_bytes as usize] };
     env.ioctl_buf(VFIO_IOMMU_DIRTY_PAGES, &mut arg)?;
@@ -831,7 +856,9 @@ fn iova_ranges_follow_the_platform() {
     let mut env = Env::unset_with(b);
     env.set_iommu(VFIO_TYPE1v2_IOMMU).unwrap();
     let info = env.get_info(256).unwrap();
-    let (info_hdr, _) = zerocopy::FromBytes::read_from_prefix(&info.bytes[..]).map(|(h, r): (vfio_iommu_type1_info, _)| (h, r)).unwrap();
+    let (info_hdr, _) = zerocopy::FromBytes::read_from_prefix(&info.bytes[..])
+        .map(|(h, r): (vfio_iommu_type1_info, _)| (h, r))
+        .unwrap();
     assert_eq!(info_hdr.iova_pgsizes, 0x1000);
     assert_eq!(env.map(0, 0x1000), Err(Errno::EINVAL));
     assert_eq!(env.map(0x1000, 0x1000), Ok(0));

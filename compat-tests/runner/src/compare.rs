@@ -184,36 +184,30 @@ impl Report {
     /// Whether any cell in a gating column failed (see `Column::gates`), or there is nothing.
     pub fn failed(&self) -> bool {
         self.rows.is_empty()
-            || self.rows.iter().any(|(_, cells)| {
-                cells.iter().zip(Column::ALL).any(|(c, col)| col.gates() && !c.passed())
-            })
+            || self
+                .rows
+                .iter()
+                .any(|(_, cells)| cells.iter().zip(Column::ALL).any(|(c, col)| col.gates() && !c.passed()))
     }
 
     pub fn render(&self, entries: &[Entry]) -> String {
         let mut s = String::new();
-        let header: Vec<String> = std::iter::once("client".to_string())
-            .chain(Column::ALL.iter().map(|c| c.to_string()))
-            .collect();
+        let header: Vec<String> =
+            std::iter::once("client".to_string()).chain(Column::ALL.iter().map(|c| c.to_string())).collect();
         let table: Vec<Vec<String>> = self
             .rows
             .iter()
-            .map(|(client, cells)| {
-                std::iter::once(client.clone()).chain(cells.iter().map(|c| c.to_string())).collect()
-            })
+            .map(|(client, cells)| std::iter::once(client.clone()).chain(cells.iter().map(|c| c.to_string())).collect())
             .collect();
         let widths: Vec<usize> = (0..header.len())
             .map(|i| table.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0))
             .collect();
         let line = |cells: &[String]| {
-            let padded: Vec<String> =
-                cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
             format!("| {} |\n", padded.join(" | "))
         };
         s += &line(&header);
-        s += &format!(
-            "|{}|\n",
-            widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("|")
-        );
+        s += &format!("|{}|\n", widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("|"));
         for r in &table {
             s += &line(r);
         }
@@ -225,19 +219,11 @@ impl Report {
             for (client, col, d) in &self.unlisted {
                 s += &format!("{client} {col} {} ({}):\n", d.key, d.what());
                 s += &format!("    full/type1: {}\n", d.oracle.as_deref().unwrap_or("(no such record)"));
-                s += &format!(
-                    "    {:<10}: {}\n",
-                    col.to_string(),
-                    d.actual.as_deref().unwrap_or("(no such record)")
-                );
+                s += &format!("    {:<10}: {}\n", col.to_string(), d.actual.as_deref().unwrap_or("(no such record)"));
             }
         }
-        let unused: Vec<&Entry> = entries
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !self.used_entries.contains(i))
-            .map(|(_, e)| e)
-            .collect();
+        let unused: Vec<&Entry> =
+            entries.iter().enumerate().filter(|(i, _)| !self.used_entries.contains(i)).map(|(_, e)| e).collect();
         if !unused.is_empty() {
             s += &format!("\nnote: {} row(s) of the differences file matched nothing in this run:\n", unused.len());
             for e in unused {
@@ -259,7 +245,8 @@ mod tests {
     const SHIM_FULL: Column = Column { kernel: Kernel::Full, mode: Mode::Shim };
     const SHIM_CDEV: Column = Column { kernel: Kernel::CdevOnly, mode: Mode::Shim };
 
-    const T1: &str = "CALL open ret=FD errno=0\nCALL map.overlap ret=-1 errno=EEXIST\nOUT unmap.all size=8192\nEND status=ok\n";
+    const T1: &str =
+        "CALL open ret=FD errno=0\nCALL map.overlap ret=-1 errno=EEXIST\nOUT unmap.all size=8192\nEND status=ok\n";
 
     fn rr(rc: Option<&str>, out: &str) -> RunResult {
         RunResult { rc: rc.map(str::to_string), out: Transcript::parse(out) }
@@ -338,7 +325,8 @@ mod tests {
         put(&root, "full/kernel-compat", "beta", "0", T1);
         put(&root, "full/shim", "beta", "127", "");
         put(&root, "cdev-only/shim", "beta", "0", T1);
-        let entries = doc("| alpha | unmap.* | kernel-compat | compat reports the range asked |\n| zeta | x | shim | stale |\n");
+        let entries =
+            doc("| alpha | unmap.* | kernel-compat | compat reports the range asked |\n| zeta | x | shim | stale |\n");
         let r = Report::build(&root, &entries).unwrap();
         assert_eq!(r.rows.len(), 2);
         let cells = |i: usize| r.rows[i].1.iter().map(|c| c.to_string()).collect::<Vec<_>>();

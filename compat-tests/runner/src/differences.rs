@@ -62,9 +62,7 @@ fn pattern_matches(pattern: &str, value: &str) -> bool {
 
 impl Entry {
     pub fn matches(&self, client: &str, label: &str, col: Column) -> bool {
-        self.mode.matches(col)
-            && pattern_matches(&self.client, client)
-            && pattern_matches(&self.label, label)
+        self.mode.matches(col) && pattern_matches(&self.client, client) && pattern_matches(&self.label, label)
     }
 }
 
@@ -97,8 +95,7 @@ fn cells(line: &str) -> Vec<String> {
 }
 
 fn is_separator(cells: &[String]) -> bool {
-    !cells.is_empty()
-        && cells.iter().all(|c| !c.is_empty() && c.chars().all(|ch| matches!(ch, '-' | ':' | ' ')))
+    !cells.is_empty() && cells.iter().all(|c| !c.is_empty() && c.chars().all(|ch| matches!(ch, '-' | ':' | ' ')))
 }
 
 const HEADER: [&str; 4] = ["client", "label", "mode", "reason"];
@@ -128,7 +125,10 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, String> {
             let lineno = i + 1;
             let c = cells(lines[i]);
             if c.len() != 4 {
-                return Err(format!("line {lineno}: expected 4 cells (client | label | mode | reason), found {}", c.len()));
+                return Err(format!(
+                    "line {lineno}: expected 4 cells (client | label | mode | reason), found {}",
+                    c.len()
+                ));
             }
             let mode = ModeSel::parse(&c[2]).ok_or_else(|| {
                 format!("line {lineno}: mode `{}` is not one of kernel-compat, shim, shim@full, shim@cdev-only", c[2])
@@ -143,13 +143,7 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, String> {
                     return Err(format!("line {lineno}: {name} `{v}`: `*` is only allowed at the end"));
                 }
             }
-            entries.push(Entry {
-                client: c[0].clone(),
-                label: c[1].clone(),
-                mode,
-                reason: c[3].clone(),
-                line: lineno,
-            });
+            entries.push(Entry { client: c[0].clone(), label: c[1].clone(), mode, reason: c[3].clone(), line: lineno });
             i += 1;
         }
     }

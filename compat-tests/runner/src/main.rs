@@ -17,7 +17,11 @@ use clap::{Parser, Subcommand};
 use model::{Kernel, Mode};
 
 #[derive(Parser)]
-#[command(name = "vfio-shim-compat", version, about = "Runs legacy VFIO clients per mode and compares their transcripts")]
+#[command(
+    name = "vfio-shim-compat",
+    version,
+    about = "Runs legacy VFIO clients per mode and compares their transcripts"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -96,10 +96,7 @@ fn command_for(kernel: Kernel, mode: Mode, bin: &Path) -> Command {
 
 /// Runs one command with stdout/stderr into files; returns the `.rc` text.
 fn run_one(mut cmd: Command, out: &Path, err: &Path, timeout: Duration) -> io::Result<String> {
-    cmd.stdin(Stdio::null())
-        .stdout(File::create(out)?)
-        .stderr(File::create(err)?)
-        .process_group(0);
+    cmd.stdin(Stdio::null()).stdout(File::create(out)?).stderr(File::create(err)?).process_group(0);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -133,8 +130,7 @@ fn run_one(mut cmd: Command, out: &Path, err: &Path, timeout: Duration) -> io::R
 /// is the judge), or an error for setup problems.
 pub fn run(opts: &RunOpts) -> Result<usize, String> {
     check_kernel(opts.kernel)?;
-    let found = discover(&opts.clients_dir)
-        .map_err(|e| format!("reading {}: {e}", opts.clients_dir.display()))?;
+    let found = discover(&opts.clients_dir).map_err(|e| format!("reading {}: {e}", opts.clients_dir.display()))?;
     let mut selected: Vec<(String, Option<PathBuf>)> = Vec::new();
     if opts.clients.is_empty() {
         selected.extend(found.into_iter().map(|(k, v)| (k, Some(v))));
@@ -152,13 +148,8 @@ pub fn run(opts: &RunOpts) -> Result<usize, String> {
             return Err(format!("mode {m} does not exist on the {} kernel", opts.kernel));
         }
     }
-    let modes: Vec<Mode> = opts
-        .kernel
-        .modes()
-        .iter()
-        .copied()
-        .filter(|m| opts.modes.is_empty() || opts.modes.contains(m))
-        .collect();
+    let modes: Vec<Mode> =
+        opts.kernel.modes().iter().copied().filter(|m| opts.modes.is_empty() || opts.modes.contains(m)).collect();
 
     let mut bad = 0;
     for mode in modes {

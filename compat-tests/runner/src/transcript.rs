@@ -55,15 +55,8 @@ impl Transcript {
                 continue;
             }
             let kind = words[0].to_string();
-            let label = if kind == "END" {
-                String::new()
-            } else {
-                words.get(1).copied().unwrap_or("").to_string()
-            };
-            records.push(Record {
-                key: Key { kind, label },
-                line: words.join(" "),
-            });
+            let label = if kind == "END" { String::new() } else { words.get(1).copied().unwrap_or("").to_string() };
+            records.push(Record { key: Key { kind, label }, line: words.join(" ") });
         }
         Transcript { records }
     }
@@ -135,11 +128,7 @@ pub fn diff(oracle: &Transcript, actual: &Transcript) -> Vec<Difference> {
             continue;
         }
         for line in &a_map[key] {
-            out.push(Difference {
-                key: (*key).clone(),
-                oracle: None,
-                actual: Some(line.to_string()),
-            });
+            out.push(Difference { key: (*key).clone(), oracle: None, actual: Some(line.to_string()) });
         }
     }
     out

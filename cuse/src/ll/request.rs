@@ -198,7 +198,12 @@ fn sized<'b, T: FromBytes>(
     let (arg, data) = fixed::<T>(header, body)?;
     let stated = stated(&arg);
     if data.len() != stated as usize {
-        return Err(ParseError::DataSizeMismatch { unique: header.unique, opcode: header.opcode, stated, have: data.len() });
+        return Err(ParseError::DataSizeMismatch {
+            unique: header.unique,
+            opcode: header.opcode,
+            stated,
+            have: data.len(),
+        });
     }
     Ok((arg, data))
 }

@@ -19,9 +19,7 @@ fn find_in_path(cmd: &str) -> Option<PathBuf> {
     if cmd.contains('/') {
         return Some(PathBuf::from(cmd));
     }
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p).map(|d| d.join(cmd)).find(|c| c.is_file())
-    })
+    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(cmd)).find(|c| c.is_file()))
 }
 
 /// A dynamically linked ELF names an interpreter (PT_INTERP); a static one does not. Scripts

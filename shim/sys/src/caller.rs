@@ -100,7 +100,8 @@ impl CallerProcess {
             .ok_or(Errno::EIO)?;
         // The leader's start time makes the id unique over time: the leader lives as long as
         // the process (our thread is pinned, so its group is), and a recycled pid starts later.
-        let stat = std::fs::read_to_string(format!("/proc/{tgid}/stat")).map_err(|e| e.raw_os_error().map_or(Errno::EIO, Errno::from_raw))?;
+        let stat = std::fs::read_to_string(format!("/proc/{tgid}/stat"))
+            .map_err(|e| e.raw_os_error().map_or(Errno::EIO, Errno::from_raw))?;
         me.process = ProcessId { tgid, start_time: parse_start_time(&stat).ok_or(Errno::EIO)? };
         Ok(me)
     }
@@ -108,7 +109,8 @@ impl CallerProcess {
     /// Whether the thread's user namespace is the daemon's (the initial one, where it runs).
     fn in_initial_user_ns(&self) -> Result<bool, Errno> {
         static OURS: std::sync::OnceLock<Option<(u64, u64)>> = std::sync::OnceLock::new();
-        let ours = OURS.get_or_init(|| nix::sys::stat::stat("/proc/self/ns/user").ok().map(|st| (st.st_dev, st.st_ino)));
+        let ours =
+            OURS.get_or_init(|| nix::sys::stat::stat("/proc/self/ns/user").ok().map(|st| (st.st_dev, st.st_ino)));
         let theirs = nix::sys::stat::fstatat(&self.proc_dir, "ns/user", nix::fcntl::AtFlags::empty())?;
         Ok(*ours == Some((theirs.st_dev, theirs.st_ino)))
     }
@@ -120,7 +122,6 @@ impl CallerProcess {
     pub fn is_current(&self) -> bool {
         thread_lives(self.pidfd.as_fd())
     }
-
 
     pub fn tgid(&self) -> u32 {
         self.process.tgid
@@ -208,7 +209,10 @@ impl CallerProcess {
         // one the VMA named, and the VMA must still be there.
         let st = nix::sys::stat::fstat(&path)?;
         let (major, minor) = first.dev;
-        if st.st_ino != first.inode || st.st_dev != libc::makedev(major, minor) || self.vma_at(vaddr)?.as_ref() != Some(first) {
+        if st.st_ino != first.inode
+            || st.st_dev != libc::makedev(major, minor)
+            || self.vma_at(vaddr)?.as_ref() != Some(first)
+        {
             return Err(Errno::EAGAIN);
         }
         // IOMMU_IOAS_MAP_FILE ignores the file's open mode (io_pagetable.c:519); the caller's
@@ -223,7 +227,13 @@ impl CallerProcess {
     /// the daemon takes its lock: see [`CallerProcess::shared_backing`] and
     /// [`CallerProcess::memlock`].
     pub fn prepare_map(&self, vaddr: u64, length: u64, write: bool) -> PreparedMap {
-        PreparedMap { vaddr, length, write, backing: self.shared_backing(vaddr, length, write), memlock: self.memlock() }
+        PreparedMap {
+            vaddr,
+            length,
+            write,
+            backing: self.shared_backing(vaddr, length, write),
+            memlock: self.memlock(),
+        }
     }
 
     fn read_proc(&self, name: &str) -> Result<String, Errno> {
@@ -310,7 +320,13 @@ pub fn write_thread_memory(tid: u32, addr: u64, bytes: &[u8]) -> Result<(), Errn
 /// # Safety
 /// `local` must point to `len` bytes valid for the call: writable when reading (`!write`),
 /// readable when writing.
-pub(crate) unsafe fn vm_transfer(pid: libc::pid_t, addr: u64, local: *mut u8, len: usize, write: bool) -> Result<(), Errno> {
+pub(crate) unsafe fn vm_transfer(
+    pid: libc::pid_t,
+    addr: u64,
+    local: *mut u8,
+    len: usize,
+    write: bool,
+) -> Result<(), Errno> {
     let local_iov = libc::iovec { iov_base: local.cast(), iov_len: len };
     let remote_iov = libc::iovec { iov_base: addr as usize as *mut libc::c_void, iov_len: len };
     // SAFETY: the local iovec covers `len` valid bytes (this function's contract); the remote
@@ -353,7 +369,6 @@ pub struct Memlock {
     /// The soft RLIMIT_MEMLOCK in bytes; `None` when unlimited or the thread has CAP_IPC_LOCK.
     pub limit: Option<u64>,
 }
-
 
 /// The soft "Max locked memory" of `/proc/<tid>/limits`: `Some(None)` when unlimited.
 pub fn parse_memlock_limit(limits: &str) -> Option<Option<u64>> {
@@ -538,7 +553,14 @@ mod tests {
         // SAFETY: a fresh shared mapping of our own memfd at an address the kernel picks;
         // nothing else refers to that range.
         let p = unsafe {
-            mmap(None, std::num::NonZeroUsize::new(8192).unwrap(), ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED, fd, 0)
+            mmap(
+                None,
+                std::num::NonZeroUsize::new(8192).unwrap(),
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                fd,
+                0,
+            )
         }
         .unwrap();
         p.as_ptr() as u64

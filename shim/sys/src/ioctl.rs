@@ -22,13 +22,10 @@ use vfio_bindings::bindings::vfio;
 
 pub use iommufd::{
     iommu_destroy, iommu_hw_info, iommu_hw_info_vtd, iommu_hwpt_alloc, iommu_hwpt_get_dirty_bitmap,
-    iommu_hwpt_set_dirty_tracking, iommu_ioas_alloc, iommu_ioas_allow_iovas, iommu_ioas_copy,
-    iommu_ioas_iova_ranges, iommu_ioas_map, iommu_ioas_map_file, iommu_ioas_unmap,
-    iommu_iova_range, iommu_option, iommu_vfio_ioas,
+    iommu_hwpt_set_dirty_tracking, iommu_ioas_alloc, iommu_ioas_allow_iovas, iommu_ioas_copy, iommu_ioas_iova_ranges,
+    iommu_ioas_map, iommu_ioas_map_file, iommu_ioas_unmap, iommu_iova_range, iommu_option, iommu_vfio_ioas,
 };
-pub use vfio::{
-    vfio_device_attach_iommufd_pt, vfio_device_bind_iommufd, vfio_device_detach_iommufd_pt,
-};
+pub use vfio::{vfio_device_attach_iommufd_pt, vfio_device_bind_iommufd, vfio_device_detach_iommufd_pt};
 
 /// `_IO(type, nr)`: neither direction nor size is encoded.
 pub const fn io(ty: u32, nr: u32) -> u32 {
@@ -51,10 +48,8 @@ pub const IOMMU_OPTION: u32 = io(IOMMUFD_TYPE, iommufd::IOMMUFD_CMD_OPTION);
 pub const IOMMU_VFIO_IOAS: u32 = io(IOMMUFD_TYPE, iommufd::IOMMUFD_CMD_VFIO_IOAS);
 pub const IOMMU_HWPT_ALLOC: u32 = io(IOMMUFD_TYPE, iommufd::IOMMUFD_CMD_HWPT_ALLOC);
 pub const IOMMU_GET_HW_INFO: u32 = io(IOMMUFD_TYPE, iommufd::IOMMUFD_CMD_GET_HW_INFO);
-pub const IOMMU_HWPT_SET_DIRTY_TRACKING: u32 =
-    io(IOMMUFD_TYPE, iommufd::IOMMUFD_CMD_HWPT_SET_DIRTY_TRACKING);
-pub const IOMMU_HWPT_GET_DIRTY_BITMAP: u32 =
-    io(IOMMUFD_TYPE, iommufd::IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP);
+pub const IOMMU_HWPT_SET_DIRTY_TRACKING: u32 = io(IOMMUFD_TYPE, iommufd::IOMMUFD_CMD_HWPT_SET_DIRTY_TRACKING);
+pub const IOMMU_HWPT_GET_DIRTY_BITMAP: u32 = io(IOMMUFD_TYPE, iommufd::IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP);
 pub const IOMMU_IOAS_MAP_FILE: u32 = io(IOMMUFD_TYPE, iommufd::IOMMUFD_CMD_IOAS_MAP_FILE);
 
 pub const VFIO_DEVICE_BIND_IOMMUFD: u32 = io(VFIO_TYPE, VFIO_BASE + 18);
@@ -62,8 +57,7 @@ pub const VFIO_DEVICE_ATTACH_IOMMUFD_PT: u32 = io(VFIO_TYPE, VFIO_BASE + 19);
 pub const VFIO_DEVICE_DETACH_IOMMUFD_PT: u32 = io(VFIO_TYPE, VFIO_BASE + 20);
 
 // enum iommufd_ioas_map_flags
-pub const IOMMU_IOAS_MAP_FIXED_IOVA: u32 =
-    iommufd::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_FIXED_IOVA;
+pub const IOMMU_IOAS_MAP_FIXED_IOVA: u32 = iommufd::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_FIXED_IOVA;
 pub const IOMMU_IOAS_MAP_WRITEABLE: u32 = iommufd::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_WRITEABLE;
 pub const IOMMU_IOAS_MAP_READABLE: u32 = iommufd::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_READABLE;
 // enum iommufd_option, enum iommufd_option_ops
@@ -76,10 +70,8 @@ pub const IOMMU_VFIO_IOAS_GET: u16 = iommufd::iommufd_vfio_ioas_op_IOMMU_VFIO_IO
 pub const IOMMU_VFIO_IOAS_SET: u16 = iommufd::iommufd_vfio_ioas_op_IOMMU_VFIO_IOAS_SET as u16;
 pub const IOMMU_VFIO_IOAS_CLEAR: u16 = iommufd::iommufd_vfio_ioas_op_IOMMU_VFIO_IOAS_CLEAR as u16;
 // enum iommufd_hwpt_alloc_flags
-pub const IOMMU_HWPT_ALLOC_NEST_PARENT: u32 =
-    iommufd::iommufd_hwpt_alloc_flags_IOMMU_HWPT_ALLOC_NEST_PARENT;
-pub const IOMMU_HWPT_ALLOC_DIRTY_TRACKING: u32 =
-    iommufd::iommufd_hwpt_alloc_flags_IOMMU_HWPT_ALLOC_DIRTY_TRACKING;
+pub const IOMMU_HWPT_ALLOC_NEST_PARENT: u32 = iommufd::iommufd_hwpt_alloc_flags_IOMMU_HWPT_ALLOC_NEST_PARENT;
+pub const IOMMU_HWPT_ALLOC_DIRTY_TRACKING: u32 = iommufd::iommufd_hwpt_alloc_flags_IOMMU_HWPT_ALLOC_DIRTY_TRACKING;
 // enum iommu_hwpt_data_type
 pub const IOMMU_HWPT_DATA_NONE: u32 = iommufd::iommu_hwpt_data_type_IOMMU_HWPT_DATA_NONE;
 // enum iommufd_hwpt_set_dirty_tracking_flags, enum iommufd_hwpt_get_dirty_bitmap_flags
@@ -89,14 +81,11 @@ pub const IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR: u32 =
     iommufd::iommufd_hwpt_get_dirty_bitmap_flags_IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR;
 // enum iommu_hw_info_type
 pub const IOMMU_HW_INFO_TYPE_NONE: u32 = iommufd::iommu_hw_info_type_IOMMU_HW_INFO_TYPE_NONE;
-pub const IOMMU_HW_INFO_TYPE_INTEL_VTD: u32 =
-    iommufd::iommu_hw_info_type_IOMMU_HW_INFO_TYPE_INTEL_VTD;
-pub const IOMMU_HW_INFO_TYPE_ARM_SMMUV3: u32 =
-    iommufd::iommu_hw_info_type_IOMMU_HW_INFO_TYPE_ARM_SMMUV3;
+pub const IOMMU_HW_INFO_TYPE_INTEL_VTD: u32 = iommufd::iommu_hw_info_type_IOMMU_HW_INFO_TYPE_INTEL_VTD;
+pub const IOMMU_HW_INFO_TYPE_ARM_SMMUV3: u32 = iommufd::iommu_hw_info_type_IOMMU_HW_INFO_TYPE_ARM_SMMUV3;
 pub const IOMMU_HW_INFO_TYPE_AMD: u32 = iommufd::iommu_hw_info_type_IOMMU_HW_INFO_TYPE_AMD;
 // enum iommufd_hw_capabilities
-pub const IOMMU_HW_CAP_DIRTY_TRACKING: u64 =
-    iommufd::iommufd_hw_capabilities_IOMMU_HW_CAP_DIRTY_TRACKING as u64;
+pub const IOMMU_HW_CAP_DIRTY_TRACKING: u64 = iommufd::iommufd_hw_capabilities_IOMMU_HW_CAP_DIRTY_TRACKING as u64;
 
 /// The `size`/`argsz` every command carries: the whole struct. iommufd accepts any size from
 /// the command's minimum up (iommufd/main.c:548-553, `copy_struct_from_user`).
@@ -119,10 +108,7 @@ unsafe fn ioctl<T>(fd: BorrowedFd<'_>, request: u32, arg: *mut T) -> Result<(), 
 
 /// `IOMMU_IOAS_ALLOC`: returns the new IOAS id.
 pub fn ioas_alloc(iommufd: BorrowedFd<'_>) -> Result<u32, Errno> {
-    let mut cmd = iommu_ioas_alloc {
-        size: argsz::<iommu_ioas_alloc>(),
-        ..Default::default()
-    };
+    let mut cmd = iommu_ioas_alloc { size: argsz::<iommu_ioas_alloc>(), ..Default::default() };
     // SAFETY: `cmd` is an `iommu_ioas_alloc` with no embedded pointers.
     unsafe { ioctl(iommufd, IOMMU_IOAS_ALLOC, &mut cmd) }?;
     Ok(cmd.out_ioas_id)
@@ -130,10 +116,7 @@ pub fn ioas_alloc(iommufd: BorrowedFd<'_>) -> Result<u32, Errno> {
 
 /// `IOMMU_DESTROY` of any object (IOAS, HWPT).
 pub fn destroy(iommufd: BorrowedFd<'_>, id: u32) -> Result<(), Errno> {
-    let mut cmd = iommu_destroy {
-        size: argsz::<iommu_destroy>(),
-        id,
-    };
+    let mut cmd = iommu_destroy { size: argsz::<iommu_destroy>(), id };
     // SAFETY: `cmd` is an `iommu_destroy` with no embedded pointers.
     unsafe { ioctl(iommufd, IOMMU_DESTROY, &mut cmd) }
 }
@@ -151,15 +134,8 @@ pub fn ioas_map(
     length: u64,
     iova: u64,
 ) -> Result<u64, Errno> {
-    let mut cmd = iommu_ioas_map {
-        size: argsz::<iommu_ioas_map>(),
-        flags,
-        ioas_id,
-        __reserved: 0,
-        user_va,
-        length,
-        iova,
-    };
+    let mut cmd =
+        iommu_ioas_map { size: argsz::<iommu_ioas_map>(), flags, ioas_id, __reserved: 0, user_va, length, iova };
     // SAFETY: `cmd` is an `iommu_ioas_map`; `user_va` is only pinned (get_user_pages), which
     // the kernel validates itself.
     unsafe { ioctl(iommufd, IOMMU_IOAS_MAP, &mut cmd) }?;
@@ -194,18 +170,8 @@ pub fn ioas_map_file(
 /// `IOMMU_IOAS_UNMAP`; returns the bytes unmapped. `iova == 0, length == u64::MAX`
 /// unmaps everything and then succeeds even when nothing was mapped; any other range
 /// with nothing mapped fails `ENOENT` (ioas.c:351-367).
-pub fn ioas_unmap(
-    iommufd: BorrowedFd<'_>,
-    ioas_id: u32,
-    iova: u64,
-    length: u64,
-) -> Result<u64, Errno> {
-    let mut cmd = iommu_ioas_unmap {
-        size: argsz::<iommu_ioas_unmap>(),
-        ioas_id,
-        iova,
-        length,
-    };
+pub fn ioas_unmap(iommufd: BorrowedFd<'_>, ioas_id: u32, iova: u64, length: u64) -> Result<u64, Errno> {
+    let mut cmd = iommu_ioas_unmap { size: argsz::<iommu_ioas_unmap>(), ioas_id, iova, length };
     // SAFETY: `cmd` is an `iommu_ioas_unmap` with no embedded pointers.
     unsafe { ioctl(iommufd, IOMMU_IOAS_UNMAP, &mut cmd) }?;
     Ok(cmd.length)
@@ -247,10 +213,7 @@ pub fn ioas_iova_ranges_with_capacity(
         match unsafe { ioctl(iommufd, IOMMU_IOAS_IOVA_RANGES, &mut cmd) } {
             Ok(()) => {
                 ranges.truncate(cmd.num_iovas as usize);
-                return Ok(IovaRanges {
-                    ranges,
-                    out_iova_alignment: cmd.out_iova_alignment,
-                });
+                return Ok(IovaRanges { ranges, out_iova_alignment: cmd.out_iova_alignment });
             }
             // The kernel wrote the total back (ioas.c:103-109); ranges may change between
             // calls (a concurrent attach), so loop until the buffer fits.
@@ -263,11 +226,7 @@ pub fn ioas_iova_ranges_with_capacity(
 }
 
 /// `IOMMU_IOAS_ALLOW_IOVAS`: replaces the IOAS's allowed list with `ranges`.
-pub fn ioas_allow_iovas(
-    iommufd: BorrowedFd<'_>,
-    ioas_id: u32,
-    ranges: &[iommu_iova_range],
-) -> Result<(), Errno> {
+pub fn ioas_allow_iovas(iommufd: BorrowedFd<'_>, ioas_id: u32, ranges: &[iommu_iova_range]) -> Result<(), Errno> {
     let mut cmd = iommu_ioas_allow_iovas {
         size: argsz::<iommu_ioas_allow_iovas>(),
         ioas_id,
@@ -306,21 +265,8 @@ pub fn ioas_copy(
 }
 
 /// `IOMMU_OPTION`; returns `val64` (the current value for `IOMMU_OPTION_OP_GET`).
-pub fn option(
-    iommufd: BorrowedFd<'_>,
-    option_id: u32,
-    op: u16,
-    object_id: u32,
-    val64: u64,
-) -> Result<u64, Errno> {
-    let mut cmd = iommu_option {
-        size: argsz::<iommu_option>(),
-        option_id,
-        op,
-        __reserved: 0,
-        object_id,
-        val64,
-    };
+pub fn option(iommufd: BorrowedFd<'_>, option_id: u32, op: u16, object_id: u32, val64: u64) -> Result<u64, Errno> {
+    let mut cmd = iommu_option { size: argsz::<iommu_option>(), option_id, op, __reserved: 0, object_id, val64 };
     // SAFETY: `cmd` is an `iommu_option` with no embedded pointers.
     unsafe { ioctl(iommufd, IOMMU_OPTION, &mut cmd) }?;
     Ok(cmd.val64)
@@ -329,12 +275,7 @@ pub fn option(
 /// `IOMMU_VFIO_IOAS`: selects the IOAS the kernel's legacy container compat acts on.
 /// For tests and completeness only: the shim's backend never uses it.
 pub fn vfio_ioas(iommufd: BorrowedFd<'_>, op: u16, ioas_id: u32) -> Result<u32, Errno> {
-    let mut cmd = iommu_vfio_ioas {
-        size: argsz::<iommu_vfio_ioas>(),
-        ioas_id,
-        op,
-        __reserved: 0,
-    };
+    let mut cmd = iommu_vfio_ioas { size: argsz::<iommu_vfio_ioas>(), ioas_id, op, __reserved: 0 };
     // SAFETY: `cmd` is an `iommu_vfio_ioas` with no embedded pointers.
     unsafe { ioctl(iommufd, IOMMU_VFIO_IOAS, &mut cmd) }?;
     Ok(cmd.ioas_id)
@@ -342,12 +283,7 @@ pub fn vfio_ioas(iommufd: BorrowedFd<'_>, op: u16, ioas_id: u32) -> Result<u32, 
 
 /// `IOMMU_HWPT_ALLOC` of a kernel-managed paging HWPT (`IOMMU_HWPT_DATA_NONE`) for device
 /// `dev_id` over IOAS/HWPT `pt_id`; returns the HWPT id.
-pub fn hwpt_alloc(
-    iommufd: BorrowedFd<'_>,
-    flags: u32,
-    dev_id: u32,
-    pt_id: u32,
-) -> Result<u32, Errno> {
+pub fn hwpt_alloc(iommufd: BorrowedFd<'_>, flags: u32, dev_id: u32, pt_id: u32) -> Result<u32, Errno> {
     let mut cmd = iommu_hwpt_alloc {
         size: argsz::<iommu_hwpt_alloc>(),
         flags,
@@ -362,18 +298,10 @@ pub fn hwpt_alloc(
 }
 
 /// `IOMMU_HWPT_SET_DIRTY_TRACKING`.
-pub fn hwpt_set_dirty_tracking(
-    iommufd: BorrowedFd<'_>,
-    hwpt_id: u32,
-    enable: bool,
-) -> Result<(), Errno> {
+pub fn hwpt_set_dirty_tracking(iommufd: BorrowedFd<'_>, hwpt_id: u32, enable: bool) -> Result<(), Errno> {
     let mut cmd = iommu_hwpt_set_dirty_tracking {
         size: argsz::<iommu_hwpt_set_dirty_tracking>(),
-        flags: if enable {
-            IOMMU_HWPT_DIRTY_TRACKING_ENABLE
-        } else {
-            0
-        },
+        flags: if enable { IOMMU_HWPT_DIRTY_TRACKING_ENABLE } else { 0 },
         hwpt_id,
         __reserved: 0,
     };
@@ -442,16 +370,8 @@ impl HwInfo {
             return None;
         }
         // struct iommu_hw_info_vtd: u32 flags, u32 __reserved, u64 cap_reg, u64 ecap_reg.
-        let u32_at = |o: usize| {
-            Some(u32::from_ne_bytes(
-                self.data.get(o..o + 4)?.try_into().ok()?,
-            ))
-        };
-        let u64_at = |o: usize| {
-            Some(u64::from_ne_bytes(
-                self.data.get(o..o + 8)?.try_into().ok()?,
-            ))
-        };
+        let u32_at = |o: usize| Some(u32::from_ne_bytes(self.data.get(o..o + 4)?.try_into().ok()?));
+        let u64_at = |o: usize| Some(u64::from_ne_bytes(self.data.get(o..o + 8)?.try_into().ok()?));
         Some(iommu_hw_info_vtd {
             flags: u32_at(0)?,
             __reserved: u32_at(4)?,
@@ -512,12 +432,8 @@ pub fn device_bind_iommufd(device: BorrowedFd<'_>, iommufd: BorrowedFd<'_>) -> R
 /// `VFIO_DEVICE_ATTACH_IOMMUFD_PT` to IOAS or HWPT `pt_id`; returns the output `pt_id`:
 /// the HWPT actually attached (the auto-created one when `pt_id` was an IOAS).
 pub fn device_attach_iommufd_pt(device: BorrowedFd<'_>, pt_id: u32) -> Result<u32, Errno> {
-    let mut cmd = vfio_device_attach_iommufd_pt {
-        argsz: argsz::<vfio_device_attach_iommufd_pt>(),
-        flags: 0,
-        pt_id,
-        pasid: 0,
-    };
+    let mut cmd =
+        vfio_device_attach_iommufd_pt { argsz: argsz::<vfio_device_attach_iommufd_pt>(), flags: 0, pt_id, pasid: 0 };
     // SAFETY: `cmd` is a `vfio_device_attach_iommufd_pt` with no embedded pointers.
     unsafe { ioctl(device, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut cmd) }?;
     Ok(cmd.pt_id)
@@ -525,11 +441,7 @@ pub fn device_attach_iommufd_pt(device: BorrowedFd<'_>, pt_id: u32) -> Result<u3
 
 /// `VFIO_DEVICE_DETACH_IOMMUFD_PT`.
 pub fn device_detach_iommufd_pt(device: BorrowedFd<'_>) -> Result<(), Errno> {
-    let mut cmd = vfio_device_detach_iommufd_pt {
-        argsz: argsz::<vfio_device_detach_iommufd_pt>(),
-        flags: 0,
-        pasid: 0,
-    };
+    let mut cmd = vfio_device_detach_iommufd_pt { argsz: argsz::<vfio_device_detach_iommufd_pt>(), flags: 0, pasid: 0 };
     // SAFETY: `cmd` is a `vfio_device_detach_iommufd_pt` with no embedded pointers.
     unsafe { ioctl(device, VFIO_DEVICE_DETACH_IOMMUFD_PT, &mut cmd) }
 }
@@ -542,12 +454,7 @@ pub const VFIO_DEVICE_FEATURE_DMA_BUF: u32 = 11;
 
 /// `VFIO_DEVICE_FEATURE(GET | DMA_BUF)` for one range of one region: a dma-buf fd exporting
 /// `[offset, offset + length)` of the device's region `region_index` (a PCI BAR).
-pub fn device_dma_buf(
-    device: BorrowedFd<'_>,
-    region_index: u32,
-    offset: u64,
-    length: u64,
-) -> Result<OwnedFd, Errno> {
+pub fn device_dma_buf(device: BorrowedFd<'_>, region_index: u32, offset: u64, length: u64) -> Result<OwnedFd, Errno> {
     // struct vfio_device_feature { argsz, flags } + vfio_device_feature_dma_buf
     // { region_index, open_flags, flags, nr_ranges } + one vfio_region_dma_range.
     #[repr(C)]
@@ -690,15 +597,9 @@ mod tests {
         assert_eq!(vtd.flags, 1);
         assert_eq!(vtd.cap_reg, 0x00d2_0086_0466_02f0);
         assert_eq!(vtd.ecap_reg, 0x00f0_105a);
-        let short = HwInfo {
-            data: data[..20].to_vec(),
-            ..info.clone()
-        };
+        let short = HwInfo { data: data[..20].to_vec(), ..info.clone() };
         assert_eq!(short.vtd(), None);
-        let other = HwInfo {
-            out_data_type: IOMMU_HW_INFO_TYPE_AMD,
-            ..info
-        };
+        let other = HwInfo { out_data_type: IOMMU_HW_INFO_TYPE_AMD, ..info };
         assert_eq!(other.vtd(), None);
     }
 }

@@ -12,9 +12,7 @@ use std::sync::Arc;
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode;
-use vfio_shim::backend::{
-    Backend, DeviceHandle, GroupDevice, IoasGeometry, IoasId, IommufdId, IovaRange, Prot,
-};
+use vfio_shim::backend::{Backend, DeviceHandle, GroupDevice, IoasGeometry, IoasId, IommufdId, IovaRange, Prot};
 
 use crate::caller::{CallerProcess, PreparedMap, ProcessId};
 use crate::ioctl::{self, HwInfo};
@@ -24,10 +22,7 @@ use crate::vtd::{self, VtdBootParams};
 fn page_size() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(size)
-        .ok()
-        .filter(|s| s.is_power_of_two())
-        .unwrap_or(4096)
+    u64::try_from(size).ok().filter(|s| s.is_power_of_two()).unwrap_or(4096)
 }
 
 fn errno_of(e: &io::Error) -> Errno {
@@ -109,10 +104,7 @@ impl KernelBackend {
     /// Every fd the backend holds open (iommufds and device cdevs), for glue that must keep
     /// them out of the application's reach.
     pub fn raw_fds(&self) -> impl Iterator<Item = RawFd> + '_ {
-        self.iommufds
-            .values()
-            .map(|fd| fd.as_raw_fd())
-            .chain(self.devices.values().map(|d| d.fd.as_raw_fd()))
+        self.iommufds.values().map(|fd| fd.as_raw_fd()).chain(self.devices.values().map(|d| d.fd.as_raw_fd()))
     }
 
     /// The open device cdev behind `dev`.
@@ -226,10 +218,7 @@ impl KernelBackend {
     }
 
     fn iommufd(&self, ctx: IommufdId) -> Result<BorrowedFd<'_>, Errno> {
-        self.iommufds
-            .get(&ctx)
-            .map(|fd| fd.as_fd())
-            .ok_or(Errno::EBADF)
+        self.iommufds.get(&ctx).map(|fd| fd.as_fd()).ok_or(Errno::EBADF)
     }
 
     fn device(&self, dev: DeviceHandle) -> Result<&Device, Errno> {
@@ -238,9 +227,7 @@ impl KernelBackend {
 
     fn vtd_params(&mut self) -> VtdBootParams {
         *self.vtd_params.get_or_insert_with(|| {
-            fs::read_to_string("/proc/cmdline")
-                .map(|c| VtdBootParams::from_cmdline(&c))
-                .unwrap_or_default()
+            fs::read_to_string("/proc/cmdline").map(|c| VtdBootParams::from_cmdline(&c)).unwrap_or_default()
         })
     }
 
@@ -287,13 +274,7 @@ impl Backend for KernelBackend {
         // type1 charges RLIMIT_MEMLOCK per process (vfio_iommu_type1.c:769); iommufd
         // defaults to per user. Switching needs CAP_SYS_RESOURCE and an empty context
         // (ioas.c:642-655), so try it now and live with per-user when refused.
-        match ioctl::option(
-            fd.as_fd(),
-            ioctl::IOMMU_OPTION_RLIMIT_MODE,
-            ioctl::IOMMU_OPTION_OP_SET,
-            0,
-            1,
-        ) {
+        match ioctl::option(fd.as_fd(), ioctl::IOMMU_OPTION_RLIMIT_MODE, ioctl::IOMMU_OPTION_OP_SET, 0, 1) {
             Ok(_) => {}
             Err(Errno::EPERM) => {
                 log::debug!("iommufd: no CAP_SYS_RESOURCE, memlock stays accounted per user")
@@ -323,14 +304,7 @@ impl Backend for KernelBackend {
     fn ioas_geometry(&mut self, ctx: IommufdId, ioas: IoasId) -> Result<IoasGeometry, Errno> {
         let r = ioctl::ioas_iova_ranges(self.iommufd(ctx)?, ioas.0)?;
         Ok(IoasGeometry {
-            ranges: r
-                .ranges
-                .iter()
-                .map(|r| IovaRange {
-                    start: r.start,
-                    last: r.last,
-                })
-                .collect(),
+            ranges: r.ranges.iter().map(|r| IovaRange { start: r.start, last: r.last }).collect(),
             iova_alignment: r.out_iova_alignment,
         })
     }
@@ -355,7 +329,8 @@ impl Backend for KernelBackend {
             // The daemon cannot pin another process's memory by address (IOMMU_IOAS_MAP pins
             // current->mm); it maps the file behind a shared mapping instead, resolved ahead
             // (outside the daemon's lock) when the glue could.
-            let prepared = owner.prepared.take().filter(|p| (p.vaddr, p.length, p.write) == (vaddr, length, prot.write));
+            let prepared =
+                owner.prepared.take().filter(|p| (p.vaddr, p.length, p.write) == (vaddr, length, prot.write));
             let prepared = prepared.unwrap_or_else(|| owner.caller.prepare_map(vaddr, length, prot.write));
             let backing = prepared.backing?;
             let memlock = prepared.memlock?;
@@ -368,7 +343,15 @@ impl Backend for KernelBackend {
                     return Err(Errno::ENOMEM);
                 }
             }
-            ioctl::ioas_map_file(self.iommufd(ctx)?, ioas.0, flags, backing.file.as_fd(), backing.offset, length, iova)?;
+            ioctl::ioas_map_file(
+                self.iommufd(ctx)?,
+                ioas.0,
+                flags,
+                backing.file.as_fd(),
+                backing.offset,
+                length,
+                iova,
+            )?;
             self.caller_charges.insert((ctx, ioas, iova), (memlock.process, pages));
             *self.charged_pages.entry(memlock.process).or_default() += pages;
             return Ok(());
@@ -380,8 +363,7 @@ impl Backend for KernelBackend {
             Err(Errno::EFAULT) => match self.device_bar_at(vaddr, length) {
                 Some((dev, region, offset)) => {
                     let buf = ioctl::device_dma_buf(self.device(dev)?.fd.as_fd(), region, offset, length)?;
-                    ioctl::ioas_map_file(self.iommufd(ctx)?, ioas.0, flags, buf.as_fd(), 0, length, iova)
-                        .map(drop)
+                    ioctl::ioas_map_file(self.iommufd(ctx)?, ioas.0, flags, buf.as_fd(), 0, length, iova).map(drop)
                 }
                 None => Err(Errno::EFAULT),
             },
@@ -389,13 +371,7 @@ impl Backend for KernelBackend {
         }
     }
 
-    fn ioas_unmap(
-        &mut self,
-        ctx: IommufdId,
-        ioas: IoasId,
-        iova: u64,
-        length: u64,
-    ) -> Result<u64, Errno> {
+    fn ioas_unmap(&mut self, ctx: IommufdId, ioas: IoasId, iova: u64, length: u64) -> Result<u64, Errno> {
         let unmapped = ioctl::ioas_unmap(self.iommufd(ctx)?, ioas.0, iova, length)?;
         self.uncharge(ctx, Some(ioas), iova, length);
         Ok(unmapped)
@@ -436,21 +412,14 @@ impl Backend for KernelBackend {
     /// (arm-smmu-v3.c:2789-2806) that userspace cannot see, and drivers without the op
     /// never enforce it.
     fn ioas_enforces_coherency(&mut self, ctx: IommufdId, ioas: IoasId) -> Result<bool, Errno> {
-        Ok(self
-            .attached_hw_info(ctx, ioas)?
-            .iter()
-            .all(|info| match info.vtd() {
-                Some(vtd) => vtd::enforces_cache_coherency(&vtd),
-                None => info.out_data_type == ioctl::IOMMU_HW_INFO_TYPE_AMD,
-            }))
+        Ok(self.attached_hw_info(ctx, ioas)?.iter().all(|info| match info.vtd() {
+            Some(vtd) => vtd::enforces_cache_coherency(&vtd),
+            None => info.out_data_type == ioctl::IOMMU_HW_INFO_TYPE_AMD,
+        }))
     }
 
     fn group_devices(&mut self, group: u32) -> Result<Vec<GroupDevice>, Errno> {
-        let dir = self
-            .sysfs
-            .join("kernel/iommu_groups")
-            .join(group.to_string())
-            .join("devices");
+        let dir = self.sysfs.join("kernel/iommu_groups").join(group.to_string()).join("devices");
         let entries = fs::read_dir(&dir).map_err(|e| errno_of(&e))?;
         let mut devices = Vec::new();
         for entry in entries {
@@ -461,13 +430,7 @@ impl Backend for KernelBackend {
             let path = entry.path();
             devices.push(GroupDevice {
                 driver: driver_name(&path),
-                cdev: vfio_cdev(&path).map(|n| {
-                    self.dev
-                        .join("vfio/devices")
-                        .join(n)
-                        .to_string_lossy()
-                        .into_owned()
-                }),
+                cdev: vfio_cdev(&path).map(|n| self.dev.join("vfio/devices").join(n).to_string_lossy().into_owned()),
                 name,
             });
         }
@@ -480,15 +443,7 @@ impl Backend for KernelBackend {
         let cdev = device.cdev.as_deref().ok_or(Errno::ENODEV)?;
         let fd = open(cdev, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())?;
         let dev = DeviceHandle(self.handle());
-        self.devices.insert(
-            dev,
-            Device {
-                fd,
-                cdev: cdev.to_string(),
-                bound: None,
-                attached: None,
-            },
-        );
+        self.devices.insert(dev, Device { fd, cdev: cdev.to_string(), bound: None, attached: None });
         Ok(dev)
     }
 

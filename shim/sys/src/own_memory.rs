@@ -137,7 +137,6 @@ impl ArgMemory for OwnMemory {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

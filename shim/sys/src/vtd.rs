@@ -50,10 +50,7 @@ pub struct VtdBootParams {
 
 impl Default for VtdBootParams {
     fn default() -> Self {
-        VtdBootParams {
-            scalable_mode: None,
-            superpage: true,
-        }
+        VtdBootParams { scalable_mode: None, superpage: true }
     }
 }
 
@@ -107,11 +104,7 @@ fn scalable_mode(vtd: &iommu_hw_info_vtd, out_capabilities: u64, params: &VtdBoo
 ///   ecap_flts` (iommu.c:2873); it drops 1G without `cap_fl1gp_support` (iommu.c:2905).
 /// - Second stage drops 2M/1G per `cap_super_page_val` bits 0/1 (iommu.c:3000-3004).
 /// - `intel_iommu=sp_off` makes either 4K only (iommu.c:2907, 3005).
-pub fn paging_domain_pgsizes(
-    vtd: &iommu_hw_info_vtd,
-    out_capabilities: u64,
-    params: &VtdBootParams,
-) -> u64 {
+pub fn paging_domain_pgsizes(vtd: &iommu_hw_info_vtd, out_capabilities: u64, params: &VtdBootParams) -> u64 {
     if !params.superpage {
         return SZ_4K;
     }
@@ -146,12 +139,7 @@ mod tests {
     use super::*;
 
     fn vtd(cap: u64, ecap: u64) -> iommu_hw_info_vtd {
-        iommu_hw_info_vtd {
-            flags: 0,
-            __reserved: 0,
-            cap_reg: cap,
-            ecap_reg: ecap,
-        }
+        iommu_hw_info_vtd { flags: 0, __reserved: 0, cap_reg: cap, ecap_reg: ecap }
     }
 
     const SSLPS_2M_1G: u64 = 0b11 << 34;
@@ -174,16 +162,10 @@ mod tests {
     #[test]
     fn second_stage_follows_sslps() {
         let d = VtdBootParams::default();
-        assert_eq!(
-            paging_domain_pgsizes(&vtd(1 << 34, 0), 0, &d),
-            SZ_4K | SZ_2M
-        );
+        assert_eq!(paging_domain_pgsizes(&vtd(1 << 34, 0), 0, &d), SZ_4K | SZ_2M);
         assert_eq!(paging_domain_pgsizes(&vtd(0, 0), 0, &d), SZ_4K);
         // SMTS but booted sm_off: legacy mode, second stage.
-        let off = VtdBootParams {
-            scalable_mode: Some(false),
-            superpage: true,
-        };
+        let off = VtdBootParams { scalable_mode: Some(false), superpage: true };
         assert_eq!(paging_domain_pgsizes(&vtd(0, SMTS | FLTS), 0, &off), SZ_4K);
     }
 
@@ -192,30 +174,17 @@ mod tests {
         let d = VtdBootParams::default();
         let ecap = SMTS | FLTS | SLTS;
         assert_eq!(paging_domain_pgsizes(&vtd(0, ecap), 0, &d), SZ_4K | SZ_2M);
-        assert_eq!(
-            paging_domain_pgsizes(&vtd(FL1GP, ecap), 0, &d),
-            SZ_4K | SZ_2M | SZ_1G
-        );
+        assert_eq!(paging_domain_pgsizes(&vtd(FL1GP, ecap), 0, &d), SZ_4K | SZ_2M | SZ_1G);
         // Scalable mode with only second-stage support.
-        assert_eq!(
-            paging_domain_pgsizes(&vtd(1 << 34, SMTS | SLTS), 0, &d),
-            SZ_4K | SZ_2M
-        );
+        assert_eq!(paging_domain_pgsizes(&vtd(1 << 34, SMTS | SLTS), 0, &d), SZ_4K | SZ_2M);
     }
 
     #[test]
     fn dirty_tracking_capability_reveals_scalable_mode() {
         let ecap = SMTS | FLTS | SLTS | SLADS | SMPWC;
-        let cmdline_says_off = VtdBootParams {
-            scalable_mode: Some(false),
-            superpage: true,
-        };
+        let cmdline_says_off = VtdBootParams { scalable_mode: Some(false), superpage: true };
         // Reported dirty tracking: scalable mode is on whatever the cmdline parse says.
-        let p = paging_domain_pgsizes(
-            &vtd(SSLPS_2M_1G, ecap),
-            IOMMU_HW_CAP_DIRTY_TRACKING,
-            &cmdline_says_off,
-        );
+        let p = paging_domain_pgsizes(&vtd(SSLPS_2M_1G, ecap), IOMMU_HW_CAP_DIRTY_TRACKING, &cmdline_says_off);
         assert_eq!(p, SZ_4K | SZ_2M);
         // Not reported: legacy mode, second stage.
         let p = paging_domain_pgsizes(&vtd(SSLPS_2M_1G, ecap), 0, &VtdBootParams::default());
@@ -225,17 +194,8 @@ mod tests {
     #[test]
     fn sp_off_is_4k_only() {
         let sp_off = VtdBootParams::from_cmdline("quiet intel_iommu=on,sp_off");
-        assert_eq!(
-            sp_off,
-            VtdBootParams {
-                scalable_mode: None,
-                superpage: false
-            }
-        );
-        assert_eq!(
-            paging_domain_pgsizes(&vtd(SSLPS_2M_1G | FL1GP, 0), 0, &sp_off),
-            SZ_4K
-        );
+        assert_eq!(sp_off, VtdBootParams { scalable_mode: None, superpage: false });
+        assert_eq!(paging_domain_pgsizes(&vtd(SSLPS_2M_1G | FL1GP, 0), 0, &sp_off), SZ_4K);
     }
 
     #[test]
@@ -244,10 +204,7 @@ mod tests {
         assert_eq!(p.scalable_mode, Some(false));
         let p = VtdBootParams::from_cmdline("intel_iommu=sm_off,sm_on");
         assert_eq!(p.scalable_mode, Some(true));
-        assert_eq!(
-            VtdBootParams::from_cmdline("iommu=pt"),
-            VtdBootParams::default()
-        );
+        assert_eq!(VtdBootParams::from_cmdline("iommu=pt"), VtdBootParams::default());
     }
 
     #[test]

@@ -40,14 +40,8 @@ fn vfio_cdev_ioctl_numbers() {
 fn vfio_cdev_numbers_agree_with_the_core_abi() {
     use vfio_shim::abi;
     assert_eq!(VFIO_DEVICE_BIND_IOMMUFD, abi::VFIO_DEVICE_BIND_IOMMUFD);
-    assert_eq!(
-        VFIO_DEVICE_ATTACH_IOMMUFD_PT,
-        abi::VFIO_DEVICE_ATTACH_IOMMUFD_PT
-    );
-    assert_eq!(
-        VFIO_DEVICE_DETACH_IOMMUFD_PT,
-        abi::VFIO_DEVICE_DETACH_IOMMUFD_PT
-    );
+    assert_eq!(VFIO_DEVICE_ATTACH_IOMMUFD_PT, abi::VFIO_DEVICE_ATTACH_IOMMUFD_PT);
+    assert_eq!(VFIO_DEVICE_DETACH_IOMMUFD_PT, abi::VFIO_DEVICE_DETACH_IOMMUFD_PT);
 }
 
 #[test]

@@ -34,25 +34,14 @@ fn add_device(sys: &Path, group: u32, bdf: &str, driver: Option<&str>, cdev: Opt
     if let Some(driver) = driver {
         let drv = sys.join("bus/pci/drivers").join(driver);
         fs::create_dir_all(&drv).unwrap();
-        symlink(
-            format!("../../../bus/pci/drivers/{driver}"),
-            dev.join("driver"),
-        )
-        .unwrap();
+        symlink(format!("../../../bus/pci/drivers/{driver}"), dev.join("driver")).unwrap();
     }
     if let Some(cdev) = cdev {
         fs::create_dir_all(dev.join("vfio-dev").join(cdev)).unwrap();
     }
-    let devices = sys
-        .join("kernel/iommu_groups")
-        .join(group.to_string())
-        .join("devices");
+    let devices = sys.join("kernel/iommu_groups").join(group.to_string()).join("devices");
     fs::create_dir_all(&devices).unwrap();
-    symlink(
-        format!("../../../../devices/pci0000:00/{bdf}"),
-        devices.join(bdf),
-    )
-    .unwrap();
+    symlink(format!("../../../../devices/pci0000:00/{bdf}"), devices.join(bdf)).unwrap();
 }
 
 #[test]
@@ -65,29 +54,13 @@ fn group_devices_reads_sysfs() {
     add_device(&sys, 8, "0000:00:05.0", Some("vfio-pci"), Some("vfio1"));
 
     let mut be = KernelBackend::with_roots(&sys, tmp.0.join("dev"));
-    let cdev0 = tmp
-        .0
-        .join("dev/vfio/devices/vfio0")
-        .to_string_lossy()
-        .into_owned();
+    let cdev0 = tmp.0.join("dev/vfio/devices/vfio0").to_string_lossy().into_owned();
     assert_eq!(
         be.group_devices(7).unwrap(),
         vec![
-            GroupDevice {
-                name: "0000:00:02.0".into(),
-                driver: Some("e1000e".into()),
-                cdev: None
-            },
-            GroupDevice {
-                name: "0000:00:03.0".into(),
-                driver: Some("vfio-pci".into()),
-                cdev: Some(cdev0),
-            },
-            GroupDevice {
-                name: "0000:00:04.0".into(),
-                driver: None,
-                cdev: None
-            },
+            GroupDevice { name: "0000:00:02.0".into(), driver: Some("e1000e".into()), cdev: None },
+            GroupDevice { name: "0000:00:03.0".into(), driver: Some("vfio-pci".into()), cdev: Some(cdev0) },
+            GroupDevice { name: "0000:00:04.0".into(), driver: None, cdev: None },
         ]
     );
     assert_eq!(be.group_devices(8).unwrap().len(), 1);
@@ -98,21 +71,12 @@ fn group_devices_reads_sysfs() {
 fn device_open_needs_a_cdev() {
     let tmp = TempDir::new("device-open");
     let mut be = KernelBackend::with_roots(tmp.0.join("sys"), tmp.0.join("dev"));
-    let unbound = GroupDevice {
-        name: "0000:00:02.0".into(),
-        driver: None,
-        cdev: None,
-    };
+    let unbound = GroupDevice { name: "0000:00:02.0".into(), driver: None, cdev: None };
     assert_eq!(be.device_open(&unbound), Err(Errno::ENODEV));
     let gone = GroupDevice {
         name: "0000:00:03.0".into(),
         driver: Some("vfio-pci".into()),
-        cdev: Some(
-            tmp.0
-                .join("dev/vfio/devices/vfio0")
-                .to_string_lossy()
-                .into_owned(),
-        ),
+        cdev: Some(tmp.0.join("dev/vfio/devices/vfio0").to_string_lossy().into_owned()),
     };
     assert_eq!(be.device_open(&gone), Err(Errno::ENOENT));
 }
@@ -134,10 +98,7 @@ fn ioctl_errno_reaches_the_caller() {
     let ctx = be.iommufd_open().unwrap();
     assert!(be.iommufd_raw_fd(ctx).is_some());
     assert_eq!(be.ioas_alloc(ctx), Err(Errno::ENOTTY));
-    assert_eq!(
-        be.ioas_geometry(ctx, vfio_shim::backend::IoasId(1)),
-        Err(Errno::ENOTTY)
-    );
+    assert_eq!(be.ioas_geometry(ctx, vfio_shim::backend::IoasId(1)), Err(Errno::ENOTTY));
     be.iommufd_close(ctx);
     assert_eq!(be.iommufd_raw_fd(ctx), None);
     assert_eq!(be.ioas_alloc(ctx), Err(Errno::EBADF));

@@ -22,10 +22,7 @@ const MAP_IOVA: u64 = 0x10_0000;
 /// The x86 interrupt window every x86 IOMMU reserves (IOMMU_RESV_MSI).
 const MSI_START: u64 = 0xfee0_0000;
 const MSI_LAST: u64 = 0xfeef_ffff;
-const RW: Prot = Prot {
-    read: true,
-    write: true,
-};
+const RW: Prot = Prot { read: true, write: true };
 
 /// A cdev opens once at a time: tests that use the device take turns.
 static DEVICE: Mutex<()> = Mutex::new(());
@@ -41,9 +38,7 @@ fn edu() -> (String, u32) {
         None
     };
     if let Some(why) = missing {
-        panic!(
-            "kernel_backend needs a real kernel with iommufd: {why}. Run it in the VM tier."
-        );
+        panic!("kernel_backend needs a real kernel with iommufd: {why}. Run it in the VM tier.");
     }
     let bdf = bdf.unwrap();
     let sys = Path::new("/sys/bus/pci/devices").join(&bdf);
@@ -53,8 +48,7 @@ fn edu() -> (String, u32) {
         (Some("0x1234"), Some("0x11e8")),
         "VFIO_TEST_EDU={bdf} is not QEMU's edu device"
     );
-    let link = fs::read_link(sys.join("iommu_group"))
-        .unwrap_or_else(|e| panic!("{bdf} has no iommu_group: {e}"));
+    let link = fs::read_link(sys.join("iommu_group")).unwrap_or_else(|e| panic!("{bdf} has no iommu_group: {e}"));
     let group = link.file_name().unwrap().to_str().unwrap().parse().unwrap();
     (bdf, group)
 }
@@ -79,24 +73,11 @@ impl Fixture {
         let ctx = be.iommufd_open().expect("open /dev/iommu");
         let ioas = be.ioas_alloc(ctx).expect("IOMMU_IOAS_ALLOC");
         let devices = be.group_devices(group).expect("group_devices");
-        let edu = devices
-            .iter()
-            .find(|d| d.name == bdf)
-            .expect("edu in its own group");
+        let edu = devices.iter().find(|d| d.name == bdf).expect("edu in its own group");
         let dev = be.device_open(edu).expect("open the edu cdev");
         be.device_bind(dev, ctx).expect("VFIO_DEVICE_BIND_IOMMUFD");
-        be.device_attach(dev, ioas)
-            .expect("VFIO_DEVICE_ATTACH_IOMMUFD_PT");
-        Fixture {
-            be,
-            ctx,
-            ioas,
-            dev,
-            attached: true,
-            open: true,
-            ioas_alive: true,
-            _turn: turn,
-        }
+        be.device_attach(dev, ioas).expect("VFIO_DEVICE_ATTACH_IOMMUFD_PT");
+        Fixture { be, ctx, ioas, dev, attached: true, open: true, ioas_alive: true, _turn: turn }
     }
 
     fn iommufd(&self) -> BorrowedFd<'_> {
@@ -165,10 +146,7 @@ fn group_lists_edu_on_vfio_pci_with_cdev() {
     let _turn = DEVICE.lock().unwrap_or_else(|e| e.into_inner());
     let (bdf, group) = edu();
     let devices = KernelBackend::new().group_devices(group).unwrap();
-    let edu = devices
-        .iter()
-        .find(|d| d.name == bdf)
-        .expect("edu listed in its group");
+    let edu = devices.iter().find(|d| d.name == bdf).expect("edu listed in its group");
     assert_eq!(edu.driver.as_deref(), Some("vfio-pci"));
     let cdev = edu.cdev.as_deref().expect("edu has a VFIO cdev");
     assert!(cdev.starts_with("/dev/vfio/devices/vfio"), "{cdev}");
@@ -186,15 +164,9 @@ fn geometry_excludes_msi_window() {
     }
     for r in &g.ranges {
         assert!(r.start <= r.last, "{g:?}");
-        assert!(
-            r.last < MSI_START || r.start > MSI_LAST,
-            "MSI window usable: {g:?}"
-        );
+        assert!(r.last < MSI_START || r.start > MSI_LAST, "MSI window usable: {g:?}");
     }
-    assert!(g
-        .ranges
-        .iter()
-        .any(|r| r.start <= MAP_IOVA && MAP_IOVA + SZ_2M - 1 <= r.last));
+    assert!(g.ranges.iter().any(|r| r.start <= MAP_IOVA && MAP_IOVA + SZ_2M - 1 <= r.last));
     assert_eq!(g.iova_alignment, 4096, "{g:?}");
 }
 
@@ -205,10 +177,7 @@ fn iova_ranges_retries_on_emsgsize() {
     let direct = ioctl::ioas_iova_ranges(f.iommufd(), f.ioas.0).unwrap();
     let retried = ioctl::ioas_iova_ranges_with_capacity(f.iommufd(), f.ioas.0, 0).unwrap();
     assert_eq!(direct, retried);
-    assert!(
-        direct.ranges.len() >= 2,
-        "attached x86 IOAS has a hole: {direct:?}"
-    );
+    assert!(direct.ranges.len() >= 2, "attached x86 IOAS has a hole: {direct:?}");
 }
 
 #[test]
@@ -242,17 +211,10 @@ fn coherency_follows_snoop_control_on_vtd() {
 fn map_then_unmap_2m() {
     let mut f = Fixture::new();
     let buf = Buffer::new(SZ_2M);
-    f.be.ioas_map(f.ctx, f.ioas, MAP_IOVA, buf.vaddr(), SZ_2M, RW)
-        .unwrap();
-    assert_eq!(
-        f.be.ioas_map(f.ctx, f.ioas, MAP_IOVA, buf.vaddr(), SZ_2M, RW),
-        Err(Errno::EEXIST)
-    );
+    f.be.ioas_map(f.ctx, f.ioas, MAP_IOVA, buf.vaddr(), SZ_2M, RW).unwrap();
+    assert_eq!(f.be.ioas_map(f.ctx, f.ioas, MAP_IOVA, buf.vaddr(), SZ_2M, RW), Err(Errno::EEXIST));
     assert_eq!(f.be.ioas_unmap(f.ctx, f.ioas, MAP_IOVA, SZ_2M), Ok(SZ_2M));
-    assert_eq!(
-        f.be.ioas_unmap(f.ctx, f.ioas, MAP_IOVA, SZ_2M),
-        Err(Errno::ENOENT)
-    );
+    assert_eq!(f.be.ioas_unmap(f.ctx, f.ioas, MAP_IOVA, SZ_2M), Err(Errno::ENOENT));
     // Unmap-all on an empty IOAS succeeds with 0 (ioas.c:351-354): no ENOENT there.
     assert_eq!(f.be.ioas_unmap(f.ctx, f.ioas, 0, u64::MAX), Ok(0));
 }
@@ -263,14 +225,8 @@ fn map_over_reserved_region_fails() {
     let mut f = Fixture::new();
     let buf = Buffer::new(SZ_2M);
     // io_pagetable.c:196-197: a reserved IOVA in the range is EINVAL.
-    assert_eq!(
-        f.be.ioas_map(f.ctx, f.ioas, MSI_START, buf.vaddr(), SZ_2M, RW),
-        Err(Errno::EINVAL)
-    );
-    assert_eq!(
-        f.be.ioas_map(f.ctx, f.ioas, MSI_START - SZ_2M / 2, buf.vaddr(), SZ_2M, RW),
-        Err(Errno::EINVAL)
-    );
+    assert_eq!(f.be.ioas_map(f.ctx, f.ioas, MSI_START, buf.vaddr(), SZ_2M, RW), Err(Errno::EINVAL));
+    assert_eq!(f.be.ioas_map(f.ctx, f.ioas, MSI_START - SZ_2M / 2, buf.vaddr(), SZ_2M, RW), Err(Errno::EINVAL));
 }
 
 #[test]
@@ -293,14 +249,7 @@ fn teardown_detach_close_destroy() {
 #[ignore = "needs a real kernel: the VM tier runs it (compat-tests/scripts/vm-tier.sh)"]
 fn rlimit_mode_is_per_process_when_privileged() {
     let f = Fixture::new();
-    let mode = ioctl::option(
-        f.iommufd(),
-        ioctl::IOMMU_OPTION_RLIMIT_MODE,
-        ioctl::IOMMU_OPTION_OP_GET,
-        0,
-        0,
-    )
-    .unwrap();
+    let mode = ioctl::option(f.iommufd(), ioctl::IOMMU_OPTION_RLIMIT_MODE, ioctl::IOMMU_OPTION_OP_GET, 0, 0).unwrap();
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         assert_eq!(mode, 1, "root should have CAP_SYS_RESOURCE");
@@ -346,23 +295,10 @@ fn dirty_tracking_follows_capability() {
 #[ignore = "needs a real kernel: the VM tier runs it (compat-tests/scripts/vm-tier.sh)"]
 fn map_file_of_memfd() {
     let mut f = Fixture::new();
-    let memfd =
-        nix::sys::memfd::memfd_create(c"vfio-shim-test", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-            .unwrap();
+    let memfd = nix::sys::memfd::memfd_create(c"vfio-shim-test", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
     nix::unistd::ftruncate(&memfd, SZ_2M as i64).unwrap();
-    let flags = ioctl::IOMMU_IOAS_MAP_FIXED_IOVA
-        | ioctl::IOMMU_IOAS_MAP_READABLE
-        | ioctl::IOMMU_IOAS_MAP_WRITEABLE;
-    let iova = ioctl::ioas_map_file(
-        f.iommufd(),
-        f.ioas.0,
-        flags,
-        memfd.as_fd(),
-        0,
-        SZ_2M,
-        MAP_IOVA,
-    )
-    .unwrap();
+    let flags = ioctl::IOMMU_IOAS_MAP_FIXED_IOVA | ioctl::IOMMU_IOAS_MAP_READABLE | ioctl::IOMMU_IOAS_MAP_WRITEABLE;
+    let iova = ioctl::ioas_map_file(f.iommufd(), f.ioas.0, flags, memfd.as_fd(), 0, SZ_2M, MAP_IOVA).unwrap();
     assert_eq!(iova, MAP_IOVA);
     assert_eq!(f.be.ioas_unmap(f.ctx, f.ioas, MAP_IOVA, SZ_2M), Ok(SZ_2M));
 }
@@ -372,27 +308,12 @@ fn map_file_of_memfd() {
 fn ioas_copy_and_allow_iovas() {
     let mut f = Fixture::new();
     let buf = Buffer::new(SZ_2M);
-    f.be.ioas_map(f.ctx, f.ioas, MAP_IOVA, buf.vaddr(), SZ_2M, RW)
-        .unwrap();
+    f.be.ioas_map(f.ctx, f.ioas, MAP_IOVA, buf.vaddr(), SZ_2M, RW).unwrap();
     let other = f.be.ioas_alloc(f.ctx).unwrap();
-    let allowed = [ioctl::iommu_iova_range {
-        start: 0,
-        last: 0xffff_ffff,
-    }];
+    let allowed = [ioctl::iommu_iova_range { start: 0, last: 0xffff_ffff }];
     ioctl::ioas_allow_iovas(f.iommufd(), other.0, &allowed).unwrap();
-    let flags = ioctl::IOMMU_IOAS_MAP_FIXED_IOVA
-        | ioctl::IOMMU_IOAS_MAP_READABLE
-        | ioctl::IOMMU_IOAS_MAP_WRITEABLE;
-    let dst = ioctl::ioas_copy(
-        f.iommufd(),
-        other.0,
-        f.ioas.0,
-        flags,
-        SZ_2M,
-        MAP_IOVA,
-        MAP_IOVA,
-    )
-    .unwrap();
+    let flags = ioctl::IOMMU_IOAS_MAP_FIXED_IOVA | ioctl::IOMMU_IOAS_MAP_READABLE | ioctl::IOMMU_IOAS_MAP_WRITEABLE;
+    let dst = ioctl::ioas_copy(f.iommufd(), other.0, f.ioas.0, flags, SZ_2M, MAP_IOVA, MAP_IOVA).unwrap();
     assert_eq!(dst, MAP_IOVA);
     assert_eq!(f.be.ioas_unmap(f.ctx, other, MAP_IOVA, SZ_2M), Ok(SZ_2M));
     assert_eq!(f.be.ioas_unmap(f.ctx, f.ioas, MAP_IOVA, SZ_2M), Ok(SZ_2M));
@@ -412,20 +333,11 @@ fn vfio_ioas_wrapper_selects_compat_ioas() {
     // SAFETY: `be` owns the fd until `iommufd_close` below.
     let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     // vfio_compat.c:15-26: no compat IOAS yet.
-    assert_eq!(
-        ioctl::vfio_ioas(fd, ioctl::IOMMU_VFIO_IOAS_GET, 0),
-        Err(Errno::ENODEV)
-    );
+    assert_eq!(ioctl::vfio_ioas(fd, ioctl::IOMMU_VFIO_IOAS_GET, 0), Err(Errno::ENODEV));
     ioctl::vfio_ioas(fd, ioctl::IOMMU_VFIO_IOAS_SET, ioas.0).unwrap();
-    assert_eq!(
-        ioctl::vfio_ioas(fd, ioctl::IOMMU_VFIO_IOAS_GET, 0),
-        Ok(ioas.0)
-    );
+    assert_eq!(ioctl::vfio_ioas(fd, ioctl::IOMMU_VFIO_IOAS_GET, 0), Ok(ioas.0));
     ioctl::vfio_ioas(fd, ioctl::IOMMU_VFIO_IOAS_CLEAR, 0).unwrap();
-    assert_eq!(
-        ioctl::vfio_ioas(fd, ioctl::IOMMU_VFIO_IOAS_GET, 0),
-        Err(Errno::ENODEV)
-    );
+    assert_eq!(ioctl::vfio_ioas(fd, ioctl::IOMMU_VFIO_IOAS_GET, 0), Err(Errno::ENODEV));
     be.ioas_destroy(ctx, ioas).unwrap();
     be.iommufd_close(ctx);
 }
