@@ -390,6 +390,12 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: c_ulong) -> c_int {
     }
     match kind {
         Kind::Internal => not_open(),
+        // The VFS answers these before any driver; our container and group files are
+        // character devices on devtmpfs like type1's, so the kernel answers them the same.
+        Kind::Container | Kind::Group if vfio_shim::abi::is_generic_vfs_ioctl(req as u32) => {
+            // SAFETY: forwarding the caller's arguments to the caller's own fd.
+            unsafe { (real().ioctl)(fd, req, arg) }
+        }
         // Device fds are real cdevs: the kernel serves them, except the two requests that
         // carry group ids or group fds.
         Kind::Device => match req as u32 {
@@ -434,7 +440,9 @@ fn kvm_set_device_attr(fd: c_int, arg: c_ulong) -> c_int {
         return passthrough(arg);
     }
     emulate(|s| {
-        let Some(Object::Group(g)) = s.object(file_fd) else { return Err(Errno::EBADF) };
+        let Some(Object::Group(g)) = s.object(file_fd) else {
+            return Err(Errno::EBADF);
+        };
         for dev in s.group_device_fds(g) {
             let dev_fd: i32 = dev;
             let mut rewritten = attr;
@@ -483,7 +491,9 @@ fn send_with_handoff(fd: c_int, m: &libc::msghdr, ctrl: &[u8], flags: c_int) -> 
     let mut prepared = None;
     emulate(|s| {
         let made = (|| {
-            let Some((h, extras)) = s.handoff_for(&app_fds)? else { return Ok(None) };
+            let Some((h, extras)) = s.handoff_for(&app_fds)? else {
+                return Ok(None);
+            };
             if app_fds.len() + extras.len() + 1 > handoff::SCM_MAX_FD {
                 return Err(Errno::ETOOMANYREFS);
             }
@@ -575,7 +585,9 @@ fn recv_adopting(fd: c_int, m: &mut libc::msghdr, flags: c_int) -> libc::ssize_t
                 let r = s.adopt_handoff(app_fds, extras, h);
                 s.sync_internal();
                 match &r {
-                    Ok(()) => log::debug!("recvmsg: adopted {} container/group fd(s)", app_fds.len()),
+                    Ok(()) => {
+                        log::debug!("recvmsg: adopted {} container/group fd(s)", app_fds.len())
+                    }
                     Err(e) => log::warn!("recvmsg: a vfio-shim handoff could not be adopted: {e}"),
                 }
                 r.map(|()| 0)
@@ -609,7 +621,9 @@ fn exec_with_handoff(envp: *const *const c_char, call: impl FnOnce(*const *const
         prepared = s.prepare_exec().inspect_err(|e| log::warn!("exec: no handoff: {e}")).ok().flatten();
         Ok(0)
     });
-    let Some(handoff) = prepared else { return call(envp) };
+    let Some(handoff) = prepared else {
+        return call(envp);
+    };
     let env = exec::environment(envp, &handoff.env);
     let rc = call(env.as_ptr());
     let err = Errno::last_raw();

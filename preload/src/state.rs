@@ -273,7 +273,9 @@ impl State {
 
     /// Forgets `fd`; releases the object when it was its last fd. The caller closes `fd`.
     pub fn forget(&mut self, fd: c_int) {
-        let Some(obj) = self.fds.remove(fd) else { return };
+        let Some(obj) = self.fds.remove(fd) else {
+            return;
+        };
         table::set(fd, Kind::None);
         let n = self.refs.get_mut(&obj).expect("counted");
         *n -= 1;
@@ -341,13 +343,13 @@ impl State {
         if let Some(fd) = cuse_node_with(&node, flags).transpose() {
             return self.adopt_new(fd, Object::Group(id));
         }
-        let dir = std::ffi::CString::new(format!("/sys/kernel/iommu_groups/{number}")).expect("no NUL");
-        let mut oflags = libc::O_PATH | libc::O_DIRECTORY;
-        if flags & libc::O_CLOEXEC != 0 {
-            oflags |= libc::O_CLOEXEC;
-        }
-        // SAFETY: `dir` is a valid C string; an O_PATH fd stands for the group's number.
-        let fd = unsafe { (real().open)(dir.as_ptr(), oflags, 0) };
+        // The group's file: /dev/null, opened with the caller's access mode and file flags. Like
+        // type1's group file it is a character device on devtmpfs, so what the VFS answers
+        // before any driver sees a request (FIONBIO, FIOCLEX, FIOASYNC, F_GETFL, F_SETFL, ...)
+        // the kernel answers on it exactly as on /dev/vfio/<N>.
+        let keep = libc::O_ACCMODE | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_APPEND | libc::O_NOATIME;
+        // SAFETY: a valid C string; plain open of /dev/null.
+        let fd = unsafe { (real().open)(c"/dev/null".as_ptr(), (flags & keep) | libc::O_NOCTTY, 0) };
         let fd = if fd < 0 { Err(Errno::last()) } else { in_table(fd) };
         self.adopt_new(fd, Object::Group(id))
     }

@@ -97,6 +97,33 @@ pub const VFIO_SHIM_CUSE_IDENTIFY: u32 = io(VFIO_TYPE, 241);
 
 /// type1's `dma_entry_limit` module parameter default (`U16_MAX`, T1:59).
 pub const DMA_ENTRY_LIMIT_DEFAULT: u32 = 65535;
+/// The requests `do_vfs_ioctl` (fs/ioctl.c) answers itself, before any driver's ioctl, for
+/// every file: FIOCLEX, FIONCLEX, FIONBIO, FIOASYNC, FIOQSIZE, FIFREEZE, FITHAW, FS_IOC_FIEMAP,
+/// FIGETBSZ, FICLONE, FICLONERANGE, FIDEDUPERANGE, FS_IOC_GETFSUUID, FS_IOC_GETFSSYSFSPATH
+/// (x86_64 numbers; the kernel compares the low 32 bits). Glue forwards these to a real file of
+/// the same kind (a character device on devtmpfs) so the kernel answers them.
+pub const GENERIC_VFS_IOCTLS: [u32; 14] = [
+    0x5451,
+    0x5450,
+    0x5421,
+    0x5452,
+    0x5460,
+    0xc004_5877,
+    0xc004_5878,
+    0xc020_660b,
+    0x0000_0002,
+    0x4004_9409,
+    0x4020_940d,
+    0xc018_9436,
+    0x8011_1500,
+    0x8081_1501,
+];
+
+/// Whether the VFS, not the driver, answers `req` (see [`GENERIC_VFS_IOCTLS`]).
+pub fn is_generic_vfs_ioctl(req: u32) -> bool {
+    GENERIC_VFS_IOCTLS.contains(&req)
+}
+
 /// type1's `DIRTY_BITMAP_SIZE_MAX`: `INT_MAX` pages rounded up to u64 words, in bytes.
 pub const DIRTY_BITMAP_SIZE_MAX: u64 = ((i32::MAX as u64).div_ceil(64) * 64) / 8;
 

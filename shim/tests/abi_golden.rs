@@ -85,3 +85,30 @@ fn struct_sizes_agree_with_vfio_bindings() {
     assert_eq!(size_of::<vfio_iommu_type1_dirty_bitmap>(), size_of::<vb::vfio_iommu_type1_dirty_bitmap>());
     assert_eq!(size_of::<vfio_iommu_type1_dirty_bitmap_get>(), size_of::<vb::vfio_iommu_type1_dirty_bitmap_get>());
 }
+
+#[test]
+fn generic_vfs_ioctl_numbers_agree_with_libc() {
+    use vfio_shim::abi::{is_generic_vfs_ioctl, GENERIC_VFS_IOCTLS};
+    for req in [libc::FIOCLEX, libc::FIONCLEX, libc::FIONBIO, libc::FIOASYNC, libc::FIOQSIZE] {
+        assert!(is_generic_vfs_ioctl(req as u32), "{req:#x}");
+    }
+    // _IOWR('X', 119, int), _IOWR('X', 120, int), _IOWR('f', 11, struct fiemap) (32 bytes),
+    // _IO(0, 2), _IOW(0x94, 9, int), _IOW(0x94, 13, struct file_clone_range) (32 bytes),
+    // _IOWR(0x94, 54, struct file_dedupe_range) (24 bytes), _IOR(0x15, 0, struct fsuuid2)
+    // (17 bytes), _IOR(0x15, 1, struct fs_sysfs_path) (129 bytes).
+    let ioc = |dir: u32, ty: u32, nr: u32, size: u32| (dir << 30) | (size << 16) | (ty << 8) | nr;
+    let expected = [
+        ioc(3, b'X' as u32, 119, 4),
+        ioc(3, b'X' as u32, 120, 4),
+        ioc(3, b'f' as u32, 11, 32),
+        ioc(0, 0, 2, 0),
+        ioc(1, 0x94, 9, 4),
+        ioc(1, 0x94, 13, 32),
+        ioc(3, 0x94, 54, 24),
+        ioc(2, 0x15, 0, 17),
+        ioc(2, 0x15, 1, 129),
+    ];
+    assert_eq!(&GENERIC_VFS_IOCTLS[5..], &expected);
+    // No VFIO request is one of them (VFIO's type is ';').
+    assert!(!GENERIC_VFS_IOCTLS.iter().any(|r| (r >> 8) & 0xff == b';' as u32));
+}
