@@ -18,18 +18,15 @@ pub trait ArgMemory {
     fn read_user(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Errno>;
     /// Writes bytes at the absolute user address `addr`.
     fn write_user(&mut self, addr: u64, bytes: &[u8]) -> Result<(), Errno>;
-    /// Reads an `argsz`-prefixed struct whose whole size is the kernel's `minsz` into `buf`:
-    /// `EINVAL` when `argsz < buf.len()`, and then no byte past `argsz` has been used.
-    /// The default reads `argsz` first and the rest only when it fits; in-process memory
-    /// overrides it to copy everything in one go (what the kernel's `copy_from_user(minsz)`
-    /// does), falling back to this order when that faults.
+    /// Reads an `argsz`-prefixed struct whose whole size is the kernel's `minsz` into `buf`,
+    /// in type1's order: `copy_from_user(minsz)` first (`EFAULT` when any of it is
+    /// unreadable, whatever `argsz` says), then `EINVAL` when `argsz < minsz`.
     fn read_sized(&mut self, buf: &mut [u8]) -> Result<(), Errno> {
-        let mut argsz = [0u8; 4];
-        self.read(0, &mut argsz)?;
-        if (u32::from_ne_bytes(argsz) as usize) < buf.len() {
-            return Err(Errno::EINVAL);
+        self.read(0, buf)?;
+        match buf.get(..4) {
+            Some(w) if (u32::from_ne_bytes(w.try_into().expect("4 bytes")) as usize) < buf.len() => Err(Errno::EINVAL),
+            _ => Ok(()),
         }
-        self.read(0, buf)
     }
 
     /// Reads a NUL-terminated string at `arg`, like the kernel's `strndup_user(arg, max)`:

@@ -51,6 +51,8 @@ pub struct GroupDevice {
     pub driver: Option<String>,
     /// The VFIO cdev (`/dev/vfio/devices/vfioN`) when the device is bound to a VFIO driver.
     pub cdev: Option<String>,
+    /// An SR-IOV PF or VF: the only devices `GET_DEVICE_FD` takes a `vf_token` for.
+    pub sriov: bool,
 }
 
 /// Every native operation the translator performs.
@@ -105,4 +107,13 @@ pub trait Backend {
     fn device_detach(&mut self, dev: DeviceHandle) -> Result<(), Errno>;
     /// `close()` of the device cdev (the kernel unbinds it).
     fn device_close(&mut self, dev: DeviceHandle);
+    /// A device's last close and its next open, as type1's `close_device` and `open_device`
+    /// see them: the cdev file is closed (the kernel quiesces and resets the device, vfio-pci's
+    /// `vfio_pci_core_disable`), opened again, bound to the same iommufd and attached to the
+    /// same IOAS (`vfio_pci_core_enable`); the handle stays valid. `EBUSY`, with nothing
+    /// changed, while the file is still held by a mapping of one of its regions.
+    fn device_reopen(&mut self, dev: DeviceHandle) -> Result<(), Errno>;
+    /// Whether this process maps a region of the device's file (which then holds the file,
+    /// and type1's device and group with it, after the last fd is closed).
+    fn device_mapped(&mut self, dev: DeviceHandle) -> Result<bool, Errno>;
 }

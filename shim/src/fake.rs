@@ -29,6 +29,7 @@ pub enum Op {
     DeviceBind,
     DeviceAttach,
     DeviceDetach,
+    DeviceReopen,
 }
 
 /// The emulated platform: what an attached domain looks like.
@@ -72,6 +73,10 @@ struct Device {
     name: String,
     bound: Option<IommufdId>,
     attached: Option<IoasId>,
+    /// Times the device went through close_device/open_device (`device_reopen`).
+    reopens: u64,
+    /// A region of the device is mmapped (`set_device_mapped`).
+    mapped: bool,
 }
 
 #[derive(Debug, Default)]
@@ -99,6 +104,7 @@ impl FakeBackend {
                 name: name.to_string(),
                 driver: Some("vfio-pci".into()),
                 cdev: Some(format!("/dev/vfio/devices/vfio{}", number * 16 + n as u32)),
+                sriov: false,
             })
             .collect();
         self.groups.insert(number, list);
@@ -125,6 +131,16 @@ impl FakeBackend {
     /// Areas mapped in an IOAS, as (iova, length).
     pub fn areas(&self, ctx: IommufdId, ioas: IoasId) -> Vec<(u64, u64)> {
         self.ctxs[&ctx.0].ioas[&ioas.0].areas.iter().map(|(a, l)| (*a, *l)).collect()
+    }
+
+    /// How many times the named device was closed and opened again by `device_reopen`.
+    pub fn device_reopens(&self, name: &str) -> u64 {
+        self.devices.values().filter(|d| d.name == name).map(|d| d.reopens).sum()
+    }
+
+    /// Models an mmap (true) or munmap (false) of a region of the named device.
+    pub fn set_device_mapped(&mut self, name: &str, mapped: bool) {
+        self.devices.values_mut().filter(|d| d.name == name).for_each(|d| d.mapped = mapped);
     }
 
     /// Live iommufd contexts and device handles (leak checks).
@@ -317,7 +333,8 @@ impl Backend for FakeBackend {
             return Err(Errno::EBUSY);
         }
         self.next_handle += 1;
-        self.devices.insert(self.next_handle, Device { name: device.name.clone(), bound: None, attached: None });
+        self.devices
+            .insert(self.next_handle, Device { name: device.name.clone(), bound: None, attached: None, reopens: 0, mapped: false });
         Ok(DeviceHandle(self.next_handle))
     }
 
@@ -361,6 +378,22 @@ impl Backend for FakeBackend {
         let ctx = d.bound.ok_or(Errno::EINVAL)?;
         let ioas = d.attached.take().ok_or(Errno::EINVAL)?;
         self.ioas(ctx, ioas)?.attached -= 1;
+        Ok(())
+    }
+
+    fn device_mapped(&mut self, dev: DeviceHandle) -> Result<bool, Errno> {
+        Ok(self.devices.get(&dev.0).ok_or(Errno::EBADF)?.mapped)
+    }
+
+    fn device_reopen(&mut self, dev: DeviceHandle) -> Result<(), Errno> {
+        self.enter(Op::DeviceReopen)?;
+        let d = self.devices.get_mut(&dev.0).ok_or(Errno::EBADF)?;
+        d.bound.ok_or(Errno::EINVAL)?;
+        if d.mapped {
+            // A cdev binds once: the old file lives on in the mapping.
+            return Err(Errno::EBUSY);
+        }
+        d.reopens += 1;
         Ok(())
     }
 

@@ -126,11 +126,12 @@ impl Handoff {
                 }
                 writeln!(
                     t,
-                    "device {} driver={driver} cdev={cdev} fd={} devid={} attached={}",
+                    "device {} driver={driver} cdev={cdev} fd={} devid={} attached={} sriov={}",
                     d.info.name,
                     d.fd,
                     d.dev_id,
-                    flag(d.attached)
+                    flag(d.attached),
+                    flag(d.info.sriov)
                 )
                 .expect("String");
             }
@@ -213,11 +214,15 @@ impl Handoff {
                         d => Some(d.to_owned()),
                     };
                     let cdev = Some(value(w.next(), "cdev")?.to_owned());
+                    let fd = field(w.next(), "fd")?;
+                    let dev_id = field(w.next(), "devid")?;
+                    let attached = bit(w.next(), "attached")?;
+                    let sriov = bit(w.next(), "sriov")?;
                     group.devices.push(DeviceRecord {
-                        info: GroupDevice { name, driver, cdev },
-                        fd: field(w.next(), "fd")?,
-                        dev_id: field(w.next(), "devid")?,
-                        attached: bit(w.next(), "attached")?,
+                        info: GroupDevice { name, driver, cdev, sriov },
+                        fd,
+                        dev_id,
+                        attached,
                     });
                 }
                 Some("slot") => {
@@ -322,6 +327,7 @@ mod tests {
                         name: "0000:00:03.0".into(),
                         driver: Some("vfio-pci".into()),
                         cdev: Some("/dev/vfio/devices/vfio0".into()),
+                        sriov: false,
                     },
                     fd: 1,
                     dev_id: 2,

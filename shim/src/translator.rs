@@ -22,6 +22,7 @@ use zerocopy::IntoBytes;
 use crate::abi::*;
 use crate::arg::{read_sized, read_struct, ArgMemory};
 use crate::backend::{Backend, DeviceHandle, GroupDevice, IoasId, IommufdId, IovaRange, Prot};
+use crate::device_name::{match_name, NameMatch};
 use crate::info::{self, InfoSource};
 use crate::ledger::{Mapping, MappingLedger};
 
@@ -112,6 +113,15 @@ struct Group {
     devices: Vec<BoundDevice>,
     /// Device fds handed out by `GET_DEVICE_FD` and not yet closed.
     device_users: u32,
+    /// The same, per device: a device whose count drops to 0 had its last close.
+    device_fds: Vec<(DeviceHandle, u32)>,
+    /// Devices whose fds are all closed while a mapping of a region still holds the file:
+    /// type1's device file, and the group it holds, live on until the mapping goes. Each
+    /// counts in `device_users` until [`Shim::settle_mappings`] sees it gone.
+    held_by_mapping: Vec<DeviceHandle>,
+    /// Devices that could not be opened again after their last close, with why: the next
+    /// `GET_DEVICE_FD` of the device answers that errno.
+    lost: Vec<(DeviceHandle, Errno)>,
     /// As [`Container::shared`].
     shared: bool,
 }
@@ -123,6 +133,8 @@ pub struct Shim<B: Backend> {
     containers: BTreeMap<ContainerId, Container>,
     groups: BTreeMap<GroupId, Group>,
     next_id: u64,
+    /// Devices over all groups held only by a mapping (`Group::held_by_mapping`).
+    mapping_holds: usize,
 }
 
 /// The outcome of `VFIO_GROUP_GET_DEVICE_FD`: the glue installs a new fd for `handle`.
@@ -141,7 +153,7 @@ impl<B: Backend> Shim<B> {
     }
 
     pub fn with_config(backend: B, config: Config) -> Self {
-        Self { backend, config, containers: BTreeMap::new(), groups: BTreeMap::new(), next_id: 1 }
+        Self { backend, config, containers: BTreeMap::new(), groups: BTreeMap::new(), next_id: 1, mapping_holds: 0 }
     }
 
     pub fn backend(&self) -> &B {
@@ -182,7 +194,9 @@ impl<B: Backend> Shim<B> {
     }
 
     fn reap_container(&mut self, id: ContainerId) {
-        let Some(c) = self.containers.get(&id) else { return };
+        let Some(c) = self.containers.get(&id) else {
+            return;
+        };
         if c.open || !c.groups.is_empty() {
             return;
         }
@@ -199,6 +213,7 @@ impl<B: Backend> Shim<B> {
         arg: u64,
         mem: &mut dyn ArgMemory,
     ) -> Result<i64, Errno> {
+        self.settle_mappings();
         let c = self.containers.get(&id).ok_or(Errno::EBADF)?;
         match cmd {
             VFIO_GET_API_VERSION => Ok(VFIO_API_VERSION as i64),
@@ -313,10 +328,9 @@ impl<B: Backend> Shim<B> {
 
     /// T1:2836.
     fn get_info(&mut self, id: ContainerId, mem: &mut dyn ArgMemory) -> Result<(), Errno> {
-        let argsz: u32 = read_struct(mem, 0)?;
-        if (argsz as usize) < minsz::IOMMU_INFO {
-            return Err(Errno::EINVAL);
-        }
+        let mut head = [0u8; minsz::IOMMU_INFO];
+        mem.read_sized(&mut head)?;
+        let argsz = u32::from_ne_bytes(head[..4].try_into().expect("4 bytes"));
         let (_, _, iommu) = self.iommu_mut(id);
         let src = InfoSource { pgsizes: iommu.pgsizes, dma_avail: iommu.dma_avail, iova_ranges: &iommu.iova_ranges };
         let (reply, caps) = info::encode(&src, argsz);
@@ -565,6 +579,7 @@ impl<B: Backend> Shim<B> {
     /// `open("/dev/vfio/<number>")`. `ENOENT` when no such VFIO group exists, `EBUSY` when
     /// it is already open (GR: one opener at a time).
     pub fn open_group(&mut self, number: u32) -> Result<GroupId, Errno> {
+        self.settle_mappings();
         let devices = self.backend.group_devices(number)?;
         // The kernel creates /dev/vfio/<N> only for groups with a VFIO device.
         if !devices.iter().any(|d| d.cdev.is_some()) {
@@ -576,7 +591,17 @@ impl<B: Backend> Shim<B> {
         let id = GroupId(self.fresh_id());
         self.groups.insert(
             id,
-            Group { number, open: true, container: None, devices: Vec::new(), device_users: 0, shared: false },
+            Group {
+                number,
+                open: true,
+                container: None,
+                devices: Vec::new(),
+                device_users: 0,
+                device_fds: Vec::new(),
+                held_by_mapping: Vec::new(),
+                lost: Vec::new(),
+                shared: false,
+            },
         );
         Ok(id)
     }
@@ -593,13 +618,17 @@ impl<B: Backend> Shim<B> {
     /// `close()` of a group fd. Open device fds keep the group alive (they hold a
     /// reference to the group file, GR:262); the last one out detaches it.
     pub fn close_group(&mut self, id: GroupId) {
-        let Some(g) = self.groups.get_mut(&id) else { return };
+        let Some(g) = self.groups.get_mut(&id) else {
+            return;
+        };
         g.open = false;
         self.reap_group(id);
     }
 
     fn reap_group(&mut self, id: GroupId) {
-        let Some(g) = self.groups.get(&id) else { return };
+        let Some(g) = self.groups.get(&id) else {
+            return;
+        };
         if g.open || g.device_users > 0 {
             return;
         }
@@ -617,6 +646,7 @@ impl<B: Backend> Shim<B> {
         mem: &mut dyn ArgMemory,
         resolve: &dyn Fn(i32) -> FdTarget,
     ) -> Result<GroupReply, Errno> {
+        self.settle_mappings();
         if !self.groups.contains_key(&id) {
             return Err(Errno::EBADF);
         }
@@ -638,10 +668,8 @@ impl<B: Backend> Shim<B> {
     /// GR:326. VIABLE when a container is set, or when no device of the group is claimed
     /// for kernel DMA (bound to a driver other than a VFIO one).
     fn get_status(&mut self, id: GroupId, mem: &mut dyn ArgMemory) -> Result<(), Errno> {
-        let argsz: u32 = read_struct(mem, 0)?;
-        if (argsz as usize) < minsz::GROUP_STATUS {
-            return Err(Errno::EINVAL);
-        }
+        let status: vfio_group_status = read_sized(mem)?;
+        let argsz = status.argsz;
         let g = self.groups.get(&id).expect("checked");
         let flags = if g.container.is_some() {
             VFIO_GROUP_FLAGS_CONTAINER_SET | VFIO_GROUP_FLAGS_VIABLE
@@ -664,7 +692,9 @@ impl<B: Backend> Shim<B> {
             FdTarget::Other => return Err(Errno::EBADFD),
             FdTarget::Container(cid) => cid,
         };
-        let Some(c) = self.containers.get(&cid) else { return Err(Errno::EBADFD) };
+        let Some(c) = self.containers.get(&cid) else {
+            return Err(Errno::EBADFD);
+        };
         let ctx = c.ctx;
         let ioas = c.iommu.as_ref().map(|i| i.ioas);
         // type1 refuses to attach (and pin) while a live update has vaddrs invalid.
@@ -755,8 +785,12 @@ impl<B: Backend> Shim<B> {
     /// references (type1 releases a group at its last close anywhere).
     fn detach_container(&mut self, id: GroupId, explicit: bool) {
         let g = self.groups.get_mut(&id).expect("checked");
-        let Some(cid) = g.container.take() else { return };
+        let Some(cid) = g.container.take() else {
+            return;
+        };
         let devices = std::mem::take(&mut g.devices);
+        g.held_by_mapping.clear();
+        g.lost.clear();
         let native = explicit || !g.shared;
         for d in &devices {
             if d.attached && native {
@@ -786,27 +820,120 @@ impl<B: Backend> Shim<B> {
     /// GR:302: the name is matched first (ENODEV), then the container must have an IOMMU
     /// (EINVAL, CT:511).
     fn get_device(&mut self, id: GroupId, raw_name: &[u8]) -> Result<DeviceGrant, Errno> {
-        let name = parse_device_name(raw_name)?;
         let g = &self.groups[&id];
-        let known = self.backend.group_devices(g.number)?;
-        if !known.iter().any(|d| d.name == name.device && d.cdev.is_some()) {
-            return Err(Errno::ENODEV);
+        // vfio_device_get_from_name: the group's VFIO devices in turn; an error stops it.
+        let mut found = None;
+        for d in self.backend.group_devices(g.number)?.into_iter().filter(|d| d.cdev.is_some()) {
+            // The token cannot reach the kernel: the device was bound at SET_CONTAINER
+            // (docs/limitations.md); vfio-pci's own checks of its form are made here.
+            if let NameMatch::Yes { token: _ } = match_name(raw_name, &d.name, d.sriov)? {
+                found = Some(d.name);
+                break;
+            }
         }
-        let Some(cid) = g.container else { return Err(Errno::EINVAL) };
+        let Some(name) = found else {
+            return Err(Errno::ENODEV);
+        };
+        let Some(cid) = g.container else {
+            return Err(Errno::EINVAL);
+        };
         if self.containers[&cid].iommu.is_none() {
             return Err(Errno::EINVAL);
         }
-        let handle = g.devices.iter().find(|d| d.info.name == name.device).map(|d| d.handle).ok_or(Errno::ENODEV)?;
+        let handle = g.devices.iter().find(|d| d.info.name == name).map(|d| d.handle).ok_or(Errno::ENODEV)?;
+        if let Some((_, e)) = g.lost.iter().find(|(h, _)| *h == handle) {
+            return Err(*e);
+        }
         let serial = self.fresh_id();
         let g = self.groups.get_mut(&id).expect("checked");
+        // Still open through a mapping: type1 hands out another file of the open device.
+        if let Some(at) = g.held_by_mapping.iter().position(|h| *h == handle) {
+            g.held_by_mapping.remove(at);
+            g.device_users -= 1;
+            self.mapping_holds -= 1;
+        }
         g.device_users += 1;
+        match g.device_fds.iter_mut().find(|(h, _)| *h == handle) {
+            Some((_, n)) => *n += 1,
+            None => g.device_fds.push((handle, 1)),
+        }
         Ok(DeviceGrant { group: id, handle, serial })
+    }
+
+    /// type1's `close_device` at a device's last close, and the `open_device` of its next
+    /// `GET_DEVICE_FD`: the kernel quiesces the device (bus mastering and interrupts off) and
+    /// resets it when our cdev file goes, and enables it afresh when we open it again, so the
+    /// next user finds what type1's next open leaves. Skipped when the group goes anyway.
+    fn close_and_reopen(&mut self, id: GroupId, dev: DeviceHandle) {
+        let g = &self.groups[&id];
+        if g.shared || g.container.is_none() || !(g.open || g.device_users > 0) {
+            return;
+        }
+        if let Err(e) = self.backend.device_reopen(dev) {
+            let g = self.groups.get_mut(&id).expect("checked");
+            log::error!("device of group {}: cannot open it again after its last close: {e}", g.number);
+            g.lost.push((dev, e));
+        }
+    }
+
+    /// Devices held only by a mapping of one of their regions whose mapping is gone now have
+    /// their last close, as type1's file release at munmap, and a group held only by them goes
+    /// with them. Called at the entry points while any is held, so each call sees what type1
+    /// would.
+    fn settle_mappings(&mut self) {
+        if self.mapping_holds == 0 {
+            return;
+        }
+        let held: Vec<(GroupId, DeviceHandle)> =
+            self.groups.iter().flat_map(|(id, g)| g.held_by_mapping.iter().map(move |h| (*id, *h))).collect();
+        for (id, dev) in held {
+            if self.device_mapped(dev) {
+                continue;
+            }
+            let g = self.groups.get_mut(&id).expect("listed");
+            g.held_by_mapping.retain(|h| *h != dev);
+            g.device_users -= 1;
+            self.mapping_holds -= 1;
+            self.close_and_reopen(id, dev);
+            self.reap_group(id);
+        }
+    }
+
+    /// Whether a mapping holds the device's file; an unanswerable question is logged and
+    /// taken as no (the reopen that follows then reports what is wrong).
+    fn device_mapped(&mut self, dev: DeviceHandle) -> bool {
+        self.backend.device_mapped(dev).unwrap_or_else(|e| {
+            log::error!("cannot tell whether a device region is still mapped: {e}");
+            false
+        })
     }
 
     /// The caller closed the last fd of a device obtained through `GET_DEVICE_FD`.
     pub fn close_device(&mut self, grant: DeviceGrant) {
-        let Some(g) = self.groups.get_mut(&grant.group) else { return };
+        let Some(g) = self.groups.get_mut(&grant.group) else {
+            return;
+        };
         g.device_users = g.device_users.saturating_sub(1);
+        let last = match g.device_fds.iter_mut().find(|(h, _)| *h == grant.handle) {
+            Some((_, n)) => {
+                *n -= 1;
+                *n == 0
+            }
+            None => false,
+        };
+        g.device_fds.retain(|(_, n)| *n > 0);
+        // A group shared with another process may still have the device open there.
+        if last && !g.shared && g.container.is_some() {
+            if self.device_mapped(grant.handle) {
+                // The file, and the group it holds, live on in the mapping (type1).
+                let g = self.groups.get_mut(&grant.group).expect("checked");
+                g.held_by_mapping.push(grant.handle);
+                g.device_users += 1;
+                self.mapping_holds += 1;
+                return;
+            }
+            self.close_and_reopen(grant.group, grant.handle);
+        }
         self.reap_group(grant.group);
     }
 
@@ -832,7 +959,9 @@ impl<B: Backend> Shim<B> {
 
     /// A group, and the container it is set on, now held by another process too.
     pub fn mark_group_shared(&mut self, id: GroupId) {
-        let Some(g) = self.groups.get_mut(&id) else { return };
+        let Some(g) = self.groups.get_mut(&id) else {
+            return;
+        };
         g.shared = true;
         if let Some(c) = g.container {
             self.mark_container_shared(c);
@@ -916,7 +1045,20 @@ impl<B: Backend> Shim<B> {
             }
         }
         let id = GroupId(self.fresh_id());
-        self.groups.insert(id, Group { number, open: false, container, devices, device_users: 0, shared: true });
+        self.groups.insert(
+            id,
+            Group {
+                number,
+                open: false,
+                container,
+                devices,
+                device_users: 0,
+                device_fds: Vec::new(),
+                held_by_mapping: Vec::new(),
+                lost: Vec::new(),
+                shared: true,
+            },
+        );
         if let Some(cid) = container {
             self.containers.get_mut(&cid).expect("checked").groups.push(id);
         }
@@ -961,24 +1103,6 @@ pub enum GroupReply {
 
 /// The kernel's `strndup_user(arg, PAGE_SIZE)` bound for GET_DEVICE_FD names.
 pub const PAGE_SIZE: usize = 4096;
-
-/// A GET_DEVICE_FD name: `"<device>"` or `"<device> vf_token=<uuid>"` (vfio-pci's match).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DeviceName {
-    pub device: String,
-    pub vf_token: Option<String>,
-}
-
-pub fn parse_device_name(raw: &[u8]) -> Result<DeviceName, Errno> {
-    let s = std::str::from_utf8(raw).map_err(|_| Errno::ENODEV)?;
-    match s.split_once(' ') {
-        None => Ok(DeviceName { device: s.to_string(), vf_token: None }),
-        Some((dev, rest)) => {
-            let token = rest.trim_start().strip_prefix("vf_token=").ok_or(Errno::ENODEV)?;
-            Ok(DeviceName { device: dev.to_string(), vf_token: Some(token.to_string()) })
-        }
-    }
-}
 
 /// No driver, or a driver with `driver_managed_dma` (VFIO drivers, pci-stub, pcieport): such
 /// devices don't claim the group for kernel DMA, so the group stays viable.

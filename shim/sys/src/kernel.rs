@@ -201,7 +201,9 @@ impl KernelBackend {
                 .collect(),
         };
         for k in gone {
-            let Some((process, pages)) = self.caller_charges.remove(&k) else { continue };
+            let Some((process, pages)) = self.caller_charges.remove(&k) else {
+                continue;
+            };
             if let Some(n) = self.charged_pages.get_mut(&process) {
                 *n = n.saturating_sub(pages);
                 if *n == 0 {
@@ -429,6 +431,8 @@ impl Backend for KernelBackend {
             };
             let path = entry.path();
             devices.push(GroupDevice {
+                // A PF has an SR-IOV capability (sriov_totalvfs), a VF a physfn link.
+                sriov: path.join("sriov_totalvfs").exists() || path.join("physfn").exists(),
                 driver: driver_name(&path),
                 cdev: vfio_cdev(&path).map(|n| self.dev.join("vfio/devices").join(n).to_string_lossy().into_owned()),
                 name,
@@ -474,6 +478,41 @@ impl Backend for KernelBackend {
     fn device_close(&mut self, dev: DeviceHandle) {
         self.devices.remove(&dev);
     }
+
+    fn device_mapped(&mut self, dev: DeviceHandle) -> Result<bool, Errno> {
+        region_mapped(&self.device(dev)?.cdev)
+    }
+
+    fn device_reopen(&mut self, dev: DeviceHandle) -> Result<(), Errno> {
+        let d = self.device(dev)?;
+        let (ctx, _) = d.bound.ok_or(Errno::EINVAL)?;
+        let ioas = d.attached;
+        // A mapping of a region holds the file: type1 does not close the device then either.
+        if region_mapped(&d.cdev)? {
+            return Err(Errno::EBUSY);
+        }
+        let fresh = open(d.cdev.as_str(), OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())?;
+        let iommufd = self.iommufd(ctx)?.try_clone_to_owned().map_err(|e| errno_of(&e))?;
+        // The old file goes first (its release is close_device): a cdev binds only once.
+        let d = self.devices.get_mut(&dev).expect("checked");
+        d.fd = fresh;
+        d.bound = None;
+        d.attached = None;
+        let dev_id = ioctl::device_bind_iommufd(d.fd.as_fd(), iommufd.as_fd())?;
+        d.bound = Some((ctx, dev_id));
+        if let Some(ioas) = ioas {
+            ioctl::device_attach_iommufd_pt(d.fd.as_fd(), ioas.0)?;
+            d.attached = Some(ioas);
+        }
+        Ok(())
+    }
+}
+
+/// Whether this process maps any region of the device file at `path` (`/proc/self/maps`
+/// names the file of every shared mapping).
+fn region_mapped(path: &str) -> Result<bool, Errno> {
+    let maps = fs::read_to_string("/proc/self/maps").map_err(|e| errno_of(&e))?;
+    Ok(maps.lines().any(|l| l.split_whitespace().nth(5) == Some(path)))
 }
 
 /// `EBADF` unless `fd` is an open of the character device at `path`.

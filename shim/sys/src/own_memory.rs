@@ -73,7 +73,9 @@ fn on_live_stack(addr: u64, len: usize) -> bool {
     let marker = 0u8;
     let sp = std::hint::black_box(&marker) as *const u8 as usize;
     let (low, top) = thread_stack();
-    let Some(end) = (addr as usize).checked_add(len) else { return false };
+    let Some(end) = (addr as usize).checked_add(len) else {
+        return false;
+    };
     (low..top).contains(&sp) && addr as usize > sp && end <= top
 }
 
@@ -108,27 +110,6 @@ impl ArgMemory for OwnMemory {
     /// One copy of the whole fixed struct, as the kernel's `copy_from_user(minsz)`; only if
     /// that faults, argsz first to tell `EINVAL` from `EFAULT`. Bytes past a short `argsz`
     /// may be copied but are never used.
-    fn read_sized(&mut self, buf: &mut [u8]) -> Result<(), Errno> {
-        match self.read(0, buf) {
-            Ok(()) if buf.len() >= 4 => {
-                let argsz = u32::from_ne_bytes(buf[..4].try_into().expect("4 bytes"));
-                if (argsz as usize) < buf.len() {
-                    return Err(Errno::EINVAL);
-                }
-                Ok(())
-            }
-            Ok(()) => Ok(()),
-            Err(_) => {
-                let mut argsz = [0u8; 4];
-                self.read(0, &mut argsz)?;
-                if (u32::from_ne_bytes(argsz) as usize) < buf.len() {
-                    return Err(Errno::EINVAL);
-                }
-                Err(Errno::EFAULT)
-            }
-        }
-    }
-
     fn read_user(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
         vm_copy(addr, buf.as_mut_ptr(), buf.len(), false)
     }

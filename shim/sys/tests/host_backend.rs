@@ -58,9 +58,14 @@ fn group_devices_reads_sysfs() {
     assert_eq!(
         be.group_devices(7).unwrap(),
         vec![
-            GroupDevice { name: "0000:00:02.0".into(), driver: Some("e1000e".into()), cdev: None },
-            GroupDevice { name: "0000:00:03.0".into(), driver: Some("vfio-pci".into()), cdev: Some(cdev0) },
-            GroupDevice { name: "0000:00:04.0".into(), driver: None, cdev: None },
+            GroupDevice { name: "0000:00:02.0".into(), driver: Some("e1000e".into()), cdev: None, sriov: false },
+            GroupDevice {
+                name: "0000:00:03.0".into(),
+                driver: Some("vfio-pci".into()),
+                cdev: Some(cdev0),
+                sriov: false,
+            },
+            GroupDevice { name: "0000:00:04.0".into(), driver: None, cdev: None, sriov: false },
         ]
     );
     assert_eq!(be.group_devices(8).unwrap().len(), 1);
@@ -71,12 +76,13 @@ fn group_devices_reads_sysfs() {
 fn device_open_needs_a_cdev() {
     let tmp = TempDir::new("device-open");
     let mut be = KernelBackend::with_roots(tmp.0.join("sys"), tmp.0.join("dev"));
-    let unbound = GroupDevice { name: "0000:00:02.0".into(), driver: None, cdev: None };
+    let unbound = GroupDevice { name: "0000:00:02.0".into(), driver: None, cdev: None, sriov: false };
     assert_eq!(be.device_open(&unbound), Err(Errno::ENODEV));
     let gone = GroupDevice {
         name: "0000:00:03.0".into(),
         driver: Some("vfio-pci".into()),
         cdev: Some(tmp.0.join("dev/vfio/devices/vfio0").to_string_lossy().into_owned()),
+        sriov: false,
     };
     assert_eq!(be.device_open(&gone), Err(Errno::ENOENT));
 }
