@@ -5,7 +5,8 @@
 # Usage:  guest-setup.sh [command...]   set up, then exec the command with the environment below
 #         . guest-setup.sh              set up and export into the calling shell
 #
-# Exports VFIO_TEST_EDU, VFIO_TEST_IGB, VFIO_TEST_IVSHMEM (PCI addresses, e.g. 0000:00:03.0) and
+# Exports VFIO_TEST_EDU, VFIO_TEST_IGB, VFIO_TEST_IVSHMEM (PCI addresses, e.g. 0000:00:03.0),
+# VFIO_TEST_NVME (QEMU's nvme controller, when the VM has one: vm.sh's VM_NVME_IMAGE) and
 # VFIO_TEST_KERNEL (full|cdev-only, from whether /dev/vfio/vfio exists). If $VFIO_TEST_ENV_FILE
 # is set, the same assignments are also written there (sourceable). Prints an inventory on stderr.
 # Fails (non-zero) if a device is absent or cannot be bound, or /dev/iommu or a cdev is missing.
@@ -44,16 +45,20 @@ _gs_main() {
     return 1
   }
 
-  local edu igb ivshmem
+  local edu igb ivshmem nvme=
   edu=$(_gs_bind 1234:11e8) || fail=1
   igb=$(_gs_bind 8086:10c9) || fail=1
   ivshmem=$(_gs_bind 1af4:1110) || fail=1
+  # Optional: only VMs booted with an nvme image have one.
+  if cat /sys/bus/pci/devices/*/uevent 2>/dev/null | grep -qx 'PCI_ID=1B36:0010'; then
+    nvme=$(_gs_bind 1b36:0010) || fail=1
+  fi
 
   [ -c /dev/iommu ] || _gs_err "/dev/iommu missing (CONFIG_IOMMUFD?)"
   local kernel=cdev-only
   [ -c /dev/vfio/vfio ] && kernel=full
   local b
-  for b in $edu $igb $ivshmem; do
+  for b in $edu $igb $ivshmem $nvme; do
     ls "/sys/bus/pci/devices/$b/vfio-dev/" 2>/dev/null | grep -q '^vfio[0-9]' \
       || _gs_err "$b has no VFIO cdev (CONFIG_VFIO_DEVICE_CDEV?)"
   done
@@ -61,7 +66,7 @@ _gs_main() {
 
   {
     echo "guest-setup: kernel $(uname -r), $kernel ($( [ $kernel = full ] && echo "legacy container + groups" || echo "cdevs only"))"
-    for b in $edu $igb $ivshmem; do
+    for b in $edu $igb $ivshmem $nvme; do
       local g cdev name
       g=$(basename "$(readlink "/sys/bus/pci/devices/$b/iommu_group")")
       cdev=$(ls "/sys/bus/pci/devices/$b/vfio-dev/" 2>/dev/null | head -n1)
@@ -77,10 +82,11 @@ _gs_main() {
     echo "guest-setup:   iommu: $(ls /sys/class/iommu 2>/dev/null | tr '\n' ' ')"
   } >&2
 
-  export VFIO_TEST_EDU=$edu VFIO_TEST_IGB=$igb VFIO_TEST_IVSHMEM=$ivshmem VFIO_TEST_KERNEL=$kernel
+  export VFIO_TEST_EDU=$edu VFIO_TEST_IGB=$igb VFIO_TEST_IVSHMEM=$ivshmem VFIO_TEST_NVME=$nvme
+  export VFIO_TEST_KERNEL=$kernel
   if [ -n "${VFIO_TEST_ENV_FILE:-}" ]; then
-    printf 'export VFIO_TEST_EDU=%s VFIO_TEST_IGB=%s VFIO_TEST_IVSHMEM=%s VFIO_TEST_KERNEL=%s\n' \
-      "$edu" "$igb" "$ivshmem" "$kernel" >"$VFIO_TEST_ENV_FILE"
+    printf 'export VFIO_TEST_EDU=%s VFIO_TEST_IGB=%s VFIO_TEST_IVSHMEM=%s VFIO_TEST_NVME=%s VFIO_TEST_KERNEL=%s\n' \
+      "$edu" "$igb" "$ivshmem" "$nvme" "$kernel" >"$VFIO_TEST_ENV_FILE"
   fi
   [ $fail = 0 ] || { echo "guest-setup: FAILED" >&2; return 1; }
 }

@@ -2,7 +2,7 @@
 # Installs every host package the VM tier needs. Idempotent; cheap when already done.
 set -euo pipefail
 
-stamp=/var/cache/vfio-shim/host-deps.v2
+stamp=/var/cache/vfio-shim/host-deps.v3
 [ -f "$stamp" ] && exit 0
 
 export DEBIAN_FRONTEND=noninteractive
@@ -10,7 +10,8 @@ sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # udev: virtme-ng-init needs the host's systemd-udevd to create /dev/virtio-ports/* in the
 # guest, or the command's stdout/stderr/exit status have nowhere to go.
-# bookworm-backports: QEMU 10.0 for the L1 VM. trixie-backports: linux-source-7.3 only, pinned
+# bookworm-backports: QEMU 10.0 for the L1 VM, and its qemu-utils (qemu-io, qemu-img,
+# qemu-storage-daemon: nvme.sh runs them in the guest). trixie-backports: linux-source-7.3 only, pinned
 # low so nothing else is ever pulled from it.
 sudo_ tee /etc/apt/sources.list.d/vfio-shim-backports.sources >/dev/null <<'SRC'
 Types: deb
@@ -26,7 +27,7 @@ Pin-Priority: 1
 PIN
 sudo_ apt-get update -qq
 sudo_ apt-get install -y -qq --no-install-recommends \
-  -t bookworm-backports qemu-system-x86 >/dev/null
+  -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
 sudo_ apt-get install -y -qq --no-install-recommends \
   bc bison flex libelf-dev libssl-dev cpio xz-utils ccache kmod busybox-static \
   python3-venv gcc make libc6-dev udev >/dev/null

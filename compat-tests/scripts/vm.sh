@@ -17,6 +17,7 @@
 #
 # Environment: VM_TIMEOUT (seconds, default 900), VM_CPUS (1), VM_MEMORY (4G), VM_RETRIES (1),
 # VM_HUGEPAGES (2 MiB pages reserved at boot, default 64), VM_HUGEPAGES_1G (1 GiB pages, 1), VM_IVSHMEM_SIZE (256M),
+# VM_NVME_IMAGE (a raw image file: adds QEMU's nvme controller backed by it, serial vfioshim0),
 # VFIO_SHIM_CACHE (/var/cache/vfio-shim), VM_KERNEL (a bzImage to use instead of building),
 # VM_VERBOSE=1. Works as root with no TTY and stdin from /dev/null.
 #
@@ -80,6 +81,12 @@ qemu_opts=(
   -chardev "file,id=vfsconsole,path=$console"
   -device virtconsole,chardev=vfsconsole,bus=vfsser.0
 )
+# Last, so the other devices keep their slots. The host reads the file after the VM; QEMU
+# flushes it when it exits.
+if [ -n "${VM_NVME_IMAGE:-}" ]; then
+  qemu_opts+=(-drive "file=$VM_NVME_IMAGE,if=none,id=nv0,format=raw"
+    -device nvme,drive=nv0,serial=vfioshim0)
+fi
 append=(
   intel_iommu=on
   # 1 GiB pages must be reserved at boot; both sizes so every hugetlb variant runs.
