@@ -173,10 +173,13 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     let mut err = 0;
     emulate(|s| {
         s.closing(|s| {
-            s.forget(fd);
+            let last = s.forget(fd);
             // SAFETY: closing the caller's fd.
             rc = unsafe { (real().close)(fd) };
             err = Errno::last_raw();
+            if let Some(obj) = last {
+                s.release(obj);
+            }
         });
         Ok(0)
     });
@@ -209,9 +212,12 @@ fn dup_emulated(old: c_int, target: Option<c_int>, call: impl FnOnce() -> c_int)
                 return Ok(0);
             }
             s.closing(|s| {
+                // dup2/dup3 closed the target's file already.
                 if let Some(t) = target {
                     if t != old {
-                        s.forget(t);
+                        if let Some(obj) = s.forget(t) {
+                            s.release(obj);
+                        }
                     }
                 }
                 if target != Some(old) {
@@ -346,8 +352,9 @@ fn close_range_emulated(first: libc::c_uint, last: libc::c_uint, flags: c_int) -
     emulate(|s| {
         let hi = last.min(c_int::MAX as libc::c_uint) as c_int;
         let (ours, _) = s.fds_in(first as c_int, hi);
+        let mut gone = Vec::new();
         if flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 {
-            s.closing(|s| ours.into_iter().for_each(|fd| s.forget(fd)));
+            gone = ours.into_iter().filter_map(|fd| s.forget(fd)).collect();
         }
         let (_, internal) = s.fds_in(first as c_int, hi);
         let gaps = gaps_around(first, last, &internal);
@@ -359,6 +366,8 @@ fn close_range_emulated(first: libc::c_uint, last: libc::c_uint, flags: c_int) -
                 err = Errno::last_raw();
             }
         }
+        // Our objects go once their files are closed.
+        s.closing(|s| gone.into_iter().for_each(|obj| s.release(obj)));
         Ok(0)
     });
     if rc < 0 {

@@ -271,23 +271,24 @@ impl State {
         }
     }
 
-    /// Forgets `fd`; releases the object when it was its last fd. The caller closes `fd`.
-    pub fn forget(&mut self, fd: c_int) {
-        let Some(obj) = self.fds.remove(fd) else {
-            return;
-        };
+    /// Forgets `fd` and returns the object it was the last fd of, which the caller releases
+    /// once the fd is really closed: a device's last close reopens its cdev, which binds only
+    /// when no file of the old open is left.
+    #[must_use]
+    pub fn forget(&mut self, fd: c_int) -> Option<Object> {
+        let obj = self.fds.remove(fd)?;
         table::set(fd, Kind::None);
         let n = self.refs.get_mut(&obj).expect("counted");
         *n -= 1;
         if *n > 0 {
-            return;
+            return None;
         }
         self.refs.remove(&obj);
-        self.release(obj);
+        Some(obj)
     }
 
     /// Drops the core's object (its last fd is gone, or none could be made for it).
-    fn release(&mut self, obj: Object) {
+    pub fn release(&mut self, obj: Object) {
         match obj {
             Object::Container(id) => self.shim.close_container(id),
             Object::Group(id) => self.shim.close_group(id),

@@ -333,8 +333,10 @@ impl Backend for FakeBackend {
             return Err(Errno::EBUSY);
         }
         self.next_handle += 1;
-        self.devices
-            .insert(self.next_handle, Device { name: device.name.clone(), bound: None, attached: None, reopens: 0, mapped: false });
+        self.devices.insert(
+            self.next_handle,
+            Device { name: device.name.clone(), bound: None, attached: None, reopens: 0, mapped: false },
+        );
         Ok(DeviceHandle(self.next_handle))
     }
 
