@@ -18,6 +18,7 @@
 # Environment: VM_TIMEOUT (seconds, default 900), VM_CPUS (1), VM_MEMORY (4G), VM_RETRIES (1),
 # VM_HUGEPAGES (2 MiB pages reserved at boot, default 64), VM_HUGEPAGES_1G (1 GiB pages, 1), VM_IVSHMEM_SIZE (256M),
 # VM_NVME_IMAGE (a raw image file: adds QEMU's nvme controller backed by it, serial vfioshim0),
+# VM_APPEND (more kernel parameters, space-separated),
 # VFIO_SHIM_CACHE (/var/cache/vfio-shim), VM_KERNEL (a bzImage to use instead of building),
 # VM_VERBOSE=1. Works as root with no TTY and stdin from /dev/null.
 #
@@ -94,6 +95,8 @@ append=(
   "hugepagesz=2M" "hugepages=${VM_HUGEPAGES:-64}" "default_hugepagesz=2M"
   console=hvc0 loglevel=7   # after vng's "quiet loglevel=0": the last one wins
 )
+# shellcheck disable=SC2206
+[ -n "${VM_APPEND:-}" ] && append+=($VM_APPEND)
 
 vng_args=(
   --run "$kernel"

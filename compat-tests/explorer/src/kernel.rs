@@ -1,0 +1,794 @@
+//! Runs explorer ops against whatever answers `/dev/vfio/*` in this process (the kernel's
+//! type1, the kernel compat, or the shim through LD_PRELOAD) and records every answer in the
+//! compat-tests transcript format. A test program: it makes its calls through libc, as the
+//! legacy programs it stands for do.
+
+use std::ffi::CString;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use vfio_shim::abi::{self, minsz};
+use zerocopy::IntoBytes;
+
+use crate::ops::{Argsz, Bitmap, Dev, FdRef, Iova, Name, Op, Size, Vaddr, Vfs};
+
+const PAGE: usize = 4096;
+/// Ops address its first 16 pages; sizes of up to 8 pages stay inside, and a PROT_NONE page
+/// after it makes a longer pin fault the same way whatever the process's layout.
+const POOL_PAGES: usize = 32;
+/// The IOVA window `Iova::Page(n)` lives in (below edu's 28-bit DMA mask).
+const IOVA_BASE: u64 = 0x10_0000;
+/// A number no test opens.
+const STALE_FD: i32 = 987;
+
+const VFIO_PCI_CONFIG_REGION_INDEX: u32 = 7;
+const VFIO_PCI_MSI_IRQ_INDEX: u32 = 1;
+const VFIO_PCI_MSIX_IRQ_INDEX: u32 = 2;
+const VFIO_IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
+const VFIO_IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
+
+/// Memory laid out once per process: the pool MAP_DMA points into, a read-only page, a hole,
+/// and an argument arena whose last page is unreadable.
+struct Memory {
+    pool: *mut u8,
+    readonly: *mut u8,
+    hole: *mut u8,
+    arena: *mut u8,
+}
+
+fn mmap(len: usize, prot: i32) -> *mut u8 {
+    // SAFETY: an anonymous private mapping chosen by the kernel; no existing memory changes.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+    assert!(p != libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+    p.cast()
+}
+
+impl Memory {
+    fn new() -> Self {
+        let pool = mmap((POOL_PAGES + 1) * PAGE, libc::PROT_READ | libc::PROT_WRITE);
+        // SAFETY: the pool's own guard page.
+        unsafe { libc::mprotect(pool.add(POOL_PAGES * PAGE).cast(), PAGE, libc::PROT_NONE) };
+        let readonly = mmap(PAGE, libc::PROT_READ);
+        // Inaccessible rather than unmapped: a freed range could be mapped again by whatever
+        // else lives in the process (the preload), and pins must fault the same in every mode.
+        let hole = mmap(PAGE, libc::PROT_NONE);
+        let arena = mmap(3 * PAGE, libc::PROT_READ | libc::PROT_WRITE);
+        // SAFETY: the arena's own last page.
+        unsafe { libc::mprotect(arena.add(2 * PAGE).cast(), PAGE, libc::PROT_NONE) };
+        Memory { pool, readonly, hole, arena }
+    }
+
+    fn pool_page(&mut self, n: usize) -> &mut [u8] {
+        // SAFETY: the pool is POOL_PAGES pages of our own RW memory; callers take n < POOL_PAGES
+        // and never hold two of these slices at once.
+        unsafe { std::slice::from_raw_parts_mut(self.pool.add(n * PAGE), PAGE) }
+    }
+
+    /// Copies an ioctl argument into the arena and returns its address. With `truncated` it
+    /// ends right at the unreadable page.
+    fn place(&self, bytes: &[u8], truncated: bool) -> *mut u8 {
+        assert!(bytes.len() <= 2 * PAGE);
+        let at = if truncated { 2 * PAGE - bytes.len() } else { 0 };
+        // SAFETY: [at, at + len) lies in the arena's two RW pages.
+        unsafe {
+            let p = self.arena.add(at);
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
+            p
+        }
+    }
+
+    fn read_back(&self, at: *mut u8, len: usize) -> Vec<u8> {
+        // SAFETY: `at` came from `place` with at least `len` readable bytes after it.
+        unsafe { std::slice::from_raw_parts(at, len) }.to_vec()
+    }
+}
+
+struct Device {
+    fd: i32,
+    dev: Dev,
+}
+
+/// The objects of one sequence.
+#[derive(Default)]
+struct World {
+    containers: Vec<i32>,
+    groups: Vec<i32>,
+    devices: Vec<Device>,
+    bar: Option<(*mut u8, usize)>,
+    /// (device fd, eventfd) of each MsiOn.
+    eventfds: Vec<(i32, i32)>,
+}
+
+pub struct Explorer<W: Write> {
+    out: W,
+    mem: Memory,
+    foreign: i32,
+    edu: String,
+    igb: String,
+    edu_group: u32,
+    igb_group: u32,
+    /// Records written: the operations count of a run.
+    pub ops: u64,
+}
+
+fn errname(e: i32) -> String {
+    let n = match e {
+        0 => "0",
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EINTR => "EINTR",
+        libc::EIO => "EIO",
+        libc::ENXIO => "ENXIO",
+        libc::E2BIG => "E2BIG",
+        libc::EBADF => "EBADF",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EFAULT => "EFAULT",
+        libc::EBUSY => "EBUSY",
+        libc::EEXIST => "EEXIST",
+        libc::ENODEV => "ENODEV",
+        libc::EINVAL => "EINVAL",
+        libc::ENOSPC => "ENOSPC",
+        libc::ERANGE => "ERANGE",
+        libc::ENOTTY => "ENOTTY",
+        libc::ENOSYS => "ENOSYS",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::EBADFD => "EBADFD",
+        libc::EADDRINUSE => "EADDRINUSE",
+        libc::EOVERFLOW => "EOVERFLOW",
+        _ => return format!("E{e}"),
+    };
+    n.to_string()
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// `ret` and errno of a libc call returning an int.
+fn call(f: impl FnOnce() -> i64) -> (i64, i32) {
+    // SAFETY: resetting errno, a thread-local, so a success leaves 0.
+    unsafe { *libc::__errno_location() = 0 };
+    let r = f();
+    (r, if r < 0 { errno() } else { 0 })
+}
+
+fn group_of(bdf: &str) -> u32 {
+    let link = std::fs::read_link(format!("/sys/bus/pci/devices/{bdf}/iommu_group"))
+        .unwrap_or_else(|e| panic!("iommu_group of {bdf}: {e}"));
+    link.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()).expect("group number")
+}
+
+fn iova_of(i: Iova) -> u64 {
+    match i {
+        Iova::Page(n) => IOVA_BASE + n as u64 * PAGE as u64,
+        Iova::Zero => 0,
+        Iova::Unaligned => IOVA_BASE + 0x800,
+        Iova::Msi => 0xfee0_0000,
+        Iova::Top => (1 << 48) - PAGE as u64,
+        Iova::Beyond => 1 << 60,
+        Iova::Wrap => u64::MAX - 2 * PAGE as u64 + 1,
+    }
+}
+
+fn size_of(s: Size) -> u64 {
+    match s {
+        Size::Pages(n) => n as u64 * PAGE as u64,
+        Size::Zero => 0,
+        Size::Unaligned => 0x800,
+        Size::Max => !(PAGE as u64 - 1),
+        Size::All => 0,
+    }
+}
+
+impl<W: Write> Explorer<W> {
+    pub fn new(out: W) -> Self {
+        let edu = std::env::var("VFIO_TEST_EDU").expect("VFIO_TEST_EDU");
+        let igb = std::env::var("VFIO_TEST_IGB").expect("VFIO_TEST_IGB");
+        let null = CString::new("/dev/null").unwrap();
+        // SAFETY: a valid C path.
+        let foreign = unsafe { libc::open(null.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        assert!(foreign >= 0);
+        Explorer {
+            out,
+            mem: Memory::new(),
+            foreign,
+            edu_group: group_of(&edu),
+            igb_group: group_of(&igb),
+            edu,
+            igb,
+            ops: 0,
+        }
+    }
+
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
+    fn rec(&mut self, line: std::fmt::Arguments<'_>) {
+        self.out.write_fmt(line).and_then(|_| self.out.write_all(b"\n")).expect("transcript write");
+    }
+
+    fn call_rec(&mut self, label: &str, (ret, err): (i64, i32), is_fd: bool) {
+        self.ops += 1;
+        let ret = if is_fd && ret >= 0 { "FD".to_string() } else { ret.to_string() };
+        self.rec(format_args!("CALL {label} ret={ret} errno={}", errname(err)));
+    }
+
+    fn fd(&self, w: &World, r: FdRef) -> i32 {
+        let at = |v: &[i32], n: u8| v.get(n as usize).copied().unwrap_or(STALE_FD);
+        match r {
+            FdRef::Container(n) => at(&w.containers, n),
+            FdRef::Group(n) => at(&w.groups, n),
+            FdRef::Device(n) => w.devices.get(n as usize).map(|d| d.fd).unwrap_or(STALE_FD),
+            FdRef::Stale => STALE_FD,
+            FdRef::Foreign => self.foreign,
+        }
+    }
+
+    fn ioctl_arg(fd: i32, req: u32, arg: u64) -> (i64, i32) {
+        // SAFETY: a VFIO ioctl whose argument is a value or points into our own memory; a wrong
+        // request on a wrong fd is exactly what the explorer probes, and the kernel checks it.
+        call(|| unsafe { libc::ioctl(fd, req as libc::c_ulong, arg) } as i64)
+    }
+
+    fn argsz_value(class: Argsz, full: usize, min: usize) -> usize {
+        match class {
+            Argsz::Zero => 0,
+            Argsz::Short | Argsz::Truncated => min - 1,
+            Argsz::Exact => full,
+            Argsz::Large => full + 64,
+        }
+    }
+
+    /// Runs one sequence; `seq` ("s12", "r3") names its records.
+    pub fn run_sequence(&mut self, seq: &str, ops: &[Op]) {
+        let mut w = World::default();
+        for (i, op) in ops.iter().enumerate() {
+            let label = format!("{seq}.{i}.{}", op.name());
+            self.step(&mut w, &label, *op);
+        }
+        self.teardown(seq, w);
+    }
+
+    fn teardown(&mut self, seq: &str, mut w: World) {
+        if let Some((p, len)) = w.bar.take() {
+            // SAFETY: our own BAR mapping.
+            unsafe { libc::munmap(p.cast(), len) };
+        }
+        let mut fds: Vec<i32> = w.devices.drain(..).map(|d| d.fd).collect();
+        fds.append(&mut w.groups);
+        fds.append(&mut w.containers);
+        for (k, fd) in fds.into_iter().enumerate() {
+            // SAFETY: closing fds this sequence opened.
+            let r = call(|| unsafe { libc::close(fd) } as i64);
+            self.call_rec(&format!("{seq}.end{k}.close"), r, false);
+        }
+        for (_, fd) in w.eventfds.drain(..) {
+            // SAFETY: our eventfds.
+            unsafe { libc::close(fd) };
+        }
+    }
+
+    fn open(&mut self, path: &str) -> (i64, i32) {
+        let c = CString::new(path).unwrap();
+        // SAFETY: a valid C path.
+        call(|| unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) } as i64)
+    }
+
+    fn step(&mut self, w: &mut World, label: &str, op: Op) {
+        match op {
+            Op::OpenContainer => {
+                let r = self.open("/dev/vfio/vfio");
+                self.call_rec(label, r, true);
+                if r.0 >= 0 {
+                    w.containers.push(r.0 as i32);
+                }
+            }
+            Op::OpenGroup { dev } => {
+                let n = if dev == Dev::Edu { self.edu_group } else { self.igb_group };
+                let r = self.open(&format!("/dev/vfio/{n}"));
+                self.call_rec(label, r, true);
+                if r.0 >= 0 {
+                    w.groups.push(r.0 as i32);
+                }
+            }
+            Op::Close { fd } => {
+                // The foreign file stays open for later ops: close a duplicate of it.
+                let raw = match fd {
+                    // SAFETY: dup of our own /dev/null fd.
+                    FdRef::Foreign => unsafe { libc::fcntl(self.foreign, libc::F_DUPFD_CLOEXEC, 0) },
+                    _ => self.fd(w, fd),
+                };
+                // SAFETY: closing one of the sequence's fds, or a number that is not open.
+                let r = call(|| unsafe { libc::close(raw) } as i64);
+                self.call_rec(label, r, false);
+                if r.0 == 0 {
+                    w.containers.retain(|&f| f != raw);
+                    w.groups.retain(|&f| f != raw);
+                    w.devices.retain(|d| d.fd != raw);
+                    // The number may come back for another device: its eventfds are not that one's.
+                    w.eventfds.retain(|&(dev, efd)| {
+                        // SAFETY: closing our own eventfd.
+                        dev != raw || unsafe { libc::close(efd) } == 2
+                    });
+                }
+            }
+            Op::Dup { fd } => {
+                let raw = self.fd(w, fd);
+                // SAFETY: dup with O_CLOEXEC of a number, open or not.
+                let r = call(|| unsafe { libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, 0) } as i64);
+                self.call_rec(label, r, true);
+                if r.0 >= 0 {
+                    let new = r.0 as i32;
+                    match fd {
+                        FdRef::Container(_) => w.containers.push(new),
+                        FdRef::Group(_) => w.groups.push(new),
+                        FdRef::Device(n) => {
+                            let dev = w.devices[n as usize].dev;
+                            w.devices.push(Device { fd: new, dev })
+                        }
+                        FdRef::Stale | FdRef::Foreign => {
+                            // SAFETY: the duplicate of /dev/null just made.
+                            unsafe { libc::close(new) };
+                        }
+                    }
+                }
+            }
+            Op::ApiVersion { c } => {
+                let r = Self::ioctl_arg(self.fd(w, c), abi::VFIO_GET_API_VERSION, 0);
+                self.call_rec(label, r, false);
+            }
+            Op::CheckExtension { c, ext } => {
+                let r = Self::ioctl_arg(self.fd(w, c), abi::VFIO_CHECK_EXTENSION, ext);
+                self.call_rec(label, r, false);
+            }
+            Op::SetIommu { c, ty } => {
+                let r = Self::ioctl_arg(self.fd(w, c), abi::VFIO_SET_IOMMU, ty);
+                self.call_rec(label, r, false);
+            }
+            Op::GetInfo { c, argsz } => {
+                let full = 256;
+                let sz = Self::argsz_value(argsz, full, minsz::IOMMU_INFO);
+                let mut bytes = vec![0u8; sz.max(minsz::IOMMU_INFO) + 64];
+                bytes[..4].copy_from_slice(&(sz as u32).to_ne_bytes());
+                let truncated = argsz == Argsz::Truncated;
+                let placed = if truncated { &bytes[..sz] } else { &bytes[..] };
+                let at = self.mem.place(placed, truncated);
+                let r = Self::ioctl_arg(self.fd(w, c), abi::VFIO_IOMMU_GET_INFO, at as u64);
+                self.call_rec(label, r, false);
+                if r.0 == 0 {
+                    let back = self.mem.read_back(at, sz.max(minsz::IOMMU_INFO));
+                    let hex: String = back.iter().map(|b| format!("{b:02x}")).collect();
+                    self.rec(format_args!("INFO {label} hex={hex}"));
+                }
+            }
+            Op::Map { c, flags, iova, size, vaddr, argsz } => {
+                let va = match vaddr {
+                    Vaddr::Pool(n) => self.mem.pool as u64 + (n as u64 % POOL_PAGES as u64) * PAGE as u64,
+                    Vaddr::Unaligned => self.mem.pool as u64 + 0x800,
+                    Vaddr::ReadOnly => self.mem.readonly as u64,
+                    Vaddr::Unmapped => self.mem.hole as u64,
+                    Vaddr::Null => 0,
+                };
+                let full = std::mem::size_of::<abi::vfio_iommu_type1_dma_map>();
+                let sz = Self::argsz_value(argsz, full, minsz::DMA_MAP);
+                let map = abi::vfio_iommu_type1_dma_map {
+                    argsz: sz as u32,
+                    flags,
+                    vaddr: va,
+                    iova: iova_of(iova),
+                    size: if size == Size::All { u64::MAX } else { size_of(size) },
+                };
+                let mut bytes = map.as_bytes().to_vec();
+                bytes.resize(full + 64, 0);
+                let truncated = argsz == Argsz::Truncated;
+                let at = self.mem.place(if truncated { &bytes[..sz] } else { &bytes }, truncated);
+                let r = Self::ioctl_arg(self.fd(w, c), abi::VFIO_IOMMU_MAP_DMA, at as u64);
+                self.call_rec(label, r, false);
+            }
+            Op::Unmap { c, flags, iova, size, bitmap, argsz } => {
+                let with_bitmap = flags & abi::VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP != 0;
+                let full = std::mem::size_of::<abi::vfio_iommu_type1_dma_unmap>()
+                    + if with_bitmap { std::mem::size_of::<abi::vfio_bitmap>() } else { 0 };
+                let sz = Self::argsz_value(argsz, full, minsz::DMA_UNMAP);
+                let (iova_v, size_v) = match size {
+                    Size::All => (iova_of(iova), 0),
+                    s => (iova_of(iova), size_of(s)),
+                };
+                let un = abi::vfio_iommu_type1_dma_unmap { argsz: sz as u32, flags, iova: iova_v, size: size_v };
+                let mut bytes = un.as_bytes().to_vec();
+                let bm = self.bitmap_arg(bitmap, size_v);
+                bytes.extend_from_slice(bm.0.as_bytes());
+                bytes.resize(full + 64, 0);
+                let truncated = argsz == Argsz::Truncated;
+                let at = self.mem.place(if truncated { &bytes[..sz] } else { &bytes }, truncated);
+                let r = Self::ioctl_arg(self.fd(w, c), abi::VFIO_IOMMU_UNMAP_DMA, at as u64);
+                self.call_rec(label, r, false);
+                if r.0 == 0 {
+                    let back = self.mem.read_back(at, minsz::DMA_UNMAP);
+                    let size_out = u64::from_ne_bytes(back[16..24].try_into().unwrap());
+                    self.rec(format_args!("OUT {label} size={size_out:#x}"));
+                    if with_bitmap {
+                        self.record_bitmap(label, &bm.1);
+                    }
+                }
+            }
+            Op::Dirty { c, flags, iova, size, bitmap } => {
+                let get = flags & abi::VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP != 0;
+                let head = std::mem::size_of::<abi::vfio_iommu_type1_dirty_bitmap>();
+                let size_v = size_of(size);
+                let (bm, data) = self.bitmap_arg(bitmap, size_v);
+                let getter = abi::vfio_iommu_type1_dirty_bitmap_get { iova: iova_of(iova), size: size_v, bitmap: bm };
+                let full = head + if get { std::mem::size_of::<abi::vfio_iommu_type1_dirty_bitmap_get>() } else { 0 };
+                let d = abi::vfio_iommu_type1_dirty_bitmap { argsz: full as u32, flags };
+                let mut bytes = d.as_bytes().to_vec();
+                bytes.extend_from_slice(getter.as_bytes());
+                let at = self.mem.place(&bytes, false);
+                let r = Self::ioctl_arg(self.fd(w, c), abi::VFIO_IOMMU_DIRTY_PAGES, at as u64);
+                self.call_rec(label, r, false);
+                if r.0 == 0 && get {
+                    self.record_bitmap(label, &data);
+                }
+            }
+            Op::GroupStatus { g, argsz } => {
+                let full = std::mem::size_of::<abi::vfio_group_status>();
+                let sz = Self::argsz_value(argsz, full, minsz::GROUP_STATUS);
+                let st = abi::vfio_group_status { argsz: sz as u32, flags: 0xdead_0000 };
+                let mut bytes = st.as_bytes().to_vec();
+                bytes.resize(full + 64, 0);
+                let truncated = argsz == Argsz::Truncated;
+                let at = self.mem.place(if truncated { &bytes[..sz] } else { &bytes }, truncated);
+                let r = Self::ioctl_arg(self.fd(w, g), abi::VFIO_GROUP_GET_STATUS, at as u64);
+                self.call_rec(label, r, false);
+                if r.0 == 0 {
+                    let back = self.mem.read_back(at, 8);
+                    let flags = u32::from_ne_bytes(back[4..8].try_into().unwrap());
+                    self.rec(format_args!("OUT {label} flags={flags:#x}"));
+                }
+            }
+            Op::SetContainer { g, target } => {
+                let cfd = self.fd(w, target);
+                let at = self.mem.place(&cfd.to_ne_bytes(), false);
+                let r = Self::ioctl_arg(self.fd(w, g), abi::VFIO_GROUP_SET_CONTAINER, at as u64);
+                self.call_rec(label, r, false);
+            }
+            Op::UnsetContainer { g } => {
+                let r = Self::ioctl_arg(self.fd(w, g), abi::VFIO_GROUP_UNSET_CONTAINER, 0);
+                self.call_rec(label, r, false);
+            }
+            Op::GetDeviceFd { g, dev, name } => {
+                let bdf = if dev == Dev::Edu { self.edu.clone() } else { self.igb.clone() };
+                let other = if dev == Dev::Edu { self.igb.clone() } else { self.edu.clone() };
+                let text = match name {
+                    Name::Exact => bdf.clone(),
+                    Name::WithToken => {
+                        format!("{bdf} vf_token=2ab74924-c335-45f4-9b16-8569e5b08258")
+                    }
+                    Name::Upper => bdf.to_uppercase(),
+                    Name::OtherDevice => other,
+                    Name::Unknown => "0000:00:1f.7".into(),
+                    Name::Empty => String::new(),
+                    Name::TrailingSpace => format!("{bdf} "),
+                };
+                let c = CString::new(text).unwrap();
+                let r = Self::ioctl_arg(self.fd(w, g), abi::VFIO_GROUP_GET_DEVICE_FD, c.as_ptr() as u64);
+                self.call_rec(label, r, true);
+                if r.0 >= 0 {
+                    let dev = if name == Name::OtherDevice {
+                        if dev == Dev::Edu {
+                            Dev::Igb
+                        } else {
+                            Dev::Edu
+                        }
+                    } else {
+                        dev
+                    };
+                    w.devices.push(Device { fd: r.0 as i32, dev });
+                }
+            }
+            Op::DeviceInfo { d } => {
+                let mut info = [0u32; 6];
+                info[0] = 24;
+                let r = Self::ioctl_arg(self.fd(w, d), abi::VFIO_DEVICE_GET_INFO, info.as_mut_ptr() as u64);
+                self.call_rec(label, r, false);
+                if r.0 == 0 {
+                    self.rec(format_args!("OUT {label} flags={:#x} regions={} irqs={}", info[1], info[2], info[3]));
+                }
+            }
+            Op::DeviceState { d } => {
+                let fd = self.fd(w, d);
+                match config_offset(fd) {
+                    Err(e) => self.call_rec(label, (-1, e), false),
+                    Ok(base) => {
+                        self.call_rec(label, (0, 0), false);
+                        let cmd = pread16(fd, base + 4);
+                        let msi = msi_state(fd, base);
+                        self.rec(format_args!("OUT {label} command={cmd:#x} {msi}"));
+                    }
+                }
+            }
+            Op::BusMaster { d } => {
+                let fd = self.fd(w, d);
+                let r = match config_offset(fd) {
+                    Err(e) => (-1, e),
+                    Ok(base) => {
+                        let cmd = pread16(fd, base + 4) | 0x4;
+                        // SAFETY: a 2-byte write from a local into the device's config region.
+                        call(|| unsafe { libc::pwrite(fd, (&cmd as *const u16).cast(), 2, (base + 4) as i64) } as i64)
+                    }
+                };
+                self.call_rec(label, r, false);
+            }
+            Op::MsiOn { d } => {
+                let fd = self.fd(w, d);
+                let index = match w.devices.iter().find(|x| x.fd == fd) {
+                    Some(Device { dev: Dev::Igb, .. }) => VFIO_PCI_MSIX_IRQ_INDEX,
+                    _ => VFIO_PCI_MSI_IRQ_INDEX,
+                };
+                // SAFETY: eventfd(2) with constant flags.
+                let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+                w.eventfds.push((fd, efd));
+                let set: [u32; 6] =
+                    [24, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, index, 0, 1, efd as u32];
+                let r = Self::ioctl_arg(fd, abi::VFIO_DEVICE_SET_IRQS, set.as_ptr() as u64);
+                self.call_rec(label, r, false);
+            }
+            Op::MmapBar { d } => {
+                let fd = self.fd(w, d);
+                if w.bar.is_some() {
+                    self.call_rec(label, (-1, libc::EEXIST), false);
+                    return;
+                }
+                let r = match bar0(fd) {
+                    Err(e) => (-1, e),
+                    Ok((off, len)) => {
+                        // SAFETY: a shared mapping of the device's BAR chosen by the kernel.
+                        let p = unsafe {
+                            libc::mmap(
+                                std::ptr::null_mut(),
+                                len,
+                                libc::PROT_READ | libc::PROT_WRITE,
+                                libc::MAP_SHARED,
+                                fd,
+                                off as i64,
+                            )
+                        };
+                        if p == libc::MAP_FAILED {
+                            (-1, errno())
+                        } else {
+                            w.bar = Some((p.cast(), len));
+                            (0, 0)
+                        }
+                    }
+                };
+                self.call_rec(label, r, false);
+            }
+            Op::MunmapBar => {
+                let r = match w.bar.take() {
+                    // SAFETY: our own BAR mapping.
+                    Some((p, len)) => call(|| unsafe { libc::munmap(p.cast(), len) } as i64),
+                    None => (-1, libc::EINVAL),
+                };
+                self.call_rec(label, r, false);
+            }
+            Op::Dma { d, from, to } => {
+                let fd = self.fd(w, d);
+                let is_edu = w.devices.iter().any(|x| x.fd == fd && x.dev == Dev::Edu);
+                let result = if is_edu { self.edu_dma(fd, iova_of(from), iova_of(to)) } else { "no-edu".into() };
+                self.ops += 1;
+                self.rec(format_args!("DMA {label} result={result}"));
+            }
+            Op::Irq { d } => {
+                let fd = self.fd(w, d);
+                let is_edu = w.devices.iter().any(|x| x.fd == fd && x.dev == Dev::Edu);
+                let efd = w.eventfds.iter().rev().find(|(dev, _)| *dev == fd).map(|(_, e)| *e);
+                let result = match (is_edu, efd) {
+                    (false, _) => "no-edu".to_string(),
+                    (true, None) => "no-eventfd".to_string(),
+                    (true, Some(efd)) => edu_irq(fd, efd),
+                };
+                self.ops += 1;
+                self.rec(format_args!("OUT {label} irq={result}"));
+            }
+            Op::Vfs { fd, req } => {
+                let raw = self.fd(w, fd);
+                let mut one: i32 = 1;
+                let r = match req {
+                    // SAFETY (all four): generic VFS ioctls with an int argument of ours.
+                    Vfs::Fioclex => call(|| unsafe { libc::ioctl(raw, libc::FIOCLEX) } as i64),
+                    Vfs::Fionclex => call(|| unsafe { libc::ioctl(raw, libc::FIONCLEX) } as i64),
+                    Vfs::Fionbio => call(|| unsafe { libc::ioctl(raw, libc::FIONBIO, &mut one) } as i64),
+                    Vfs::Fioasync => call(|| unsafe { libc::ioctl(raw, libc::FIOASYNC, &mut one) } as i64),
+                    // SAFETY (all three): fcntl commands without pointers.
+                    Vfs::GetFd => call(|| unsafe { libc::fcntl(raw, libc::F_GETFD) } as i64),
+                    Vfs::GetFl => call(|| unsafe { libc::fcntl(raw, libc::F_GETFL) } as i64),
+                    Vfs::SetFlNonblock => call(|| unsafe { libc::fcntl(raw, libc::F_SETFL, libc::O_NONBLOCK) } as i64),
+                };
+                self.call_rec(label, r, false);
+            }
+        }
+    }
+
+    /// A caller's bitmap for `size` bytes of 4 KiB pages, pre-filled with 0xa5 (type1 zeroes
+    /// nothing it does not report), as the struct and its backing bytes.
+    fn bitmap_arg(&self, class: Bitmap, size: u64) -> (abi::vfio_bitmap, Vec<u8>) {
+        let pages = (size / PAGE as u64).min(4096);
+        let bytes = (pages.div_ceil(64) * 8).max(8) as usize;
+        let data = vec![0xa5u8; bytes];
+        let (pgsize, len) = match class {
+            Bitmap::None => (0, 0),
+            Bitmap::Good => (PAGE as u64, bytes as u64),
+            Bitmap::WrongPgsize => (2 * PAGE as u64, bytes as u64),
+            Bitmap::TooSmall => (PAGE as u64, 0),
+        };
+        // The kernel writes into `data` through this pointer; it lives until recorded: the
+        // vector is returned with the struct and read after the call.
+        (
+            abi::vfio_bitmap { pgsize, size: len, data: if class == Bitmap::None { 0 } else { data.as_ptr() as u64 } },
+            data,
+        )
+    }
+
+    fn record_bitmap(&mut self, label: &str, data: &[u8]) {
+        let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
+        self.rec(format_args!("OUT {label} bitmap={hex}"));
+    }
+
+    /// edu DMA from `from` into its buffer, then out to `to`; which pool pages changed, and
+    /// from which page each took its bytes ("p3<-p1", "p3<-?"), or "none".
+    fn edu_dma(&mut self, fd: i32, from: u64, to: u64) -> String {
+        let (off, len) = match bar0(fd) {
+            Ok(b) => b,
+            Err(e) => return format!("bar-{}", errname(e)),
+        };
+        if let Ok(base) = config_offset(fd) {
+            let cmd = pread16(fd, base + 4) | 0x6;
+            // SAFETY: a 2-byte write from a local into the device's config region.
+            unsafe { libc::pwrite(fd, (&cmd as *const u16).cast(), 2, (base + 4) as i64) };
+        }
+        // SAFETY: a shared mapping of the device's BAR chosen by the kernel.
+        let bar = unsafe {
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, off as i64)
+        };
+        if bar == libc::MAP_FAILED {
+            return format!("mmap-{}", errname(errno()));
+        }
+        let before: Vec<Vec<u8>> = (0..POOL_PAGES)
+            .map(|n| {
+                let p = self.mem.pool_page(n);
+                p.fill(0x10 + n as u8);
+                p.to_vec()
+            })
+            .collect();
+        let regs = bar.cast::<u64>();
+        let run = |src: u64, dst: u64, cmd: u64| -> bool {
+            // SAFETY: edu's DMA registers at 0x80..0xa0 of its 1 MiB BAR0, volatile MMIO.
+            unsafe {
+                std::ptr::write_volatile(regs.add(0x80 / 8), src);
+                std::ptr::write_volatile(regs.add(0x88 / 8), dst);
+                std::ptr::write_volatile(regs.add(0x90 / 8), PAGE as u64);
+                std::ptr::write_volatile(regs.add(0x98 / 8), cmd);
+            }
+            let deadline = Instant::now() + Duration::from_secs(2);
+            // SAFETY: as above, the command register.
+            while unsafe { std::ptr::read_volatile(regs.add(0x98 / 8)) } & 1 != 0 {
+                if Instant::now() > deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            true
+        };
+        let ok = run(from, 0x40000, 1) && run(0x40000, to, 1 | 2);
+        // SAFETY: unmapping the mapping just made.
+        unsafe { libc::munmap(bar, len) };
+        if !ok {
+            return "timeout".into();
+        }
+        let mut changed = Vec::new();
+        for n in 0..POOL_PAGES {
+            let now = self.mem.pool_page(n).to_vec();
+            if now != before[n] {
+                let src = before.iter().position(|b| *b == now).map(|j| format!("p{j}")).unwrap_or("?".into());
+                changed.push(format!("p{n}<-{src}"));
+            }
+        }
+        if changed.is_empty() {
+            "none".into()
+        } else {
+            changed.join(",")
+        }
+    }
+}
+
+/// Raises edu's interrupt (register 0x60), waits up to a second for the eventfd, acks it.
+fn edu_irq(fd: i32, efd: i32) -> String {
+    let (off, len) = match bar0(fd) {
+        Ok(b) => b,
+        Err(e) => return format!("bar-{}", errname(e)),
+    };
+    // SAFETY: a shared mapping of the device's BAR chosen by the kernel.
+    let bar = unsafe {
+        libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, off as i64)
+    };
+    if bar == libc::MAP_FAILED {
+        return format!("mmap-{}", errname(errno()));
+    }
+    let regs = bar.cast::<u32>();
+    // SAFETY: edu's interrupt raise register, volatile MMIO in its BAR0.
+    unsafe { std::ptr::write_volatile(regs.add(0x60 / 4), 1) };
+    let mut pfd = libc::pollfd { fd: efd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one pollfd of ours.
+    // The MSI is raised by this MMIO write and taken by this (only) vCPU before the write
+    // returns to us; none comes at all without MSI and bus mastering on. The wait is slack.
+    let n = unsafe { libc::poll(&mut pfd, 1, 20) };
+    let mut count = 0u64;
+    if n == 1 {
+        // SAFETY: an 8-byte read of the eventfd counter into a local.
+        unsafe { libc::read(efd, (&mut count as *mut u64).cast(), 8) };
+    }
+    // SAFETY: edu's interrupt acknowledge register, then unmapping our mapping.
+    unsafe {
+        std::ptr::write_volatile(regs.add(0x64 / 4), 1);
+        libc::munmap(bar, len);
+    }
+    if n == 1 {
+        "fired".into()
+    } else {
+        "none".into()
+    }
+}
+
+fn region_info(fd: i32, index: u32) -> Result<(u64, u64), i32> {
+    // struct vfio_region_info: argsz, flags, index, cap_offset, size, offset
+    let mut info = [0u64; 4];
+    let head = info.as_mut_ptr().cast::<u32>();
+    // SAFETY: writing the first u32 fields of our own 32-byte buffer.
+    unsafe {
+        *head = 32;
+        *head.add(2) = index;
+    }
+    // SAFETY: a valid vfio_region_info buffer of ours.
+    let r = unsafe { libc::ioctl(fd, abi::VFIO_DEVICE_GET_REGION_INFO as libc::c_ulong, info.as_mut_ptr()) };
+    if r < 0 {
+        return Err(errno());
+    }
+    Ok((info[3], info[2]))
+}
+
+fn config_offset(fd: i32) -> Result<u64, i32> {
+    region_info(fd, VFIO_PCI_CONFIG_REGION_INDEX).map(|(off, _)| off)
+}
+
+fn bar0(fd: i32) -> Result<(u64, usize), i32> {
+    region_info(fd, 0).map(|(off, size)| (off, size as usize))
+}
+
+fn pread16(fd: i32, off: u64) -> u16 {
+    let mut v = 0u16;
+    // SAFETY: a 2-byte read into a local.
+    unsafe { libc::pread(fd, (&mut v as *mut u16).cast(), 2, off as i64) };
+    v
+}
+
+/// The MSI and MSI-X enable bits as vfio-pci's virtual config space shows them.
+fn msi_state(fd: i32, base: u64) -> String {
+    let mut pos = pread16(fd, base + 0x34) as u64 & 0xfc;
+    let (mut msi, mut msix) = ("-".to_string(), "-".to_string());
+    for _ in 0..48 {
+        if pos < 0x40 {
+            break;
+        }
+        let hdr = pread16(fd, base + pos);
+        let ctrl = pread16(fd, base + pos + 2);
+        match hdr & 0xff {
+            0x05 => msi = (ctrl & 1).to_string(),
+            0x11 => msix = ((ctrl >> 15) & 1).to_string(),
+            _ => {}
+        }
+        pos = (hdr >> 8) as u64 & 0xfc;
+    }
+    format!("msi={msi} msix={msix}")
+}

@@ -1,0 +1,696 @@
+//! The explorer's call language: one `Op` per legacy call (or device action), the classes of
+//! arguments a caller can get right or wrong, a seeded generator of sequences, and a text form
+//! (one op per line) for regression files. Pure: no I/O.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rand::{Rng, RngCore};
+
+/// The objects a sequence holds, by kind and slot (the n-th live one of that kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdRef {
+    Container(u8),
+    Group(u8),
+    Device(u8),
+    /// A number that is not open (EBADF everywhere).
+    Stale,
+    /// An open fd of another file (`/dev/null`).
+    Foreign,
+}
+
+/// The two test devices whose groups sequences open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dev {
+    Edu,
+    Igb,
+}
+
+/// `argsz` classes: 0, one byte short of the fixed part, exactly the fixed part, larger than
+/// the struct (the rest readable), and short with the memory after it unreadable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Argsz {
+    Zero,
+    Short,
+    Exact,
+    Large,
+    /// `argsz` claims the whole struct but the struct ends at an unreadable page.
+    Truncated,
+}
+
+/// IOVA classes (pages of a small window, edge values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Iova {
+    Page(u8),
+    Zero,
+    Unaligned,
+    /// The x86 MSI window, reserved in every IOMMU domain.
+    Msi,
+    /// Just below 2^48: the top of the test IOMMU's address space.
+    Top,
+    /// Far above the IOMMU's aperture.
+    Beyond,
+    /// iova + size wraps around.
+    Wrap,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Size {
+    Pages(u8),
+    Zero,
+    Unaligned,
+    /// u64::MAX rounded to a page: every overflow check.
+    Max,
+    /// All of the 64-bit space from iova 0: UNMAP_ALL's size.
+    All,
+}
+
+/// Where MAP_DMA's vaddr points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vaddr {
+    Pool(u8),
+    Unaligned,
+    ReadOnly,
+    Unmapped,
+    Null,
+}
+
+/// The dirty bitmap a caller passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bitmap {
+    None,
+    /// Right page size and enough bytes; non-zero bytes already in it.
+    Good,
+    WrongPgsize,
+    TooSmall,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Name {
+    Exact,
+    WithToken,
+    Upper,
+    OtherDevice,
+    Unknown,
+    Empty,
+    TrailingSpace,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vfs {
+    Fioclex,
+    Fionclex,
+    Fionbio,
+    Fioasync,
+    GetFd,
+    GetFl,
+    SetFlNonblock,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    OpenContainer,
+    OpenGroup {
+        dev: Dev,
+    },
+    Close {
+        fd: FdRef,
+    },
+    Dup {
+        fd: FdRef,
+    },
+    ApiVersion {
+        c: FdRef,
+    },
+    CheckExtension {
+        c: FdRef,
+        ext: u64,
+    },
+    SetIommu {
+        c: FdRef,
+        ty: u64,
+    },
+    GetInfo {
+        c: FdRef,
+        argsz: Argsz,
+    },
+    Map {
+        c: FdRef,
+        flags: u32,
+        iova: Iova,
+        size: Size,
+        vaddr: Vaddr,
+        argsz: Argsz,
+    },
+    Unmap {
+        c: FdRef,
+        flags: u32,
+        iova: Iova,
+        size: Size,
+        bitmap: Bitmap,
+        argsz: Argsz,
+    },
+    Dirty {
+        c: FdRef,
+        flags: u32,
+        iova: Iova,
+        size: Size,
+        bitmap: Bitmap,
+    },
+    GroupStatus {
+        g: FdRef,
+        argsz: Argsz,
+    },
+    SetContainer {
+        g: FdRef,
+        target: FdRef,
+    },
+    UnsetContainer {
+        g: FdRef,
+    },
+    GetDeviceFd {
+        g: FdRef,
+        dev: Dev,
+        name: Name,
+    },
+    DeviceInfo {
+        d: FdRef,
+    },
+    /// PCI_COMMAND and the MSI enable bit, read through the config region.
+    DeviceState {
+        d: FdRef,
+    },
+    BusMaster {
+        d: FdRef,
+    },
+    MsiOn {
+        d: FdRef,
+    },
+    MmapBar {
+        d: FdRef,
+    },
+    MunmapBar,
+    /// edu DMA from `from` into the device and back out to `to`; which pool pages changed.
+    Dma {
+        d: FdRef,
+        from: Iova,
+        to: Iova,
+    },
+    /// edu raises its interrupt; whether the eventfd `MsiOn` gave the device fired.
+    Irq {
+        d: FdRef,
+    },
+    Vfs {
+        fd: FdRef,
+        req: Vfs,
+    },
+}
+
+impl Op {
+    /// A short name for labels.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::OpenContainer => "open_container",
+            Op::OpenGroup { .. } => "open_group",
+            Op::Close { .. } => "close",
+            Op::Dup { .. } => "dup",
+            Op::ApiVersion { .. } => "api_version",
+            Op::CheckExtension { .. } => "check_extension",
+            Op::SetIommu { .. } => "set_iommu",
+            Op::GetInfo { .. } => "get_info",
+            Op::Map { .. } => "map",
+            Op::Unmap { .. } => "unmap",
+            Op::Dirty { .. } => "dirty",
+            Op::GroupStatus { .. } => "group_status",
+            Op::SetContainer { .. } => "set_container",
+            Op::UnsetContainer { .. } => "unset_container",
+            Op::GetDeviceFd { .. } => "get_device_fd",
+            Op::DeviceInfo { .. } => "device_info",
+            Op::DeviceState { .. } => "device_state",
+            Op::BusMaster { .. } => "bus_master",
+            Op::MsiOn { .. } => "msi_on",
+            Op::MmapBar { .. } => "mmap_bar",
+            Op::MunmapBar => "munmap_bar",
+            Op::Dma { .. } => "dma",
+            Op::Irq { .. } => "irq",
+            Op::Vfs { .. } => "vfs",
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------ generation
+
+/// Which parts of the API a run covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scope {
+    /// Device fds (GET_DEVICE_FD and everything on a device). Off for the CUSE node without
+    /// the preload, which cannot hand out device fds.
+    pub devices: bool,
+}
+
+fn pick<T: Copy>(rng: &mut impl RngCore, items: &[T]) -> T {
+    items[rng.random_range(0..items.len())]
+}
+
+fn slot(rng: &mut impl RngCore) -> u8 {
+    // Mostly the first object of a kind, sometimes a second one, rarely one that is not there.
+    match rng.random_range(0..20) {
+        0..=15 => 0,
+        16..=18 => 1,
+        _ => 2,
+    }
+}
+
+fn fd_ref(rng: &mut impl RngCore, want: fn(u8) -> FdRef) -> FdRef {
+    match rng.random_range(0..40) {
+        0 => FdRef::Stale,
+        1 => FdRef::Foreign,
+        2 => FdRef::Container(slot(rng)),
+        3 => FdRef::Group(slot(rng)),
+        _ => want(slot(rng)),
+    }
+}
+
+fn any_fd(rng: &mut impl RngCore) -> FdRef {
+    match rng.random_range(0..3) {
+        0 => fd_ref(rng, FdRef::Container),
+        1 => fd_ref(rng, FdRef::Group),
+        _ => fd_ref(rng, FdRef::Device),
+    }
+}
+
+fn argsz(rng: &mut impl RngCore) -> Argsz {
+    match rng.random_range(0..16) {
+        0 => Argsz::Zero,
+        1 => Argsz::Short,
+        2 => Argsz::Large,
+        3 => Argsz::Truncated,
+        _ => Argsz::Exact,
+    }
+}
+
+fn iova(rng: &mut impl RngCore) -> Iova {
+    match rng.random_range(0..32) {
+        0 => Iova::Zero,
+        1 => Iova::Unaligned,
+        2 => Iova::Msi,
+        3 => Iova::Top,
+        4 => Iova::Beyond,
+        5 => Iova::Wrap,
+        6..=9 => Iova::Page(rng.random_range(0..16)),
+        // Most traffic on the few pages the setup maps, so unmaps and DMAs find them.
+        _ => Iova::Page(rng.random_range(0..4)),
+    }
+}
+
+fn size(rng: &mut impl RngCore) -> Size {
+    match rng.random_range(0..20) {
+        0 => Size::Zero,
+        1 => Size::Unaligned,
+        2 => Size::Max,
+        3 => Size::All,
+        _ => Size::Pages(pick(rng, &[1, 1, 1, 2, 2, 3, 4, 8])),
+    }
+}
+
+fn bitmap(rng: &mut impl RngCore) -> Bitmap {
+    pick(rng, &[Bitmap::Good, Bitmap::Good, Bitmap::WrongPgsize, Bitmap::TooSmall, Bitmap::None])
+}
+
+fn flags(rng: &mut impl RngCore, usual: &[u32]) -> u32 {
+    match rng.random_range(0..16) {
+        0 => 1 << rng.random_range(0..32),
+        1 => rng.random::<u32>() & 0xff,
+        _ => pick(rng, usual),
+    }
+}
+
+fn ext(rng: &mut impl RngCore) -> u64 {
+    match rng.random_range(0..8) {
+        0 => rng.random_range(0..64),
+        1 => pick(rng, &[u64::MAX, 1 << 32, 0x8000_0000]),
+        _ => rng.random_range(0..=10),
+    }
+}
+
+fn iommu_type(rng: &mut impl RngCore) -> u64 {
+    match rng.random_range(0..10) {
+        0 => ext(rng),
+        1..=4 => 1,
+        _ => 3,
+    }
+}
+
+use vfio_shim::abi::{
+    VFIO_DMA_MAP_FLAG_READ as R, VFIO_DMA_MAP_FLAG_VADDR as MV, VFIO_DMA_MAP_FLAG_WRITE as W,
+    VFIO_DMA_UNMAP_FLAG_ALL as UA, VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP as UD, VFIO_DMA_UNMAP_FLAG_VADDR as UV,
+    VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP as DG, VFIO_IOMMU_DIRTY_PAGES_FLAG_START as DS,
+    VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP as DT,
+};
+
+/// One random op. The weights favour the setup a useful sequence needs (a container with an
+/// IOMMU and a group on it) and then mapping traffic.
+pub fn random_op(rng: &mut impl RngCore, scope: Scope) -> Op {
+    let c = |rng: &mut _| fd_ref(rng, FdRef::Container);
+    let g = |rng: &mut _| fd_ref(rng, FdRef::Group);
+    let d = |rng: &mut _| fd_ref(rng, FdRef::Device);
+    let dev = |rng: &mut _| if rng_bool(rng, 6) { Dev::Igb } else { Dev::Edu };
+    loop {
+        let op = match rng.random_range(0..100) {
+            0..=3 => Op::OpenContainer,
+            4..=7 => Op::OpenGroup { dev: dev(rng) },
+            8..=11 => Op::Close { fd: any_fd(rng) },
+            12..=13 => Op::Dup { fd: any_fd(rng) },
+            14 => Op::ApiVersion { c: c(rng) },
+            15..=17 => Op::CheckExtension { c: c(rng), ext: ext(rng) },
+            18..=23 => Op::SetIommu { c: c(rng), ty: iommu_type(rng) },
+            24..=26 => Op::GetInfo { c: c(rng), argsz: argsz(rng) },
+            27..=44 => Op::Map {
+                c: c(rng),
+                flags: flags(rng, &[R | W, R | W, R | W, R, W, 0, R | W | MV]),
+                iova: iova(rng),
+                size: size(rng),
+                vaddr: match rng.random_range(0..16) {
+                    0 => Vaddr::Unaligned,
+                    1 => Vaddr::ReadOnly,
+                    2 => Vaddr::Unmapped,
+                    3 => Vaddr::Null,
+                    _ => Vaddr::Pool(rng.random_range(0..16)),
+                },
+                argsz: argsz(rng),
+            },
+            45..=56 => Op::Unmap {
+                c: c(rng),
+                flags: flags(rng, &[0, 0, 0, 0, UA, UD, UV, UA | UV, UD | UA]),
+                iova: iova(rng),
+                size: size(rng),
+                bitmap: bitmap(rng),
+                argsz: argsz(rng),
+            },
+            57..=60 => Op::Dirty {
+                c: c(rng),
+                flags: flags(rng, &[DS, DT, DG, DG, DS | DT, 0]),
+                iova: iova(rng),
+                size: size(rng),
+                bitmap: bitmap(rng),
+            },
+            61..=63 => Op::GroupStatus { g: g(rng), argsz: argsz(rng) },
+            64..=70 => Op::SetContainer { g: g(rng), target: c(rng) },
+            71..=72 => Op::UnsetContainer { g: g(rng) },
+            73..=78 if scope.devices => Op::GetDeviceFd {
+                g: g(rng),
+                dev: dev(rng),
+                name: pick(
+                    rng,
+                    &[
+                        Name::Exact,
+                        Name::Exact,
+                        Name::Exact,
+                        Name::Exact,
+                        Name::WithToken,
+                        Name::Upper,
+                        Name::OtherDevice,
+                        Name::Unknown,
+                        Name::Empty,
+                        Name::TrailingSpace,
+                    ],
+                ),
+            },
+            79..=80 if scope.devices => Op::DeviceInfo { d: d(rng) },
+            81..=83 if scope.devices => Op::DeviceState { d: d(rng) },
+            84..=85 if scope.devices => Op::BusMaster { d: d(rng) },
+            86..=87 if scope.devices => Op::MsiOn { d: d(rng) },
+            88 if scope.devices => Op::MmapBar { d: d(rng) },
+            89 if scope.devices => Op::MunmapBar,
+            // edu's DMA engine takes 100 ms of QEMU's clock per transfer: rare, but in every
+            // state the setup reaches.
+            90 if scope.devices => Op::Dma { d: d(rng), from: iova(rng), to: iova(rng) },
+            91..=94 if scope.devices => Op::Irq { d: d(rng) },
+            95..=99 => Op::Vfs {
+                fd: if rng_bool(rng, 2) { c(rng) } else { g(rng) },
+                req: pick(
+                    rng,
+                    &[
+                        Vfs::Fioclex,
+                        Vfs::Fionclex,
+                        Vfs::Fionbio,
+                        Vfs::Fioasync,
+                        Vfs::GetFd,
+                        Vfs::GetFl,
+                        Vfs::SetFlNonblock,
+                    ],
+                ),
+            },
+            _ => continue,
+        };
+        return op;
+    }
+}
+
+fn rng_bool(rng: &mut impl RngCore, one_in: u32) -> bool {
+    rng.random_range(0..one_in) == 0
+}
+
+/// A sequence: a usual setup prefix most of the time (so deep states are reached), then
+/// random ops.
+pub fn random_sequence(rng: &mut impl RngCore, scope: Scope) -> Vec<Op> {
+    let mut ops = Vec::new();
+    // A setup prefix most of the time, each step more likely than not, so that the random
+    // ops meet every state: container and group, IOMMU set, mappings, a device fd with its
+    // bus master and MSI on.
+    if !rng_bool(rng, 6) {
+        ops.push(Op::OpenContainer);
+        ops.push(Op::OpenGroup { dev: if rng_bool(rng, 8) { Dev::Igb } else { Dev::Edu } });
+        ops.push(Op::SetContainer { g: FdRef::Group(0), target: FdRef::Container(0) });
+        if !rng_bool(rng, 5) {
+            let ty = if rng_bool(rng, 2) { 1 } else { 3 };
+            ops.push(Op::SetIommu { c: FdRef::Container(0), ty });
+            for n in 0..rng.random_range(0..=3u8) {
+                ops.push(Op::Map {
+                    c: FdRef::Container(0),
+                    flags: R | W,
+                    iova: Iova::Page(n),
+                    size: Size::Pages(1),
+                    vaddr: Vaddr::Pool(n),
+                    argsz: Argsz::Exact,
+                });
+            }
+            if scope.devices && !rng_bool(rng, 3) {
+                ops.push(Op::GetDeviceFd { g: FdRef::Group(0), dev: Dev::Edu, name: Name::Exact });
+                if !rng_bool(rng, 2) {
+                    ops.push(Op::BusMaster { d: FdRef::Device(0) });
+                }
+                if !rng_bool(rng, 2) {
+                    ops.push(Op::MsiOn { d: FdRef::Device(0) });
+                }
+            }
+        }
+    }
+    let n = rng.random_range(4..=24);
+    for _ in 0..n {
+        ops.push(random_op(rng, scope));
+    }
+    ops
+}
+
+// ------------------------------------------------------------------------------ text form
+
+impl fmt::Display for FdRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FdRef::Container(n) => write!(f, "c{n}"),
+            FdRef::Group(n) => write!(f, "g{n}"),
+            FdRef::Device(n) => write!(f, "d{n}"),
+            FdRef::Stale => f.write_str("stale"),
+            FdRef::Foreign => f.write_str("foreign"),
+        }
+    }
+}
+
+impl FromStr for FdRef {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let num = |t: &str| t.parse::<u8>().map_err(|e| format!("{s}: {e}"));
+        Ok(match s {
+            "stale" => FdRef::Stale,
+            "foreign" => FdRef::Foreign,
+            _ if s.starts_with('c') => FdRef::Container(num(&s[1..])?),
+            _ if s.starts_with('g') => FdRef::Group(num(&s[1..])?),
+            _ if s.starts_with('d') => FdRef::Device(num(&s[1..])?),
+            _ => return Err(format!("bad fd ref {s}")),
+        })
+    }
+}
+
+/// `Debug` of the enums is the text form of their values ("Page(3)", "Exact"): parse it back.
+macro_rules! debug_text {
+    ($ty:ident { $($unit:ident),* } $( { $($tuple:ident),* } )?) => {
+        impl FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                $(if s == stringify!($unit) { return Ok($ty::$unit); })*
+                $($(
+                    if let Some(n) = s.strip_prefix(concat!(stringify!($tuple), "(")).and_then(|r| r.strip_suffix(')')) {
+                        return n.parse().map($ty::$tuple).map_err(|e| format!("{s}: {e}"));
+                    }
+                )*)?
+                Err(format!("bad {}: {s}", stringify!($ty)))
+            }
+        }
+    };
+}
+debug_text!(Dev { Edu, Igb });
+debug_text!(Argsz { Zero, Short, Exact, Large, Truncated });
+debug_text!(Iova { Zero, Unaligned, Msi, Top, Beyond, Wrap } { Page });
+debug_text!(Size { Zero, Unaligned, Max, All } { Pages });
+debug_text!(Vaddr { Unaligned, ReadOnly, Unmapped, Null } { Pool });
+debug_text!(Bitmap { None, Good, WrongPgsize, TooSmall });
+debug_text!(Name { Exact, WithToken, Upper, OtherDevice, Unknown, Empty, TrailingSpace });
+debug_text!(Vfs { Fioclex, Fionclex, Fionbio, Fioasync, GetFd, GetFl, SetFlNonblock });
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())?;
+        match *self {
+            Op::OpenContainer | Op::MunmapBar => Ok(()),
+            Op::OpenGroup { dev } => write!(f, " dev={dev:?}"),
+            Op::Close { fd } | Op::Dup { fd } => write!(f, " fd={fd}"),
+            Op::ApiVersion { c } => write!(f, " c={c}"),
+            Op::CheckExtension { c, ext } => write!(f, " c={c} ext={ext}"),
+            Op::SetIommu { c, ty } => write!(f, " c={c} ty={ty}"),
+            Op::GetInfo { c, argsz } => write!(f, " c={c} argsz={argsz:?}"),
+            Op::Map { c, flags, iova, size, vaddr, argsz } => {
+                write!(f, " c={c} flags={flags:#x} iova={iova:?} size={size:?} vaddr={vaddr:?} argsz={argsz:?}")
+            }
+            Op::Unmap { c, flags, iova, size, bitmap, argsz } => {
+                write!(f, " c={c} flags={flags:#x} iova={iova:?} size={size:?} bitmap={bitmap:?} argsz={argsz:?}")
+            }
+            Op::Dirty { c, flags, iova, size, bitmap } => {
+                write!(f, " c={c} flags={flags:#x} iova={iova:?} size={size:?} bitmap={bitmap:?}")
+            }
+            Op::GroupStatus { g, argsz } => write!(f, " g={g} argsz={argsz:?}"),
+            Op::SetContainer { g, target } => write!(f, " g={g} target={target}"),
+            Op::UnsetContainer { g } => write!(f, " g={g}"),
+            Op::GetDeviceFd { g, dev, name } => write!(f, " g={g} dev={dev:?} name={name:?}"),
+            Op::DeviceInfo { d }
+            | Op::DeviceState { d }
+            | Op::BusMaster { d }
+            | Op::MsiOn { d }
+            | Op::MmapBar { d }
+            | Op::Irq { d } => {
+                write!(f, " d={d}")
+            }
+            Op::Dma { d, from, to } => write!(f, " d={d} from={from:?} to={to:?}"),
+            Op::Vfs { fd, req } => write!(f, " fd={fd} req={req:?}"),
+        }
+    }
+}
+
+impl FromStr for Op {
+    type Err = String;
+    fn from_str(line: &str) -> Result<Self, String> {
+        let mut words = line.split_whitespace();
+        let name = words.next().ok_or("empty line")?;
+        let args: Vec<(&str, &str)> =
+            words.map(|w| w.split_once('=').ok_or_else(|| format!("bad argument {w}"))).collect::<Result<_, _>>()?;
+        let arg = |k: &str| -> Result<&str, String> {
+            args.iter().find(|(a, _)| *a == k).map(|(_, v)| *v).ok_or_else(|| format!("{name}: no {k}="))
+        };
+        fn p<T: FromStr>(v: Result<&str, String>) -> Result<T, String>
+        where
+            T::Err: fmt::Display,
+        {
+            let v = v?;
+            v.parse().map_err(|e| format!("{v}: {e}"))
+        }
+        fn hex(v: Result<&str, String>) -> Result<u32, String> {
+            let v = v?;
+            u32::from_str_radix(v.trim_start_matches("0x"), 16).map_err(|e| format!("{v}: {e}"))
+        }
+        Ok(match name {
+            "open_container" => Op::OpenContainer,
+            "munmap_bar" => Op::MunmapBar,
+            "open_group" => Op::OpenGroup { dev: p(arg("dev"))? },
+            "close" => Op::Close { fd: p(arg("fd"))? },
+            "dup" => Op::Dup { fd: p(arg("fd"))? },
+            "api_version" => Op::ApiVersion { c: p(arg("c"))? },
+            "check_extension" => Op::CheckExtension { c: p(arg("c"))?, ext: p(arg("ext"))? },
+            "set_iommu" => Op::SetIommu { c: p(arg("c"))?, ty: p(arg("ty"))? },
+            "get_info" => Op::GetInfo { c: p(arg("c"))?, argsz: p(arg("argsz"))? },
+            "map" => Op::Map {
+                c: p(arg("c"))?,
+                flags: hex(arg("flags"))?,
+                iova: p(arg("iova"))?,
+                size: p(arg("size"))?,
+                vaddr: p(arg("vaddr"))?,
+                argsz: p(arg("argsz"))?,
+            },
+            "unmap" => Op::Unmap {
+                c: p(arg("c"))?,
+                flags: hex(arg("flags"))?,
+                iova: p(arg("iova"))?,
+                size: p(arg("size"))?,
+                bitmap: p(arg("bitmap"))?,
+                argsz: p(arg("argsz"))?,
+            },
+            "dirty" => Op::Dirty {
+                c: p(arg("c"))?,
+                flags: hex(arg("flags"))?,
+                iova: p(arg("iova"))?,
+                size: p(arg("size"))?,
+                bitmap: p(arg("bitmap"))?,
+            },
+            "group_status" => Op::GroupStatus { g: p(arg("g"))?, argsz: p(arg("argsz"))? },
+            "set_container" => Op::SetContainer { g: p(arg("g"))?, target: p(arg("target"))? },
+            "unset_container" => Op::UnsetContainer { g: p(arg("g"))? },
+            "get_device_fd" => Op::GetDeviceFd { g: p(arg("g"))?, dev: p(arg("dev"))?, name: p(arg("name"))? },
+            "device_info" => Op::DeviceInfo { d: p(arg("d"))? },
+            "device_state" => Op::DeviceState { d: p(arg("d"))? },
+            "bus_master" => Op::BusMaster { d: p(arg("d"))? },
+            "msi_on" => Op::MsiOn { d: p(arg("d"))? },
+            "mmap_bar" => Op::MmapBar { d: p(arg("d"))? },
+            "dma" => Op::Dma { d: p(arg("d"))?, from: p(arg("from"))?, to: p(arg("to"))? },
+            "irq" => Op::Irq { d: p(arg("d"))? },
+            "vfs" => Op::Vfs { fd: p(arg("fd"))?, req: p(arg("req"))? },
+            _ => return Err(format!("unknown op {name}")),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn text_form_round_trips_every_generated_op() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for _ in 0..20_000 {
+            let op = random_op(&mut rng, Scope { devices: true });
+            let text = op.to_string();
+            assert_eq!(text.parse::<Op>(), Ok(op), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_seed_gives_the_same_sequence() {
+        let a = random_sequence(&mut ChaCha8Rng::seed_from_u64(42), Scope { devices: true });
+        let b = random_sequence(&mut ChaCha8Rng::seed_from_u64(42), Scope { devices: true });
+        let c = random_sequence(&mut ChaCha8Rng::seed_from_u64(43), Scope { devices: true });
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn device_ops_only_in_scope() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for _ in 0..5_000 {
+            let op = random_op(&mut rng, Scope { devices: false });
+            assert!(!matches!(
+                op,
+                Op::GetDeviceFd { .. } | Op::DeviceInfo { .. } | Op::Dma { .. } | Op::MmapBar { .. } | Op::MsiOn { .. }
+            ));
+        }
+    }
+}
