@@ -92,7 +92,11 @@ impl Registry {
     pub fn with_backend(ioctl_limit: u32, backend: KernelBackend) -> Arc<Registry> {
         Arc::new(Registry {
             limit: ioctl_limit,
-            inner: Mutex::new(Inner { shim: Shim::new(backend), opens: HashMap::new(), next_fh: 1 }),
+            inner: Mutex::new(Inner {
+                shim: Shim::with_config(backend, vfio_shim_sys::type1_params::config_or_default()),
+                opens: HashMap::new(),
+                next_fh: 1,
+            }),
             container_rdev: OnceLock::new(),
             callers: Mutex::new(HashMap::new()),
         })

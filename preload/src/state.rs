@@ -159,7 +159,7 @@ pub fn is_container_path(path: &[u8]) -> bool {
 impl State {
     pub fn new() -> Self {
         Self {
-            shim: Shim::new(KernelBackend::new()),
+            shim: Shim::with_config(KernelBackend::new(), vfio_shim_sys::type1_params::config_or_default()),
             fds: FdMap::default(),
             refs: HashMap::new(),
             internal: Vec::new(),

@@ -309,10 +309,12 @@ impl<W: Write> Explorer<W> {
                     w.groups.retain(|&f| f != raw);
                     w.devices.retain(|d| d.fd != raw);
                     // The number may come back for another device: its eventfds are not that one's.
-                    w.eventfds.retain(|&(dev, efd)| {
+                    let (gone, kept) = w.eventfds.iter().partition(|&&(dev, _)| dev == raw);
+                    w.eventfds = kept;
+                    for (_, efd) in gone {
                         // SAFETY: closing our own eventfd.
-                        dev != raw || unsafe { libc::close(efd) } == 2
-                    });
+                        unsafe { libc::close(efd) };
+                    }
                 }
             }
             Op::Dup { fd } => {
