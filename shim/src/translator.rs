@@ -789,7 +789,8 @@ impl<B: Backend> Shim<B> {
             return;
         };
         let devices = std::mem::take(&mut g.devices);
-        g.held_by_mapping.clear();
+        // Devices held by a mapping count as users, and a group with users is not detached.
+        debug_assert!(g.held_by_mapping.is_empty());
         g.lost.clear();
         let native = explicit || !g.shared;
         for d in &devices {
