@@ -257,6 +257,16 @@ fn set_iommu_unknown_type_is_enodev() {
     assert_eq!(env.set_iommu(VFIO_TYPE1v2_IOMMU), Ok(0));
 }
 
+/// explorer, seed 2, s1910 (type1 in the VM): SET_IOMMU(VFIO_UNMAP_ALL) is EINVAL, not ENODEV.
+#[test]
+fn set_iommu_with_an_extension_type1_claims_is_einval() {
+    let mut env = Env::unset();
+    assert_eq!(env.set_iommu(VFIO_UNMAP_ALL), Err(Errno::EINVAL));
+    assert_eq!(env.set_iommu(VFIO_UPDATE_VADDR), Err(Errno::ENODEV));
+    assert_eq!(env.set_iommu(VFIO_DMA_CC_IOMMU), Err(Errno::ENODEV));
+    assert_eq!(env.set_iommu(VFIO_TYPE1_IOMMU), Ok(0));
+}
+
 both_versions!(get_info_argsz_below_minsz_is_einval, |v2| {
     let mut env = Env::new(v2);
     for argsz in [0, 4, 15] {
