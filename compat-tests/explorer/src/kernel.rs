@@ -722,9 +722,9 @@ fn edu_irq(fd: i32, efd: i32) -> String {
     // SAFETY: edu's interrupt raise register, volatile MMIO in its BAR0.
     unsafe { std::ptr::write_volatile(regs.add(0x60 / 4), 1) };
     let mut pfd = libc::pollfd { fd: efd, events: libc::POLLIN, revents: 0 };
-    // SAFETY: one pollfd of ours.
     // The MSI is raised by this MMIO write and taken by this (only) vCPU before the write
     // returns to us; none comes at all without MSI and bus mastering on. The wait is slack.
+    // SAFETY: one pollfd of ours.
     let n = unsafe { libc::poll(&mut pfd, 1, 20) };
     let mut count = 0u64;
     if n == 1 {
