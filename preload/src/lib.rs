@@ -463,6 +463,7 @@ fn kvm_set_device_attr(fd: c_int, arg: c_ulong) -> c_int {
                 return Err(Errno::last());
             }
         }
+        s.set_group_kvm_registered(g, what == KVM_DEV_VFIO_FILE_ADD);
         Ok(0)
     })
 }

@@ -463,6 +463,11 @@ impl State {
     pub fn group_device_fds(&self, id: GroupId) -> Vec<c_int> {
         self.shim.group_devices(id).into_iter().filter_map(|h| self.shim.backend().device_raw_fd(h)).collect()
     }
+
+    /// KVM now holds (or let go of) the group's device files.
+    pub fn set_group_kvm_registered(&mut self, id: GroupId, registered: bool) {
+        self.shim.set_group_kvm_registered(id, registered);
+    }
 }
 
 impl Default for State {

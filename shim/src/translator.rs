@@ -122,6 +122,9 @@ struct Group {
     /// Devices that could not be opened again after their last close, with why: the next
     /// `GET_DEVICE_FD` of the device answers that errno.
     lost: Vec<(DeviceHandle, Errno)>,
+    /// The group's device files are registered with KVM's VFIO device (`KVM_DEV_VFIO_FILE_ADD`,
+    /// rewritten to the cdevs): KVM holds them, so a last close cannot cycle a device.
+    kvm_registered: bool,
     /// As [`Container::shared`].
     shared: bool,
 }
@@ -603,6 +606,7 @@ impl<B: Backend> Shim<B> {
                 device_fds: Vec::new(),
                 held_by_mapping: Vec::new(),
                 lost: Vec::new(),
+                kvm_registered: false,
                 shared: false,
             },
         );
@@ -870,7 +874,7 @@ impl<B: Backend> Shim<B> {
     /// next user finds what type1's next open leaves. Skipped when the group goes anyway.
     fn close_and_reopen(&mut self, id: GroupId, dev: DeviceHandle) {
         let g = &self.groups[&id];
-        if g.shared || g.container.is_none() || !(g.open || g.device_users > 0) {
+        if g.shared || g.kvm_registered || g.container.is_none() || !(g.open || g.device_users > 0) {
             return;
         }
         if let Err(e) = self.backend.device_reopen(dev) {
@@ -939,6 +943,13 @@ impl<B: Backend> Shim<B> {
             self.close_and_reopen(grant.group, grant.handle);
         }
         self.reap_group(grant.group);
+    }
+
+    /// The glue registered (`true`) or unregistered the group's device files with KVM.
+    pub fn set_group_kvm_registered(&mut self, id: GroupId, registered: bool) {
+        if let Some(g) = self.groups.get_mut(&id) {
+            g.kvm_registered = registered;
+        }
     }
 
     /// The device handles currently bound for a group (for KVM file add/del rewriting).
@@ -1060,6 +1071,7 @@ impl<B: Backend> Shim<B> {
                 device_fds: Vec::new(),
                 held_by_mapping: Vec::new(),
                 lost: Vec::new(),
+                kvm_registered: false,
                 shared: true,
             },
         );

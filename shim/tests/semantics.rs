@@ -1050,3 +1050,19 @@ fn closing_the_last_device_fd_of_a_released_group_needs_no_reopen() {
     env.shim.close_device(a);
     assert_eq!(env.shim.backend().device_reopens(EDU), 0, "the group and its device go now");
 }
+
+/// KVM's VFIO device holds the device files the glue registered with it, so closing ours
+/// would not release the device: no cycle while registered (limitations.md).
+#[test]
+fn no_last_close_cycle_while_kvm_holds_the_device_files() {
+    let mut env = Env::new(true);
+    let g = env.g;
+    env.shim.set_group_kvm_registered(g, true);
+    let a = grant(env.device(g, EDU));
+    env.shim.close_device(a);
+    assert_eq!(env.shim.backend().device_reopens(EDU), 0);
+    env.shim.set_group_kvm_registered(g, false);
+    let b = grant(env.device(g, EDU));
+    env.shim.close_device(b);
+    assert_eq!(env.shim.backend().device_reopens(EDU), 1);
+}
