@@ -7,7 +7,7 @@
 #   VFIO selftests and QEMU 7.2/10.0 on type1 and through the shim.
 # Both install what they need (Debian packages, virtme-ng) by themselves.
 
-.PHONY: test host-test vm-test bench demo
+.PHONY: test host-test vm-test bench demo explore
 
 test: host-test vm-test
 
@@ -24,6 +24,11 @@ vm-test:
 	bash cuse/tests/vm/without-preload.sh
 	bash cuse/tests/vm/with-preload.sh
 	bash compat-tests/scripts/programs-tier.sh
+
+# The sequence explorer alone at any volume, judged against type1 (compat-tests/scripts/explore.sh):
+# make explore SEQS=100000 SEED=3 [FIRST=0] [COLUMNS="cdev-only/shim"]
+explore:
+	bash compat-tests/scripts/explore.sh
 
 # The main job: unmodified QEMU 7.2 and 10.0 assigning a device through the shim on a kernel
 # without the legacy container or groups, with the L2 DMA verified.

@@ -4,6 +4,8 @@
 //! transcript with type1's, record by record.
 //!
 //! Environment: VFIO_EXPLORE_SEQS (sequences, default 1000), VFIO_EXPLORE_SEED (default 1),
+//! VFIO_EXPLORE_FIRST (the first sequence's index, default 0: a long run can be split into
+//! ranges that run side by side and still name every sequence by its index in the seed),
 //! VFIO_EXPLORE_DEVICES (0: no device fds, for the CUSE node without the preload),
 //! VFIO_EXPLORE_REGRESSIONS (a directory of `*.seq` files, one op per line, run first),
 //! VFIO_TEST_EDU and VFIO_TEST_IGB (guest-setup.sh). `explorer --print N` prints sequence N of
@@ -59,6 +61,7 @@ fn regressions() -> Vec<(String, Vec<Op>)> {
 fn main() {
     let seqs = env_u64("VFIO_EXPLORE_SEQS", 1000);
     let seed = env_u64("VFIO_EXPLORE_SEED", 1);
+    let first = env_u64("VFIO_EXPLORE_FIRST", 0);
     let scope = Scope { devices: env_u64("VFIO_EXPLORE_DEVICES", 1) != 0 };
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let [flag, n] = args.as_slice() {
@@ -75,11 +78,15 @@ fn main() {
     for (name, ops) in regressions() {
         ex.run_sequence(&format!("r.{name}"), &ops);
     }
-    for i in 0..seqs {
+    for i in first..first + seqs {
         ex.run_sequence(&format!("s{i}"), &sequence(seed, i, scope));
     }
     let ops = ex.ops;
     let mut out = ex.into_inner();
     writeln!(out, "END status=ok").and_then(|_| out.flush()).expect("transcript write");
-    eprintln!("explorer: seed {seed}: {seqs} sequences, {ops} operations in {:.1} s", start.elapsed().as_secs_f64());
+    let range = if first == 0 { String::new() } else { format!(" (from s{first})") };
+    eprintln!(
+        "explorer: seed {seed}: {seqs} sequences{range}, {ops} operations in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
 }

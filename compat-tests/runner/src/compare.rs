@@ -25,6 +25,8 @@ pub enum Cell {
     NoOracle,
     /// No result at all (the mode or the whole kernel did not run).
     Missing,
+    /// Left out of this comparison on request (`compare --column`): neither passed nor failed.
+    NotJudged,
 }
 
 impl Cell {
@@ -43,6 +45,7 @@ impl fmt::Display for Cell {
             Cell::NoEnd => write!(f, "FAIL (no END status=ok)"),
             Cell::NoOracle => write!(f, "FAIL (no type1 to compare)"),
             Cell::Missing => write!(f, "missing"),
+            Cell::NotJudged => write!(f, "not judged"),
         }
     }
 }
@@ -150,7 +153,8 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn build(results: &Path, entries: &[Entry]) -> io::Result<Report> {
+    /// Judges `columns` (the oracle always runs; every column if empty).
+    pub fn build(results: &Path, entries: &[Entry], columns: &[Column]) -> io::Result<Report> {
         let mut rows = Vec::new();
         let mut unlisted = Vec::new();
         let mut used_entries = BTreeSet::new();
@@ -158,6 +162,10 @@ impl Report {
             let oracle = RunResult::load(results, Column::ORACLE, &client)?;
             let mut cells = Vec::new();
             for col in Column::ALL {
+                if !columns.is_empty() && col != Column::ORACLE && !columns.contains(&col) {
+                    cells.push(Cell::NotJudged);
+                    continue;
+                }
                 let this = RunResult::load(results, col, &client)?;
                 let (cell, judged) = evaluate(&client, col, &oracle, &this, entries);
                 for j in judged {
@@ -176,7 +184,7 @@ impl Report {
     }
 
     pub fn counts(&self) -> (usize, usize) {
-        let cells = self.rows.iter().flat_map(|(_, c)| c.iter());
+        let cells = self.rows.iter().flat_map(|(_, c)| c.iter()).filter(|c| **c != Cell::NotJudged);
         let passed = cells.clone().filter(|c| c.passed()).count();
         (passed, cells.count() - passed)
     }
@@ -184,10 +192,9 @@ impl Report {
     /// Whether any cell in a gating column failed (see `Column::gates`), or there is nothing.
     pub fn failed(&self) -> bool {
         self.rows.is_empty()
-            || self
-                .rows
-                .iter()
-                .any(|(_, cells)| cells.iter().zip(Column::ALL).any(|(c, col)| col.gates() && !c.passed()))
+            || self.rows.iter().any(|(_, cells)| {
+                cells.iter().zip(Column::ALL).any(|(c, col)| col.gates() && !c.passed() && *c != Cell::NotJudged)
+            })
     }
 
     pub fn render(&self, entries: &[Entry]) -> String {
@@ -327,7 +334,7 @@ mod tests {
         put(&root, "cdev-only/shim", "beta", "0", T1);
         let entries =
             doc("| alpha | unmap.* | kernel-compat | compat reports the range asked |\n| zeta | x | shim | stale |\n");
-        let r = Report::build(&root, &entries).unwrap();
+        let r = Report::build(&root, &entries, &[]).unwrap();
         assert_eq!(r.rows.len(), 2);
         let cells = |i: usize| r.rows[i].1.iter().map(|c| c.to_string()).collect::<Vec<_>>();
         assert_eq!(cells(0), ["pass", "pass (1 listed)", "pass", "missing"]);
@@ -348,7 +355,7 @@ mod tests {
         put(&root, "full/kernel-compat", "alpha", "0", T1);
         put(&root, "full/shim", "alpha", "0", &T1.replace("errno=EEXIST", "errno=EINVAL"));
         put(&root, "cdev-only/shim", "alpha", "0", T1);
-        let r = Report::build(&root, &[]).unwrap();
+        let r = Report::build(&root, &[], &[]).unwrap();
         assert_eq!(r.unlisted.len(), 1);
         let text = r.render(&[]);
         assert!(text.contains("alpha full/shim CALL map.overlap (differs)"), "{text}");
@@ -365,12 +372,32 @@ mod tests {
         for col in ["full/type1", "full/kernel-compat", "full/shim", "cdev-only/shim"] {
             put(&root, col, "alpha", "0", T1);
         }
-        let r = Report::build(&root, &[]).unwrap();
+        let r = Report::build(&root, &[], &[]).unwrap();
         assert!(!r.failed());
         assert_eq!(r.counts(), (4, 0));
         let empty = tmpdir("empty");
-        assert!(Report::build(&empty, &[]).unwrap().failed());
+        assert!(Report::build(&empty, &[], &[]).unwrap().failed());
         fs::remove_dir_all(&root).unwrap();
         fs::remove_dir_all(&empty).unwrap();
+    }
+
+    #[test]
+    fn unjudged_columns_neither_pass_nor_fail_but_judged_ones_still_do() {
+        let root = tmpdir("columns");
+        put(&root, "full/type1", "alpha", "0", T1);
+        put(&root, "cdev-only/shim", "alpha", "0", T1);
+        let r = Report::build(&root, &[], &[SHIM_CDEV]).unwrap();
+        assert!(!r.failed());
+        assert_eq!(r.counts(), (2, 0));
+        assert!(r.render(&[]).contains("not judged"));
+        put(&root, "cdev-only/shim", "alpha", "0", &T1.replace("errno=EEXIST", "errno=EINVAL"));
+        let r = Report::build(&root, &[], &[SHIM_CDEV]).unwrap();
+        assert!(r.failed());
+        assert_eq!(r.counts(), (1, 1));
+        // Every column judged: the missing ones fail.
+        assert!(Report::build(&root, &[], &[]).unwrap().failed());
+        assert_eq!("cdev-only/shim".parse::<Column>(), Ok(SHIM_CDEV));
+        assert!("cdev-only/type1".parse::<Column>().is_err());
+        fs::remove_dir_all(&root).unwrap();
     }
 }

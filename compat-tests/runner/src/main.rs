@@ -62,6 +62,10 @@ enum Cmd {
         /// The documented differences (markdown table client | label | mode | reason).
         #[arg(long, default_value = "docs/differences.md")]
         differences: PathBuf,
+        /// Judge only this column against type1 (repeatable: `full/shim`, `cdev-only/shim`,
+        /// `full/kernel-compat`); the others show "not judged". Default: every column.
+        #[arg(long)]
+        column: Vec<model::Column>,
     },
 }
 
@@ -88,7 +92,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Compare { results, differences } => {
+        Cmd::Compare { results, differences, column } => {
             let text = match std::fs::read_to_string(&differences) {
                 Ok(t) => t,
                 Err(e) => {
@@ -103,7 +107,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let report = match compare::Report::build(&results, &entries) {
+            let report = match compare::Report::build(&results, &entries, &column) {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("vfio-shim-compat compare: reading {}: {e}", results.display());

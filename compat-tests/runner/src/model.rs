@@ -99,6 +99,17 @@ impl Column {
     }
 }
 
+impl std::str::FromStr for Column {
+    type Err = String;
+
+    /// `kernel/mode`, as the table's header writes it (`cdev-only/shim`).
+    fn from_str(s: &str) -> Result<Column, String> {
+        Column::ALL.into_iter().find(|c| c.to_string() == s).ok_or_else(|| {
+            format!("no column {s:?} (one of: full/type1, full/kernel-compat, full/shim, cdev-only/shim)")
+        })
+    }
+}
+
 impl fmt::Display for Column {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.kernel, self.mode)
