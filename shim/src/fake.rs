@@ -32,6 +32,9 @@ pub enum Op {
     DeviceReopen,
 }
 
+/// Whether the kernel could pin `(vaddr, length, writable)` of the caller's memory.
+pub type PinModel = fn(u64, u64, bool) -> Result<(), Errno>;
+
 /// The emulated platform: what an attached domain looks like.
 #[derive(Clone, Debug)]
 pub struct Platform {
@@ -41,16 +44,32 @@ pub struct Platform {
     pub reserved: Vec<IovaRange>,
     pub pgsizes: u64,
     pub coherent: bool,
+    /// How the kernel's pin of the caller's memory at IOMMU_IOAS_MAP fares (`vaddr`, `length`,
+    /// writable): the pin runs once a domain is attached, after every IOVA check, and its
+    /// error (`EFAULT`) is the map's. `None`: every pin succeeds.
+    pub pin: Option<PinModel>,
+}
+
+impl Platform {
+    /// What the test VM's type1 container shows (QEMU intel-iommu with aw-bits=48, as vm.sh
+    /// boots it; recorded in compat-tests/explorer/golden): a 48-bit aperture less the x86
+    /// MSI window, 4K/2M/1G pages, and no snoop control, so CHECK_EXTENSION(VFIO_DMA_CC_IOMMU)
+    /// is 0. Every pin succeeds until `pin` is set.
+    pub fn test_vm() -> Self {
+        Self { aperture: IovaRange { start: 0, last: (1 << 48) - 1 }, coherent: false, ..Self::default() }
+    }
 }
 
 impl Default for Platform {
-    /// What QEMU's intel-iommu (aw-bits 39) shows a type1 container in the test VM.
+    /// VT-d hardware with a 39-bit aperture and snoop control (cache-coherent DMA), which the
+    /// test VM cannot show: host tests of the paths that depend on them use it.
     fn default() -> Self {
         Self {
             aperture: IovaRange { start: 0, last: (1 << 39) - 1 },
             reserved: vec![IovaRange { start: 0xfee0_0000, last: 0xfeef_ffff }],
             pgsizes: 0x4020_1000,
             coherent: true,
+            pin: None,
         }
     }
 }
@@ -248,9 +267,9 @@ impl Backend for FakeBackend {
         ctx: IommufdId,
         ioas: IoasId,
         iova: u64,
-        _vaddr: u64,
+        vaddr: u64,
         length: u64,
-        _prot: Prot,
+        prot: Prot,
     ) -> Result<(), Errno> {
         self.enter(Op::IoasMap)?;
         let align = 1u64 << self.platform.pgsizes.trailing_zeros();
@@ -270,6 +289,9 @@ impl Backend for FakeBackend {
         let overlaps = state.areas.range(..=last).next_back().is_some_and(|(a, l)| a + (l - 1) >= iova);
         if overlaps {
             return Err(Errno::EEXIST);
+        }
+        if let (Some(pin), true) = (platform.pin, state.attached > 0) {
+            pin(vaddr, length, prot.write)?;
         }
         state.areas.insert(iova, length);
         Ok(())

@@ -876,6 +876,7 @@ fn iova_ranges_follow_the_platform() {
         reserved: vec![IovaRange { start: 0, last: 0xfff }],
         pgsizes: 0x1000,
         coherent: true,
+        pin: None,
     };
     let mut env = Env::unset_with(b);
     env.set_iommu(VFIO_TYPE1v2_IOMMU).unwrap();

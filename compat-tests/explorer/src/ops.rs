@@ -207,6 +207,22 @@ pub enum Op {
 }
 
 impl Op {
+    /// Whether the op acts on a device (only generated with `Scope::devices`).
+    pub fn needs_device(&self) -> bool {
+        matches!(
+            self,
+            Op::GetDeviceFd { .. }
+                | Op::DeviceInfo { .. }
+                | Op::DeviceState { .. }
+                | Op::BusMaster { .. }
+                | Op::MsiOn { .. }
+                | Op::MmapBar { .. }
+                | Op::MunmapBar
+                | Op::Dma { .. }
+                | Op::Irq { .. }
+        )
+    }
+
     /// A short name for labels.
     pub fn name(&self) -> &'static str {
         match self {
@@ -687,10 +703,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         for _ in 0..5_000 {
             let op = random_op(&mut rng, Scope { devices: false });
-            assert!(!matches!(
-                op,
-                Op::GetDeviceFd { .. } | Op::DeviceInfo { .. } | Op::Dma { .. } | Op::MmapBar { .. } | Op::MsiOn { .. }
-            ));
+            assert!(!op.needs_device(), "{op}");
         }
     }
 }

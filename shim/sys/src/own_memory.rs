@@ -33,6 +33,39 @@ fn pid() -> i32 {
     }
 }
 
+/// Whether the kernel could pin `[vaddr, vaddr + length)` of this process for DMA, as
+/// `pin_user_pages` (with `FOLL_WRITE` when `write`) decides: every page lies in a mapping
+/// that is readable, and writable when `write`; otherwise `EFAULT`, as the pin fails. Read
+/// from `/proc/self/maps`. The fake backend's model of IOMMU_IOAS_MAP's pin in host tests.
+pub fn pinnable(vaddr: u64, length: u64, write: bool) -> Result<(), Errno> {
+    let end = vaddr.checked_add(length).ok_or(Errno::EFAULT)?;
+    let maps =
+        std::fs::read_to_string("/proc/self/maps").map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
+    let mut at = vaddr;
+    for line in maps.lines() {
+        if at >= end {
+            break;
+        }
+        let mut parts = line.split_whitespace();
+        let (Some(range), Some(perms)) = (parts.next(), parts.next()) else { continue };
+        let Some((lo, hi)) = range.split_once('-') else { continue };
+        let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16)) else { continue };
+        if hi <= at {
+            continue;
+        }
+        let perms = perms.as_bytes();
+        if lo > at || perms.first() != Some(&b'r') || (write && perms.get(1) != Some(&b'w')) {
+            return Err(Errno::EFAULT);
+        }
+        at = hi;
+    }
+    if at >= end {
+        Ok(())
+    } else {
+        Err(Errno::EFAULT)
+    }
+}
+
 /// Drops the cached pid; for fork children.
 pub fn forget_pid() {
     PID.store(0, Ordering::Relaxed);

@@ -1,7 +1,8 @@
-//! Runs explorer ops against whatever answers `/dev/vfio/*` in this process (the kernel's
-//! type1, the kernel compat, or the shim through LD_PRELOAD) and records every answer in the
-//! compat-tests transcript format. A test program: it makes its calls through libc, as the
-//! legacy programs it stands for do.
+//! Runs explorer ops and records every answer in the compat-tests transcript format. The fd
+//! and VFIO calls go through [`Calls`]: libc in the VM (whatever answers `/dev/vfio/*` in
+//! this process: the kernel's type1, the kernel compat, or the shim through LD_PRELOAD), the
+//! shim's core over its fake backend in the host replay. Device ops (config space, BAR, DMA,
+//! interrupts) always use libc on the device fd: only the VM has devices.
 
 use std::ffi::CString;
 use std::io::Write;
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use vfio_shim::abi::{self, minsz};
 use zerocopy::IntoBytes;
 
+use crate::calls::{call, Calls};
 use crate::ops::{Argsz, Bitmap, Dev, FdRef, Iova, Name, Op, Size, Vaddr, Vfs};
 
 const PAGE: usize = 4096;
@@ -99,14 +101,30 @@ struct World {
     eventfds: Vec<(i32, i32)>,
 }
 
-pub struct Explorer<W: Write> {
+/// The two test devices and their IOMMU groups.
+#[derive(Clone, Debug)]
+pub struct Platform {
+    pub edu: String,
+    pub igb: String,
+    pub edu_group: u32,
+    pub igb_group: u32,
+}
+
+impl Platform {
+    /// From guest-setup.sh's VFIO_TEST_EDU and VFIO_TEST_IGB and sysfs.
+    pub fn from_env() -> Self {
+        let edu = std::env::var("VFIO_TEST_EDU").expect("VFIO_TEST_EDU");
+        let igb = std::env::var("VFIO_TEST_IGB").expect("VFIO_TEST_IGB");
+        Platform { edu_group: group_of(&edu), igb_group: group_of(&igb), edu, igb }
+    }
+}
+
+pub struct Explorer<W: Write, C: Calls> {
     out: W,
+    calls: C,
     mem: Memory,
     foreign: i32,
-    edu: String,
-    igb: String,
-    edu_group: u32,
-    igb_group: u32,
+    platform: Platform,
     /// Records written: the operations count of a run.
     pub ops: u64,
 }
@@ -146,14 +164,6 @@ fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
-/// `ret` and errno of a libc call returning an int.
-fn call(f: impl FnOnce() -> i64) -> (i64, i32) {
-    // SAFETY: resetting errno, a thread-local, so a success leaves 0.
-    unsafe { *libc::__errno_location() = 0 };
-    let r = f();
-    (r, if r < 0 { errno() } else { 0 })
-}
-
 fn group_of(bdf: &str) -> u32 {
     let link = std::fs::read_link(format!("/sys/bus/pci/devices/{bdf}/iommu_group"))
         .unwrap_or_else(|e| panic!("iommu_group of {bdf}: {e}"));
@@ -182,24 +192,13 @@ fn size_of(s: Size) -> u64 {
     }
 }
 
-impl<W: Write> Explorer<W> {
-    pub fn new(out: W) -> Self {
-        let edu = std::env::var("VFIO_TEST_EDU").expect("VFIO_TEST_EDU");
-        let igb = std::env::var("VFIO_TEST_IGB").expect("VFIO_TEST_IGB");
+impl<W: Write, C: Calls> Explorer<W, C> {
+    pub fn new(out: W, calls: C, platform: Platform) -> Self {
         let null = CString::new("/dev/null").unwrap();
         // SAFETY: a valid C path.
         let foreign = unsafe { libc::open(null.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
         assert!(foreign >= 0);
-        Explorer {
-            out,
-            mem: Memory::new(),
-            foreign,
-            edu_group: group_of(&edu),
-            igb_group: group_of(&igb),
-            edu,
-            igb,
-            ops: 0,
-        }
+        Explorer { out, calls, mem: Memory::new(), foreign, platform, ops: 0 }
     }
 
     pub fn into_inner(self) -> W {
@@ -227,10 +226,13 @@ impl<W: Write> Explorer<W> {
         }
     }
 
-    fn ioctl_arg(fd: i32, req: u32, arg: u64) -> (i64, i32) {
-        // SAFETY: a VFIO ioctl whose argument is a value or points into our own memory; a wrong
-        // request on a wrong fd is exactly what the explorer probes, and the kernel checks it.
-        call(|| unsafe { libc::ioctl(fd, req as libc::c_ulong, arg) } as i64)
+    fn ioctl_arg(&mut self, fd: i32, req: u32, arg: u64) -> (i64, i32) {
+        self.calls.ioctl(fd, req, arg)
+    }
+
+    fn ioctl_on(&mut self, w: &World, r: FdRef, req: u32, arg: u64) -> (i64, i32) {
+        let fd = self.fd(w, r);
+        self.calls.ioctl(fd, req, arg)
     }
 
     fn argsz_value(class: Argsz, full: usize, min: usize) -> usize {
@@ -261,8 +263,7 @@ impl<W: Write> Explorer<W> {
         fds.append(&mut w.groups);
         fds.append(&mut w.containers);
         for (k, fd) in fds.into_iter().enumerate() {
-            // SAFETY: closing fds this sequence opened.
-            let r = call(|| unsafe { libc::close(fd) } as i64);
+            let r = self.calls.close(fd);
             self.call_rec(&format!("{seq}.end{k}.close"), r, false);
         }
         for (_, fd) in w.eventfds.drain(..) {
@@ -272,9 +273,7 @@ impl<W: Write> Explorer<W> {
     }
 
     fn open(&mut self, path: &str) -> (i64, i32) {
-        let c = CString::new(path).unwrap();
-        // SAFETY: a valid C path.
-        call(|| unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) } as i64)
+        self.calls.open(path, libc::O_RDWR | libc::O_CLOEXEC)
     }
 
     fn step(&mut self, w: &mut World, label: &str, op: Op) {
@@ -287,7 +286,7 @@ impl<W: Write> Explorer<W> {
                 }
             }
             Op::OpenGroup { dev } => {
-                let n = if dev == Dev::Edu { self.edu_group } else { self.igb_group };
+                let n = if dev == Dev::Edu { self.platform.edu_group } else { self.platform.igb_group };
                 let r = self.open(&format!("/dev/vfio/{n}"));
                 self.call_rec(label, r, true);
                 if r.0 >= 0 {
@@ -301,8 +300,7 @@ impl<W: Write> Explorer<W> {
                     FdRef::Foreign => unsafe { libc::fcntl(self.foreign, libc::F_DUPFD_CLOEXEC, 0) },
                     _ => self.fd(w, fd),
                 };
-                // SAFETY: closing one of the sequence's fds, or a number that is not open.
-                let r = call(|| unsafe { libc::close(raw) } as i64);
+                let r = self.calls.close(raw);
                 self.call_rec(label, r, false);
                 if r.0 == 0 {
                     w.containers.retain(|&f| f != raw);
@@ -319,8 +317,7 @@ impl<W: Write> Explorer<W> {
             }
             Op::Dup { fd } => {
                 let raw = self.fd(w, fd);
-                // SAFETY: dup with O_CLOEXEC of a number, open or not.
-                let r = call(|| unsafe { libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, 0) } as i64);
+                let r = self.calls.fcntl(raw, libc::F_DUPFD_CLOEXEC, 0);
                 self.call_rec(label, r, true);
                 if r.0 >= 0 {
                     let new = r.0 as i32;
@@ -332,22 +329,21 @@ impl<W: Write> Explorer<W> {
                             w.devices.push(Device { fd: new, dev })
                         }
                         FdRef::Stale | FdRef::Foreign => {
-                            // SAFETY: the duplicate of /dev/null just made.
-                            unsafe { libc::close(new) };
+                            self.calls.close(new);
                         }
                     }
                 }
             }
             Op::ApiVersion { c } => {
-                let r = Self::ioctl_arg(self.fd(w, c), abi::VFIO_GET_API_VERSION, 0);
+                let r = self.ioctl_on(w, c, abi::VFIO_GET_API_VERSION, 0);
                 self.call_rec(label, r, false);
             }
             Op::CheckExtension { c, ext } => {
-                let r = Self::ioctl_arg(self.fd(w, c), abi::VFIO_CHECK_EXTENSION, ext);
+                let r = self.ioctl_on(w, c, abi::VFIO_CHECK_EXTENSION, ext);
                 self.call_rec(label, r, false);
             }
             Op::SetIommu { c, ty } => {
-                let r = Self::ioctl_arg(self.fd(w, c), abi::VFIO_SET_IOMMU, ty);
+                let r = self.ioctl_on(w, c, abi::VFIO_SET_IOMMU, ty);
                 self.call_rec(label, r, false);
             }
             Op::GetInfo { c, argsz } => {
@@ -358,7 +354,7 @@ impl<W: Write> Explorer<W> {
                 let truncated = argsz == Argsz::Truncated;
                 let placed = if truncated { &bytes[..sz] } else { &bytes[..] };
                 let at = self.mem.place(placed, truncated);
-                let r = Self::ioctl_arg(self.fd(w, c), abi::VFIO_IOMMU_GET_INFO, at as u64);
+                let r = self.ioctl_on(w, c, abi::VFIO_IOMMU_GET_INFO, at as u64);
                 self.call_rec(label, r, false);
                 if r.0 == 0 {
                     let back = self.mem.read_back(at, sz.max(minsz::IOMMU_INFO));
@@ -387,7 +383,7 @@ impl<W: Write> Explorer<W> {
                 bytes.resize(full + 64, 0);
                 let truncated = argsz == Argsz::Truncated;
                 let at = self.mem.place(if truncated { &bytes[..sz] } else { &bytes }, truncated);
-                let r = Self::ioctl_arg(self.fd(w, c), abi::VFIO_IOMMU_MAP_DMA, at as u64);
+                let r = self.ioctl_on(w, c, abi::VFIO_IOMMU_MAP_DMA, at as u64);
                 self.call_rec(label, r, false);
             }
             Op::Unmap { c, flags, iova, size, bitmap, argsz } => {
@@ -406,7 +402,7 @@ impl<W: Write> Explorer<W> {
                 bytes.resize(full + 64, 0);
                 let truncated = argsz == Argsz::Truncated;
                 let at = self.mem.place(if truncated { &bytes[..sz] } else { &bytes }, truncated);
-                let r = Self::ioctl_arg(self.fd(w, c), abi::VFIO_IOMMU_UNMAP_DMA, at as u64);
+                let r = self.ioctl_on(w, c, abi::VFIO_IOMMU_UNMAP_DMA, at as u64);
                 self.call_rec(label, r, false);
                 if r.0 == 0 {
                     let back = self.mem.read_back(at, minsz::DMA_UNMAP);
@@ -428,7 +424,7 @@ impl<W: Write> Explorer<W> {
                 let mut bytes = d.as_bytes().to_vec();
                 bytes.extend_from_slice(getter.as_bytes());
                 let at = self.mem.place(&bytes, false);
-                let r = Self::ioctl_arg(self.fd(w, c), abi::VFIO_IOMMU_DIRTY_PAGES, at as u64);
+                let r = self.ioctl_on(w, c, abi::VFIO_IOMMU_DIRTY_PAGES, at as u64);
                 self.call_rec(label, r, false);
                 if r.0 == 0 && get {
                     self.record_bitmap(label, &data);
@@ -442,7 +438,7 @@ impl<W: Write> Explorer<W> {
                 bytes.resize(full + 64, 0);
                 let truncated = argsz == Argsz::Truncated;
                 let at = self.mem.place(if truncated { &bytes[..sz] } else { &bytes }, truncated);
-                let r = Self::ioctl_arg(self.fd(w, g), abi::VFIO_GROUP_GET_STATUS, at as u64);
+                let r = self.ioctl_on(w, g, abi::VFIO_GROUP_GET_STATUS, at as u64);
                 self.call_rec(label, r, false);
                 if r.0 == 0 {
                     let back = self.mem.read_back(at, 8);
@@ -453,16 +449,16 @@ impl<W: Write> Explorer<W> {
             Op::SetContainer { g, target } => {
                 let cfd = self.fd(w, target);
                 let at = self.mem.place(&cfd.to_ne_bytes(), false);
-                let r = Self::ioctl_arg(self.fd(w, g), abi::VFIO_GROUP_SET_CONTAINER, at as u64);
+                let r = self.ioctl_on(w, g, abi::VFIO_GROUP_SET_CONTAINER, at as u64);
                 self.call_rec(label, r, false);
             }
             Op::UnsetContainer { g } => {
-                let r = Self::ioctl_arg(self.fd(w, g), abi::VFIO_GROUP_UNSET_CONTAINER, 0);
+                let r = self.ioctl_on(w, g, abi::VFIO_GROUP_UNSET_CONTAINER, 0);
                 self.call_rec(label, r, false);
             }
             Op::GetDeviceFd { g, dev, name } => {
-                let bdf = if dev == Dev::Edu { self.edu.clone() } else { self.igb.clone() };
-                let other = if dev == Dev::Edu { self.igb.clone() } else { self.edu.clone() };
+                let bdf = if dev == Dev::Edu { self.platform.edu.clone() } else { self.platform.igb.clone() };
+                let other = if dev == Dev::Edu { self.platform.igb.clone() } else { self.platform.edu.clone() };
                 let text = match name {
                     Name::Exact => bdf.clone(),
                     Name::WithToken => {
@@ -475,7 +471,7 @@ impl<W: Write> Explorer<W> {
                     Name::TrailingSpace => format!("{bdf} "),
                 };
                 let c = CString::new(text).unwrap();
-                let r = Self::ioctl_arg(self.fd(w, g), abi::VFIO_GROUP_GET_DEVICE_FD, c.as_ptr() as u64);
+                let r = self.ioctl_on(w, g, abi::VFIO_GROUP_GET_DEVICE_FD, c.as_ptr() as u64);
                 self.call_rec(label, r, true);
                 if r.0 >= 0 {
                     let dev = if name == Name::OtherDevice {
@@ -493,7 +489,7 @@ impl<W: Write> Explorer<W> {
             Op::DeviceInfo { d } => {
                 let mut info = [0u32; 6];
                 info[0] = 24;
-                let r = Self::ioctl_arg(self.fd(w, d), abi::VFIO_DEVICE_GET_INFO, info.as_mut_ptr() as u64);
+                let r = self.ioctl_on(w, d, abi::VFIO_DEVICE_GET_INFO, info.as_mut_ptr() as u64);
                 self.call_rec(label, r, false);
                 if r.0 == 0 {
                     self.rec(format_args!("OUT {label} flags={:#x} regions={} irqs={}", info[1], info[2], info[3]));
@@ -534,7 +530,7 @@ impl<W: Write> Explorer<W> {
                 w.eventfds.push((fd, efd));
                 let set: [u32; 6] =
                     [24, VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, index, 0, 1, efd as u32];
-                let r = Self::ioctl_arg(fd, abi::VFIO_DEVICE_SET_IRQS, set.as_ptr() as u64);
+                let r = self.ioctl_arg(fd, abi::VFIO_DEVICE_SET_IRQS, set.as_ptr() as u64);
                 self.call_rec(label, r, false);
             }
             Op::MmapBar { d } => {
@@ -596,17 +592,16 @@ impl<W: Write> Explorer<W> {
             }
             Op::Vfs { fd, req } => {
                 let raw = self.fd(w, fd);
-                let mut one: i32 = 1;
+                let one: i32 = 1;
+                let int_arg = &one as *const i32 as u64;
                 let r = match req {
-                    // SAFETY (all four): generic VFS ioctls with an int argument of ours.
-                    Vfs::Fioclex => call(|| unsafe { libc::ioctl(raw, libc::FIOCLEX) } as i64),
-                    Vfs::Fionclex => call(|| unsafe { libc::ioctl(raw, libc::FIONCLEX) } as i64),
-                    Vfs::Fionbio => call(|| unsafe { libc::ioctl(raw, libc::FIONBIO, &mut one) } as i64),
-                    Vfs::Fioasync => call(|| unsafe { libc::ioctl(raw, libc::FIOASYNC, &mut one) } as i64),
-                    // SAFETY (all three): fcntl commands without pointers.
-                    Vfs::GetFd => call(|| unsafe { libc::fcntl(raw, libc::F_GETFD) } as i64),
-                    Vfs::GetFl => call(|| unsafe { libc::fcntl(raw, libc::F_GETFL) } as i64),
-                    Vfs::SetFlNonblock => call(|| unsafe { libc::fcntl(raw, libc::F_SETFL, libc::O_NONBLOCK) } as i64),
+                    Vfs::Fioclex => self.calls.ioctl(raw, libc::FIOCLEX as u32, 0),
+                    Vfs::Fionclex => self.calls.ioctl(raw, libc::FIONCLEX as u32, 0),
+                    Vfs::Fionbio => self.calls.ioctl(raw, libc::FIONBIO as u32, int_arg),
+                    Vfs::Fioasync => self.calls.ioctl(raw, libc::FIOASYNC as u32, int_arg),
+                    Vfs::GetFd => self.calls.fcntl(raw, libc::F_GETFD, 0),
+                    Vfs::GetFl => self.calls.fcntl(raw, libc::F_GETFL, 0),
+                    Vfs::SetFlNonblock => self.calls.fcntl(raw, libc::F_SETFL, libc::O_NONBLOCK as i64),
                 };
                 self.call_rec(label, r, false);
             }
