@@ -7,7 +7,8 @@
 # throw-away git worktree of HEAD and built into its own target dir; nothing of the checkout
 # changes. Then: the explorer on the full kernel against real type1, the explorer through the
 # mutant preload on the cdev-only kernel, and `vfio-shim-compat compare`, which must fail with
-# unlisted differences on `set_iommu` records (exit 0 when it does: the control worked).
+# unlisted differences on `set_iommu` records; then shrink.sh cuts the first diverging
+# sequence down, and the reproducer must keep its SET_IOMMU (exit 0: the control worked).
 #
 # Usage: negative-control.sh [results-dir]   (default compat-tests/out/negative-control)
 # Env:   VFIO_EXPLORE_SEQS, VFIO_EXPLORE_SEED (the tier's defaults), vm.sh's VM_* variables.
@@ -59,6 +60,12 @@ tail -n 1 "$out/compare.txt"
 if [ $rc -ne 0 ] && [ "$caught" -gt 0 ]; then
   echo "negative-control: caught: compare failed with $caught set_iommu line(s) ($seqs sequences, seed $seed)"
   grep -m 3 'set_iommu' "$out/compare.txt" | sed 's/^/  /'
+  # The first diverging sequence, shrunk automatically; the reproducer must still hold the op.
+  BIN=$bin SEED=$seed bash "$here/shrink.sh" "$out" "$out/compare.txt" 1
+  if ! grep -qs '^set_iommu' "$out"/shrink/*.min.seq; then
+    echo "negative-control: caught, but the shrinker gave no reproducer with the wrong SET_IOMMU"
+    exit 1
+  fi
   exit 0
 fi
 echo "negative-control: NOT caught (compare rc=$rc, $caught set_iommu lines): the explorer missed a wrong errno"

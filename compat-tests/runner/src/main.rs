@@ -6,6 +6,7 @@ mod compare;
 mod differences;
 mod model;
 mod run;
+mod shrink;
 mod transcript;
 
 use std::path::PathBuf;
@@ -67,6 +68,23 @@ enum Cmd {
         #[arg(long)]
         column: Vec<model::Column>,
     },
+    /// Inside the full guest: cut an explorer sequence that diverges from type1 (in the shim,
+    /// legacy nodes hidden) down to a minimal reproducer, written as a regression file.
+    Shrink {
+        /// The explorer binary.
+        #[arg(long)]
+        explorer: PathBuf,
+        /// The preload library the shim side runs under.
+        #[arg(long)]
+        preload: PathBuf,
+        /// Work directory (candidate corpus and transcripts).
+        #[arg(long)]
+        work: PathBuf,
+        /// The diverging sequence, one op per line (`explorer --print N`).
+        input: PathBuf,
+        /// The reproducer to write.
+        output: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -89,6 +107,26 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("vfio-shim-compat run: {e}");
                     ExitCode::from(2)
+                }
+            }
+        }
+        Cmd::Shrink { explorer, preload, work, input, output } => {
+            let opts = shrink::ShrinkOpts { explorer, preload, input, output, work };
+            match shrink::shrink(&opts) {
+                Ok((before, after, sig)) => {
+                    println!(
+                        "shrink: {}: {before} ops -> {after}; {} {}: type1 `{}`, shim `{}`",
+                        opts.output.display(),
+                        sig.kind,
+                        sig.op,
+                        sig.type1,
+                        sig.shim
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("vfio-shim-compat shrink: {}: {e}", opts.input.display());
+                    ExitCode::FAILURE
                 }
             }
         }

@@ -80,7 +80,7 @@ fn check_kernel(kernel: Kernel) -> Result<(), String> {
     }
 }
 
-fn command_for(kernel: Kernel, mode: Mode, bin: &Path) -> Command {
+pub(crate) fn command_for(kernel: Kernel, mode: Mode, bin: &Path) -> Command {
     let wrapped = |script: &str| {
         let mut c = Command::new("unshare");
         c.args(["-m", "--propagation", "private", "sh", "-ec", script, "sh"]).arg(bin);
@@ -95,7 +95,7 @@ fn command_for(kernel: Kernel, mode: Mode, bin: &Path) -> Command {
 }
 
 /// Runs one command with stdout/stderr into files; returns the `.rc` text.
-fn run_one(mut cmd: Command, out: &Path, err: &Path, timeout: Duration) -> io::Result<String> {
+pub(crate) fn run_one(mut cmd: Command, out: &Path, err: &Path, timeout: Duration) -> io::Result<String> {
     cmd.stdin(Stdio::null()).stdout(File::create(out)?).stderr(File::create(err)?).process_group(0);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
