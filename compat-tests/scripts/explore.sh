@@ -5,7 +5,8 @@
 # each column with the given seed and budget (the regression files first), then compares every
 # column with full/type1 through `vfio-shim-compat compare` and docs/differences.md. Prints the
 # sequences and operations each column ran, the sequences that differ from type1, and the
-# comparator's verdict. Exit status: compare's (0: no unlisted divergence).
+# comparator's verdict; diverging sequences are then shrunk to reproducers
+# (compat-tests/explorer/shrink.sh). Exit status: compare's (0: no unlisted divergence).
 #
 # Usage: explore.sh             (make explore SEQS=N SEED=S FIRST=I COLUMNS="...")
 # Env:   SEQS (2000), SEED (1), FIRST (0: the first sequence's index, so a long run can be
@@ -89,4 +90,7 @@ head -n 4 "$out/compare.txt"
 grep -m 20 -A2 ' (differs)\| (missing)\| (extra)' "$out/compare.txt" || true
 tail -n 1 "$out/compare.txt"
 echo "explore: compare rc=$rc (full report: $out/compare.txt)"
+if [ $rc != 0 ]; then
+  SEED=$seed bash "$root/compat-tests/explorer/shrink.sh" "$out" "$out/compare.txt" || true
+fi
 exit $rc

@@ -143,7 +143,11 @@ if oracle and compat:
     print(f"explorer: kernel-compat diverges from type1 in {n} of {len(oracle)} sequences")
 PY
 set +e
-"$compat" compare "$results" --differences "$root/docs/differences.md"
-crc=$?
+"$compat" compare "$results" --differences "$root/docs/differences.md" | tee "$results/compare.txt"
+crc=${PIPESTATUS[0]}
 set -e
+# A diverging explorer sequence is shrunk to a reproducer right away (one more boot, only then).
+if [ $crc != 0 ] && grep -q '^explorer [a-z/-]* [A-Z]* [sr][0-9.]' "$results/compare.txt"; then
+  SEED=${VFIO_EXPLORE_SEED:-1} bash "$root/compat-tests/explorer/shrink.sh" "$results" "$results/compare.txt" || true
+fi
 [ $crc = 0 ] && [ $failed = 0 ]
