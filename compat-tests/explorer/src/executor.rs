@@ -12,7 +12,7 @@ use vfio_shim::abi::{self, minsz};
 use zerocopy::IntoBytes;
 
 use crate::calls::{call, Calls};
-use crate::ops::{Argsz, Bitmap, Dev, FdRef, Iova, Name, Op, Size, Vaddr, Vfs};
+use crate::ops::{Argsz, Bitmap, Death, Dev, FdRef, Iova, Name, Op, Size, Vaddr, Vfs};
 
 const PAGE: usize = 4096;
 /// Ops address its first 16 pages; sizes of up to 8 pages stay inside, and a PROT_NONE page
@@ -125,8 +125,30 @@ pub struct Explorer<W: Write, C: Calls> {
     mem: Memory,
     foreign: i32,
     platform: Platform,
+    /// In a child that is going to be killed: its answers are not recorded (they depend on
+    /// when the kill lands); the parent records what the death left behind.
+    mute: bool,
+    /// A page shared with the children that die: the second thread's [`Progress`] at the kill.
+    progress: *mut u32,
     /// Records written: the operations count of a run.
     pub ops: u64,
+    /// Deaths, and those that landed while the second thread was inside a call (timing, so
+    /// not recorded in the transcript: the run's summary line shows that the kills do land
+    /// inside calls).
+    pub deaths: (u64, u64),
+}
+
+/// Where the dying child's second thread is.
+#[repr(u32)]
+enum Progress {
+    Before = 0,
+    InCall = 1,
+    Between = 2,
+}
+
+fn set_progress(page: usize, p: Progress) {
+    // SAFETY: `page` is the Explorer's shared page, mapped for the process's life.
+    unsafe { std::ptr::write_volatile(page as *mut u32, p as u32) };
 }
 
 fn errname(e: i32) -> String {
@@ -198,7 +220,29 @@ impl<W: Write, C: Calls> Explorer<W, C> {
         // SAFETY: a valid C path.
         let foreign = unsafe { libc::open(null.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
         assert!(foreign >= 0);
-        Explorer { out, calls, mem: Memory::new(), foreign, platform, ops: 0 }
+        // SAFETY: an anonymous shared mapping chosen by the kernel; no existing memory changes.
+        let progress = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert!(progress != libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+        Explorer {
+            out,
+            calls,
+            mem: Memory::new(),
+            foreign,
+            platform,
+            mute: false,
+            progress: progress.cast(),
+            ops: 0,
+            deaths: (0, 0),
+        }
     }
 
     pub fn into_inner(self) -> W {
@@ -206,6 +250,9 @@ impl<W: Write, C: Calls> Explorer<W, C> {
     }
 
     fn rec(&mut self, line: std::fmt::Arguments<'_>) {
+        if self.mute {
+            return;
+        }
         self.out.write_fmt(line).and_then(|_| self.out.write_all(b"\n")).expect("transcript write");
     }
 
@@ -246,12 +293,90 @@ impl<W: Write, C: Calls> Explorer<W, C> {
 
     /// Runs one sequence; `seq` ("s12", "r3") names its records.
     pub fn run_sequence(&mut self, seq: &str, ops: &[Op]) {
+        if let Some(k) = ops.iter().position(|o| matches!(o, Op::Die { .. })) {
+            return self.run_with_death(seq, ops, k);
+        }
         let mut w = World::default();
         for (i, op) in ops.iter().enumerate() {
             let label = format!("{seq}.{i}.{}", op.name());
             self.step(&mut w, &label, *op);
         }
         self.teardown(seq, w);
+    }
+
+    /// `ops[..k]` in a child killed as `ops[k]` says; then, in this process, what the death
+    /// left (the child's end, memory still pinned) and `ops[k + 1..]` from nothing, then
+    /// whether any fd of ours is left over.
+    fn run_with_death(&mut self, seq: &str, ops: &[Op], k: usize) {
+        let Op::Die { at } = ops[k] else { unreachable!("position() found a Die") };
+        let fds_before = open_fds();
+        let avail_before = mem_available_kib();
+        self.out.flush().expect("transcript write");
+        set_progress(self.progress as usize, Progress::Before);
+        // SAFETY: fork(2) in a single-threaded process; the child only runs ops and dies.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.mute = true;
+                let mut w = World::default();
+                for (i, op) in ops[..k].iter().enumerate() {
+                    self.step(&mut w, &format!("{seq}.{i}.{}", op.name()), *op);
+                }
+                self.die(&w, at);
+            }));
+            // SAFETY: leaving the child without running the parent's exit handlers.
+            unsafe { libc::_exit(99) };
+        }
+        let mut status = 0;
+        // SAFETY: reaping our own child into a local.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        let end = match (r == pid, libc::WIFSIGNALED(status), libc::WTERMSIG(status)) {
+            (true, true, libc::SIGKILL) => "killed".to_string(),
+            (true, true, sig) => format!("signal-{sig}"),
+            (true, false, _) => format!("exit-{}", libc::WEXITSTATUS(status)),
+            (false, _, _) => format!("waitpid-{}", errname(errno())),
+        };
+        // The child's 256 MiB (InMap) and its pins must be gone once it is reaped: a leak shows
+        // as MemAvailable short by about that much.
+        self.deaths.0 += 1;
+        // SAFETY: reading the shared page the child wrote.
+        if unsafe { std::ptr::read_volatile(self.progress) } == Progress::InCall as u32 {
+            self.deaths.1 += 1;
+        }
+        let lost_mib = avail_before.saturating_sub(mem_available_kib()) / 1024;
+        let pins = if lost_mib < 64 { "released".to_string() } else { format!("held-{lost_mib}MiB") };
+        let label = format!("{seq}.{k}.die");
+        self.call_rec(&label, (0, 0), false);
+        self.rec(format_args!("OUT {label} child={end} pins={pins}"));
+        let mut w = World::default();
+        for (i, op) in ops.iter().enumerate().skip(k + 1) {
+            self.step(&mut w, &format!("{seq}.{i}.{}", op.name()), *op);
+        }
+        self.teardown(seq, w);
+        let left = open_fds().saturating_sub(fds_before);
+        self.rec(format_args!("OUT {seq}.end.fds left={left}"));
+    }
+
+    /// In the child: SIGKILL, now or while a second thread is inside a call.
+    fn die(&mut self, w: &World, at: Death) -> ! {
+        let container = w.containers.first().copied().unwrap_or(STALE_FD);
+        let shared = self.progress as usize;
+        let (ms, work): (u8, Box<dyn FnOnce() + Send>) = match at {
+            Death::Now => (0, Box::new(|| {})),
+            Death::InMap(ms) => (ms, Box::new(move || map_big(container, shared))),
+            Death::InCalls(ms) => {
+                let page = self.mem.pool as u64 + 20 * PAGE as u64;
+                (ms, Box::new(move || loop_calls(container, page, shared)))
+            }
+        };
+        if at != Death::Now {
+            std::thread::spawn(work);
+            std::thread::sleep(Duration::from_millis(ms as u64));
+        }
+        // SAFETY: kill(2) of ourselves.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        unreachable!("SIGKILL cannot be caught")
     }
 
     fn teardown(&mut self, seq: &str, mut w: World) {
@@ -590,6 +715,7 @@ impl<W: Write, C: Calls> Explorer<W, C> {
                 self.ops += 1;
                 self.rec(format_args!("OUT {label} irq={result}"));
             }
+            Op::Die { .. } => panic!("{label}: one die per sequence"),
             Op::Vfs { fd, req } => {
                 let raw = self.fd(w, fd);
                 let one: i32 = 1;
@@ -698,6 +824,69 @@ impl<W: Write, C: Calls> Explorer<W, C> {
             changed.join(",")
         }
     }
+}
+
+/// MAP_DMA of 256 MiB of fresh memory at 1 GiB: the pin takes long enough under TCG for a
+/// kill to land inside it.
+fn map_big(container: i32, shared: usize) {
+    const LEN: usize = 256 << 20;
+    let p = mmap(LEN, libc::PROT_READ | libc::PROT_WRITE);
+    let map = abi::vfio_iommu_type1_dma_map {
+        argsz: std::mem::size_of::<abi::vfio_iommu_type1_dma_map>() as u32,
+        flags: abi::VFIO_DMA_MAP_FLAG_READ | abi::VFIO_DMA_MAP_FLAG_WRITE,
+        vaddr: p as u64,
+        iova: 1 << 30,
+        size: LEN as u64,
+    };
+    set_progress(shared, Progress::InCall);
+    // SAFETY: MAP_DMA with a struct of ours describing our own fresh mapping.
+    unsafe { libc::ioctl(container, abi::VFIO_IOMMU_MAP_DMA as libc::c_ulong, &map) };
+    set_progress(shared, Progress::Between);
+}
+
+/// MAP, GET_INFO and UNMAP of one pool page at 2 GiB, until the process dies.
+fn loop_calls(container: i32, page: u64, shared: usize) -> ! {
+    let size = PAGE as u64;
+    let map = abi::vfio_iommu_type1_dma_map {
+        argsz: std::mem::size_of::<abi::vfio_iommu_type1_dma_map>() as u32,
+        flags: abi::VFIO_DMA_MAP_FLAG_READ | abi::VFIO_DMA_MAP_FLAG_WRITE,
+        vaddr: page,
+        iova: 2 << 30,
+        size,
+    };
+    let mut info = [0u8; 256];
+    info[..4].copy_from_slice(&256u32.to_ne_bytes());
+    loop {
+        let mut un = abi::vfio_iommu_type1_dma_unmap {
+            argsz: std::mem::size_of::<abi::vfio_iommu_type1_dma_unmap>() as u32,
+            flags: 0,
+            iova: 2 << 30,
+            size,
+        };
+        set_progress(shared, Progress::InCall);
+        // SAFETY: the three calls take structs of ours; the page is the pool's, alive until exit.
+        unsafe {
+            libc::ioctl(container, abi::VFIO_IOMMU_MAP_DMA as libc::c_ulong, &map);
+            libc::ioctl(container, abi::VFIO_IOMMU_GET_INFO as libc::c_ulong, info.as_mut_ptr());
+            libc::ioctl(container, abi::VFIO_IOMMU_UNMAP_DMA as libc::c_ulong, &mut un);
+        }
+        set_progress(shared, Progress::Between);
+        std::thread::yield_now();
+    }
+}
+
+/// Open fds of this process.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
+
+fn mem_available_kib() -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Raises edu's interrupt (register 0x60), waits up to a second for the eventfd, acks it.

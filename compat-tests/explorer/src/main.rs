@@ -77,8 +77,13 @@ fn main() {
         let range = if first == 0 { String::new() } else { format!(" (from s{first})") };
         format!("seed {seed}: {seqs} sequences{range}")
     };
-    let ops = ex.ops;
+    let (ops, deaths) = (ex.ops, ex.deaths);
     let mut out = ex.into_inner();
     writeln!(out, "END status=ok").and_then(|_| out.flush()).expect("transcript write");
-    eprintln!("explorer: {what}, {ops} operations in {:.1} s", start.elapsed().as_secs_f64());
+    eprintln!(
+        "explorer: {what}, {ops} operations in {:.1} s; {} deaths, {} inside a call",
+        start.elapsed().as_secs_f64(),
+        deaths.0,
+        deaths.1
+    );
 }

@@ -107,6 +107,17 @@ pub enum Vfs {
     SetFlNonblock,
 }
 
+/// How the process that ran a sequence's first part dies (SIGKILL, always).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Death {
+    /// Right after its last op.
+    Now,
+    /// After this many ms, while a second thread maps 256 MiB (the pin takes longer).
+    InMap(u8),
+    /// After this many ms, while a second thread loops MAP, GET_INFO and UNMAP.
+    InCalls(u8),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     OpenContainer,
@@ -204,6 +215,11 @@ pub enum Op {
         fd: FdRef,
         req: Vfs,
     },
+    /// The ops before this one ran in a child process, which is now killed; the ops after it
+    /// run in the parent, a fresh process for VFIO, which must find everything released.
+    Die {
+        at: Death,
+    },
 }
 
 impl Op {
@@ -220,6 +236,7 @@ impl Op {
                 | Op::MunmapBar
                 | Op::Dma { .. }
                 | Op::Irq { .. }
+                | Op::Die { .. }
         )
     }
 
@@ -250,6 +267,7 @@ impl Op {
             Op::Dma { .. } => "dma",
             Op::Irq { .. } => "irq",
             Op::Vfs { .. } => "vfs",
+            Op::Die { .. } => "die",
         }
     }
 }
@@ -506,7 +524,42 @@ pub fn random_sequence(rng: &mut impl RngCore, scope: Scope) -> Vec<Op> {
     for _ in 0..n {
         ops.push(random_op(rng, scope));
     }
+    // Drawn last, so the ops before are those of the same sequence without a death.
+    if scope.devices && rng_bool(rng, 50) {
+        let at = match rng.random_range(0..3) {
+            0 => Death::Now,
+            1 => Death::InMap(rng.random_range(0..40)),
+            _ => Death::InCalls(rng.random_range(0..20)),
+        };
+        ops.push(Op::Die { at });
+        ops.extend(recovery());
+    }
     ops
+}
+
+/// What a fresh process does after a death: the same group set up from nothing, two pages
+/// mapped, the device opened and an edu DMA from one page to the other.
+pub fn recovery() -> Vec<Op> {
+    let c = FdRef::Container(0);
+    let map = |n: u8| Op::Map {
+        c,
+        flags: R | W,
+        iova: Iova::Page(n),
+        size: Size::Pages(1),
+        vaddr: Vaddr::Pool(n),
+        argsz: Argsz::Exact,
+    };
+    vec![
+        Op::OpenContainer,
+        Op::OpenGroup { dev: Dev::Edu },
+        Op::SetContainer { g: FdRef::Group(0), target: c },
+        Op::SetIommu { c, ty: 3 },
+        map(0),
+        map(1),
+        Op::GetDeviceFd { g: FdRef::Group(0), dev: Dev::Edu, name: Name::Exact },
+        Op::BusMaster { d: FdRef::Device(0) },
+        Op::Dma { d: FdRef::Device(0), from: Iova::Page(0), to: Iova::Page(1) },
+    ]
 }
 
 // ------------------------------------------------------------------------------ text form
@@ -562,6 +615,7 @@ debug_text!(Size { Zero, Unaligned, Max, All } { Pages });
 debug_text!(Vaddr { Unaligned, ReadOnly, Unmapped, Null } { Pool });
 debug_text!(Bitmap { None, Good, WrongPgsize, TooSmall });
 debug_text!(Name { Exact, WithToken, Upper, OtherDevice, Unknown, Empty, TrailingSpace });
+debug_text!(Death { Now } { InMap, InCalls });
 debug_text!(Vfs { Fioclex, Fionclex, Fionbio, Fioasync, GetFd, GetFl, SetFlNonblock });
 
 impl fmt::Display for Op {
@@ -598,6 +652,7 @@ impl fmt::Display for Op {
             }
             Op::Dma { d, from, to } => write!(f, " d={d} from={from:?} to={to:?}"),
             Op::Vfs { fd, req } => write!(f, " fd={fd} req={req:?}"),
+            Op::Die { at } => write!(f, " at={at:?}"),
         }
     }
 }
@@ -668,6 +723,7 @@ impl FromStr for Op {
             "dma" => Op::Dma { d: p(arg("d"))?, from: p(arg("from"))?, to: p(arg("to"))? },
             "irq" => Op::Irq { d: p(arg("d"))? },
             "vfs" => Op::Vfs { fd: p(arg("fd"))?, req: p(arg("req"))? },
+            "die" => Op::Die { at: p(arg("at"))? },
             _ => return Err(format!("unknown op {name}")),
         })
     }
@@ -687,6 +743,28 @@ mod tests {
             let text = op.to_string();
             assert_eq!(text.parse::<Op>(), Ok(op), "{text}");
         }
+    }
+
+    #[test]
+    fn deaths_come_with_a_recovery_and_only_with_devices() {
+        let seqs = |devices| {
+            (0..2000u64).map(move |i| {
+                let mut rng = ChaCha8Rng::seed_from_u64(3);
+                rng.set_stream(i);
+                random_sequence(&mut rng, Scope { devices })
+            })
+        };
+        let mut deaths = 0;
+        for ops in seqs(true) {
+            if let Some(k) = ops.iter().position(|o| matches!(o, Op::Die { .. })) {
+                deaths += 1;
+                assert_eq!(ops[k + 1..], recovery()[..]);
+                let text = ops[k].to_string();
+                assert_eq!(text.parse::<Op>(), Ok(ops[k]), "{text}");
+            }
+        }
+        assert!((20..=80).contains(&deaths), "{deaths} deaths in 2000 sequences");
+        assert!(seqs(false).all(|ops| !ops.iter().any(Op::needs_device)));
     }
 
     #[test]
