@@ -46,18 +46,26 @@ fn mmap(len: usize, prot: i32) -> *mut u8 {
 }
 
 impl Memory {
+    /// One reservation, so what lies next to each part is the same in every process and mode:
+    /// pages 0..32 pool (RW), 32 guard, 33 read-only, 34 guard, 35 hole, 36..38 arena (RW),
+    /// 38 the arena's unreadable end. A pin running off the pool or the read-only page meets a
+    /// guard; the hole is inaccessible rather than unmapped, so nothing else (the preload) can
+    /// ever be mapped there.
     fn new() -> Self {
-        let pool = mmap((POOL_PAGES + 1) * PAGE, libc::PROT_READ | libc::PROT_WRITE);
-        // SAFETY: the pool's own guard page.
-        unsafe { libc::mprotect(pool.add(POOL_PAGES * PAGE).cast(), PAGE, libc::PROT_NONE) };
-        let readonly = mmap(PAGE, libc::PROT_READ);
-        // Inaccessible rather than unmapped: a freed range could be mapped again by whatever
-        // else lives in the process (the preload), and pins must fault the same in every mode.
-        let hole = mmap(PAGE, libc::PROT_NONE);
-        let arena = mmap(3 * PAGE, libc::PROT_READ | libc::PROT_WRITE);
-        // SAFETY: the arena's own last page.
-        unsafe { libc::mprotect(arena.add(2 * PAGE).cast(), PAGE, libc::PROT_NONE) };
-        Memory { pool, readonly, hole, arena }
+        const PAGES: usize = 39;
+        let base = mmap(PAGES * PAGE, libc::PROT_NONE);
+        let open = |first: usize, n: usize, prot: i32| {
+            // SAFETY: pages [first, first + n) of our own reservation.
+            let r = unsafe { libc::mprotect(base.add(first * PAGE).cast(), n * PAGE, prot) };
+            assert_eq!(r, 0, "mprotect: {}", std::io::Error::last_os_error());
+        };
+        open(0, POOL_PAGES, libc::PROT_READ | libc::PROT_WRITE);
+        open(33, 1, libc::PROT_READ);
+        open(36, 2, libc::PROT_READ | libc::PROT_WRITE);
+        // SAFETY: offsets inside the reservation.
+        unsafe {
+            Memory { pool: base, readonly: base.add(33 * PAGE), hole: base.add(35 * PAGE), arena: base.add(36 * PAGE) }
+        }
     }
 
     fn pool_page(&mut self, n: usize) -> &mut [u8] {
