@@ -340,11 +340,19 @@ impl State {
     }
 
     pub fn open_group(&mut self, number: u32, flags: c_int) -> Result<c_int, Errno> {
-        let id = self.shim.open_group(number)?;
         let node = std::ffi::CString::new(format!("/dev/vfio/{number}")).expect("no NUL");
-        if let Some(fd) = cuse_node_with(&node, flags).transpose() {
-            return self.adopt_new(fd, Object::Group(id));
+        // A daemon's node first: the daemon holds the group's system-wide claim for the opener.
+        if let Some(fd) = cuse_node_with(&node, flags)? {
+            return match self.shim.open_group_served(number) {
+                Ok(id) => self.adopt_new(Ok(fd), Object::Group(id)),
+                Err(e) => {
+                    // SAFETY: closing the node opened just above.
+                    unsafe { (real().close)(fd) };
+                    Err(e)
+                }
+            };
         }
+        let id = self.shim.open_group(number)?;
         // The group's file: /dev/null, opened with the caller's access mode and file flags. Like
         // type1's group file it is a character device on devtmpfs, so what the VFS answers
         // before any driver sees a request (FIONBIO, FIOCLEX, FIOASYNC, F_GETFL, F_SETFL, ...)

@@ -97,6 +97,13 @@ pub trait Backend {
     /// `ENOENT` when there is no such group.
     fn group_devices(&mut self, group: u32) -> Result<Vec<GroupDevice>, Errno>;
 
+    /// Claims IOMMU group `group` for this opener, as type1's one open file per group does
+    /// system-wide (`/dev/vfio/<group>` is `EBUSY` while any process has it open): `EBUSY`
+    /// while another opener holds it. Released by [`Backend::group_release`].
+    fn group_claim(&mut self, group: u32) -> Result<(), Errno>;
+    /// Drops this opener's claim on `group`.
+    fn group_release(&mut self, group: u32);
+
     /// `open()` of the device's VFIO cdev.
     fn device_open(&mut self, device: &GroupDevice) -> Result<DeviceHandle, Errno>;
     /// `VFIO_DEVICE_BIND_IOMMUFD`.

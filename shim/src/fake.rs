@@ -25,6 +25,7 @@ pub enum Op {
     IoasPgsizes,
     IoasCoherency,
     GroupDevices,
+    GroupClaim,
     DeviceOpen,
     DeviceBind,
     DeviceAttach,
@@ -107,6 +108,8 @@ pub struct FakeBackend {
     next_handle: u64,
     failures: HashMap<Op, Vec<(usize, Errno)>>,
     calls: HashMap<Op, usize>,
+    /// Groups claimed by this opener, and by others (`claim_elsewhere`).
+    claims: BTreeMap<u32, bool>,
 }
 
 impl FakeBackend {
@@ -140,6 +143,20 @@ impl FakeBackend {
     pub fn fail_at(&mut self, op: Op, nth: usize, errno: Errno) {
         let base = self.calls.get(&op).copied().unwrap_or(0);
         self.failures.entry(op).or_default().push((base + nth, errno));
+    }
+
+    /// Another process holds group `number` open (`true`), or no longer (`false`).
+    pub fn claim_elsewhere(&mut self, number: u32, held: bool) {
+        if held {
+            self.claims.insert(number, false);
+        } else if self.claims.get(&number) == Some(&false) {
+            self.claims.remove(&number);
+        }
+    }
+
+    /// Whether this opener holds a claim on group `number`.
+    pub fn claimed(&self, number: u32) -> bool {
+        self.claims.get(&number) == Some(&true)
     }
 
     /// How many times `op` was called.
@@ -343,6 +360,21 @@ impl Backend for FakeBackend {
     fn group_devices(&mut self, group: u32) -> Result<Vec<GroupDevice>, Errno> {
         self.enter(Op::GroupDevices)?;
         self.groups.get(&group).cloned().ok_or(Errno::ENOENT)
+    }
+
+    fn group_claim(&mut self, group: u32) -> Result<(), Errno> {
+        self.enter(Op::GroupClaim)?;
+        if self.claims.contains_key(&group) {
+            return Err(Errno::EBUSY);
+        }
+        self.claims.insert(group, true);
+        Ok(())
+    }
+
+    fn group_release(&mut self, group: u32) {
+        if self.claims.get(&group) == Some(&true) {
+            self.claims.remove(&group);
+        }
     }
 
     fn device_open(&mut self, device: &GroupDevice) -> Result<DeviceHandle, Errno> {

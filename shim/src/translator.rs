@@ -127,6 +127,9 @@ struct Group {
     kvm_registered: bool,
     /// As [`Container::shared`].
     shared: bool,
+    /// This opener holds the group's system-wide claim ([`Backend::group_claim`]); not when
+    /// the group came from another process or a daemon holds the claim for us.
+    claimed: bool,
 }
 
 /// All legacy objects of one process (or one CUSE client), over one backend.
@@ -583,8 +586,18 @@ impl<B: Backend> Shim<B> {
     // -------------------------------------------------------------------- groups
 
     /// `open("/dev/vfio/<number>")`. `ENOENT` when no such VFIO group exists, `EBUSY` when
-    /// it is already open (GR: one opener at a time).
+    /// it is already open, here or in another process (GR: one opener at a time).
     pub fn open_group(&mut self, number: u32) -> Result<GroupId, Errno> {
+        self.open_group_inner(number, true)
+    }
+
+    /// As [`Shim::open_group`] for a group whose system-wide claim someone else holds on our
+    /// behalf: the CUSE daemon that serves the group node this process opened.
+    pub fn open_group_served(&mut self, number: u32) -> Result<GroupId, Errno> {
+        self.open_group_inner(number, false)
+    }
+
+    fn open_group_inner(&mut self, number: u32, claim: bool) -> Result<GroupId, Errno> {
         self.settle_mappings();
         let devices = self.backend.group_devices(number)?;
         // The kernel creates /dev/vfio/<N> only for groups with a VFIO device.
@@ -593,6 +606,9 @@ impl<B: Backend> Shim<B> {
         }
         if self.groups.values().any(|g| g.number == number) {
             return Err(Errno::EBUSY);
+        }
+        if claim {
+            self.backend.group_claim(number)?;
         }
         let id = GroupId(self.fresh_id());
         self.groups.insert(
@@ -608,6 +624,7 @@ impl<B: Backend> Shim<B> {
                 lost: Vec::new(),
                 kvm_registered: false,
                 shared: false,
+                claimed: claim,
             },
         );
         Ok(id)
@@ -642,7 +659,10 @@ impl<B: Backend> Shim<B> {
         if g.container.is_some() {
             self.detach_container(id, false);
         }
-        self.groups.remove(&id);
+        let g = self.groups.remove(&id).expect("present");
+        if g.claimed {
+            self.backend.group_release(g.number);
+        }
     }
 
     /// An ioctl on a group fd. `resolve` tells what a caller-supplied fd is.
@@ -1073,6 +1093,7 @@ impl<B: Backend> Shim<B> {
                 lost: Vec::new(),
                 kvm_registered: false,
                 shared: true,
+                claimed: false,
             },
         );
         if let Some(cid) = container {

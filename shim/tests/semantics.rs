@@ -738,6 +738,25 @@ fn open_group_twice_is_ebusy_and_unknown_is_enoent() {
     assert_eq!(shim.open_group(8), Err(Errno::ENOENT));
 }
 
+/// type1 lets one file open a group system-wide: a group another process holds is EBUSY at
+/// open (seen in the VM: the explorer's `hold`, and the selftest harness starting a test while
+/// a killed one still closes its files), and free again once that process lets go.
+#[test]
+fn a_group_held_by_another_process_is_ebusy_until_released() {
+    let mut shim = Shim::new(backend());
+    shim.backend_mut().claim_elsewhere(7, true);
+    assert_eq!(shim.open_group(7), Err(Errno::EBUSY));
+    shim.backend_mut().claim_elsewhere(7, false);
+    let g = shim.open_group(7).unwrap();
+    assert!(shim.backend().claimed(7));
+    shim.close_group(g);
+    assert!(!shim.backend().claimed(7), "the claim goes with the group");
+    // A daemon holds the claim for the group it serves: no claim of our own.
+    let g = shim.open_group_served(7).unwrap();
+    assert!(!shim.backend().claimed(7));
+    shim.close_group(g);
+}
+
 #[test]
 fn unset_container_rules() {
     let mut env = Env::new(true);

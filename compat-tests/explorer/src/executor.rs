@@ -107,6 +107,8 @@ struct World {
     bar: Option<(*mut u8, usize)>,
     /// (device fd, eventfd) of each MsiOn.
     eventfds: Vec<(i32, i32)>,
+    /// Second processes holding a group (`Hold`): pid, and the pipe whose close ends them.
+    holders: Vec<(i32, i32)>,
 }
 
 /// The two test devices and their IOMMU groups.
@@ -366,6 +368,72 @@ impl<W: Write, C: Calls> Explorer<W, C> {
         self.rec(format_args!("OUT {seq}.end.fds left={left}"));
     }
 
+    /// Forks a process that closes what it inherited, opens `dev`'s group and keeps it open
+    /// until the sequence's teardown; returns that open's answer.
+    fn hold(&mut self, w: &mut World, dev: Dev) -> (i64, i32) {
+        let group = if dev == Dev::Edu { self.platform.edu_group } else { self.platform.igb_group };
+        let (mut answer, mut release) = ([0; 2], [0; 2]);
+        // SAFETY: two pipe(2)s into local arrays.
+        unsafe {
+            assert_eq!(libc::pipe2(answer.as_mut_ptr(), libc::O_CLOEXEC), 0);
+            assert_eq!(libc::pipe2(release.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        }
+        self.out.flush().expect("transcript write");
+        // SAFETY: fork(2) in a single-threaded process; the child only makes the calls below.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            // SAFETY: closing the parent's pipe ends in the child: the release pipe must see
+            // EOF once the parent closes its end.
+            unsafe {
+                libc::close(answer[0]);
+                libc::close(release[1]);
+            }
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.mute = true;
+                if let Some((p, len)) = w.bar.take() {
+                    // SAFETY: the inherited copy of our BAR mapping.
+                    unsafe { libc::munmap(p.cast(), len) };
+                }
+                let inherited: Vec<i32> = w
+                    .devices
+                    .iter()
+                    .map(|d| d.fd)
+                    .chain(w.groups.iter().copied())
+                    .chain(w.containers.iter().copied())
+                    .collect();
+                for fd in inherited {
+                    self.calls.close(fd);
+                }
+                let (ret, err) = self.calls.open(&format!("/dev/vfio/{group}"), libc::O_RDWR | libc::O_CLOEXEC);
+                let msg = [ret as i32, err];
+                let mut byte = 0u8;
+                // SAFETY: writing our answer and reading the release pipe, both with local buffers.
+                unsafe {
+                    libc::write(answer[1], msg.as_ptr().cast(), 8);
+                    while libc::read(release[0], (&mut byte as *mut u8).cast(), 1) < 0 && errno() == libc::EINTR {}
+                }
+            }));
+            // SAFETY: leaving the child without running the parent's exit handlers.
+            unsafe { libc::_exit(0) };
+        }
+        let mut msg = [0i32; 2];
+        // SAFETY: closing the child's pipe ends, then reading its 8-byte answer into a local.
+        let n = unsafe {
+            libc::close(answer[1]);
+            libc::close(release[0]);
+            let n = libc::read(answer[0], msg.as_mut_ptr().cast(), 8);
+            libc::close(answer[0]);
+            n
+        };
+        w.holders.push((pid, release[1]));
+        if n == 8 {
+            (msg[0] as i64, msg[1])
+        } else {
+            (-1, libc::EPIPE)
+        }
+    }
+
     /// In the child: SIGKILL, now or while a second thread is inside a call.
     fn die(&mut self, w: &World, at: Death) -> ! {
         let container = w.containers.first().copied().unwrap_or(STALE_FD);
@@ -402,6 +470,15 @@ impl<W: Write, C: Calls> Explorer<W, C> {
         for (_, fd) in w.eventfds.drain(..) {
             // SAFETY: our eventfds.
             unsafe { libc::close(fd) };
+        }
+        // The holders end and are reaped before the next sequence starts.
+        for (pid, release) in w.holders.drain(..) {
+            let mut status = 0;
+            // SAFETY: closing our end of the release pipe, then reaping our own child.
+            unsafe {
+                libc::close(release);
+                libc::waitpid(pid, &mut status, 0);
+            }
         }
     }
 
@@ -724,6 +801,10 @@ impl<W: Write, C: Calls> Explorer<W, C> {
                 self.rec(format_args!("OUT {label} irq={result}"));
             }
             Op::Die { .. } => panic!("{label}: one die per sequence"),
+            Op::Hold { dev } => {
+                let r = self.hold(w, dev);
+                self.call_rec(label, r, true);
+            }
             Op::Vfs { fd, req } => {
                 let raw = self.fd(w, fd);
                 let one: i32 = 1;

@@ -48,7 +48,7 @@ fn main() {
             "--dump" => {
                 let mut all: Vec<_> = regressions()
                     .into_iter()
-                    .filter(|(_, ops)| scope.devices || !ops.iter().any(Op::needs_device))
+                    .filter(|(_, ops)| scope.devices || !ops.iter().any(Op::in_device_scope_only))
                     .collect();
                 all.extend((first..first + n).map(|i| (format!("s{i}"), corpus::sequence(seed, i, scope))));
                 print!("{}", corpus::format(&all));

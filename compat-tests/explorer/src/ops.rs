@@ -215,6 +215,11 @@ pub enum Op {
         fd: FdRef,
         req: Vfs,
     },
+    /// A second process closes what it inherited, opens the device's group and holds it until
+    /// the sequence ends; its open's answer is recorded.
+    Hold {
+        dev: Dev,
+    },
     /// The ops before this one ran in a child process, which is now killed; the ops after it
     /// run in the parent, a fresh process for VFIO, which must find everything released.
     Die {
@@ -223,8 +228,9 @@ pub enum Op {
 }
 
 impl Op {
-    /// Whether the op acts on a device (only generated with `Scope::devices`).
-    pub fn needs_device(&self) -> bool {
+    /// Whether the op is generated only with `Scope::devices`: it acts on a device, or needs
+    /// a second process (which the host replay cannot model).
+    pub fn in_device_scope_only(&self) -> bool {
         matches!(
             self,
             Op::GetDeviceFd { .. }
@@ -237,6 +243,7 @@ impl Op {
                 | Op::Dma { .. }
                 | Op::Irq { .. }
                 | Op::Die { .. }
+                | Op::Hold { .. }
         )
     }
 
@@ -268,6 +275,7 @@ impl Op {
             Op::Irq { .. } => "irq",
             Op::Vfs { .. } => "vfs",
             Op::Die { .. } => "die",
+            Op::Hold { .. } => "hold",
         }
     }
 }
@@ -524,7 +532,9 @@ pub fn random_sequence(rng: &mut impl RngCore, scope: Scope) -> Vec<Op> {
     for _ in 0..n {
         ops.push(random_op(rng, scope));
     }
-    // Drawn last, so the ops before are those of the same sequence without a death.
+    // Drawn last, so the other ops are those of the same sequence without them. A death's
+    // child would leave a holder behind that ends only as the child's pipe closes, racing the
+    // recovery: a sequence has one or the other.
     if scope.devices && rng_bool(rng, 50) {
         let at = match rng.random_range(0..3) {
             0 => Death::Now,
@@ -533,6 +543,9 @@ pub fn random_sequence(rng: &mut impl RngCore, scope: Scope) -> Vec<Op> {
         };
         ops.push(Op::Die { at });
         ops.extend(recovery());
+    } else if scope.devices && rng_bool(rng, 12) {
+        let at = rng.random_range(0..=ops.len());
+        ops.insert(at, Op::Hold { dev: if rng_bool(rng, 6) { Dev::Igb } else { Dev::Edu } });
     }
     ops
 }
@@ -653,6 +666,7 @@ impl fmt::Display for Op {
             Op::Dma { d, from, to } => write!(f, " d={d} from={from:?} to={to:?}"),
             Op::Vfs { fd, req } => write!(f, " fd={fd} req={req:?}"),
             Op::Die { at } => write!(f, " at={at:?}"),
+            Op::Hold { dev } => write!(f, " dev={dev:?}"),
         }
     }
 }
@@ -724,6 +738,7 @@ impl FromStr for Op {
             "irq" => Op::Irq { d: p(arg("d"))? },
             "vfs" => Op::Vfs { fd: p(arg("fd"))?, req: p(arg("req"))? },
             "die" => Op::Die { at: p(arg("at"))? },
+            "hold" => Op::Hold { dev: p(arg("dev"))? },
             _ => return Err(format!("unknown op {name}")),
         })
     }
@@ -764,7 +779,7 @@ mod tests {
             }
         }
         assert!((20..=80).contains(&deaths), "{deaths} deaths in 2000 sequences");
-        assert!(seqs(false).all(|ops| !ops.iter().any(Op::needs_device)));
+        assert!(seqs(false).all(|ops| !ops.iter().any(Op::in_device_scope_only)));
     }
 
     #[test]
@@ -781,7 +796,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         for _ in 0..5_000 {
             let op = random_op(&mut rng, Scope { devices: false });
-            assert!(!op.needs_device(), "{op}");
+            assert!(!op.in_device_scope_only(), "{op}");
         }
     }
 }

@@ -61,6 +61,12 @@ pub struct KernelBackend {
     /// RLIMIT_MEMLOCK), since the daemon's own pins are charged to the daemon.
     caller_charges: BTreeMap<(IommufdId, IoasId, u64), (ProcessId, u64)>,
     charged_pages: HashMap<ProcessId, u64>,
+    /// Group claims: the group's sysfs directory, opened and `flock`ed exclusively. Every
+    /// opener through the shim (preload processes, the daemon's clients) takes the same lock,
+    /// which the kernel drops with the last file of the claim, a killed process's included.
+    /// Never unlocked explicitly: `LOCK_UN` would drop a fork child's claim too (the lock
+    /// belongs to the open file, which the child shares); closing our fd does not.
+    group_claims: HashMap<u32, OwnedFd>,
 }
 
 impl Default for KernelBackend {
@@ -87,6 +93,7 @@ impl KernelBackend {
             memory_owner: None,
             caller_charges: BTreeMap::new(),
             charged_pages: HashMap::new(),
+            group_claims: HashMap::new(),
         }
     }
 
@@ -104,7 +111,11 @@ impl KernelBackend {
     /// Every fd the backend holds open (iommufds and device cdevs), for glue that must keep
     /// them out of the application's reach.
     pub fn raw_fds(&self) -> impl Iterator<Item = RawFd> + '_ {
-        self.iommufds.values().map(|fd| fd.as_raw_fd()).chain(self.devices.values().map(|d| d.fd.as_raw_fd()))
+        self.iommufds
+            .values()
+            .map(|fd| fd.as_raw_fd())
+            .chain(self.devices.values().map(|d| d.fd.as_raw_fd()))
+            .chain(self.group_claims.values().map(|f| f.as_raw_fd()))
     }
 
     /// The open device cdev behind `dev`.
@@ -418,6 +429,27 @@ impl Backend for KernelBackend {
             Some(vtd) => vtd::enforces_cache_coherency(&vtd),
             None => info.out_data_type == ioctl::IOMMU_HW_INFO_TYPE_AMD,
         }))
+    }
+
+    fn group_claim(&mut self, group: u32) -> Result<(), Errno> {
+        if self.group_claims.contains_key(&group) {
+            return Err(Errno::EBUSY);
+        }
+        let dir = self.sysfs.join("kernel/iommu_groups").join(group.to_string());
+        let file = OwnedFd::from(fs::File::open(&dir).map_err(|e| errno_of(&e))?);
+        // SAFETY: flock(2) on a descriptor we own; no memory is involved.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = Errno::last();
+            return Err(if e == Errno::EWOULDBLOCK { Errno::EBUSY } else { e });
+        }
+        self.group_claims.insert(group, file);
+        Ok(())
+    }
+
+    fn group_release(&mut self, group: u32) {
+        // Closing our file of the claim: the lock goes with the last file of it (a fork child
+        // may still hold a duplicate; then the group stays claimed, as its open file does).
+        self.group_claims.remove(&group);
     }
 
     fn group_devices(&mut self, group: u32) -> Result<Vec<GroupDevice>, Errno> {
