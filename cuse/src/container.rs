@@ -139,6 +139,17 @@ impl Registry {
         debug!("release fh {fh} ({:?}, opened by pid {})", open.node, open.pid);
     }
 
+    /// Whether `fh` is a container of ours with no IOMMU driver set yet (never used, or used
+    /// without SET_IOMMU).
+    fn container_without_iommu(&self, fh: u64) -> bool {
+        let inner = self.lock();
+        match inner.opens.get(&fh).map(|o| &o.state) {
+            Some(OpenState::Fresh) => true,
+            Some(OpenState::Container(id)) => inner.shim.iommu_version(*id).is_none(),
+            _ => false,
+        }
+    }
+
     /// The adoption handshake, the same on every node.
     fn adopt(&self, fh: u64, caller: &Caller) -> IoctlOutcome {
         let mut inner = self.lock();
@@ -361,6 +372,13 @@ impl CuseDevice for ContainerDevice {
             VFIO_SHIM_CUSE_ADOPT => return self.reg.adopt(fh, caller),
             VFIO_SHIM_CUSE_IDENTIFY => return self.identify(fh, caller),
             _ => {}
+        }
+        // Without an IOMMU driver type1 answers every other request EINVAL before it reads the
+        // argument (CT:333,348), so an unreadable argument is EINVAL too, not the fetch's EFAULT.
+        if !matches!(io.cmd, VFIO_GET_API_VERSION | VFIO_CHECK_EXTENSION | VFIO_SET_IOMMU)
+            && self.reg.container_without_iommu(fh)
+        {
+            return IoctlOutcome::Error(Errno::EINVAL);
         }
         // Fetch the argument before taking the lock: retry rounds go back to the caller.
         let limit = self.reg.limit;

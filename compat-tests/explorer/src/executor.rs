@@ -50,17 +50,36 @@ impl Memory {
     /// pages 0..32 pool (RW), 32 guard, 33 read-only, 34 guard, 35 hole, 36..38 arena (RW),
     /// 38 the arena's unreadable end. A pin running off the pool or the read-only page meets a
     /// guard; the hole is inaccessible rather than unmapped, so nothing else (the preload) can
-    /// ever be mapped there.
-    fn new() -> Self {
+    /// ever be mapped there. With `shared`, the pool and the read-only page are a memfd's
+    /// (`MAP_SHARED`): the memory a client of the CUSE node can map.
+    fn new(shared: bool) -> Self {
         const PAGES: usize = 39;
         let base = mmap(PAGES * PAGE, libc::PROT_NONE);
+        if shared {
+            // SAFETY: a new memfd, sized, then mapped over parts of our own reservation.
+            unsafe {
+                let fd = libc::memfd_create(c"explorer-pool".as_ptr(), libc::MFD_CLOEXEC);
+                assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+                assert_eq!(libc::ftruncate(fd, (PAGES * PAGE) as i64), 0);
+                for (first, n, prot) in [(0, POOL_PAGES, libc::PROT_READ | libc::PROT_WRITE), (33, 1, libc::PROT_READ)]
+                {
+                    let at = base.add(first * PAGE).cast();
+                    let flags = libc::MAP_SHARED | libc::MAP_FIXED;
+                    let p = libc::mmap(at, n * PAGE, prot, flags, fd, (first * PAGE) as i64);
+                    assert_eq!(p, at, "mmap: {}", std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+            }
+        }
         let open = |first: usize, n: usize, prot: i32| {
             // SAFETY: pages [first, first + n) of our own reservation.
             let r = unsafe { libc::mprotect(base.add(first * PAGE).cast(), n * PAGE, prot) };
             assert_eq!(r, 0, "mprotect: {}", std::io::Error::last_os_error());
         };
-        open(0, POOL_PAGES, libc::PROT_READ | libc::PROT_WRITE);
-        open(33, 1, libc::PROT_READ);
+        if !shared {
+            open(0, POOL_PAGES, libc::PROT_READ | libc::PROT_WRITE);
+            open(33, 1, libc::PROT_READ);
+        }
         open(36, 2, libc::PROT_READ | libc::PROT_WRITE);
         // SAFETY: offsets inside the reservation.
         unsafe {
@@ -225,7 +244,8 @@ fn size_of(s: Size) -> u64 {
 }
 
 impl<W: Write, C: Calls> Explorer<W, C> {
-    pub fn new(out: W, calls: C, platform: Platform) -> Self {
+    /// `shared`: the pool is shared memory (a memfd), as the CUSE node needs ([`Memory::new`]).
+    pub fn new(out: W, calls: C, platform: Platform, shared: bool) -> Self {
         let null = CString::new("/dev/null").unwrap();
         // SAFETY: a valid C path.
         let foreign = unsafe { libc::open(null.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
@@ -245,7 +265,7 @@ impl<W: Write, C: Calls> Explorer<W, C> {
         Explorer {
             out,
             calls,
-            mem: Memory::new(),
+            mem: Memory::new(shared),
             foreign,
             platform,
             mute: false,

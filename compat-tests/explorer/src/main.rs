@@ -9,6 +9,7 @@
 //! VFIO_EXPLORE_DEVICES (0: no device fds, for the CUSE node without the preload and the
 //! golden corpus), VFIO_EXPLORE_REGRESSIONS (a directory of `*.seq` files, run first),
 //! VFIO_EXPLORE_CORPUS (a corpus file: run exactly its sequences, nothing generated),
+//! VFIO_EXPLORE_MEMORY (`shared`: the pool MAP_DMA points into is a memfd's, for the CUSE node),
 //! VFIO_TEST_EDU and VFIO_TEST_IGB (guest-setup.sh).
 //!
 //! `explorer --print N` prints sequence N of the seed as text (a regression file's form);
@@ -59,7 +60,12 @@ fn main() {
     }
     let start = Instant::now();
     let stdout = std::io::stdout();
-    let mut ex = Explorer::new(BufWriter::new(stdout.lock()), Libc, Platform::from_env());
+    let mut ex = Explorer::new(
+        BufWriter::new(stdout.lock()),
+        Libc,
+        Platform::from_env(),
+        std::env::var("VFIO_EXPLORE_MEMORY").is_ok_and(|m| m == "shared"),
+    );
     let what = if let Some(path) = std::env::var_os("VFIO_EXPLORE_CORPUS") {
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
         let seqs = corpus::parse(&text).unwrap_or_else(|e| panic!("{path:?}: {e}"));
@@ -69,7 +75,9 @@ fn main() {
         format!("corpus {}: {} sequences", path.to_string_lossy(), seqs.len())
     } else {
         for (name, ops) in regressions() {
-            ex.run_sequence(&name, &ops);
+            if scope.devices || !ops.iter().any(Op::in_device_scope_only) {
+                ex.run_sequence(&name, &ops);
+            }
         }
         for i in first..first + seqs {
             ex.run_sequence(&format!("s{i}"), &corpus::sequence(seed, i, scope));

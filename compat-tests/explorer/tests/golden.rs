@@ -38,7 +38,7 @@ fn the_core_over_the_fake_backend_answers_as_type1_did() {
     let type1 = golden("type1.out");
     let (platform, config) = platform_env();
     let calls = CoreCalls::new(&platform, vm_iommu(), config);
-    let mut ex = Explorer::new(Vec::new(), calls, platform);
+    let mut ex = Explorer::new(Vec::new(), calls, platform, false);
     for (name, ops) in &seqs {
         ex.run_sequence(name, ops);
     }

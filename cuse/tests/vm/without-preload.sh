@@ -10,13 +10,18 @@
 #     unprivileged user;
 #  3. the daemon runs with four capabilities and no-new-privs, as root (uid 0) still;
 #  4. kill -9 of the daemon in the middle of fork_stress: every process ends with an error, no
-#     hang; a restarted daemon serves the next client; SIGTERM then stops it cleanly.
+#     hang; a restarted daemon serves the next client; SIGTERM then stops it cleanly;
+#  5. the sequence explorer's device-free scope on shared memory (the regressions without device
+#     ops, then CUSE_EXPLORE_SEQS sequences of seed 1, default 500) gives type1's transcript.
 # Usage: without-preload.sh [results-dir]        (host, as root; boots two VMs)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../../.." && pwd)
 out=${1:-$root/compat-tests/out/cuse-node}
 rm -rf "$out"; mkdir -p "$out/type1" "$out/node"; out=$(cd "$out" && pwd)
-(cd "$root" && cargo build --release -q -p vfio-shim-cuse)
+(cd "$root" && cargo build --release -q -p vfio-shim-cuse -p vfio-shim-explorer)
+explorer=$root/target/release/explorer
+explore_env="VFIO_EXPLORE_DEVICES=0 VFIO_EXPLORE_MEMORY=shared VFIO_EXPLORE_SEQS=${CUSE_EXPLORE_SEQS:-500}"
+explore_env+=" VFIO_EXPLORE_SEED=1 VFIO_EXPLORE_REGRESSIONS=$root/compat-tests/explorer/regressions"
 sh "$root/compat-tests/clients/build.sh" "$out/clients" >/dev/null
 daemon=$root/target/release/vfio-shim-cuse
 clients="container_errors unmap_semantics two_containers fork_stress threads_stress"
@@ -30,6 +35,8 @@ for c in $clients; do
   env $mode_env timeout 600 "$out/clients/\$c" >"$out/type1/\$c.out" 2>"$out/type1/\$c.err"
   echo "type1 \$c rc=\$?"
 done
+env $explore_env timeout 900 "$explorer" >"$out/type1/explorer.out" 2>"$out/type1/explorer.err"
+echo "type1 explorer rc=\$?"
 GUEST
 
 cat >"$out/guest-node.sh" <<GUEST
@@ -56,6 +63,10 @@ for c in $clients; do
   rc=\$?
   same \$c "$out/node/\$c.out" "client \$c through the node = type1 (rc=\$rc, \$(( (\$(date +%s%N) - s) / 1000000 )) ms)"
 done
+
+env $explore_env timeout 900 "$explorer" >"$out/node/explorer.out" 2>"$out/node/explorer.err"
+rc=\$?
+same explorer "$out/node/explorer.out" "explorer through the node = type1 (rc=\$rc, \$(tail -n1 "$out/node/explorer.err"))"
 
 chmod 0666 /dev/vfio/vfio /dev/vfio/\$edu_group
 env $mode_env timeout 600 setpriv --reuid 65534 --regid 65534 --clear-groups \
@@ -90,8 +101,9 @@ bash "$root/compat-tests/scripts/vm.sh" cdev-only "$out/node" -- bash "$out/gues
   2>"$out/node/vm.stderr" | tee "$out/summary.txt" || true
 ok=$(grep -c '^ok ' "$out/summary.txt" || true)
 bad=$(grep -c '^FAIL' "$out/summary.txt" || true)
-# 22 node_groups checks, 4 setup lines, 5 clients, nobody, 3 kill -9 and 3 restart/stop lines.
-want=38
+# 22 node_groups checks, 4 setup lines, 5 clients, the explorer, nobody, 3 kill -9 and 3
+# restart/stop lines.
+want=39
 [ $(( ok + bad )) -ge "$want" ] || { bad=$(( bad + want - ok - bad )); tail -n 20 "$out/node/vm.stderr" >&2; }
 echo "cuse-node: $ok passed, $bad failed"
 [ "$bad" = 0 ]
