@@ -1166,8 +1166,10 @@ fn verify_bitmap_size(npages: u64, bitmap_size: u64) -> Result<(), Errno> {
 }
 
 /// type1's `update_user_bitmap` (T1:1270) for a mapping whose every page is dirty: sets the
-/// mapping's bits relative to `base_iova`, keeping the caller's lower bits of the first
-/// word and clearing the unused upper bits of the last one, exactly as type1 does.
+/// mapping's bits relative to `base_iova` and clears the unused upper bits of the last word.
+/// When the mapping starts inside a word, type1 ORs the caller's whole first word in
+/// (`bitmap_or(.., &leftover, shift)` works on whole longs), not only the bits below it: seen
+/// in the VM (explorer seed 3, s72797: the caller's 0xa5 bytes survive above the mapping).
 fn write_dirty_bits(
     mem: &mut dyn ArgMemory,
     bitmap: u64,
@@ -1189,7 +1191,7 @@ fn write_dirty_bits(
     if shift != 0 {
         let mut leftover = [0u8; 8];
         mem.read_user(addr, &mut leftover)?;
-        words[0] |= u64::from_ne_bytes(leftover) & ((1u64 << shift) - 1);
+        words[0] |= u64::from_ne_bytes(leftover);
     }
     mem.write_user(addr, words.as_bytes())
 }

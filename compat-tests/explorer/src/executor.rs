@@ -408,6 +408,9 @@ impl<W: Write, C: Calls> Explorer<W, C> {
             unsafe {
                 libc::close(answer[0]);
                 libc::close(release[1]);
+                for &(_, other) in &w.holders {
+                    libc::close(other);
+                }
             }
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 self.mute = true;
@@ -491,14 +494,16 @@ impl<W: Write, C: Calls> Explorer<W, C> {
             // SAFETY: our eventfds.
             unsafe { libc::close(fd) };
         }
-        // The holders end and are reaped before the next sequence starts.
-        for (pid, release) in w.holders.drain(..) {
+        // The holders end and are reaped before the next sequence starts. Every release pipe is
+        // closed before any wait: a later holder may hold an earlier one's end.
+        for &(_, release) in &w.holders {
+            // SAFETY: closing our end of a release pipe.
+            unsafe { libc::close(release) };
+        }
+        for (pid, _) in w.holders.drain(..) {
             let mut status = 0;
-            // SAFETY: closing our end of the release pipe, then reaping our own child.
-            unsafe {
-                libc::close(release);
-                libc::waitpid(pid, &mut status, 0);
-            }
+            // SAFETY: reaping our own child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
         }
     }
 
