@@ -6,6 +6,7 @@ pub mod abi;
 pub mod arg;
 pub mod backend;
 pub mod device_name;
+pub mod dirty;
 pub mod fake;
 pub mod handoff;
 pub mod hot_reset;

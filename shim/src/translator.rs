@@ -23,6 +23,7 @@ use crate::abi::*;
 use crate::arg::{read_sized, read_struct, ArgMemory};
 use crate::backend::{Backend, DeviceHandle, GroupDevice, IoasId, IommufdId, IovaRange, Prot};
 use crate::device_name::{match_name, NameMatch};
+use crate::dirty::DirtyBitmaps;
 use crate::info::{self, InfoSource};
 use crate::ledger::{Mapping, MappingLedger};
 
@@ -67,7 +68,7 @@ struct Iommu {
     pgsizes: u64,
     iova_ranges: Vec<IovaRange>,
     coherent: bool,
-    dirty_tracking: bool,
+    dirty: DirtyBitmaps,
 }
 
 impl Iommu {
@@ -281,7 +282,7 @@ impl<B: Backend> Shim<B> {
             pgsizes: 0,
             iova_ranges: Vec::new(),
             coherent: false,
-            dirty_tracking: false,
+            dirty: DirtyBitmaps::default(),
         };
         if let Err(e) = Self::refresh_domain_facts(&mut self.backend, ctx, &mut iommu) {
             for g in &groups {
@@ -397,7 +398,10 @@ impl<B: Backend> Shim<B> {
             return Err(Errno::EINVAL);
         }
         backend.ioas_map(ctx, iommu.ioas, iova, vaddr, size, prot)?;
-        iommu.ledger.insert(Mapping { iova, size, vaddr, prot, vaddr_invalid: false });
+        let m = Mapping { iova, size, vaddr, prot, vaddr_invalid: false };
+        iommu.ledger.insert(m);
+        let pgsize = iommu.min_pgsize();
+        iommu.dirty.mapped(&m, pgsize);
         iommu.dma_avail -= 1;
         Ok(())
     }
@@ -446,7 +450,7 @@ impl<B: Backend> Shim<B> {
             }
             iova.checked_add(unmap.size - 1).ok_or(Errno::EOVERFLOW)?
         };
-        if get_dirty && (!iommu.dirty_tracking || bitmap.pgsize != pgsize) {
+        if get_dirty && (!iommu.dirty.tracking() || bitmap.pgsize != pgsize) {
             return Err(Errno::EINVAL);
         }
         // v2 refuses to bisect a mapping at either end (T1:1476).
@@ -480,7 +484,7 @@ impl<B: Backend> Shim<B> {
         }
         if get_dirty {
             for m in &victims(&iommu.ledger) {
-                write_dirty_bits(mem, bitmap.data, m, iova, pgsize)?;
+                iommu.dirty.report(mem, bitmap.data, m, iova, pgsize)?;
             }
         }
 
@@ -499,6 +503,7 @@ impl<B: Backend> Shim<B> {
             for _ in 0..count {
                 let m = iommu.ledger.first_overlapping(first, end).expect("counted above");
                 iommu.ledger.remove(m.iova);
+                iommu.dirty.unmapped(m.iova);
             }
             iommu.dma_avail += count;
         }
@@ -523,11 +528,12 @@ impl<B: Backend> Shim<B> {
         }
         match dirty.flags {
             VFIO_IOMMU_DIRTY_PAGES_FLAG_START => {
-                iommu.dirty_tracking = true;
+                let pgsize = iommu.min_pgsize();
+                iommu.dirty.start(iommu.ledger.iter(), pgsize);
                 Ok(())
             }
             VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP => {
-                iommu.dirty_tracking = false;
+                iommu.dirty.stop();
                 Ok(())
             }
             _ => {
@@ -549,7 +555,7 @@ impl<B: Backend> Shim<B> {
                 if range.bitmap.pgsize != pgsize
                     || range.iova & (pgsize - 1) != 0
                     || range.size & (pgsize - 1) != 0
-                    || !iommu.dirty_tracking
+                    || !iommu.dirty.tracking()
                 {
                     return Err(Errno::EINVAL);
                 }
@@ -561,7 +567,8 @@ impl<B: Backend> Shim<B> {
                 }
                 let ranges: Vec<Mapping> = iommu.ledger.starting_in(range.iova, last).collect();
                 for m in &ranges {
-                    write_dirty_bits(mem, range.bitmap.data, m, range.iova, pgsize)?;
+                    iommu.dirty.report(mem, range.bitmap.data, m, range.iova, pgsize)?;
+                    iommu.dirty.reported(m, pgsize);
                 }
                 Ok(())
             }
@@ -1031,7 +1038,7 @@ impl<B: Backend> Shim<B> {
                 pgsizes: i.pgsizes,
                 iova_ranges: i.iova_ranges.clone(),
                 coherent: i.coherent,
-                dirty_tracking: i.dirty_tracking,
+                dirty_tracking: i.dirty.tracking(),
             }),
         })
     }
@@ -1049,6 +1056,11 @@ impl<B: Backend> Shim<B> {
         let iommu = iommu.map(|e| {
             let mut ledger = MappingLedger::new();
             e.mappings.into_iter().for_each(|m| ledger.insert(m));
+            // The exporter's bitmaps stay with it: ours start from zero, as a new START's.
+            let mut dirty = DirtyBitmaps::default();
+            if e.dirty_tracking {
+                dirty.start(ledger.iter(), info::min_pgsize(e.pgsizes));
+            }
             Iommu {
                 v2: e.v2,
                 ioas: e.ioas,
@@ -1057,7 +1069,7 @@ impl<B: Backend> Shim<B> {
                 pgsizes: e.pgsizes,
                 iova_ranges: e.iova_ranges,
                 coherent: e.coherent,
-                dirty_tracking: e.dirty_tracking,
+                dirty,
             }
         });
         let id = ContainerId(self.fresh_id());
@@ -1163,35 +1175,4 @@ fn verify_bitmap_size(npages: u64, bitmap_size: u64) -> Result<(), Errno> {
         return Err(Errno::EINVAL);
     }
     Ok(())
-}
-
-/// type1's `update_user_bitmap` (T1:1270) for a mapping whose every page is dirty: sets the
-/// mapping's bits relative to `base_iova` and clears the unused upper bits of the last word.
-/// When the mapping starts inside a word, type1 ORs the caller's whole first word in
-/// (`bitmap_or(.., &leftover, shift)` works on whole longs), not only the bits below it: seen
-/// in the VM (explorer seed 3, s72797: the caller's 0xa5 bytes survive above the mapping).
-fn write_dirty_bits(
-    mem: &mut dyn ArgMemory,
-    bitmap: u64,
-    m: &Mapping,
-    base_iova: u64,
-    pgsize: u64,
-) -> Result<(), Errno> {
-    let pgshift = pgsize.trailing_zeros();
-    let nbits = m.size >> pgshift;
-    let bit_offset = (m.iova - base_iova) >> pgshift;
-    let copy_offset = bit_offset / 64;
-    let shift = bit_offset % 64;
-    let total = nbits + shift;
-    let mut words = vec![0u64; total.div_ceil(64) as usize];
-    for bit in shift..total {
-        words[(bit / 64) as usize] |= 1 << (bit % 64);
-    }
-    let addr = bitmap + copy_offset * 8;
-    if shift != 0 {
-        let mut leftover = [0u8; 8];
-        mem.read_user(addr, &mut leftover)?;
-        words[0] |= u64::from_ne_bytes(leftover);
-    }
-    mem.write_user(addr, words.as_bytes())
 }

@@ -687,6 +687,31 @@ fn unmap_with_dirty_bitmap_returns_bits_then_unmaps() {
     assert!(env.mapped().is_empty());
 }
 
+/// type1 in the VM (regressions/dirty-bitmap-merge.seq): type1 reports through each mapping's
+/// own buffer, shifted and OR'ed in place, and clears only its low bits after GET_BITMAP, so
+/// a second report of the same mapping carries the first one's leftovers.
+#[test]
+fn a_second_report_carries_what_the_first_left_in_the_mappings_bitmap() {
+    let mut env = Env::new(true);
+    env.map(0x10_3000, 0x2000).unwrap();
+    dirty(&mut env, VFIO_IOMMU_DIRTY_PAGES_FLAG_START).unwrap();
+    let bits = get_bitmap(&mut env, 0x10_1000, 0x4000, 0x1000, 0xa5).unwrap();
+    assert_eq!(bits, [0xad, 0xa5, 0xa5, 0xa5, 0xa5, 0xa5, 0xa5, 0xa5]);
+    let user_base = 0x6000_0000u64;
+    let mut bytes = vfio_iommu_type1_dma_unmap {
+        argsz: 48,
+        flags: VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
+        iova: 0x10_1000,
+        size: 0x4000,
+    }
+    .as_bytes()
+    .to_vec();
+    bytes.extend_from_slice(vfio_bitmap { pgsize: 0x1000, size: 8, data: user_base }.as_bytes());
+    let mut arg = BufferArg { bytes, user_base, user: vec![0xa5; 8] };
+    assert_eq!(env.ioctl_buf(VFIO_IOMMU_UNMAP_DMA, &mut arg), Ok(0));
+    assert_eq!(arg.user, [0xbd, 0xb7, 0xb7, 0xb7, 0xb7, 0xb7, 0xb7, 0xb7]);
+}
+
 both_versions!(unknown_ioctl_after_set_iommu_is_enotty, |v2| {
     let mut env = Env::new(v2);
     assert_eq!(env.ioctl_val(0x3b99, 0), Err(Errno::ENOTTY));
