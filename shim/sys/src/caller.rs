@@ -179,10 +179,12 @@ impl CallerProcess {
                 break; // a hole
             }
             at = v.end;
-            // Stop at the first VMA that decides the answer (no walk over a huge range).
-            let fits = v.shared && v.has_file && v.readable && (v.writable || !write);
+            // Stop at the first VMA that decides the answer (no walk over a huge range): one
+            // the pin would fault on. Past private memory the walk goes on, since a fault
+            // further on is type1's answer (EFAULT) before private memory is ours.
+            let faults = !v.readable || (write && !v.writable);
             vmas.push(v);
-            if !fits {
+            if faults {
                 break;
             }
         }
@@ -408,6 +410,21 @@ pub struct Vma {
 pub fn covering_shared_file(vmas: &[Vma], vaddr: u64, length: u64, write: bool) -> Result<(&Vma, u64), Errno> {
     let end = vaddr.checked_add(length).ok_or(Errno::EFAULT)?;
     let i = vmas.iter().position(|v| v.start <= vaddr && vaddr < v.end).ok_or(Errno::EFAULT)?;
+    // What type1's pin meets first decides: a hole or an inaccessible page anywhere in the
+    // range is EFAULT, whatever backs the rest.
+    let mut at = vaddr;
+    for v in &vmas[i..] {
+        if v.start > at || !v.readable || (write && !v.writable) {
+            return Err(Errno::EFAULT);
+        }
+        at = v.end;
+        if at >= end {
+            break;
+        }
+    }
+    if at < end {
+        return Err(Errno::EFAULT);
+    }
     let first = &vmas[i];
     let mut prev = first;
     for v in &vmas[i..] {
@@ -472,11 +489,18 @@ mod tests {
     #[test]
     fn shared_file_ranges() {
         let v = vmas();
-        let (vma, off) = covering_shared_file(&v, 0x7f0000001000, 0x1000, true).unwrap();
-        assert_eq!((vma.start, off), (0x7f0000000000, 0x1000));
+        let (found, off) = covering_shared_file(&v, 0x7f0000001000, 0x1000, true).unwrap();
+        assert_eq!((found.start, off), (0x7f0000000000, 0x1000));
         // Read-only second half: fine for read, EFAULT for write (type1 pins with FOLL_WRITE).
         assert!(covering_shared_file(&v, 0x7f0000100000, 0x200000, false).is_ok());
         assert_eq!(covering_shared_file(&v, 0x7f0000100000, 0x200000, true).unwrap_err(), Errno::EFAULT);
+        // A shared page then an inaccessible one (the explorer's read-only page and its guard):
+        // type1's pin faults, EFAULT, before "private" could matter (VM, readonly-overrun.seq).
+        let guarded =
+            [vma(0x7f0000c00000, 0x7f0000c01000, "r--s", 0, 12), vma(0x7f0000c01000, 0x7f0000c02000, "---p", 0, 0)];
+        assert_eq!(covering_shared_file(&guarded, 0x7f0000c00000, 0x2000, false).unwrap_err(), Errno::EFAULT);
+        // Private memory then a hole: the hole decides (EFAULT), as the pin would.
+        assert_eq!(covering_shared_file(&v, 0x7f0000a00000, 0x2000, false).unwrap_err(), Errno::EFAULT);
         // Same hugetlbfs file, adjacent VMAs, but offsets not contiguous: not one file range.
         assert_eq!(covering_shared_file(&v, 0x7f0000400000, 0x400000, true).unwrap_err(), PRIVATE_MEMORY_ERRNO);
         assert_eq!(covering_shared_file(&v, 0x7f0000400000, 0x200000, true).unwrap().1, 0);
