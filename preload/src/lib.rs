@@ -108,10 +108,10 @@ unsafe fn classify(path: *const c_char) -> Option<Target> {
     }
     // SAFETY: as above.
     let bytes = unsafe { CStr::from_ptr(path) }.to_bytes();
-    if state::is_container_path(bytes) {
+    if vfio_shim::nodes::is_container_path(bytes) {
         Some(Target::Container)
     } else {
-        state::group_number(bytes).map(Target::Group)
+        vfio_shim::nodes::group_number(bytes).map(Target::Group)
     }
 }
 

@@ -143,20 +143,6 @@ fn cuse_node_with(path: &std::ffi::CStr, flags: c_int) -> Result<Option<c_int>, 
     Ok(Some(fd))
 }
 
-/// `/dev/vfio/<N>` -> `Some(N)`. The kernel names group nodes `%d`, so `/dev/vfio/07` is no
-/// node (ENOENT from the VFS, which the pass-through gives).
-pub fn group_number(path: &[u8]) -> Option<u32> {
-    let n = path.strip_prefix(b"/dev/vfio/")?;
-    if n.is_empty() || n.len() > 10 || !n.iter().all(u8::is_ascii_digit) || (n.len() > 1 && n[0] == b'0') {
-        return None;
-    }
-    std::str::from_utf8(n).ok()?.parse().ok()
-}
-
-pub fn is_container_path(path: &[u8]) -> bool {
-    path == b"/dev/vfio/vfio"
-}
-
 impl State {
     pub fn new() -> Self {
         Self {
@@ -499,21 +485,4 @@ fn fresh_nonce() -> u64 {
 pub fn fd_is_open(fd: c_int) -> bool {
     // SAFETY: F_GETFD only reads descriptor flags.
     unsafe { (real().fcntl)(fd, libc::F_GETFD, 0) != -1 }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths() {
-        assert_eq!(group_number(b"/dev/vfio/12"), Some(12));
-        assert_eq!(group_number(b"/dev/vfio/vfio"), None);
-        assert_eq!(group_number(b"/dev/vfio/devices/vfio0"), None);
-        assert_eq!(group_number(b"/dev/vfio/"), None);
-        assert_eq!(group_number(b"/dev/vfio/99999999999"), None);
-        assert_eq!(group_number(b"/dev/vfio/07"), None);
-        assert_eq!(group_number(b"/dev/vfio/0"), Some(0));
-        assert!(is_container_path(b"/dev/vfio/vfio"));
-    }
 }

@@ -12,6 +12,7 @@ pub mod handoff;
 pub mod hot_reset;
 pub mod info;
 pub mod ledger;
+pub mod nodes;
 pub mod translator;
 
 pub use backend::Backend;

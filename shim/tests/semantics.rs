@@ -665,22 +665,23 @@ fn dirty_bitmap_overwrites_a_word_a_mapping_starts() {
     assert!(bits[8..].iter().all(|b| *b == 0xa5), "words past the last mapping untouched");
 }
 
+/// An UNMAP_DMA with GET_DIRTY_BITMAP of `[iova, iova + size)` and an 8-byte caller bitmap
+/// of 4 KiB pages pre-filled with `prefill`.
+fn unmap_with_bitmap(iova: u64, size: u64, prefill: u8) -> BufferArg {
+    let user_base = 0x6000_0000u64;
+    let mut bytes = vfio_iommu_type1_dma_unmap { argsz: 48, flags: VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP, iova, size }
+        .as_bytes()
+        .to_vec();
+    bytes.extend_from_slice(vfio_bitmap { pgsize: 0x1000, size: 8, data: user_base }.as_bytes());
+    BufferArg { bytes, user_base, user: vec![prefill; 8] }
+}
+
 #[test]
 fn unmap_with_dirty_bitmap_returns_bits_then_unmaps() {
     let mut env = Env::new(true);
     env.map(0x10_0000, 0x2000).unwrap();
     dirty(&mut env, VFIO_IOMMU_DIRTY_PAGES_FLAG_START).unwrap();
-    let user_base = 0x6000_0000u64;
-    let mut bytes = vfio_iommu_type1_dma_unmap {
-        argsz: 48,
-        flags: VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
-        iova: 0x10_0000,
-        size: 0x2000,
-    }
-    .as_bytes()
-    .to_vec();
-    bytes.extend_from_slice(vfio_bitmap { pgsize: 0x1000, size: 8, data: user_base }.as_bytes());
-    let mut arg = BufferArg { bytes, user_base, user: vec![0; 8] };
+    let mut arg = unmap_with_bitmap(0x10_0000, 0x2000, 0);
     assert_eq!(env.ioctl_buf(VFIO_IOMMU_UNMAP_DMA, &mut arg), Ok(0));
     assert_eq!(arg.user[0], 0b11);
     assert_eq!(arg.get::<vfio_iommu_type1_dma_unmap>().size, 0x2000);
@@ -697,17 +698,7 @@ fn a_second_report_carries_what_the_first_left_in_the_mappings_bitmap() {
     dirty(&mut env, VFIO_IOMMU_DIRTY_PAGES_FLAG_START).unwrap();
     let bits = get_bitmap(&mut env, 0x10_1000, 0x4000, 0x1000, 0xa5).unwrap();
     assert_eq!(bits, [0xad, 0xa5, 0xa5, 0xa5, 0xa5, 0xa5, 0xa5, 0xa5]);
-    let user_base = 0x6000_0000u64;
-    let mut bytes = vfio_iommu_type1_dma_unmap {
-        argsz: 48,
-        flags: VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
-        iova: 0x10_1000,
-        size: 0x4000,
-    }
-    .as_bytes()
-    .to_vec();
-    bytes.extend_from_slice(vfio_bitmap { pgsize: 0x1000, size: 8, data: user_base }.as_bytes());
-    let mut arg = BufferArg { bytes, user_base, user: vec![0xa5; 8] };
+    let mut arg = unmap_with_bitmap(0x10_1000, 0x4000, 0xa5);
     assert_eq!(env.ioctl_buf(VFIO_IOMMU_UNMAP_DMA, &mut arg), Ok(0));
     assert_eq!(arg.user, [0xbd, 0xb7, 0xb7, 0xb7, 0xb7, 0xb7, 0xb7, 0xb7]);
 }

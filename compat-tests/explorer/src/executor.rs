@@ -106,6 +106,14 @@ impl Memory {
         }
     }
 
+    /// Places an `argsz`-classed struct (`bytes` padded past `full`): with `Truncated` only its
+    /// first `sz` bytes, ending at the unreadable page.
+    fn place_sized(&self, mut bytes: Vec<u8>, full: usize, sz: usize, argsz: Argsz) -> *mut u8 {
+        bytes.resize(full + 64, 0);
+        let truncated = argsz == Argsz::Truncated;
+        self.place(if truncated { &bytes[..sz] } else { &bytes }, truncated)
+    }
+
     fn read_back(&self, at: *mut u8, len: usize) -> Vec<u8> {
         // SAFETY: `at` came from `place` with at least `len` readable bytes after it.
         unsafe { std::slice::from_raw_parts(at, len) }.to_vec()
@@ -614,10 +622,7 @@ impl<W: Write, C: Calls> Explorer<W, C> {
                     iova: iova_of(iova),
                     size: if size == Size::All { u64::MAX } else { size_of(size) },
                 };
-                let mut bytes = map.as_bytes().to_vec();
-                bytes.resize(full + 64, 0);
-                let truncated = argsz == Argsz::Truncated;
-                let at = self.mem.place(if truncated { &bytes[..sz] } else { &bytes }, truncated);
+                let at = self.mem.place_sized(map.as_bytes().to_vec(), full, sz, argsz);
                 let r = self.ioctl_on(w, c, abi::VFIO_IOMMU_MAP_DMA, at as u64);
                 self.call_rec(label, r, false);
             }
@@ -634,9 +639,7 @@ impl<W: Write, C: Calls> Explorer<W, C> {
                 let mut bytes = un.as_bytes().to_vec();
                 let bm = self.bitmap_arg(bitmap, size_v);
                 bytes.extend_from_slice(bm.0.as_bytes());
-                bytes.resize(full + 64, 0);
-                let truncated = argsz == Argsz::Truncated;
-                let at = self.mem.place(if truncated { &bytes[..sz] } else { &bytes }, truncated);
+                let at = self.mem.place_sized(bytes, full, sz, argsz);
                 let r = self.ioctl_on(w, c, abi::VFIO_IOMMU_UNMAP_DMA, at as u64);
                 self.call_rec(label, r, false);
                 if r.0 == 0 {
@@ -669,10 +672,7 @@ impl<W: Write, C: Calls> Explorer<W, C> {
                 let full = std::mem::size_of::<abi::vfio_group_status>();
                 let sz = Self::argsz_value(argsz, full, minsz::GROUP_STATUS);
                 let st = abi::vfio_group_status { argsz: sz as u32, flags: 0xdead_0000 };
-                let mut bytes = st.as_bytes().to_vec();
-                bytes.resize(full + 64, 0);
-                let truncated = argsz == Argsz::Truncated;
-                let at = self.mem.place(if truncated { &bytes[..sz] } else { &bytes }, truncated);
+                let at = self.mem.place_sized(st.as_bytes().to_vec(), full, sz, argsz);
                 let r = self.ioctl_on(w, g, abi::VFIO_GROUP_GET_STATUS, at as u64);
                 self.call_rec(label, r, false);
                 if r.0 == 0 {

@@ -108,21 +108,13 @@ impl CoreCalls {
     }
 }
 
-/// The legacy node `path` names, as the preload classifies it.
-fn group_number(path: &str) -> Option<u32> {
-    let n = path.strip_prefix("/dev/vfio/")?;
-    (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && !(n.len() > 1 && n.starts_with('0')))
-        .then(|| n.parse().ok())
-        .flatten()
-}
-
 impl Calls for CoreCalls {
     fn open(&mut self, path: &str, flags: i32) -> (i64, i32) {
-        if path == "/dev/vfio/vfio" {
+        if vfio_shim::nodes::is_container_path(path.as_bytes()) {
             let obj = self.shim.open_container().map(Object::Container);
             return self.new_object(obj, flags);
         }
-        match group_number(path) {
+        match vfio_shim::nodes::group_number(path.as_bytes()) {
             Some(n) => {
                 let obj = self.shim.open_group(n).map(Object::Group);
                 self.new_object(obj, flags)
@@ -176,18 +168,5 @@ impl Calls for CoreCalls {
             Ok(v) => (v, 0),
             Err(e) => (-1, e as i32),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn group_paths_are_classified_like_the_preload() {
-        assert_eq!(group_number("/dev/vfio/7"), Some(7));
-        assert_eq!(group_number("/dev/vfio/07"), None);
-        assert_eq!(group_number("/dev/vfio/vfio"), None);
-        assert_eq!(group_number("/dev/vfio/"), None);
     }
 }
