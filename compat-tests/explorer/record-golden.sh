@@ -31,7 +31,14 @@ group() { basename "\$(readlink "/sys/bus/pci/devices/\$1/iommu_group")"; }
   echo "EDU_GROUP=\$(group "\$VFIO_TEST_EDU")"
   echo "IGB=\$VFIO_TEST_IGB"
   echo "IGB_GROUP=\$(group "\$VFIO_TEST_IGB")"
-  echo "DMA_ENTRY_LIMIT=\$(cat /sys/module/vfio_iommu_type1/parameters/dma_entry_limit)"
+  echo "PAIR_EDU=\$VFIO_TEST_PAIR_EDU"
+  echo "PAIR_RNG=\$VFIO_TEST_PAIR_RNG"
+  echo "PAIR_GROUP=\$(group "\$VFIO_TEST_PAIR_EDU")"
+  members=
+  for d in /sys/kernel/iommu_groups/\$(group "\$VFIO_TEST_PAIR_EDU")/devices/*; do
+    members+="\$(basename "\$d")=\$(basename "\$(readlink "\$d/driver" || echo none)"),"
+  done
+  echo "PAIR_MEMBERS=\${members%,}"
 } >$(printf %q "$out/platform.env")
 VFIO_EXPLORE_CORPUS=$(printf %q "$golden/corpus.seqs") $(printf %q "$explorer") >$(printf %q "$out/type1.out")
 G

@@ -6,6 +6,8 @@
 #         . guest-setup.sh              set up and export into the calling shell
 #
 # Exports VFIO_TEST_EDU, VFIO_TEST_IGB, VFIO_TEST_IVSHMEM (PCI addresses, e.g. 0000:00:03.0),
+# VFIO_TEST_PAIR_EDU and VFIO_TEST_PAIR_RNG (the two devices of one group behind vm.sh's
+# PCIe-to-PCI bridge: an edu on vfio-pci, a virtio-rng left on virtio-pci),
 # VFIO_TEST_NVME (QEMU's nvme controller, when the VM has one: vm.sh's VM_NVME_IMAGE) and
 # VFIO_TEST_KERNEL (full|cdev-only, from whether /dev/vfio/vfio exists). If $VFIO_TEST_ENV_FILE
 # is set, the same assignments are also written there (sourceable). Prints an inventory on stderr.
@@ -22,13 +24,15 @@ _gs_main() {
   mountpoint -q /dev/hugepages || mount -t hugetlbfs -o pagesize=2M hugetlbfs /dev/hugepages \
     || _gs_err "cannot mount hugetlbfs"
 
-  # bind <vendor:device> -> prints the BDF of the first such device, bound to vfio-pci.
+  # bind <vendor:device> [skip-bdf] -> prints the BDF of the first such device (not skip-bdf),
+  # bound to vfio-pci.
   _gs_bind() {
-    local want=$1 d bdf ven dev
+    local want=$1 skip=${2:-} d bdf ven dev
     for d in /sys/bus/pci/devices/*; do
       ven=$(<"$d/vendor"); dev=$(<"$d/device")
       [ "${ven#0x}:${dev#0x}" = "$want" ] || continue
       bdf=$(basename "$d")
+      [ "$bdf" != "$skip" ] || continue
       if [ "$(basename "$(readlink -f "$d/driver" 2>/dev/null || echo none)")" != vfio-pci ]; then
         [ -e "$d/driver" ] && echo "$bdf" >"$d/driver/unbind"
         echo vfio-pci >"$d/driver_override"
@@ -49,6 +53,17 @@ _gs_main() {
   edu=$(_gs_bind 1234:11e8) || fail=1
   igb=$(_gs_bind 8086:10c9) || fail=1
   ivshmem=$(_gs_bind 1af4:1110) || fail=1
+  # The pair behind the PCIe-to-PCI bridge (vm.sh): the second edu on vfio-pci, and the
+  # virtio-rng of its group left on its kernel driver (virtio-pci), as the explorer expects.
+  local pair_edu pair_rng= pair_group
+  pair_edu=$(_gs_bind 1234:11e8 "$edu") || fail=1
+  pair_group=$(basename "$(readlink "/sys/bus/pci/devices/$pair_edu/iommu_group")")
+  for d in /sys/kernel/iommu_groups/"$pair_group"/devices/*; do
+    [ "$(cat "$d/vendor"):$(cat "$d/device")" = 0x1af4:0x1005 ] && pair_rng=$(basename "$d")
+  done
+  [ -n "$pair_rng" ] || _gs_err "no virtio-rng in the pair's group $pair_group"
+  [ "$(basename "$(readlink -f "/sys/bus/pci/devices/$pair_rng/driver" 2>/dev/null || echo none)")" = virtio-pci ] \
+    || _gs_err "$pair_rng (the pair's virtio-rng) is not on virtio-pci"
   # Optional: only VMs booted with an nvme image have one.
   if cat /sys/bus/pci/devices/*/uevent 2>/dev/null | grep -qx 'PCI_ID=1B36:0010'; then
     nvme=$(_gs_bind 1b36:0010) || fail=1
@@ -58,7 +73,7 @@ _gs_main() {
   local kernel=cdev-only
   [ -c /dev/vfio/vfio ] && kernel=full
   local b
-  for b in $edu $igb $ivshmem $nvme; do
+  for b in $edu $igb $ivshmem $pair_edu $nvme; do
     ls "/sys/bus/pci/devices/$b/vfio-dev/" 2>/dev/null | grep -q '^vfio[0-9]' \
       || _gs_err "$b has no VFIO cdev (CONFIG_VFIO_DEVICE_CDEV?)"
   done
@@ -66,7 +81,7 @@ _gs_main() {
 
   {
     echo "guest-setup: kernel $(uname -r), $kernel ($( [ $kernel = full ] && echo "legacy container + groups" || echo "cdevs only"))"
-    for b in $edu $igb $ivshmem $nvme; do
+    for b in $edu $igb $ivshmem $pair_edu $pair_rng $nvme; do
       local g cdev name
       g=$(basename "$(readlink "/sys/bus/pci/devices/$b/iommu_group")")
       cdev=$(ls "/sys/bus/pci/devices/$b/vfio-dev/" 2>/dev/null | head -n1)
@@ -83,10 +98,12 @@ _gs_main() {
   } >&2
 
   export VFIO_TEST_EDU=$edu VFIO_TEST_IGB=$igb VFIO_TEST_IVSHMEM=$ivshmem VFIO_TEST_NVME=$nvme
+  export VFIO_TEST_PAIR_EDU=$pair_edu VFIO_TEST_PAIR_RNG=$pair_rng
   export VFIO_TEST_KERNEL=$kernel
   if [ -n "${VFIO_TEST_ENV_FILE:-}" ]; then
     printf 'export VFIO_TEST_EDU=%s VFIO_TEST_IGB=%s VFIO_TEST_IVSHMEM=%s VFIO_TEST_NVME=%s VFIO_TEST_KERNEL=%s\n' \
       "$edu" "$igb" "$ivshmem" "$nvme" "$kernel" >"$VFIO_TEST_ENV_FILE"
+    printf 'export VFIO_TEST_PAIR_EDU=%s VFIO_TEST_PAIR_RNG=%s\n' "$pair_edu" "$pair_rng" >>"$VFIO_TEST_ENV_FILE"
   fi
   [ $fail = 0 ] || { echo "guest-setup: FAILED" >&2; return 1; }
 }

@@ -81,6 +81,13 @@ qemu_opts=(
   -device virtio-serial-pci,id=vfsser
   -chardev "file,id=vfsconsole,path=$console"
   -device virtconsole,chardev=vfsconsole,bus=vfsser.0
+  # Two devices in one IOMMU group: conventional PCI behind a PCIe-to-PCI bridge shares the
+  # bridge's requester ID. A second edu (bound to vfio-pci) and a virtio-rng left on virtio-pci,
+  # a kernel driver that claims DMA, so the group is not viable until it is unbound.
+  -device pcie-root-port,id=vfsrp,bus=pcie.0,addr=0x10,chassis=16
+  -device pcie-pci-bridge,id=vfsbr,bus=vfsrp
+  -device edu,bus=vfsbr,addr=0x1
+  -device virtio-rng-pci,bus=vfsbr,addr=0x2
 )
 # Last, so the other devices keep their slots. The host reads the file after the VM; QEMU
 # flushes it when it exits.

@@ -139,6 +139,11 @@ impl FakeBackend {
         self
     }
 
+    /// Replaces group `number`'s devices, as sysfs shows them after a driver bind or unbind.
+    pub fn set_group_devices(&mut self, number: u32, devices: Vec<GroupDevice>) {
+        self.groups.insert(number, devices);
+    }
+
     /// Makes the `nth` (0-based, counted from now) call of `op` fail with `errno`.
     pub fn fail_at(&mut self, op: Op, nth: usize, errno: Errno) {
         let base = self.calls.get(&op).copied().unwrap_or(0);

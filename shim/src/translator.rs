@@ -731,14 +731,20 @@ impl<B: Backend> Shim<B> {
         };
         let ctx = c.ctx;
         let ioas = c.iommu.as_ref().map(|i| i.ioas);
+        let vaddr_invalid = c.iommu.as_ref().is_some_and(|i| i.ledger.vaddr_invalid_count() > 0);
+        let number = self.groups[&id].number;
+        let infos = self.backend.group_devices(number)?;
+        // iommu_group_claim_dma_owner: EPERM while a kernel driver uses the group for DMA
+        // (a device on a driver without driver_managed_dma).
+        if !infos.iter().all(driver_allows_user_dma) {
+            return Err(Errno::EPERM);
+        }
         // type1 refuses to attach (and pin) while a live update has vaddrs invalid.
-        if c.iommu.as_ref().is_some_and(|i| i.ledger.vaddr_invalid_count() > 0) {
+        if vaddr_invalid {
             return Err(Errno::EBUSY);
         }
 
         // Claiming DMA ownership: bind every VFIO device of the group to the container.
-        let number = self.groups[&id].number;
-        let infos = self.backend.group_devices(number)?;
         let mut bound: Vec<BoundDevice> = Vec::new();
         let undo = |backend: &mut B, bound: &[BoundDevice]| {
             for d in bound {
@@ -750,13 +756,7 @@ impl<B: Backend> Shim<B> {
         };
         for info in infos {
             if info.cdev.is_none() {
-                if driver_allows_user_dma(&info) {
-                    continue;
-                }
-                // A device driven by a kernel driver: the group cannot be claimed (EBUSY
-                // from iommu_group_claim_dma_owner).
-                undo(&mut self.backend, &bound);
-                return Err(Errno::EBUSY);
+                continue;
             }
             let step = self.backend.device_open(&info).and_then(|handle| match self.backend.device_bind(handle, ctx) {
                 Ok(()) => Ok(handle),
@@ -875,7 +875,11 @@ impl<B: Backend> Shim<B> {
         if self.containers[&cid].iommu.is_none() {
             return Err(Errno::EINVAL);
         }
-        let handle = g.devices.iter().find(|d| d.info.name == name).map(|d| d.handle).ok_or(Errno::ENODEV)?;
+        let handle = match g.devices.iter().find(|d| d.info.name == name) {
+            Some(d) => d.handle,
+            None => self.bind_late(id, cid, &name)?,
+        };
+        let g = &self.groups[&id];
         if let Some((_, e)) = g.lost.iter().find(|(h, _)| *h == handle) {
             return Err(*e);
         }
@@ -893,6 +897,37 @@ impl<B: Backend> Shim<B> {
             None => g.device_fds.push((handle, 1)),
         }
         Ok(DeviceGrant { group: id, handle, serial })
+    }
+
+    /// A device bound to a VFIO driver after its group was set on the container: type1
+    /// attaches groups, not devices, so it is already in the container's domain and opens like
+    /// the others. Here it is bound to the container's iommufd and attached to its IOAS now.
+    fn bind_late(&mut self, id: GroupId, cid: ContainerId, name: &str) -> Result<DeviceHandle, Errno> {
+        let number = self.groups[&id].number;
+        let info = self
+            .backend
+            .group_devices(number)?
+            .into_iter()
+            .find(|d| d.name == name && d.cdev.is_some())
+            .ok_or(Errno::ENODEV)?;
+        let c = &self.containers[&cid];
+        let (ctx, ioas) = (c.ctx, c.iommu.as_ref().map(|i| i.ioas));
+        let handle = self.backend.device_open(&info)?;
+        let attach = self.backend.device_bind(handle, ctx).and_then(|()| match ioas {
+            Some(ioas) => self.backend.device_attach(handle, ioas).map(|()| true),
+            None => Ok(false),
+        });
+        match attach {
+            Ok(attached) => {
+                let g = self.groups.get_mut(&id).expect("checked");
+                g.devices.push(BoundDevice { info, handle, attached });
+                Ok(handle)
+            }
+            Err(e) => {
+                self.backend.device_close(handle);
+                Err(e)
+            }
+        }
     }
 
     /// type1's `close_device` at a device's last close, and the `open_device` of its next

@@ -725,23 +725,47 @@ fn group_status_tracks_viability_and_container() {
     assert_eq!(env.group_ioctl(g, VFIO_GROUP_GET_STATUS, &mut short), Err(Errno::EINVAL));
 }
 
+fn pair_device(name: &str, driver: Option<&str>, cdev: Option<&str>) -> GroupDevice {
+    GroupDevice { name: name.into(), driver: driver.map(Into::into), cdev: cdev.map(Into::into), sriov: false }
+}
+
+// type1 in the VM (regression pair-group): GET_STATUS flags 0 and SET_CONTAINER EPERM while the
+// group's virtio-rng is on virtio-pci.
 #[test]
 fn group_with_a_kernel_driver_is_not_viable_and_cannot_be_set() {
     let devices = vec![
-        GroupDevice {
-            name: EDU.into(),
-            driver: Some("vfio-pci".into()),
-            cdev: Some("/dev/vfio/devices/vfio0".into()),
-            sriov: false,
-        },
-        GroupDevice { name: "0000:00:03.1".into(), driver: Some("e1000e".into()), cdev: None, sriov: false },
+        pair_device(EDU, Some("vfio-pci"), Some("/dev/vfio/devices/vfio0")),
+        pair_device("0000:00:03.1", Some("virtio-pci"), None),
     ];
     let mut shim = Shim::new(FakeBackend::new().with_group_devices(7, devices));
     let c = shim.open_container().unwrap();
     let g = shim.open_group(7).unwrap();
     let mut env = Env { shim, c, g };
     assert_eq!(env.status(g), Ok(0));
-    assert_eq!(env.set_container(g, 100), Err(Errno::EBUSY));
+    assert_eq!(env.set_container(g, 100), Err(Errno::EPERM));
+    assert_eq!(env.shim.backend().live_objects().1, 0, "nothing left bound");
+}
+
+// type1 in the VM (regression late-binding): a device bound to vfio-pci after SET_CONTAINER
+// opens through GET_DEVICE_FD like the others, and keeps the group set until it closes.
+#[test]
+fn device_bound_after_set_container_joins_the_container() {
+    const RNG: &str = "0000:00:03.1";
+    let edu = pair_device(EDU, Some("vfio-pci"), Some("/dev/vfio/devices/vfio0"));
+    let mut shim = Shim::new(FakeBackend::new().with_group_devices(7, vec![edu.clone(), pair_device(RNG, None, None)]));
+    let c = shim.open_container().unwrap();
+    let g = shim.open_group(7).unwrap();
+    let mut env = Env { shim, c, g };
+    env.set_container(g, 100).unwrap();
+    env.set_iommu(VFIO_TYPE1v2_IOMMU).unwrap();
+    assert_eq!(env.device(g, RNG).err(), Some(Errno::ENODEV), "not a VFIO device yet");
+    let late = pair_device(RNG, Some("vfio-pci"), Some("/dev/vfio/devices/vfio1"));
+    env.shim.backend_mut().set_group_devices(7, vec![edu, late]);
+    let Ok(GroupReply::Device(rng)) = env.device(g, RNG) else { panic!("the late device opens") };
+    assert_eq!(env.shim.backend().live_objects().1, 2, "both devices bound");
+    assert_eq!(env.unset_container(g).err(), Some(Errno::EBUSY), "its fd holds the group");
+    env.shim.close_device(rng);
+    env.unset_container(g).unwrap();
     assert_eq!(env.shim.backend().live_objects().1, 0, "nothing left bound");
 }
 

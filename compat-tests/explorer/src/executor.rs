@@ -12,7 +12,7 @@ use vfio_shim::abi::{self, minsz};
 use zerocopy::IntoBytes;
 
 use crate::calls::{call, Calls};
-use crate::ops::{Argsz, Bitmap, Death, Dev, FdRef, Iova, Name, Op, Size, Vaddr, Vfs};
+use crate::ops::{Argsz, Bitmap, Death, Dev, Driver, FdRef, Iova, Name, Op, Size, Vaddr, Vfs};
 
 const PAGE: usize = 4096;
 /// Ops address its first 16 pages; sizes of up to 8 pages stay inside, and a PROT_NONE page
@@ -138,23 +138,55 @@ struct World {
     holders: Vec<(i32, i32)>,
 }
 
-/// The two test devices and their IOMMU groups.
+/// The test devices and their IOMMU groups (the pair's two devices share `pair_group`).
 #[derive(Clone, Debug)]
 pub struct Platform {
     pub edu: String,
     pub igb: String,
+    pub pair_edu: String,
+    pub pair_rng: String,
     pub edu_group: u32,
     pub igb_group: u32,
+    pub pair_group: u32,
 }
 
 impl Platform {
-    /// From guest-setup.sh's VFIO_TEST_EDU and VFIO_TEST_IGB and sysfs.
+    /// From guest-setup.sh's VFIO_TEST_EDU, VFIO_TEST_IGB, VFIO_TEST_PAIR_EDU and
+    /// VFIO_TEST_PAIR_RNG, and sysfs.
     pub fn from_env() -> Self {
-        let edu = std::env::var("VFIO_TEST_EDU").expect("VFIO_TEST_EDU");
-        let igb = std::env::var("VFIO_TEST_IGB").expect("VFIO_TEST_IGB");
-        Platform { edu_group: group_of(&edu), igb_group: group_of(&igb), edu, igb }
+        let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} (guest-setup.sh)"));
+        let (edu, igb, pair_edu) = (var("VFIO_TEST_EDU"), var("VFIO_TEST_IGB"), var("VFIO_TEST_PAIR_EDU"));
+        Platform {
+            edu_group: group_of(&edu),
+            igb_group: group_of(&igb),
+            pair_group: group_of(&pair_edu),
+            pair_rng: var("VFIO_TEST_PAIR_RNG"),
+            edu,
+            igb,
+            pair_edu,
+        }
+    }
+
+    pub fn bdf(&self, dev: Dev) -> &str {
+        match dev {
+            Dev::Edu => &self.edu,
+            Dev::Igb => &self.igb,
+            Dev::PairEdu => &self.pair_edu,
+            Dev::PairRng => &self.pair_rng,
+        }
+    }
+
+    pub fn group(&self, dev: Dev) -> u32 {
+        match dev {
+            Dev::Edu => self.edu_group,
+            Dev::Igb => self.igb_group,
+            Dev::PairEdu | Dev::PairRng => self.pair_group,
+        }
     }
 }
+
+/// The pair's virtio-rng's kernel driver, where every sequence starts.
+const RNG_KERNEL_DRIVER: &str = "virtio-pci";
 
 pub struct Explorer<W: Write, C: Calls> {
     out: W,
@@ -169,6 +201,8 @@ pub struct Explorer<W: Write, C: Calls> {
     progress: *mut u32,
     /// Records written: the operations count of a run.
     pub ops: u64,
+    /// A `Rebind` ran since the pair's virtio-rng was last put back on its kernel driver.
+    rng_moved: bool,
     /// Deaths, and those that landed while the second thread was inside a call (timing, so
     /// not recorded in the transcript: the run's summary line shows that the kills do land
     /// inside calls).
@@ -279,11 +313,16 @@ impl<W: Write, C: Calls> Explorer<W, C> {
             mute: false,
             progress: progress.cast(),
             ops: 0,
+            // Another process (an earlier run in this VM) may have left it anywhere.
+            rng_moved: true,
             deaths: (0, 0),
         }
     }
 
-    pub fn into_inner(self) -> W {
+    /// The transcript; the pair's virtio-rng is back on its kernel driver for whatever runs
+    /// next in this VM.
+    pub fn into_inner(mut self) -> W {
+        self.restore_rng();
         self.out
     }
 
@@ -331,6 +370,9 @@ impl<W: Write, C: Calls> Explorer<W, C> {
 
     /// Runs one sequence; `seq` ("s12", "r3") names its records.
     pub fn run_sequence(&mut self, seq: &str, ops: &[Op]) {
+        self.restore_rng();
+        // Set here, not by the op: a Rebind may run in a child that dies.
+        self.rng_moved = ops.iter().any(|o| matches!(o, Op::Rebind { .. }));
         if let Some(k) = ops.iter().position(|o| matches!(o, Op::Die { .. })) {
             return self.run_with_death(seq, ops, k);
         }
@@ -399,7 +441,7 @@ impl<W: Write, C: Calls> Explorer<W, C> {
     /// Forks a process that closes what it inherited, opens `dev`'s group and keeps it open
     /// until the sequence's teardown; returns that open's answer.
     fn hold(&mut self, w: &mut World, dev: Dev) -> (i64, i32) {
-        let group = if dev == Dev::Edu { self.platform.edu_group } else { self.platform.igb_group };
+        let group = self.platform.group(dev);
         let (mut answer, mut release) = ([0; 2], [0; 2]);
         // SAFETY: two pipe(2)s into local arrays.
         unsafe {
@@ -515,6 +557,21 @@ impl<W: Write, C: Calls> Explorer<W, C> {
         }
     }
 
+    /// Puts the pair's virtio-rng back on its kernel driver if a sequence moved it. Runs with
+    /// nothing of the last sequence left open, so vfio-pci lets it go.
+    fn restore_rng(&mut self) {
+        if !std::mem::take(&mut self.rng_moved) {
+            return;
+        }
+        let bdf = self.platform.pair_rng.clone();
+        // The host replay has no such device, and no sequence there moves it.
+        let present = std::path::Path::new(&format!("/sys/bus/pci/devices/{bdf}")).exists();
+        if present && driver_of(&bdf).as_deref() != Some(RNG_KERNEL_DRIVER) {
+            let (r, e) = rebind(&bdf, Driver::Kernel);
+            assert!(r == 0, "putting {bdf} back on {RNG_KERNEL_DRIVER}: {}", errname(e));
+        }
+    }
+
     fn open(&mut self, path: &str) -> (i64, i32) {
         self.calls.open(path, libc::O_RDWR | libc::O_CLOEXEC)
     }
@@ -529,7 +586,7 @@ impl<W: Write, C: Calls> Explorer<W, C> {
                 }
             }
             Op::OpenGroup { dev } => {
-                let n = if dev == Dev::Edu { self.platform.edu_group } else { self.platform.igb_group };
+                let n = self.platform.group(dev);
                 let r = self.open(&format!("/dev/vfio/{n}"));
                 self.call_rec(label, r, true);
                 if r.0 >= 0 {
@@ -692,8 +749,8 @@ impl<W: Write, C: Calls> Explorer<W, C> {
                 self.call_rec(label, r, false);
             }
             Op::GetDeviceFd { g, dev, name } => {
-                let bdf = if dev == Dev::Edu { self.platform.edu.clone() } else { self.platform.igb.clone() };
-                let other = if dev == Dev::Edu { self.platform.igb.clone() } else { self.platform.edu.clone() };
+                let bdf = self.platform.bdf(dev).to_string();
+                let other = self.platform.bdf(dev.other()).to_string();
                 let text = match name {
                     Name::Exact => bdf.clone(),
                     Name::WithToken => {
@@ -709,15 +766,7 @@ impl<W: Write, C: Calls> Explorer<W, C> {
                 let r = self.ioctl_on(w, g, abi::VFIO_GROUP_GET_DEVICE_FD, c.as_ptr() as u64);
                 self.call_rec(label, r, true);
                 if r.0 >= 0 {
-                    let dev = if name == Name::OtherDevice {
-                        if dev == Dev::Edu {
-                            Dev::Igb
-                        } else {
-                            Dev::Edu
-                        }
-                    } else {
-                        dev
-                    };
+                    let dev = if name == Name::OtherDevice { dev.other() } else { dev };
                     w.devices.push(Device { fd: r.0 as i32, dev });
                 }
             }
@@ -808,14 +857,14 @@ impl<W: Write, C: Calls> Explorer<W, C> {
             }
             Op::Dma { d, from, to } => {
                 let fd = self.fd(w, d);
-                let is_edu = w.devices.iter().any(|x| x.fd == fd && x.dev == Dev::Edu);
+                let is_edu = w.devices.iter().any(|x| x.fd == fd && x.dev.is_edu());
                 let result = if is_edu { self.edu_dma(fd, iova_of(from), iova_of(to)) } else { "no-edu".into() };
                 self.ops += 1;
                 self.rec(format_args!("DMA {label} result={result}"));
             }
             Op::Irq { d } => {
                 let fd = self.fd(w, d);
-                let is_edu = w.devices.iter().any(|x| x.fd == fd && x.dev == Dev::Edu);
+                let is_edu = w.devices.iter().any(|x| x.fd == fd && x.dev.is_edu());
                 let efd = w.eventfds.iter().rev().find(|(dev, _)| *dev == fd).map(|(_, e)| *e);
                 let result = match (is_edu, efd) {
                     (false, _) => "no-edu".to_string(),
@@ -829,6 +878,20 @@ impl<W: Write, C: Calls> Explorer<W, C> {
             Op::Hold { dev } => {
                 let r = self.hold(w, dev);
                 self.call_rec(label, r, true);
+            }
+            Op::Rebind { to } => {
+                let bdf = self.platform.pair_rng.clone();
+                if driver_of(&bdf).as_deref() == Some("vfio-pci") && to != Driver::Vfio {
+                    // vfio-pci's remove waits for every user of the device to go: with a device
+                    // fd open (or a file the shim holds for the group's container) the write
+                    // would never return. Not a move the explorer makes.
+                    self.call_rec(label, (-1, libc::EALREADY), false);
+                } else {
+                    let r = rebind(&bdf, to);
+                    self.call_rec(label, r, false);
+                }
+                let now = driver_of(&bdf).unwrap_or_else(|| "none".into());
+                self.rec(format_args!("OUT {label} driver={now}"));
             }
             Op::Vfs { fd, req } => {
                 let raw = self.fd(w, fd);
@@ -987,6 +1050,48 @@ fn loop_calls(container: i32, page: u64, shared: usize) -> ! {
         set_progress(shared, Progress::Between);
         std::thread::yield_now();
     }
+}
+
+/// The driver bound to a PCI device, by name.
+fn driver_of(bdf: &str) -> Option<String> {
+    let link = std::fs::read_link(format!("/sys/bus/pci/devices/{bdf}/driver")).ok()?;
+    link.file_name().map(|n| n.to_string_lossy().into_owned())
+}
+
+/// A sysfs write, as the caller's (ret, errno).
+fn sysfs_write(path: &str, text: &str) -> (i64, i32) {
+    match std::fs::write(path, text) {
+        Ok(()) => (0, 0),
+        Err(e) => (-1, e.raw_os_error().unwrap_or(libc::EIO)),
+    }
+}
+
+/// Moves a PCI device to `to` as an administrator does: unbind from its driver, then
+/// `driver_override` and `drivers_probe`. The answer is the first write that failed; whether
+/// the probe bound the driver shows in the driver the caller reads afterwards.
+fn rebind(bdf: &str, to: Driver) -> (i64, i32) {
+    let dev = format!("/sys/bus/pci/devices/{bdf}");
+    let target = match to {
+        Driver::None => None,
+        Driver::Vfio => Some("vfio-pci"),
+        Driver::Kernel => Some(RNG_KERNEL_DRIVER),
+    };
+    let current = driver_of(bdf);
+    if current.is_some() && current.as_deref() == target {
+        return (0, 0);
+    }
+    if current.is_some() {
+        let r = sysfs_write(&format!("{dev}/driver/unbind"), bdf);
+        if r.0 != 0 {
+            return r;
+        }
+    }
+    // An empty override (a lone newline) clears it: with none, no driver probes the device.
+    let r = sysfs_write(&format!("{dev}/driver_override"), target.unwrap_or("\n"));
+    if r.0 != 0 || target.is_none() {
+        return r;
+    }
+    sysfs_write("/sys/bus/pci/drivers_probe", bdf)
 }
 
 /// Open fds of this process.

@@ -19,11 +19,42 @@ pub enum FdRef {
     Foreign,
 }
 
-/// The two test devices whose groups sequences open.
+/// The test devices whose groups sequences open: edu and igb alone in their groups, and the
+/// two devices behind the PCIe-to-PCI bridge, which share one group (vm.sh): a second edu,
+/// bound to vfio-pci, and a virtio-rng a sequence can move between drivers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dev {
     Edu,
     Igb,
+    PairEdu,
+    PairRng,
+}
+
+impl Dev {
+    /// The other device a `Name::OtherDevice` names: in another group for edu and igb, in the
+    /// same group for the pair.
+    pub fn other(self) -> Dev {
+        match self {
+            Dev::Edu => Dev::Igb,
+            Dev::Igb => Dev::Edu,
+            Dev::PairEdu => Dev::PairRng,
+            Dev::PairRng => Dev::PairEdu,
+        }
+    }
+
+    pub fn is_edu(self) -> bool {
+        matches!(self, Dev::Edu | Dev::PairEdu)
+    }
+}
+
+/// Where `Rebind` moves the pair's virtio-rng: off any driver, onto vfio-pci (a device bound
+/// late, into a group that may already be set on a container), or onto its kernel driver
+/// (virtio-pci, which claims DMA: the group is not viable while it drives the device).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    None,
+    Vfio,
+    Kernel,
 }
 
 /// `argsz` classes: 0, one byte short of the fixed part, exactly the fixed part, larger than
@@ -225,6 +256,11 @@ pub enum Op {
     Die {
         at: Death,
     },
+    /// The pair's virtio-rng is moved to `to` through sysfs (as an administrator would, while
+    /// the sequence holds what it holds); every sequence starts with it on its kernel driver.
+    Rebind {
+        to: Driver,
+    },
 }
 
 impl Op {
@@ -244,6 +280,7 @@ impl Op {
                 | Op::Irq { .. }
                 | Op::Die { .. }
                 | Op::Hold { .. }
+                | Op::Rebind { .. }
         )
     }
 
@@ -276,6 +313,7 @@ impl Op {
             Op::Vfs { .. } => "vfs",
             Op::Die { .. } => "die",
             Op::Hold { .. } => "hold",
+            Op::Rebind { .. } => "rebind",
         }
     }
 }
@@ -396,7 +434,7 @@ pub fn random_op(rng: &mut impl RngCore, scope: Scope) -> Op {
     let c = |rng: &mut _| fd_ref(rng, FdRef::Container);
     let g = |rng: &mut _| fd_ref(rng, FdRef::Group);
     let d = |rng: &mut _| fd_ref(rng, FdRef::Device);
-    let dev = |rng: &mut _| if rng_bool(rng, 6) { Dev::Igb } else { Dev::Edu };
+    let dev = |rng: &mut _| any_dev(rng);
     loop {
         let op = match rng.random_range(0..100) {
             0..=3 => Op::OpenContainer,
@@ -468,7 +506,8 @@ pub fn random_op(rng: &mut impl RngCore, scope: Scope) -> Op {
             // state the setup reaches.
             90 if scope.devices => Op::Dma { d: d(rng), from: iova(rng), to: iova(rng) },
             91..=94 if scope.devices => Op::Irq { d: d(rng) },
-            95..=99 => Op::Vfs {
+            95 if scope.devices => Op::Rebind { to: pick(rng, &[Driver::None, Driver::Vfio, Driver::Kernel]) },
+            96..=99 => Op::Vfs {
                 fd: if rng_bool(rng, 2) { c(rng) } else { g(rng) },
                 req: pick(
                     rng,
@@ -493,6 +532,15 @@ fn rng_bool(rng: &mut impl RngCore, one_in: u32) -> bool {
     rng.random_range(0..one_in) == 0
 }
 
+fn any_dev(rng: &mut impl RngCore) -> Dev {
+    match rng.random_range(0..24) {
+        0..=3 => Dev::Igb,
+        4..=6 => Dev::PairEdu,
+        7 => Dev::PairRng,
+        _ => Dev::Edu,
+    }
+}
+
 /// A sequence: a usual setup prefix most of the time (so deep states are reached), then
 /// random ops.
 pub fn random_sequence(rng: &mut impl RngCore, scope: Scope) -> Vec<Op> {
@@ -501,8 +549,18 @@ pub fn random_sequence(rng: &mut impl RngCore, scope: Scope) -> Vec<Op> {
     // ops meet every state: container and group, IOMMU set, mappings, a device fd with its
     // bus master and MSI on.
     if !rng_bool(rng, 6) {
+        // The pair's group is viable only with its virtio-rng off its kernel driver: most
+        // setups on it unbind the rng first, so that they get as deep as the others.
+        let dev = match rng.random_range(0..8) {
+            0 => Dev::Igb,
+            1 if scope.devices => Dev::PairEdu,
+            _ => Dev::Edu,
+        };
+        if dev == Dev::PairEdu && !rng_bool(rng, 4) {
+            ops.push(Op::Rebind { to: Driver::None });
+        }
         ops.push(Op::OpenContainer);
-        ops.push(Op::OpenGroup { dev: if rng_bool(rng, 8) { Dev::Igb } else { Dev::Edu } });
+        ops.push(Op::OpenGroup { dev });
         ops.push(Op::SetContainer { g: FdRef::Group(0), target: FdRef::Container(0) });
         if !rng_bool(rng, 5) {
             let ty = if rng_bool(rng, 2) { 1 } else { 3 };
@@ -518,7 +576,7 @@ pub fn random_sequence(rng: &mut impl RngCore, scope: Scope) -> Vec<Op> {
                 });
             }
             if scope.devices && !rng_bool(rng, 3) {
-                ops.push(Op::GetDeviceFd { g: FdRef::Group(0), dev: Dev::Edu, name: Name::Exact });
+                ops.push(Op::GetDeviceFd { g: FdRef::Group(0), dev, name: Name::Exact });
                 if !rng_bool(rng, 2) {
                     ops.push(Op::BusMaster { d: FdRef::Device(0) });
                 }
@@ -545,7 +603,7 @@ pub fn random_sequence(rng: &mut impl RngCore, scope: Scope) -> Vec<Op> {
         ops.extend(recovery());
     } else if scope.devices && rng_bool(rng, 12) {
         let at = rng.random_range(0..=ops.len());
-        ops.insert(at, Op::Hold { dev: if rng_bool(rng, 6) { Dev::Igb } else { Dev::Edu } });
+        ops.insert(at, Op::Hold { dev: any_dev(rng) });
     }
     ops
 }
@@ -621,7 +679,8 @@ macro_rules! debug_text {
         }
     };
 }
-debug_text!(Dev { Edu, Igb });
+debug_text!(Dev { Edu, Igb, PairEdu, PairRng });
+debug_text!(Driver { None, Vfio, Kernel });
 debug_text!(Argsz { Zero, Short, Exact, Large, Truncated });
 debug_text!(Iova { Zero, Unaligned, Msi, Top, Beyond, Wrap } { Page });
 debug_text!(Size { Zero, Unaligned, Max, All } { Pages });
@@ -667,6 +726,7 @@ impl fmt::Display for Op {
             Op::Vfs { fd, req } => write!(f, " fd={fd} req={req:?}"),
             Op::Die { at } => write!(f, " at={at:?}"),
             Op::Hold { dev } => write!(f, " dev={dev:?}"),
+            Op::Rebind { to } => write!(f, " to={to:?}"),
         }
     }
 }
@@ -739,6 +799,7 @@ impl FromStr for Op {
             "vfs" => Op::Vfs { fd: p(arg("fd"))?, req: p(arg("req"))? },
             "die" => Op::Die { at: p(arg("at"))? },
             "hold" => Op::Hold { dev: p(arg("dev"))? },
+            "rebind" => Op::Rebind { to: p(arg("to"))? },
             _ => return Err(format!("unknown op {name}")),
         })
     }

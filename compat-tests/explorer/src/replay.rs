@@ -9,6 +9,7 @@ use std::os::fd::IntoRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 
 use vfio_shim::abi;
+use vfio_shim::backend::GroupDevice;
 use vfio_shim::fake::{FakeBackend, Platform as FakePlatform};
 use vfio_shim::translator::Config;
 use vfio_shim::{ContainerId, Errno, FdTarget, GroupId, GroupReply, Shim};
@@ -36,11 +37,31 @@ pub struct CoreCalls {
 }
 
 impl CoreCalls {
-    /// The core over a fake backend with the test VM's two groups and IOMMU.
-    pub fn new(platform: &Platform, iommu: FakePlatform, config: Config) -> Self {
+    /// The core over a fake backend with the test VM's groups and IOMMU. `pair_members`: every
+    /// device of the pair's group and its driver at the start of a sequence, as sysfs shows it.
+    pub fn new(
+        platform: &Platform,
+        pair_members: &[(String, Option<String>)],
+        iommu: FakePlatform,
+        config: Config,
+    ) -> Self {
+        let pair = pair_members
+            .iter()
+            .enumerate()
+            .map(|(n, (name, driver))| GroupDevice {
+                name: name.clone(),
+                driver: driver.clone(),
+                cdev: driver
+                    .as_deref()
+                    .filter(|d| *d == "vfio-pci")
+                    .map(|_| format!("/dev/vfio/devices/vfio{}", 900 + n)),
+                sriov: false,
+            })
+            .collect();
         let mut backend = FakeBackend::new()
             .with_group(platform.edu_group, &[platform.edu.as_str()])
-            .with_group(platform.igb_group, &[platform.igb.as_str()]);
+            .with_group(platform.igb_group, &[platform.igb.as_str()])
+            .with_group_devices(platform.pair_group, pair);
         backend.platform = iommu;
         CoreCalls { shim: Shim::with_config(backend, config), fds: HashMap::new(), refs: HashMap::new() }
     }

@@ -15,7 +15,7 @@ fn golden(name: &str) -> String {
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p:?}: {e}"))
 }
 
-fn platform_env() -> (Platform, Config) {
+fn platform_env() -> (Platform, Vec<(String, Option<String>)>, Config) {
     let text = golden("platform.env");
     let get = |k: &str| {
         text.lines()
@@ -26,18 +26,29 @@ fn platform_env() -> (Platform, Config) {
     let platform = Platform {
         edu: get("EDU"),
         igb: get("IGB"),
+        pair_edu: get("PAIR_EDU"),
+        pair_rng: get("PAIR_RNG"),
         edu_group: get("EDU_GROUP").parse().unwrap(),
         igb_group: get("IGB_GROUP").parse().unwrap(),
+        pair_group: get("PAIR_GROUP").parse().unwrap(),
     };
-    (platform, Config { dma_entry_limit: get("DMA_ENTRY_LIMIT").parse().unwrap() })
+    // "0000:01:00.0=none,0000:02:01.0=vfio-pci,...": the pair's group and its drivers.
+    let members = get("PAIR_MEMBERS")
+        .split(',')
+        .map(|m| {
+            let (name, driver) = m.split_once('=').expect("PAIR_MEMBERS: name=driver");
+            (name.to_string(), Some(driver.to_string()).filter(|d| d != "none"))
+        })
+        .collect();
+    (platform, members, Config { dma_entry_limit: get("DMA_ENTRY_LIMIT").parse().unwrap() })
 }
 
 #[test]
 fn the_core_over_the_fake_backend_answers_as_type1_did() {
     let seqs = corpus::parse(&golden("corpus.seqs")).expect("corpus");
     let type1 = golden("type1.out");
-    let (platform, config) = platform_env();
-    let calls = CoreCalls::new(&platform, vm_iommu(), config);
+    let (platform, members, config) = platform_env();
+    let calls = CoreCalls::new(&platform, &members, vm_iommu(), config);
     let mut ex = Explorer::new(Vec::new(), calls, platform, false);
     for (name, ops) in &seqs {
         ex.run_sequence(name, ops);
