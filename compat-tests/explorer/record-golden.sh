@@ -39,6 +39,7 @@ group() { basename "\$(readlink "/sys/bus/pci/devices/\$1/iommu_group")"; }
     members+="\$(basename "\$d")=\$(basename "\$(readlink "\$d/driver" || echo none)"),"
   done
   echo "PAIR_MEMBERS=\${members%,}"
+  echo "DMA_ENTRY_LIMIT=\$(cat /sys/module/vfio_iommu_type1/parameters/dma_entry_limit)"
 } >$(printf %q "$out/platform.env")
 VFIO_EXPLORE_CORPUS=$(printf %q "$golden/corpus.seqs") $(printf %q "$explorer") >$(printf %q "$out/type1.out")
 G
