@@ -194,6 +194,10 @@ impl<B: Backend> Shim<B> {
 
     /// `close()` of a container fd. Groups still set on it keep it alive (CT: kref per group).
     pub fn close_container(&mut self, id: ContainerId) {
+        // A close is a VFIO call too: a device whose mapping went since the last call is
+        // closed first, so closing everything releases everything (and the group's DMA
+        // ownership with it), as on type1.
+        self.settle_mappings();
         if let Some(c) = self.containers.get_mut(&id) {
             c.open = false;
         }
@@ -649,6 +653,7 @@ impl<B: Backend> Shim<B> {
     /// `close()` of a group fd. Open device fds keep the group alive (they hold a
     /// reference to the group file, GR:262); the last one out detaches it.
     pub fn close_group(&mut self, id: GroupId) {
+        self.settle_mappings();
         let Some(g) = self.groups.get_mut(&id) else {
             return;
         };
@@ -980,6 +985,7 @@ impl<B: Backend> Shim<B> {
 
     /// The caller closed the last fd of a device obtained through `GET_DEVICE_FD`.
     pub fn close_device(&mut self, grant: DeviceGrant) {
+        self.settle_mappings();
         let Some(g) = self.groups.get_mut(&grant.group) else {
             return;
         };

@@ -1102,6 +1102,23 @@ fn a_mapped_device_keeps_its_group_on_the_container() {
     assert!(env.shim.open_group(7).is_ok());
 }
 
+/// explorer, seed 1, s312 (type1 in the VM): the device fd closed with its BAR mapped, the BAR
+/// unmapped, then every fd closed: type1 releases the group (a kernel driver can bind one of
+/// its devices again at once); closing is the call that sees the mapping gone.
+#[test]
+fn closing_everything_after_the_munmap_releases_the_device() {
+    let mut env = Env::new(true);
+    let g = env.g;
+    let a = grant(env.device(g, EDU));
+    env.shim.backend_mut().set_device_mapped(EDU, true);
+    env.shim.close_device(a);
+    env.shim.backend_mut().set_device_mapped(EDU, false);
+    env.shim.close_group(g);
+    assert_eq!(env.shim.backend().live_objects().1, 0, "no device left bound");
+    env.shim.close_container(env.c);
+    assert!(env.shim.open_group(7).is_ok(), "the group is free");
+}
+
 #[test]
 fn a_device_that_cannot_be_opened_again_reports_why() {
     let mut env = Env::new(true);

@@ -322,7 +322,7 @@ impl<W: Write, C: Calls> Explorer<W, C> {
     /// The transcript; the pair's virtio-rng is back on its kernel driver for whatever runs
     /// next in this VM.
     pub fn into_inner(mut self) -> W {
-        self.restore_rng();
+        let _ = self.restore_rng();
         self.out
     }
 
@@ -371,17 +371,24 @@ impl<W: Write, C: Calls> Explorer<W, C> {
     /// Runs one sequence; `seq` ("s12", "r3") names its records.
     pub fn run_sequence(&mut self, seq: &str, ops: &[Op]) {
         self.restore_rng();
-        // Set here, not by the op: a Rebind may run in a child that dies.
-        self.rng_moved = ops.iter().any(|o| matches!(o, Op::Rebind { .. }));
         if let Some(k) = ops.iter().position(|o| matches!(o, Op::Die { .. })) {
-            return self.run_with_death(seq, ops, k);
+            self.run_with_death(seq, ops, k);
+        } else {
+            let mut w = World::default();
+            for (i, op) in ops.iter().enumerate() {
+                let label = format!("{seq}.{i}.{}", op.name());
+                self.step(&mut w, &label, *op);
+            }
+            self.teardown(seq, w);
         }
-        let mut w = World::default();
-        for (i, op) in ops.iter().enumerate() {
-            let label = format!("{seq}.{i}.{}", op.name());
-            self.step(&mut w, &label, *op);
+        // Not tracked by the op: a Rebind may have run in a child that died.
+        if ops.iter().any(|o| matches!(o, Op::Rebind { .. })) {
+            // With everything of the sequence closed, the group is free: the rng binds to its
+            // kernel driver again at once (refused while anyone still owns the group's DMA).
+            self.rng_moved = true;
+            let r = self.restore_rng();
+            self.call_rec(&format!("{seq}.end.rng"), r, false);
         }
-        self.teardown(seq, w);
     }
 
     /// `ops[..k]` in a child killed as `ops[k]` says; then, in this process, what the death
@@ -559,17 +566,23 @@ impl<W: Write, C: Calls> Explorer<W, C> {
 
     /// Puts the pair's virtio-rng back on its kernel driver if a sequence moved it. Runs with
     /// nothing of the last sequence left open, so vfio-pci lets it go.
-    fn restore_rng(&mut self) {
+    /// The answer is the sysfs write's; on failure the next sequence tries again.
+    fn restore_rng(&mut self) -> (i64, i32) {
         if !std::mem::take(&mut self.rng_moved) {
-            return;
+            return (0, 0);
         }
         let bdf = self.platform.pair_rng.clone();
         // The host replay has no such device, and no sequence there moves it.
         let present = std::path::Path::new(&format!("/sys/bus/pci/devices/{bdf}")).exists();
-        if present && driver_of(&bdf).as_deref() != Some(RNG_KERNEL_DRIVER) {
-            let (r, e) = rebind(&bdf, Driver::Kernel);
-            assert!(r == 0, "putting {bdf} back on {RNG_KERNEL_DRIVER}: {}", errname(e));
+        if !present || driver_of(&bdf).as_deref() == Some(RNG_KERNEL_DRIVER) {
+            return (0, 0);
         }
+        let r = rebind(&bdf, Driver::Kernel);
+        if driver_of(&bdf).as_deref() != Some(RNG_KERNEL_DRIVER) {
+            self.rng_moved = true;
+            return if r.0 == 0 { (-1, libc::ENODEV) } else { r };
+        }
+        r
     }
 
     fn open(&mut self, path: &str) -> (i64, i32) {
