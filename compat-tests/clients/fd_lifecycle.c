@@ -4,7 +4,9 @@
  * aliases keep a container and group alive after the original fd is closed; a closed container
  * lives on through its group; a forked child sees the inherited container; close_range() and a
  * daemon-style close loop over every fd release everything, after which the whole setup works
- * again from scratch; CLOEXEC as requested.  Runs on edu (VFIO_TEST_EDU).
+ * again from scratch; CLOEXEC as requested; a vfork child (CPython's subprocess) that closes
+ * everything and execs leaves the parent's objects alone, and after the last close no VFIO or
+ * iommufd file is left open.  Runs on edu (VFIO_TEST_EDU).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -12,10 +14,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <dirent.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <linux/close_range.h>
 #include "common.h"
+
+extern char **environ;
 
 #define IOVA 0x100000ULL
 #define SIZE 0x2000ULL
@@ -43,6 +48,31 @@ static void state(const char *label, int cfd)
 
 	probe_range(cfd, IOVA, SIZE, p, sizeof(p));
 	rec_state(label, "mapped=%s", p);
+}
+
+/* This process's open files that are VFIO or iommufd ones, whoever opened them. */
+static int vfio_files_open(void)
+{
+	char path[300], target[256];
+	struct dirent *e;
+	int n = 0;
+	DIR *d = opendir("/proc/self/fd");
+
+	if (!d)
+		return -1;
+	while ((e = readdir(d))) {
+		ssize_t len;
+
+		snprintf(path, sizeof(path), "/proc/self/fd/%s", e->d_name);
+		len = readlink(path, target, sizeof(target) - 1);
+		if (len <= 0)
+			continue;
+		target[len] = 0;
+		if (!strncmp(target, "/dev/vfio", 9) || !strncmp(target, "/dev/iommu", 10))
+			n++;
+	}
+	closedir(d);
+	return n;
 }
 
 static void cloexec(const char *label, int fd)
@@ -122,6 +152,20 @@ int main(void)
 		_exit(close_range(3, ~0U, 0) == 0 ? 0 : 1);
 	waitpid(pid, &status, 0);
 	rec_out("fork.child_closed_all", "ok=%d", WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	/* vfork, as CPython's subprocess does: the child runs in our memory but with its own fds,
+	 * closes everything from 3 up and execs.  The parent's container and group are untouched. */
+	pid = vfork();
+	if (pid == 0) {
+		char *argv[] = { "true", NULL };
+
+		close_range(3, ~0U, 0);
+		execve("/bin/true", argv, environ);
+		_exit(127);
+	}
+	waitpid(pid, &status, 0);
+	rec_out("vfork.child", "exit=%d", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+	group_status("vfork.parent.status", gfd);
+	state("vfork.parent.state", cfd);
 	group_status("fork.parent.status", gfd);
 	dma_unmap("fork.parent.unmap", cfd, IOVA, SIZE, 0, NULL);
 	dma_map(L("fork.parent.map_again"), cfd, IOVA, SIZE, buf, VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE);
@@ -149,6 +193,7 @@ int main(void)
 	dma_unmap_all("after_close_loop.unmap_all", cfd);
 	c_close("final.close.container", cfd);
 	c_close("final.close.group", gfd);
+	rec_out("final.vfio_files_open", "n=%d", vfio_files_open());
 
 	printf("END status=ok\n");
 	return 0;

@@ -35,6 +35,8 @@ use table::Kind;
 static STATE: Mutex<Option<State>> = Mutex::new(None);
 /// Set once the process has any emulated object: until then `close_range` needs no care.
 static ACTIVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The pid the state belongs to: set with the state, and by a fork child for its copy.
+static OWNER: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
 thread_local! {
     /// Set while this thread is inside the shim, so a hook re-entered from our own code (a
@@ -59,6 +61,7 @@ fn emulate(f: impl FnOnce(&mut State) -> Result<c_int, Errno>) -> c_int {
         let mut guard = STATE.lock();
         let state = guard.get_or_insert_with(|| {
             init_logging();
+            OWNER.store(vfio_shim_sys::process::current_pid(), std::sync::atomic::Ordering::Relaxed);
             ACTIVE.store(true, std::sync::atomic::Ordering::Relaxed);
             State::new()
         });
@@ -82,7 +85,17 @@ fn emulate(f: impl FnOnce(&mut State) -> Result<c_int, Errno>) -> c_int {
 }
 
 fn inside() -> bool {
-    INSIDE.with(|i| i.get())
+    INSIDE.with(|i| i.get()) || in_vfork_child()
+}
+
+/// In the child of a `vfork` (CPython's subprocess closes fds with `close_range` and execs
+/// there): it runs in our memory, state included, but with its own copy of our fds, so
+/// releasing an object there would close the child's copies and forget the parent's. Every
+/// hook passes straight through to libc in it. A real fork child owns its copy of the state
+/// (`after_fork_child`). Checked only once the process has objects: no cost before.
+fn in_vfork_child() -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    ACTIVE.load(Relaxed) && OWNER.load(Relaxed) != vfio_shim_sys::process::current_pid()
 }
 
 #[derive(Clone, Copy)]
@@ -554,7 +567,7 @@ const RECV_ROOM: usize = RECV_BUF - HANDOFF_ROOM;
 pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> libc::ssize_t {
     // SAFETY: the caller's msghdr (or null), valid and writable for the duration of the call.
     match unsafe { msg.as_mut() } {
-        Some(m) if !inside() && !m.msg_control.is_null() && m.msg_controllen > 0 && m.msg_controllen <= RECV_ROOM => {
+        Some(m) if !m.msg_control.is_null() && m.msg_controllen > 0 && m.msg_controllen <= RECV_ROOM && !inside() => {
             recv_adopting(fd, m, flags)
         }
         // SAFETY: forwarding the caller's arguments.
@@ -717,6 +730,7 @@ extern "C" fn after_fork_parent() {
 }
 
 extern "C" fn after_fork_child() {
+    OWNER.store(vfio_shim_sys::process::current_pid(), std::sync::atomic::Ordering::Relaxed);
     vfio_shim_sys::own_memory::forget_pid();
     // SAFETY: the child's only thread is the one that held the lock in `before_fork`.
     unsafe { STATE.force_unlock() };

@@ -8,6 +8,7 @@ pub mod ioctl;
 pub mod kernel;
 pub mod own_memory;
 pub mod privileges;
+pub mod process;
 pub mod type1_params;
 pub mod vtd;
 
