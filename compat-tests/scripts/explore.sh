@@ -56,30 +56,7 @@ for k in full cdev-only; do
 done
 
 # Volume and divergent sequences per column (a sequence diverges if any of its records differs).
-python3 - "$out" $columns <<'PY'
-import pathlib, re, sys
-res = pathlib.Path(sys.argv[1])
-def seqs(col):
-    out = {}
-    path = res / col / "explorer.out"
-    if path.exists():
-        for line in path.read_text().splitlines():
-            parts = line.split(" ", 2)
-            if len(parts) >= 2 and "." in parts[1]:
-                label = parts[1].split(".")
-                key = ".".join(label[:2]) if label[0] == "r" else label[0]   # r.<file> or s<i>
-                out.setdefault(key, []).append(line)
-    return out
-oracle = seqs("full/type1")
-for col in ["full/type1"] + sys.argv[2:]:
-    err = res / col / "explorer.err"
-    m = re.search(r"explorer: (.*)", err.read_text()) if err.exists() else None
-    print(f"explore ({col}): {m.group(1) if m else 'no run'}")
-    if col != "full/type1" and oracle:
-        this = seqs(col)
-        n = sum(1 for k, v in oracle.items() if this.get(k) != v)
-        print(f"explore ({col}): {n} of {len(oracle)} sequences differ from type1")
-PY
+python3 "$here/explorer-summary.py" "$out" $columns
 judge=()
 for c in $columns; do judge+=(--column "$c"); done
 set +e

@@ -122,26 +122,7 @@ echo "vm-tier: boot times (s): $(awk '{printf "%s=%s ", $1, $2}' "$results/vm-ti
 echo "vm-tier: total $(( $(date +%s) - tier_start )) s; results in $results"
 # The explorer's volume per column, and how far the kernel compat (a peer, not a target) is
 # from type1 in it: sequences whose records differ at all.
-python3 - "$results" <<'PY' || true
-import pathlib, re, sys
-res = pathlib.Path(sys.argv[1])
-def seqs(path):
-    out = {}
-    for line in path.read_text().splitlines() if path.exists() else []:
-        parts = line.split(" ", 2)
-        if len(parts) >= 2 and "." in parts[1]:
-            out.setdefault(parts[1].rsplit(".", 2)[0], []).append(line)
-    return out
-oracle = seqs(res / "full/type1/explorer.out")
-for col in ("full/type1", "full/kernel-compat", "full/shim", "cdev-only/shim"):
-    err = res / col / "explorer.err"
-    m = re.search(r"explorer: .*", err.read_text()) if err.exists() else None
-    print(f"explorer ({col}): {m.group(0)[10:] if m else 'no run'}")
-compat = seqs(res / "full/kernel-compat/explorer.out")
-if oracle and compat:
-    n = sum(1 for k, v in oracle.items() if compat.get(k) != v)
-    print(f"explorer: kernel-compat diverges from type1 in {n} of {len(oracle)} sequences")
-PY
+python3 "$here/explorer-summary.py" "$results" full/kernel-compat full/shim cdev-only/shim || true
 set +e
 "$compat" compare "$results" --differences "$root/docs/differences.md" | tee "$results/compare.txt"
 crc=${PIPESTATUS[0]}

@@ -398,23 +398,14 @@ impl<W: Write, C: Calls> Explorer<W, C> {
         let Op::Die { at } = ops[k] else { unreachable!("position() found a Die") };
         let fds_before = open_fds();
         let avail_before = mem_available_kib();
-        self.out.flush().expect("transcript write");
         set_progress(self.progress as usize, Progress::Before);
-        // SAFETY: fork(2) in a single-threaded process; the child only runs ops and dies.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-        if pid == 0 {
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.mute = true;
-                let mut w = World::default();
-                for (i, op) in ops[..k].iter().enumerate() {
-                    self.step(&mut w, &format!("{seq}.{i}.{}", op.name()), *op);
-                }
-                self.die(&w, at);
-            }));
-            // SAFETY: leaving the child without running the parent's exit handlers.
-            unsafe { libc::_exit(99) };
-        }
+        let pid = self.fork_child(99, |ex| {
+            let mut w = World::default();
+            for (i, op) in ops[..k].iter().enumerate() {
+                ex.step(&mut w, &format!("{seq}.{i}.{}", op.name()), *op);
+            }
+            ex.die(&w, at);
+        });
         let mut status = 0;
         // SAFETY: reaping our own child into a local.
         let r = unsafe { libc::waitpid(pid, &mut status, 0) };
@@ -455,11 +446,7 @@ impl<W: Write, C: Calls> Explorer<W, C> {
             assert_eq!(libc::pipe2(answer.as_mut_ptr(), libc::O_CLOEXEC), 0);
             assert_eq!(libc::pipe2(release.as_mut_ptr(), libc::O_CLOEXEC), 0);
         }
-        self.out.flush().expect("transcript write");
-        // SAFETY: fork(2) in a single-threaded process; the child only makes the calls below.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-        if pid == 0 {
+        let pid = self.fork_child(0, |ex| {
             // SAFETY: closing the parent's pipe ends in the child: the release pipe must see
             // EOF once the parent closes its end.
             unsafe {
@@ -469,34 +456,29 @@ impl<W: Write, C: Calls> Explorer<W, C> {
                     libc::close(other);
                 }
             }
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.mute = true;
-                if let Some((p, len)) = w.bar.take() {
-                    // SAFETY: the inherited copy of our BAR mapping.
-                    unsafe { libc::munmap(p.cast(), len) };
-                }
-                let inherited: Vec<i32> = w
-                    .devices
-                    .iter()
-                    .map(|d| d.fd)
-                    .chain(w.groups.iter().copied())
-                    .chain(w.containers.iter().copied())
-                    .collect();
-                for fd in inherited {
-                    self.calls.close(fd);
-                }
-                let (ret, err) = self.calls.open(&format!("/dev/vfio/{group}"), libc::O_RDWR | libc::O_CLOEXEC);
-                let msg = [ret as i32, err];
-                let mut byte = 0u8;
-                // SAFETY: writing our answer and reading the release pipe, both with local buffers.
-                unsafe {
-                    libc::write(answer[1], msg.as_ptr().cast(), 8);
-                    while libc::read(release[0], (&mut byte as *mut u8).cast(), 1) < 0 && errno() == libc::EINTR {}
-                }
-            }));
-            // SAFETY: leaving the child without running the parent's exit handlers.
-            unsafe { libc::_exit(0) };
-        }
+            if let Some((p, len)) = w.bar.take() {
+                // SAFETY: the inherited copy of our BAR mapping.
+                unsafe { libc::munmap(p.cast(), len) };
+            }
+            let inherited: Vec<i32> = w
+                .devices
+                .iter()
+                .map(|d| d.fd)
+                .chain(w.groups.iter().copied())
+                .chain(w.containers.iter().copied())
+                .collect();
+            for fd in inherited {
+                ex.calls.close(fd);
+            }
+            let (ret, err) = ex.calls.open(&format!("/dev/vfio/{group}"), libc::O_RDWR | libc::O_CLOEXEC);
+            let msg = [ret as i32, err];
+            let mut byte = 0u8;
+            // SAFETY: writing our answer and reading the release pipe, both with local buffers.
+            unsafe {
+                libc::write(answer[1], msg.as_ptr().cast(), 8);
+                while libc::read(release[0], (&mut byte as *mut u8).cast(), 1) < 0 && errno() == libc::EINTR {}
+            }
+        });
         let mut msg = [0i32; 2];
         // SAFETY: closing the child's pipe ends, then reading its 8-byte answer into a local.
         let n = unsafe {
@@ -512,6 +494,22 @@ impl<W: Write, C: Calls> Explorer<W, C> {
         } else {
             (-1, libc::EPIPE)
         }
+    }
+
+    /// Forks a child that runs `child` muted (its answers depend on timing or are reported
+    /// another way) and then leaves with `_exit(code)`; returns its pid.
+    fn fork_child(&mut self, code: i32, child: impl FnOnce(&mut Self)) -> i32 {
+        self.out.flush().expect("transcript write");
+        // SAFETY: fork(2) in a single-threaded process; the child runs `child` and exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            self.mute = true;
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| child(self)));
+            // SAFETY: leaving the child without running the parent's exit handlers.
+            unsafe { libc::_exit(code) };
+        }
+        pid
     }
 
     /// In the child: SIGKILL, now or while a second thread is inside a call.

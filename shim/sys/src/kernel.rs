@@ -432,6 +432,8 @@ impl Backend for KernelBackend {
     }
 
     fn group_claim(&mut self, group: u32) -> Result<(), Errno> {
+        // Ours already: a second file would be refused by flock anyway, and replacing the
+        // entry would drop the file that holds the lock.
         if self.group_claims.contains_key(&group) {
             return Err(Errno::EBUSY);
         }
