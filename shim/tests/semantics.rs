@@ -654,7 +654,8 @@ fn dirty_bitmap_ors_the_callers_whole_first_word() {
 }
 
 /// A mapping that starts a word overwrites it (no OR); the words after it that the mapping
-/// does not reach stay as the caller left them.
+/// does not reach stay as the caller left them. The first word's value is type1's in the VM
+/// (regressions/dirty-bitmap-word-start.seq).
 #[test]
 fn dirty_bitmap_overwrites_a_word_a_mapping_starts() {
     let mut env = Env::new(true);
