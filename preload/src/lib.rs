@@ -489,7 +489,7 @@ fn kvm_set_device_attr(fd: c_int, arg: c_ulong) -> c_int {
 pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> libc::ssize_t {
     // SAFETY: forwarding the caller's arguments.
     let pass = || unsafe { (real().sendmsg)(fd, msg, flags) };
-    if msg.is_null() || inside() || !ACTIVE.load(std::sync::atomic::Ordering::Relaxed) {
+    if msg.is_null() || !ACTIVE.load(std::sync::atomic::Ordering::Relaxed) || inside() {
         return pass();
     }
     // SAFETY: the caller's msghdr, valid for the duration of the call.

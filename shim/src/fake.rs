@@ -135,7 +135,7 @@ impl FakeBackend {
 
     /// Adds a group with arbitrary device descriptions (kernel drivers, no cdev, ...).
     pub fn with_group_devices(mut self, number: u32, devices: Vec<GroupDevice>) -> Self {
-        self.groups.insert(number, devices);
+        self.set_group_devices(number, devices);
         self
     }
 

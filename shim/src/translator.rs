@@ -763,14 +763,7 @@ impl<B: Backend> Shim<B> {
             if info.cdev.is_none() {
                 continue;
             }
-            let step = self.backend.device_open(&info).and_then(|handle| match self.backend.device_bind(handle, ctx) {
-                Ok(()) => Ok(handle),
-                Err(e) => {
-                    self.backend.device_close(handle);
-                    Err(e)
-                }
-            });
-            match step {
+            match open_and_bind(&mut self.backend, &info, ctx) {
                 Ok(handle) => bound.push(BoundDevice { info, handle, attached: false }),
                 Err(e) => {
                     undo(&mut self.backend, &bound);
@@ -917,11 +910,11 @@ impl<B: Backend> Shim<B> {
             .ok_or(Errno::ENODEV)?;
         let c = &self.containers[&cid];
         let (ctx, ioas) = (c.ctx, c.iommu.as_ref().map(|i| i.ioas));
-        let handle = self.backend.device_open(&info)?;
-        let attach = self.backend.device_bind(handle, ctx).and_then(|()| match ioas {
+        let handle = open_and_bind(&mut self.backend, &info, ctx)?;
+        let attach = match ioas {
             Some(ioas) => self.backend.device_attach(handle, ioas).map(|()| true),
             None => Ok(false),
-        });
+        };
         match attach {
             Ok(attached) => {
                 let g = self.groups.get_mut(&id).expect("checked");
@@ -1193,6 +1186,18 @@ pub enum GroupReply {
 
 /// The kernel's `strndup_user(arg, PAGE_SIZE)` bound for GET_DEVICE_FD names.
 pub const PAGE_SIZE: usize = 4096;
+
+/// Opens a device's cdev and binds it to `ctx`; nothing is left open on failure.
+fn open_and_bind<B: Backend>(backend: &mut B, info: &GroupDevice, ctx: IommufdId) -> Result<DeviceHandle, Errno> {
+    let handle = backend.device_open(info)?;
+    match backend.device_bind(handle, ctx) {
+        Ok(()) => Ok(handle),
+        Err(e) => {
+            backend.device_close(handle);
+            Err(e)
+        }
+    }
+}
 
 /// No driver, or a driver with `driver_managed_dma` (VFIO drivers, pci-stub, pcieport): such
 /// devices don't claim the group for kernel DMA, so the group stays viable.

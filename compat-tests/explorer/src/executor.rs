@@ -201,8 +201,6 @@ pub struct Explorer<W: Write, C: Calls> {
     progress: *mut u32,
     /// Records written: the operations count of a run.
     pub ops: u64,
-    /// A `Rebind` ran since the pair's virtio-rng was last put back on its kernel driver.
-    rng_moved: bool,
     /// Deaths, and those that landed while the second thread was inside a call (timing, so
     /// not recorded in the transcript: the run's summary line shows that the kills do land
     /// inside calls).
@@ -313,8 +311,6 @@ impl<W: Write, C: Calls> Explorer<W, C> {
             mute: false,
             progress: progress.cast(),
             ops: 0,
-            // Another process (an earlier run in this VM) may have left it anywhere.
-            rng_moved: true,
             deaths: (0, 0),
         }
     }
@@ -385,7 +381,6 @@ impl<W: Write, C: Calls> Explorer<W, C> {
         if ops.iter().any(|o| matches!(o, Op::Rebind { .. })) {
             // With everything of the sequence closed, the group is free: the rng binds to its
             // kernel driver again at once (refused while anyone still owns the group's DMA).
-            self.rng_moved = true;
             let r = self.restore_rng();
             self.call_rec(&format!("{seq}.end.rng"), r, false);
         }
@@ -562,13 +557,11 @@ impl<W: Write, C: Calls> Explorer<W, C> {
         }
     }
 
-    /// Puts the pair's virtio-rng back on its kernel driver if a sequence moved it. Runs with
-    /// nothing of the last sequence left open, so vfio-pci lets it go.
-    /// The answer is the sysfs write's; on failure the next sequence tries again.
+    /// Puts the pair's virtio-rng back on its kernel driver wherever it is (a sequence, or an
+    /// earlier process in this VM, moved it). Runs with nothing of the last sequence left
+    /// open, so vfio-pci lets it go. The answer is the sysfs write's; on failure the next
+    /// sequence tries again.
     fn restore_rng(&mut self) -> (i64, i32) {
-        if !std::mem::take(&mut self.rng_moved) {
-            return (0, 0);
-        }
         let bdf = self.platform.pair_rng.clone();
         // The host replay has no such device, and no sequence there moves it.
         let present = std::path::Path::new(&format!("/sys/bus/pci/devices/{bdf}")).exists();
@@ -577,7 +570,6 @@ impl<W: Write, C: Calls> Explorer<W, C> {
         }
         let r = rebind(&bdf, Driver::Kernel);
         if driver_of(&bdf).as_deref() != Some(RNG_KERNEL_DRIVER) {
-            self.rng_moved = true;
             return if r.0 == 0 { (-1, libc::ENODEV) } else { r };
         }
         r
@@ -1065,8 +1057,7 @@ fn loop_calls(container: i32, page: u64, shared: usize) -> ! {
 
 /// The driver bound to a PCI device, by name.
 fn driver_of(bdf: &str) -> Option<String> {
-    let link = std::fs::read_link(format!("/sys/bus/pci/devices/{bdf}/driver")).ok()?;
-    link.file_name().map(|n| n.to_string_lossy().into_owned())
+    vfio_shim_sys::kernel::driver_name(std::path::Path::new(&format!("/sys/bus/pci/devices/{bdf}")))
 }
 
 /// A sysfs write, as the caller's (ret, errno).

@@ -560,8 +560,8 @@ fn same_char_device(fd: BorrowedFd<'_>, path: &Path) -> Result<(), Errno> {
     Ok(())
 }
 
-/// Basename of `<dev>/driver`, when a driver is bound.
-fn driver_name(dev: &Path) -> Option<String> {
+/// Basename of `<dev>/driver` (a sysfs device directory), when a driver is bound.
+pub fn driver_name(dev: &Path) -> Option<String> {
     let target = fs::read_link(dev.join("driver")).ok()?;
     Some(target.file_name()?.to_str()?.to_owned())
 }
