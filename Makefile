@@ -13,9 +13,12 @@ test: host-test vm-test
 
 host-test:
 	bash compat-tests/scripts/host-deps.sh
-	@# Lints when the toolchain has clippy (the machine image does; none can be fetched here).
+	@# Lints and format check when the toolchain has clippy and rustfmt (the machine image does;
+	@# neither can be fetched here).
 	if cargo clippy --version >/dev/null 2>&1; then cargo clippy --workspace --all-targets -- -D warnings; \
 	else echo "host-test: cargo clippy not installed: lint step not run"; fi
+	if cargo fmt --version >/dev/null 2>&1; then cargo fmt --all --check; \
+	else echo "host-test: rustfmt not installed: format check not run"; fi
 	cargo test --workspace
 
 vm-test:

@@ -8,7 +8,7 @@
 //!   first u32 (`argsz`), VFIO's style.
 //! - [`container`]: the legacy VFIO container (`vfio/vfio`), one shim-core container per open,
 //!   or adopted by the preload (handshake [`container::VFIO_SHIM_CUSE_ADOPT`]).
-//! - [`test_device`]: a tiny VFIO-style device for the VM test.
+//! - `test_device`: a tiny VFIO-style device for the VM test (feature `test-device`).
 //!
 //! Kernel facts this relies on, with file:line in the 7.3 sources: `docs/cuse.md`.
 
@@ -19,6 +19,7 @@ pub mod container;
 pub mod ll;
 pub mod retry;
 pub mod session;
+#[cfg(any(test, feature = "test-device"))]
 pub mod test_device;
 
 pub use session::{Caller, Config, CuseDevice, Ioctl, IoctlOutcome, PollRequest, Session, Stopper};

@@ -16,6 +16,7 @@ use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 use vfio_shim_cuse::container::{ContainerDevice, GroupDevice, Registry};
 use vfio_shim_cuse::session::{Config, Session, Stopper};
+#[cfg(feature = "test-device")]
 use vfio_shim_cuse::test_device::TestDevice;
 
 #[derive(Parser, Debug)]
@@ -31,6 +32,7 @@ struct Args {
     #[arg(long)]
     foreground: bool,
     /// Serve the test device (VFIO-style test ioctls, see the crate's test_device module).
+    #[cfg(feature = "test-device")]
     #[arg(long)]
     test_device: bool,
     /// Group nodes to serve beside the container, named `<dir of --name>/<N>`: `auto` (every
@@ -76,6 +78,7 @@ fn serve(args: &Args, ready: Option<std::fs::File>) -> Result<(), String> {
 
     let mut config = Config::new(&args.name);
     config.threads = usize::from(args.threads);
+    #[cfg(feature = "test-device")]
     if args.test_device {
         let session = Session::new(TestDevice::new(config.ioctl_limit), config).map_err(|e| e.to_string())?;
         session.init().map_err(|e| e.to_string())?;

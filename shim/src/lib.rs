@@ -7,6 +7,7 @@ pub mod arg;
 pub mod backend;
 pub mod device_name;
 pub mod dirty;
+#[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod handoff;
 pub mod hot_reset;

@@ -7,4 +7,5 @@ pub mod calls;
 pub mod corpus;
 pub mod executor;
 pub mod ops;
+#[cfg(feature = "replay")]
 pub mod replay;

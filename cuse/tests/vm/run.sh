@@ -14,7 +14,7 @@ mkdir -p "$results"
 results=$(cd "$results" && pwd)
 
 cd "$repo"
-cargo build -q -p vfio-shim-cuse
+cargo build -q -p vfio-shim-cuse --features test-device
 gcc -O2 -Wall -Wextra -Werror -o "$results/cuse_client" "$here/cuse_client.c"
 
 # vm.sh runs the command in this working directory, in the guest, with the host's root fs.

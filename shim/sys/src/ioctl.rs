@@ -9,7 +9,9 @@
 //! Every command here is `_IO(';', nr)`: the kernel reads the struct's leading `size`/`argsz`
 //! field to learn how much to copy, so each wrapper fills it with `size_of` the whole struct.
 //!
-//! `IOMMU_VFIO_IOAS` is wrapped for tests only: the backend must never drive the kernel's
+//! Wrappers the backend never uses (`IOMMU_VFIO_IOAS`, IOAS copy and allowed IOVAs, HWPT
+//! dirty tracking) exist for the kernel-backend tests, behind the `test-wrappers` feature.
+//! `IOMMU_VFIO_IOAS` in particular: the backend must never drive the kernel's
 //! container compat layer, which is what the shim replaces.
 #![allow(non_upper_case_globals)]
 
@@ -226,6 +228,7 @@ pub fn ioas_iova_ranges_with_capacity(
 }
 
 /// `IOMMU_IOAS_ALLOW_IOVAS`: replaces the IOAS's allowed list with `ranges`.
+#[cfg(any(test, feature = "test-wrappers"))]
 pub fn ioas_allow_iovas(iommufd: BorrowedFd<'_>, ioas_id: u32, ranges: &[iommu_iova_range]) -> Result<(), Errno> {
     let mut cmd = iommu_ioas_allow_iovas {
         size: argsz::<iommu_ioas_allow_iovas>(),
@@ -241,6 +244,7 @@ pub fn ioas_allow_iovas(iommufd: BorrowedFd<'_>, ioas_id: u32, ranges: &[iommu_i
 
 /// `IOMMU_IOAS_COPY` of an existing mapping `[src_iova, src_iova + length)` of
 /// `src_ioas_id` into `dst_ioas_id`; returns the destination IOVA.
+#[cfg(any(test, feature = "test-wrappers"))]
 pub fn ioas_copy(
     iommufd: BorrowedFd<'_>,
     dst_ioas_id: u32,
@@ -274,6 +278,7 @@ pub fn option(iommufd: BorrowedFd<'_>, option_id: u32, op: u16, object_id: u32, 
 
 /// `IOMMU_VFIO_IOAS`: selects the IOAS the kernel's legacy container compat acts on.
 /// For tests and completeness only: the shim's backend never uses it.
+#[cfg(any(test, feature = "test-wrappers"))]
 pub fn vfio_ioas(iommufd: BorrowedFd<'_>, op: u16, ioas_id: u32) -> Result<u32, Errno> {
     let mut cmd = iommu_vfio_ioas { size: argsz::<iommu_vfio_ioas>(), ioas_id, op, __reserved: 0 };
     // SAFETY: `cmd` is an `iommu_vfio_ioas` with no embedded pointers.
@@ -283,6 +288,7 @@ pub fn vfio_ioas(iommufd: BorrowedFd<'_>, op: u16, ioas_id: u32) -> Result<u32, 
 
 /// `IOMMU_HWPT_ALLOC` of a kernel-managed paging HWPT (`IOMMU_HWPT_DATA_NONE`) for device
 /// `dev_id` over IOAS/HWPT `pt_id`; returns the HWPT id.
+#[cfg(any(test, feature = "test-wrappers"))]
 pub fn hwpt_alloc(iommufd: BorrowedFd<'_>, flags: u32, dev_id: u32, pt_id: u32) -> Result<u32, Errno> {
     let mut cmd = iommu_hwpt_alloc {
         size: argsz::<iommu_hwpt_alloc>(),
@@ -298,6 +304,7 @@ pub fn hwpt_alloc(iommufd: BorrowedFd<'_>, flags: u32, dev_id: u32, pt_id: u32) 
 }
 
 /// `IOMMU_HWPT_SET_DIRTY_TRACKING`.
+#[cfg(any(test, feature = "test-wrappers"))]
 pub fn hwpt_set_dirty_tracking(iommufd: BorrowedFd<'_>, hwpt_id: u32, enable: bool) -> Result<(), Errno> {
     let mut cmd = iommu_hwpt_set_dirty_tracking {
         size: argsz::<iommu_hwpt_set_dirty_tracking>(),
@@ -312,6 +319,7 @@ pub fn hwpt_set_dirty_tracking(iommufd: BorrowedFd<'_>, hwpt_id: u32, enable: bo
 /// `u64` words the kernel writes for a dirty bitmap of `length` bytes at `page_size`
 /// granularity: `((length - 1) >> __ffs(page_size)) + 1` bits (iova_bitmap.c:255-258).
 /// `None` for the arguments the kernel rejects before touching the bitmap.
+#[cfg(any(test, feature = "test-wrappers"))]
 pub fn dirty_bitmap_words(length: u64, page_size: u64) -> Option<usize> {
     if length == 0 || page_size == 0 {
         return None;
@@ -323,6 +331,7 @@ pub fn dirty_bitmap_words(length: u64, page_size: u64) -> Option<usize> {
 /// `IOMMU_HWPT_GET_DIRTY_BITMAP` of `[iova, iova + length)` into `bitmap`, one bit per
 /// `page_size` starting at `iova`. `EINVAL` without a syscall when `bitmap` is shorter than
 /// [`dirty_bitmap_words`], since the kernel would write past it.
+#[cfg(any(test, feature = "test-wrappers"))]
 pub fn hwpt_get_dirty_bitmap(
     iommufd: BorrowedFd<'_>,
     hwpt_id: u32,
