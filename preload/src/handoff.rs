@@ -13,17 +13,19 @@
 
 use std::collections::HashMap;
 use std::ffi::c_int;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
 
 use vfio_shim::handoff::{ContainerRecord, DeviceRecord, GroupRecord, Handoff, Origin};
 use vfio_shim::{Backend, BoundDevice, ContainerId, Errno, GroupId};
+use vfio_shim_sys::memfd::SealFlag;
 
 use crate::real::real;
 use crate::state::{set_cloexec, Object, State};
 
 /// The kernel's `SCM_MAX_FD`: the most fds one message carries.
 pub const SCM_MAX_FD: usize = 253;
-const SEALS: c_int = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+const SEALS: SealFlag =
+    SealFlag::F_SEAL_SEAL.union(SealFlag::F_SEAL_SHRINK).union(SealFlag::F_SEAL_GROW).union(SealFlag::F_SEAL_WRITE);
 const HDR: usize = std::mem::size_of::<libc::cmsghdr>();
 /// `SCM_PIDFD` (include/linux/socket.h): a pidfd the kernel installs on receive.
 const SCM_PIDFD: c_int = 4;
@@ -151,56 +153,33 @@ pub fn lay_out(msgs: &[(c_int, c_int, Vec<u8>)], room: usize) -> (Vec<u8>, bool,
 
 /// The description as a sealed memfd (close-on-exec here; the receiver gets its own flags).
 pub fn memfd_of(text: &str) -> Result<OwnedFd, Errno> {
-    // SAFETY: a NUL-terminated name and valid flags.
-    let fd = unsafe { libc::memfd_create(c"vfio-shim-handoff".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
-    if fd < 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: `fd` was just created and is ours alone.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut done = 0;
-    while done < text.len() {
-        let rest = &text.as_bytes()[done..];
-        // SAFETY: writing from a live buffer of `rest.len()` bytes.
-        let n = unsafe { libc::write(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len()) };
-        if n <= 0 {
-            return Err(Errno::last());
-        }
-        done += n as usize;
-    }
-    // SAFETY: F_ADD_SEALS on our memfd.
-    if unsafe { (real().fcntl)(fd.as_raw_fd(), libc::F_ADD_SEALS, SEALS as _) } != 0 {
-        return Err(Errno::last());
-    }
-    Ok(fd)
+    vfio_shim_sys::memfd::sealed(c"vfio-shim-handoff", text.as_bytes(), SEALS)
 }
 
 /// The handoff in `fd`, if `fd` is one: a memfd sealed exactly as [`memfd_of`] seals it,
 /// holding a valid description.
 pub fn read_handoff(fd: c_int) -> Option<Handoff> {
-    // SAFETY: F_GET_SEALS only reads the file's seals (EINVAL for anything but a memfd).
-    if unsafe { (real().fcntl)(fd, libc::F_GET_SEALS, 0) } != SEALS {
+    // SAFETY: `fd` was just received and is open for the duration of this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    if vfio_shim_sys::memfd::seals(fd).ok()? != SEALS {
         return None;
     }
     let magic = b"vfio-shim-handoff ";
     let mut head = [0u8; 18];
-    // SAFETY: reading into a live buffer of its own length.
-    let n = unsafe { libc::pread(fd, head.as_mut_ptr().cast(), head.len(), 0) };
-    if n != head.len() as isize || &head != magic {
+    if vfio_shim_sys::memfd::read_at(fd, &mut head, 0).ok()? != head.len() || &head != magic {
         return None;
     }
     let mut text = Vec::new();
     let mut chunk = [0u8; 16384];
     loop {
-        // SAFETY: reading into a live buffer of its own length.
-        let n = unsafe { libc::pread(fd, chunk.as_mut_ptr().cast(), chunk.len(), text.len() as libc::off_t) };
-        if n < 0 || text.len() > MAX_TEXT {
+        let n = vfio_shim_sys::memfd::read_at(fd, &mut chunk, text.len() as u64).ok()?;
+        if text.len() > MAX_TEXT {
             return None;
         }
         if n == 0 {
             break;
         }
-        text.extend_from_slice(&chunk[..n as usize]);
+        text.extend_from_slice(&chunk[..n]);
     }
     Handoff::decode(std::str::from_utf8(&text).ok()?).ok()
 }

@@ -391,12 +391,7 @@ fn close_range_emulated(first: libc::c_uint, last: libc::c_uint, flags: c_int) -
 
 // ------------------------------------------------------------------------------ ioctl
 
-/// `KVM_SET_DEVICE_ATTR`: `_IOW(KVMIO, 0xe1, struct kvm_device_attr)`.
-const KVM_SET_DEVICE_ATTR: c_ulong = 0x4018_aee1;
-/// `KVM_DEV_VFIO_FILE` (formerly `KVM_DEV_VFIO_GROUP`) and its `ADD`/`DEL` attributes.
-const KVM_DEV_VFIO_FILE: u32 = 1;
-const KVM_DEV_VFIO_FILE_ADD: u64 = 1;
-const KVM_DEV_VFIO_FILE_DEL: u64 = 2;
+const KVM_SET_DEVICE_ATTR: c_ulong = vfio_shim::abi::KVM_SET_DEVICE_ATTR as c_ulong;
 
 /// # Safety
 /// As `ioctl(2)`: `arg` is what `req` expects.
@@ -438,26 +433,24 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: c_ulong) -> c_int {
 /// bypass. An emulated group is not a file KVM knows, so `FILE_ADD`/`FILE_DEL` of one becomes
 /// the same request for each of the group's device cdevs (which KVM accepts since 6.6).
 fn kvm_set_device_attr(fd: c_int, arg: c_ulong) -> c_int {
+    use vfio_shim::abi::{kvm_device_attr, KVM_DEV_VFIO_FILE, KVM_DEV_VFIO_FILE_ADD, KVM_DEV_VFIO_FILE_DEL};
+    use zerocopy::FromBytes;
     let mut mem = OwnMemory { arg };
-    let mut attr = [0u8; 24];
     let passthrough = |a: c_ulong| {
-        // SAFETY: forwarding a KVM_SET_DEVICE_ATTR with a pointer to a valid attr struct.
+        // SAFETY: forwarding the program's own request and argument.
         unsafe { (real().ioctl)(fd, KVM_SET_DEVICE_ATTR, a) }
     };
-    if mem.read(0, &mut attr).is_err() {
+    let Ok(attr) = vfio_shim::arg::read_struct::<kvm_device_attr>(&mut mem, 0) else {
         return passthrough(arg);
-    }
-    let group = u32::from_ne_bytes(attr[4..8].try_into().expect("4 bytes"));
-    let what = u64::from_ne_bytes(attr[8..16].try_into().expect("8 bytes"));
-    let addr = u64::from_ne_bytes(attr[16..24].try_into().expect("8 bytes"));
-    if group != KVM_DEV_VFIO_FILE || !(what == KVM_DEV_VFIO_FILE_ADD || what == KVM_DEV_VFIO_FILE_DEL) {
+    };
+    if attr.group != KVM_DEV_VFIO_FILE || !(attr.attr == KVM_DEV_VFIO_FILE_ADD || attr.attr == KVM_DEV_VFIO_FILE_DEL) {
         return passthrough(arg);
     }
     let mut file_fd = [0u8; 4];
-    if mem.read_user(addr, &mut file_fd).is_err() {
+    if mem.read_user(attr.addr, &mut file_fd).is_err() {
         return passthrough(arg);
     }
-    let file_fd = i32::from_ne_bytes(file_fd);
+    let file_fd = i32::read_from_bytes(&file_fd).expect("4 bytes");
     if table::kind(file_fd) != Kind::Group {
         return passthrough(arg);
     }
@@ -465,18 +458,13 @@ fn kvm_set_device_attr(fd: c_int, arg: c_ulong) -> c_int {
         let Some(Object::Group(g)) = s.object(file_fd) else {
             return Err(Errno::EBADF);
         };
-        for dev in s.group_device_fds(g) {
-            let dev_fd: i32 = dev;
-            let mut rewritten = attr;
-            rewritten[16..24].copy_from_slice(&(&dev_fd as *const i32 as u64).to_ne_bytes());
-            // SAFETY: `rewritten` is a valid kvm_device_attr whose addr points at `dev_fd`,
-            // both live across the call.
-            let rc = unsafe { (real().ioctl)(fd, KVM_SET_DEVICE_ATTR, rewritten.as_ptr() as c_ulong) };
-            if rc < 0 {
-                return Err(Errno::last());
-            }
+        // SAFETY: `fd` is the program's KVM device fd, open for the call it is making.
+        let kvm_device = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        for dev_fd in s.group_device_fds(g) {
+            let rewritten = kvm_device_attr { addr: &dev_fd as *const c_int as u64, ..attr };
+            vfio_shim_sys::kvm::set_device_attr(kvm_device, &rewritten)?;
         }
-        s.set_group_kvm_registered(g, what == KVM_DEV_VFIO_FILE_ADD);
+        s.set_group_kvm_registered(g, attr.attr == KVM_DEV_VFIO_FILE_ADD);
         Ok(0)
     })
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::ffi::c_int;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 
 use vfio_shim::arg::ArgMemory;
 use vfio_shim::handoff::Origin;
@@ -105,42 +105,14 @@ fn in_table(fd: c_int) -> Result<c_int, Errno> {
     Ok(fd)
 }
 
-/// Whether the character device `rdev` is a CUSE node (`/sys/dev/char/M:m` leads to
-/// `/sys/devices/virtual/cuse/...`): vfio-shim's daemon, not the kernel's VFIO.
-fn is_cuse_node(rdev: libc::dev_t) -> bool {
-    let link = format!("/sys/dev/char/{}:{}", libc::major(rdev), libc::minor(rdev));
-    std::fs::read_link(link).is_ok_and(|t| t.to_string_lossy().contains("/cuse/"))
-}
-
-/// If `path` (`/dev/vfio/vfio` or `/dev/vfio/<N>`) is vfio-shim's CUSE node, opens it for real
-/// (so the kernel checks the node's permissions, and `/proc/self/fd` names it) and tells the
-/// daemon this open is served in-process. `None` when there is no node or it is not ours.
-/// An open the node refuses (EACCES, a group already open: EBUSY) is that error.
+/// If `path` (`/dev/vfio/vfio` or `/dev/vfio/<N>`) is vfio-shim's CUSE node, its adopted open
+/// (see `vfio_shim_sys::cuse_client::open_adopted`), when the fd table can hold it.
 fn cuse_node_with(path: &std::ffi::CStr, flags: c_int) -> Result<Option<c_int>, Errno> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: `path` is a valid C string and `st` a writable stat buffer.
-    if unsafe { libc::stat(path.as_ptr(), st.as_mut_ptr()) } != 0 {
-        return Ok(None);
+    match vfio_shim_sys::cuse_client::open_adopted(path, flags)? {
+        Some(fd) if (fd.as_raw_fd() as usize) < table::MAX_FDS => Ok(Some(fd.into_raw_fd())),
+        // Beyond the table: serve without the node (the fd closes here).
+        _ => Ok(None),
     }
-    // SAFETY: stat succeeded and filled `st`.
-    let st = unsafe { st.assume_init() };
-    if st.st_mode & libc::S_IFMT != libc::S_IFCHR || !is_cuse_node(st.st_rdev) {
-        return Ok(None);
-    }
-    // SAFETY: a plain open of the node with the caller's flags.
-    let fd = unsafe { (real().open)(path.as_ptr(), flags, 0) };
-    if fd < 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: the handshake ioctl takes no argument.
-    let rc = unsafe { (real().ioctl)(fd, vfio_shim::abi::VFIO_SHIM_CUSE_ADOPT as _, 0) };
-    if rc != vfio_shim::abi::VFIO_SHIM_CUSE_ADOPT_PROTOCOL || fd as usize >= table::MAX_FDS {
-        // Not our daemon, or another protocol: serve without the node.
-        // SAFETY: closing the fd just opened.
-        unsafe { (real().close)(fd) };
-        return Ok(None);
-    }
-    Ok(Some(fd))
 }
 
 impl State {
@@ -384,11 +356,10 @@ impl State {
         if (argsz as usize) < HEADER_SIZE {
             return Err(Errno::EINVAL);
         }
-        // SAFETY: the caller's buffer, as it passed it, for the request it asked for.
-        let rc = unsafe { (real().ioctl)(fd, vfio_shim::abi::VFIO_DEVICE_GET_PCI_HOT_RESET_INFO as _, arg as _) };
-        if rc < 0 {
-            return Err(Errno::last());
-        }
+        // SAFETY: `fd` is the program's device fd, open for the call it is making.
+        let device = unsafe { BorrowedFd::borrow_raw(fd) };
+        // SAFETY: `arg` is the program's own argument for this very request.
+        let rc = unsafe { vfio_shim_sys::ioctl::device_pci_hot_reset_info_at(device, arg) }?;
         let mut header: vfio_pci_hot_reset_header = read_struct(&mut mem, 0)?;
         let mut devices = vec![vfio_pci_dependent_device::default(); header.count as usize];
         use zerocopy::IntoBytes;
@@ -427,16 +398,10 @@ impl State {
         }
         // Which groups the reset touches: ask the kernel, in a buffer of our own.
         let mut buf = vec![0u8; HEADER_SIZE + 8 * 256];
-        let mut info = vfio_pci_hot_reset_header { argsz: buf.len() as u32, flags: 0, count: 0 };
-        buf[..HEADER_SIZE].copy_from_slice(info.as_bytes());
-        // SAFETY: `buf` is a writable hot-reset-info buffer of `argsz` bytes.
-        let rc = unsafe {
-            (real().ioctl)(fd, vfio_shim::abi::VFIO_DEVICE_GET_PCI_HOT_RESET_INFO as _, buf.as_mut_ptr() as _)
-        };
-        if rc < 0 {
-            return Err(Errno::last());
-        }
-        info = vfio_pci_hot_reset_header::read_from_bytes(&buf[..HEADER_SIZE]).map_err(|_| Errno::EIO)?;
+        // SAFETY: `fd` is the program's device fd, open for the call it is making.
+        let device = unsafe { BorrowedFd::borrow_raw(fd) };
+        vfio_shim_sys::ioctl::device_pci_hot_reset_info(device, &mut buf)?;
+        let info = vfio_pci_hot_reset_header::read_from_bytes(&buf[..HEADER_SIZE]).map_err(|_| Errno::EIO)?;
         let mut affected = Vec::new();
         for n in 0..info.count as usize {
             let off = HEADER_SIZE + 8 * n;
@@ -444,14 +409,7 @@ impl State {
             affected.push(self.shim.backend().pci_iommu_group(d.segment, d.bus, d.devfn).ok_or(Errno::EPERM)?);
         }
         groups_cover(&affected, &passed)?;
-        let cdev_form = vfio_pci_hot_reset_header { argsz: HEADER_SIZE as u32, flags: 0, count: 0 };
-        // SAFETY: a valid header-only vfio_pci_hot_reset on our stack.
-        let rc =
-            unsafe { (real().ioctl)(fd, vfio_shim::abi::VFIO_DEVICE_PCI_HOT_RESET as _, &cdev_form as *const _ as _) };
-        if rc < 0 {
-            return Err(Errno::last());
-        }
-        Ok(rc)
+        vfio_shim_sys::ioctl::device_pci_hot_reset_cdev(device)
     }
 
     /// The raw cdev fds of a group's bound devices (KVM file add/del rewriting).
@@ -473,10 +431,8 @@ impl Default for State {
 
 /// 64 random bits (the time and pid when getrandom fails: a name need not be secret).
 fn fresh_nonce() -> u64 {
-    let mut b = [0u8; 8];
-    // SAFETY: `b` is a writable 8-byte buffer.
-    if unsafe { libc::getrandom(b.as_mut_ptr().cast(), 8, libc::GRND_NONBLOCK) } == 8 {
-        return u64::from_ne_bytes(b);
+    if let Some(n) = vfio_shim_sys::random::random_u64() {
+        return n;
     }
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     (t.as_nanos() as u64) ^ (u64::from(std::process::id()) << 32)

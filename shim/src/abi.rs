@@ -12,42 +12,43 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 pub const VFIO_TYPE: u32 = b';' as u32;
 pub const VFIO_BASE: u32 = 100;
 
-/// `_IO(type, nr)`: VFIO ioctls encode neither direction nor size.
-pub const fn io(ty: u32, nr: u32) -> u32 {
-    (ty << 8) | nr
+/// `_IO(VFIO_TYPE, VFIO_BASE + n)`: VFIO ioctls encode neither direction nor size (the
+/// kernel reads `argsz`). The one definition of every VFIO ioctl number in the project.
+const fn vfio_io(n: u32) -> u32 {
+    nix::request_code_none!(VFIO_TYPE, VFIO_BASE + n) as u32
 }
 
 pub const VFIO_API_VERSION: i32 = 0;
 
 // Container ioctls (on /dev/vfio/vfio).
-pub const VFIO_GET_API_VERSION: u32 = io(VFIO_TYPE, VFIO_BASE);
-pub const VFIO_CHECK_EXTENSION: u32 = io(VFIO_TYPE, VFIO_BASE + 1);
-pub const VFIO_SET_IOMMU: u32 = io(VFIO_TYPE, VFIO_BASE + 2);
+pub const VFIO_GET_API_VERSION: u32 = vfio_io(0);
+pub const VFIO_CHECK_EXTENSION: u32 = vfio_io(1);
+pub const VFIO_SET_IOMMU: u32 = vfio_io(2);
 // Group ioctls (on /dev/vfio/<N>).
-pub const VFIO_GROUP_GET_STATUS: u32 = io(VFIO_TYPE, VFIO_BASE + 3);
-pub const VFIO_GROUP_SET_CONTAINER: u32 = io(VFIO_TYPE, VFIO_BASE + 4);
-pub const VFIO_GROUP_UNSET_CONTAINER: u32 = io(VFIO_TYPE, VFIO_BASE + 5);
-pub const VFIO_GROUP_GET_DEVICE_FD: u32 = io(VFIO_TYPE, VFIO_BASE + 6);
+pub const VFIO_GROUP_GET_STATUS: u32 = vfio_io(3);
+pub const VFIO_GROUP_SET_CONTAINER: u32 = vfio_io(4);
+pub const VFIO_GROUP_UNSET_CONTAINER: u32 = vfio_io(5);
+pub const VFIO_GROUP_GET_DEVICE_FD: u32 = vfio_io(6);
 // Device ioctls (on a device fd). Numbers collide with the IOMMU ones below: always
 // dispatch on the fd's kind first.
-pub const VFIO_DEVICE_GET_INFO: u32 = io(VFIO_TYPE, VFIO_BASE + 7);
-pub const VFIO_DEVICE_GET_REGION_INFO: u32 = io(VFIO_TYPE, VFIO_BASE + 8);
-pub const VFIO_DEVICE_GET_IRQ_INFO: u32 = io(VFIO_TYPE, VFIO_BASE + 9);
-pub const VFIO_DEVICE_SET_IRQS: u32 = io(VFIO_TYPE, VFIO_BASE + 10);
-pub const VFIO_DEVICE_RESET: u32 = io(VFIO_TYPE, VFIO_BASE + 11);
-pub const VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: u32 = io(VFIO_TYPE, VFIO_BASE + 12);
-pub const VFIO_DEVICE_PCI_HOT_RESET: u32 = io(VFIO_TYPE, VFIO_BASE + 13);
-pub const VFIO_DEVICE_FEATURE: u32 = io(VFIO_TYPE, VFIO_BASE + 17);
-pub const VFIO_DEVICE_BIND_IOMMUFD: u32 = io(VFIO_TYPE, VFIO_BASE + 18);
-pub const VFIO_DEVICE_ATTACH_IOMMUFD_PT: u32 = io(VFIO_TYPE, VFIO_BASE + 19);
-pub const VFIO_DEVICE_DETACH_IOMMUFD_PT: u32 = io(VFIO_TYPE, VFIO_BASE + 20);
+pub const VFIO_DEVICE_GET_INFO: u32 = vfio_io(7);
+pub const VFIO_DEVICE_GET_REGION_INFO: u32 = vfio_io(8);
+pub const VFIO_DEVICE_GET_IRQ_INFO: u32 = vfio_io(9);
+pub const VFIO_DEVICE_SET_IRQS: u32 = vfio_io(10);
+pub const VFIO_DEVICE_RESET: u32 = vfio_io(11);
+pub const VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: u32 = vfio_io(12);
+pub const VFIO_DEVICE_PCI_HOT_RESET: u32 = vfio_io(13);
+pub const VFIO_DEVICE_FEATURE: u32 = vfio_io(17);
+pub const VFIO_DEVICE_BIND_IOMMUFD: u32 = vfio_io(18);
+pub const VFIO_DEVICE_ATTACH_IOMMUFD_PT: u32 = vfio_io(19);
+pub const VFIO_DEVICE_DETACH_IOMMUFD_PT: u32 = vfio_io(20);
 // type1 IOMMU ioctls (on a container with an IOMMU set).
-pub const VFIO_IOMMU_GET_INFO: u32 = io(VFIO_TYPE, VFIO_BASE + 12);
-pub const VFIO_IOMMU_MAP_DMA: u32 = io(VFIO_TYPE, VFIO_BASE + 13);
-pub const VFIO_IOMMU_UNMAP_DMA: u32 = io(VFIO_TYPE, VFIO_BASE + 14);
-pub const VFIO_IOMMU_ENABLE: u32 = io(VFIO_TYPE, VFIO_BASE + 15);
-pub const VFIO_IOMMU_DISABLE: u32 = io(VFIO_TYPE, VFIO_BASE + 16);
-pub const VFIO_IOMMU_DIRTY_PAGES: u32 = io(VFIO_TYPE, VFIO_BASE + 17);
+pub const VFIO_IOMMU_GET_INFO: u32 = vfio_io(12);
+pub const VFIO_IOMMU_MAP_DMA: u32 = vfio_io(13);
+pub const VFIO_IOMMU_UNMAP_DMA: u32 = vfio_io(14);
+pub const VFIO_IOMMU_ENABLE: u32 = vfio_io(15);
+pub const VFIO_IOMMU_DISABLE: u32 = vfio_io(16);
+pub const VFIO_IOMMU_DIRTY_PAGES: u32 = vfio_io(17);
 
 // CHECK_EXTENSION / SET_IOMMU arguments.
 pub const VFIO_TYPE1_IOMMU: u64 = 1;
@@ -88,12 +89,34 @@ pub const VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP: u32 = 1 << 2;
 /// vfio-shim's own handshake on its CUSE node (not a kernel number): the preload tells the
 /// daemon it serves this open in-process. `_IO(';', 240)`, unused by VFIO; answers
 /// [`VFIO_SHIM_CUSE_ADOPT_PROTOCOL`].
-pub const VFIO_SHIM_CUSE_ADOPT: u32 = io(VFIO_TYPE, 240);
+pub const VFIO_SHIM_CUSE_ADOPT: u32 = vfio_io(240 - VFIO_BASE);
 pub const VFIO_SHIM_CUSE_ADOPT_PROTOCOL: i32 = 1;
 /// vfio-shim's own: the daemon asks its container node which open a file is (it answers its
 /// file handle). Served only to the daemon's own threads, so a group's `SET_CONTAINER` can name
 /// a container by fd. `_IO(';', 241)`.
-pub const VFIO_SHIM_CUSE_IDENTIFY: u32 = io(VFIO_TYPE, 241);
+pub const VFIO_SHIM_CUSE_IDENTIFY: u32 = vfio_io(241 - VFIO_BASE);
+
+/// `KVMIO`: the ioctl type of KVM (`<linux/kvm.h>`).
+pub const KVMIO: u32 = 0xAE;
+
+/// `struct kvm_device_attr` (`<linux/kvm.h>`): the argument of `KVM_SET_DEVICE_ATTR`, which
+/// the shim rewrites when it names a legacy group for KVM's VFIO device.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct kvm_device_attr {
+    pub flags: u32,
+    pub group: u32,
+    pub attr: u64,
+    pub addr: u64,
+}
+
+/// `_IOW(KVMIO, 0xe1, struct kvm_device_attr)`.
+pub const KVM_SET_DEVICE_ATTR: u32 =
+    nix::request_code_write!(KVMIO, 0xe1, core::mem::size_of::<kvm_device_attr>()) as u32;
+/// `KVM_DEV_VFIO_FILE` (formerly `KVM_DEV_VFIO_GROUP`) and its `ADD`/`DEL` attributes.
+pub const KVM_DEV_VFIO_FILE: u32 = 1;
+pub const KVM_DEV_VFIO_FILE_ADD: u64 = 1;
+pub const KVM_DEV_VFIO_FILE_DEL: u64 = 2;
 
 /// type1's `dma_entry_limit` module parameter default (`U16_MAX`, T1:59).
 pub const DMA_ENTRY_LIMIT_DEFAULT: u32 = 65535;

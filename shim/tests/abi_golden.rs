@@ -37,6 +37,16 @@ fn legacy_ioctl_numbers() {
 }
 
 #[test]
+fn kvm_vfio_device_attr() {
+    // <linux/kvm.h>: _IOW(KVMIO, 0xe1, struct kvm_device_attr), KVM_DEV_VFIO_FILE{,_ADD,_DEL}.
+    assert_eq!(size_of::<kvm_device_attr>(), 24);
+    assert_eq!(KVM_SET_DEVICE_ATTR, 0x4018_aee1);
+    assert_eq!((KVM_DEV_VFIO_FILE, KVM_DEV_VFIO_FILE_ADD, KVM_DEV_VFIO_FILE_DEL), (1, 1, 2));
+    // vfio-shim's own CUSE handshakes: _IO(';', 240) and _IO(';', 241).
+    assert_eq!((VFIO_SHIM_CUSE_ADOPT, VFIO_SHIM_CUSE_IDENTIFY), (0x3bf0, 0x3bf1));
+}
+
+#[test]
 fn legacy_constants() {
     assert_eq!(VFIO_TYPE1_IOMMU as u32, vb::VFIO_TYPE1_IOMMU);
     assert_eq!(VFIO_TYPE1v2_IOMMU as u32, vb::VFIO_TYPE1v2_IOMMU);

@@ -29,34 +29,33 @@ pub use iommufd::{
 };
 pub use vfio::{vfio_device_attach_iommufd_pt, vfio_device_bind_iommufd, vfio_device_detach_iommufd_pt};
 
-/// `_IO(type, nr)`: neither direction nor size is encoded.
-pub const fn io(ty: u32, nr: u32) -> u32 {
-    (ty << 8) | nr
+/// `_IO(IOMMUFD_TYPE, cmd)`: neither direction nor size is encoded (the kernel reads `size`).
+/// The one definition of every iommufd ioctl number; VFIO's are `vfio_shim::abi`'s.
+const fn iommufd_io(cmd: u32) -> u32 {
+    nix::request_code_none!(IOMMUFD_TYPE, cmd) as u32
 }
 
 /// `';'`, shared by VFIO and iommufd.
 pub const IOMMUFD_TYPE: u32 = iommufd::IOMMUFD_TYPE as u32;
-pub const VFIO_TYPE: u32 = vfio::VFIO_TYPE as u32;
-pub const VFIO_BASE: u32 = vfio::VFIO_BASE;
+pub use vfio_shim::abi::{
+    VFIO_BASE, VFIO_DEVICE_ATTACH_IOMMUFD_PT, VFIO_DEVICE_BIND_IOMMUFD, VFIO_DEVICE_DETACH_IOMMUFD_PT,
+    VFIO_DEVICE_FEATURE, VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, VFIO_DEVICE_PCI_HOT_RESET, VFIO_TYPE,
+};
 
-pub const IOMMU_DESTROY: u32 = io(IOMMUFD_TYPE, iommufd::IOMMUFD_CMD_DESTROY);
-pub const IOMMU_IOAS_ALLOC: u32 = io(IOMMUFD_TYPE, iommufd::IOMMUFD_CMD_IOAS_ALLOC);
-pub const IOMMU_IOAS_ALLOW_IOVAS: u32 = io(IOMMUFD_TYPE, iommufd::IOMMUFD_CMD_IOAS_ALLOW_IOVAS);
-pub const IOMMU_IOAS_COPY: u32 = io(IOMMUFD_TYPE, iommufd::IOMMUFD_CMD_IOAS_COPY);
-pub const IOMMU_IOAS_IOVA_RANGES: u32 = io(IOMMUFD_TYPE, iommufd::IOMMUFD_CMD_IOAS_IOVA_RANGES);
-pub const IOMMU_IOAS_MAP: u32 = io(IOMMUFD_TYPE, iommufd::IOMMUFD_CMD_IOAS_MAP);
-pub const IOMMU_IOAS_UNMAP: u32 = io(IOMMUFD_TYPE, iommufd::IOMMUFD_CMD_IOAS_UNMAP);
-pub const IOMMU_OPTION: u32 = io(IOMMUFD_TYPE, iommufd::IOMMUFD_CMD_OPTION);
-pub const IOMMU_VFIO_IOAS: u32 = io(IOMMUFD_TYPE, iommufd::IOMMUFD_CMD_VFIO_IOAS);
-pub const IOMMU_HWPT_ALLOC: u32 = io(IOMMUFD_TYPE, iommufd::IOMMUFD_CMD_HWPT_ALLOC);
-pub const IOMMU_GET_HW_INFO: u32 = io(IOMMUFD_TYPE, iommufd::IOMMUFD_CMD_GET_HW_INFO);
-pub const IOMMU_HWPT_SET_DIRTY_TRACKING: u32 = io(IOMMUFD_TYPE, iommufd::IOMMUFD_CMD_HWPT_SET_DIRTY_TRACKING);
-pub const IOMMU_HWPT_GET_DIRTY_BITMAP: u32 = io(IOMMUFD_TYPE, iommufd::IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP);
-pub const IOMMU_IOAS_MAP_FILE: u32 = io(IOMMUFD_TYPE, iommufd::IOMMUFD_CMD_IOAS_MAP_FILE);
-
-pub const VFIO_DEVICE_BIND_IOMMUFD: u32 = io(VFIO_TYPE, VFIO_BASE + 18);
-pub const VFIO_DEVICE_ATTACH_IOMMUFD_PT: u32 = io(VFIO_TYPE, VFIO_BASE + 19);
-pub const VFIO_DEVICE_DETACH_IOMMUFD_PT: u32 = io(VFIO_TYPE, VFIO_BASE + 20);
+pub const IOMMU_DESTROY: u32 = iommufd_io(iommufd::IOMMUFD_CMD_DESTROY);
+pub const IOMMU_IOAS_ALLOC: u32 = iommufd_io(iommufd::IOMMUFD_CMD_IOAS_ALLOC);
+pub const IOMMU_IOAS_ALLOW_IOVAS: u32 = iommufd_io(iommufd::IOMMUFD_CMD_IOAS_ALLOW_IOVAS);
+pub const IOMMU_IOAS_COPY: u32 = iommufd_io(iommufd::IOMMUFD_CMD_IOAS_COPY);
+pub const IOMMU_IOAS_IOVA_RANGES: u32 = iommufd_io(iommufd::IOMMUFD_CMD_IOAS_IOVA_RANGES);
+pub const IOMMU_IOAS_MAP: u32 = iommufd_io(iommufd::IOMMUFD_CMD_IOAS_MAP);
+pub const IOMMU_IOAS_UNMAP: u32 = iommufd_io(iommufd::IOMMUFD_CMD_IOAS_UNMAP);
+pub const IOMMU_OPTION: u32 = iommufd_io(iommufd::IOMMUFD_CMD_OPTION);
+pub const IOMMU_VFIO_IOAS: u32 = iommufd_io(iommufd::IOMMUFD_CMD_VFIO_IOAS);
+pub const IOMMU_HWPT_ALLOC: u32 = iommufd_io(iommufd::IOMMUFD_CMD_HWPT_ALLOC);
+pub const IOMMU_GET_HW_INFO: u32 = iommufd_io(iommufd::IOMMUFD_CMD_GET_HW_INFO);
+pub const IOMMU_HWPT_SET_DIRTY_TRACKING: u32 = iommufd_io(iommufd::IOMMUFD_CMD_HWPT_SET_DIRTY_TRACKING);
+pub const IOMMU_HWPT_GET_DIRTY_BITMAP: u32 = iommufd_io(iommufd::IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP);
+pub const IOMMU_IOAS_MAP_FILE: u32 = iommufd_io(iommufd::IOMMUFD_CMD_IOAS_MAP_FILE);
 
 // enum iommufd_ioas_map_flags
 pub const IOMMU_IOAS_MAP_FIXED_IOVA: u32 = iommufd::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_FIXED_IOVA;
@@ -455,8 +454,43 @@ pub fn device_detach_iommufd_pt(device: BorrowedFd<'_>) -> Result<(), Errno> {
     unsafe { ioctl(device, VFIO_DEVICE_DETACH_IOMMUFD_PT, &mut cmd) }
 }
 
-/// `VFIO_DEVICE_FEATURE` (`VFIO_BASE + 17` on a device fd).
-pub const VFIO_DEVICE_FEATURE: u32 = (b';' as u32) << 8 | (100 + 17);
+/// `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO` into the caller's buffer at `arg`, whose leading
+/// `argsz` says how much the kernel may write (it answers `ENOSPC` with the count needed when
+/// that is too little). Returns the ioctl's value.
+///
+/// # Safety
+/// `arg` is the address the calling program passed with this very request: the kernel reads
+/// and writes it with fault handling, and the program owns what it pointed the kernel at.
+pub unsafe fn device_pci_hot_reset_info_at(device: BorrowedFd<'_>, arg: u64) -> Result<i32, Errno> {
+    // SAFETY: the caller passes the program's own argument for this request.
+    let rc = unsafe { libc::ioctl(device.as_raw_fd(), VFIO_DEVICE_GET_PCI_HOT_RESET_INFO as _, arg) };
+    Errno::result(rc)
+}
+
+/// `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO` into `buf`: a `vfio_pci_hot_reset_info` header (its
+/// `argsz` set here to `buf.len()`) followed by room for the dependent devices.
+pub fn device_pci_hot_reset_info(device: BorrowedFd<'_>, buf: &mut [u8]) -> Result<i32, Errno> {
+    if buf.len() < 12 {
+        return Err(Errno::EINVAL);
+    }
+    let argsz = u32::try_from(buf.len()).map_err(|_| Errno::EINVAL)?;
+    buf[..4].copy_from_slice(&argsz.to_ne_bytes());
+    // SAFETY: the kernel writes at most `argsz` bytes, all of `buf`, which is borrowed
+    // mutably for the call.
+    let rc = unsafe { libc::ioctl(device.as_raw_fd(), VFIO_DEVICE_GET_PCI_HOT_RESET_INFO as _, buf.as_mut_ptr()) };
+    Errno::result(rc)
+}
+
+/// `VFIO_DEVICE_PCI_HOT_RESET` in the cdev form: no group fds (`count == 0`); the kernel checks
+/// that the caller's iommufd owns every affected device.
+pub fn device_pci_hot_reset_cdev(device: BorrowedFd<'_>) -> Result<i32, Errno> {
+    // struct vfio_pci_hot_reset { argsz, flags, count } with an empty group_fds[].
+    let mut header: [u32; 3] = [12, 0, 0];
+    // SAFETY: a header-only `vfio_pci_hot_reset` on our stack; the kernel reads its 12 bytes.
+    let rc = unsafe { libc::ioctl(device.as_raw_fd(), VFIO_DEVICE_PCI_HOT_RESET as _, header.as_mut_ptr()) };
+    Errno::result(rc)
+}
+
 pub const VFIO_DEVICE_FEATURE_GET: u32 = 1 << 16;
 /// `VFIO_DEVICE_FEATURE_DMA_BUF` (vfio.h, 7.3).
 pub const VFIO_DEVICE_FEATURE_DMA_BUF: u32 = 11;
@@ -552,7 +586,7 @@ pub const PROCMAP_QUERY_VMA_READABLE: u64 = 0x01;
 pub const PROCMAP_QUERY_VMA_WRITABLE: u64 = 0x02;
 pub const PROCMAP_QUERY_VMA_SHARED: u64 = 0x08;
 /// `_IOWR('f', 17, struct procmap_query)`.
-pub const PROCMAP_QUERY: u32 = (3 << 30) | ((size_of::<procmap_query>() as u32) << 16) | ((b'f' as u32) << 8) | 17;
+pub const PROCMAP_QUERY: u32 = nix::request_code_readwrite!(b'f', 17, size_of::<procmap_query>()) as u32;
 
 /// `PROCMAP_QUERY` on an open `/proc/<pid>/maps`: the VMA covering `addr` (ENOENT: none).
 pub fn procmap_query(maps: BorrowedFd<'_>, addr: u64) -> Result<procmap_query, Errno> {
