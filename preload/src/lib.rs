@@ -435,7 +435,8 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: c_ulong) -> c_int {
 fn kvm_set_device_attr(fd: c_int, arg: c_ulong) -> c_int {
     use vfio_shim::abi::{kvm_device_attr, KVM_DEV_VFIO_FILE, KVM_DEV_VFIO_FILE_ADD, KVM_DEV_VFIO_FILE_DEL};
     use zerocopy::FromBytes;
-    let mut mem = OwnMemory { arg };
+    // SAFETY: `arg` is the program's own argument for the request it made.
+    let mut mem = unsafe { OwnMemory::new(arg) };
     let passthrough = |a: c_ulong| {
         // SAFETY: forwarding the program's own request and argument.
         unsafe { (real().ioctl)(fd, KVM_SET_DEVICE_ATTR, a) }

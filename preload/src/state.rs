@@ -323,12 +323,14 @@ impl State {
     }
 
     pub fn container_ioctl(&mut self, id: ContainerId, req: u32, arg: u64) -> Result<c_int, Errno> {
-        let mut mem = OwnMemory { arg };
+        // SAFETY: `arg` is the program's own argument for the request it made.
+        let mut mem = unsafe { OwnMemory::new(arg) };
         self.shim.container_ioctl(id, req, arg, &mut mem).map(|v| v as c_int)
     }
 
     pub fn group_ioctl(&mut self, id: GroupId, req: u32, arg: u64) -> Result<c_int, Errno> {
-        let mut mem = OwnMemory { arg };
+        // SAFETY: `arg` is the program's own argument for the request it made.
+        let mut mem = unsafe { OwnMemory::new(arg) };
         let fds = &self.fds;
         let resolve = |other: i32| match fds.get(other) {
             Some(Object::Container(c)) => FdTarget::Container(c),
@@ -351,7 +353,8 @@ impl State {
     pub fn hot_reset_info(&mut self, fd: c_int, arg: u64) -> Result<c_int, Errno> {
         use vfio_shim::arg::read_struct;
         use vfio_shim::hot_reset::*;
-        let mut mem = OwnMemory { arg };
+        // SAFETY: `arg` is the program's own argument for the request it made.
+        let mut mem = unsafe { OwnMemory::new(arg) };
         let argsz: u32 = read_struct(&mut mem, 0)?;
         if (argsz as usize) < HEADER_SIZE {
             return Err(Errno::EINVAL);
@@ -377,7 +380,8 @@ impl State {
         use vfio_shim::arg::read_struct;
         use vfio_shim::hot_reset::*;
         use zerocopy::IntoBytes;
-        let mut mem = OwnMemory { arg };
+        // SAFETY: `arg` is the program's own argument for the request it made.
+        let mut mem = unsafe { OwnMemory::new(arg) };
         let header: vfio_pci_hot_reset_header = read_struct(&mut mem, 0)?;
         if (header.argsz as usize) < HEADER_SIZE || header.flags != 0 || header.count == 0 {
             // An empty array is the cdev form, which a group-opened device refuses.

@@ -71,7 +71,9 @@ pub trait Backend {
     fn ioas_destroy(&mut self, ctx: IommufdId, ioas: IoasId) -> Result<(), Errno>;
     /// `IOMMU_IOAS_IOVA_RANGES` (the implementation retries on `EMSGSIZE` itself).
     fn ioas_geometry(&mut self, ctx: IommufdId, ioas: IoasId) -> Result<IoasGeometry, Errno>;
-    /// `IOMMU_IOAS_MAP` with `IOMMU_IOAS_MAP_FIXED_IOVA` of process memory at `vaddr`.
+    /// `IOMMU_IOAS_MAP` with `IOMMU_IOAS_MAP_FIXED_IOVA` of process memory at `vaddr`. The core
+    /// passes only addresses the application named in its own `VFIO_IOMMU_MAP_DMA`: the
+    /// device's access to that memory is the application's request, as on type1.
     fn ioas_map(
         &mut self,
         ctx: IommufdId,

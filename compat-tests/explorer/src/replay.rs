@@ -168,7 +168,8 @@ impl Calls for CoreCalls {
         if abi::is_generic_vfs_ioctl(req) {
             return Libc.ioctl(fd, req, arg);
         }
-        let mut mem = OwnMemory { arg };
+        // SAFETY: `arg` is the explorer's own argument for the request it replays.
+        let mut mem = unsafe { OwnMemory::new(arg) };
         let r = match obj {
             Object::Container(id) => self.shim.container_ioctl(id, req, arg, &mut mem),
             Object::Group(id) => {

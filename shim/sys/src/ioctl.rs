@@ -125,9 +125,12 @@ pub fn destroy(iommufd: BorrowedFd<'_>, id: u32) -> Result<(), Errno> {
 /// `IOMMU_IOAS_MAP` of process memory `[user_va, user_va + length)`; returns the IOVA
 /// (the given one with `IOMMU_IOAS_MAP_FIXED_IOVA`, else the kernel's choice).
 ///
-/// Safe: the kernel pins the caller's pages through `user_va` and fails with `EFAULT` if
-/// they are not mapped; nothing in this process is written by the call itself.
-pub fn ioas_map(
+/// # Safety
+/// From the call on, until the IOVA range is unmapped, every device attached to the IOAS may
+/// read, and with `IOMMU_IOAS_MAP_WRITEABLE` write, `[user_va, user_va + length)` behind the
+/// compiler's back. The caller guarantees that memory is meant for device access: a program's
+/// buffer it asked to map (`VFIO_IOMMU_MAP_DMA`), never memory Rust code here owns.
+pub unsafe fn ioas_map(
     iommufd: BorrowedFd<'_>,
     ioas_id: u32,
     flags: u32,
@@ -137,15 +140,19 @@ pub fn ioas_map(
 ) -> Result<u64, Errno> {
     let mut cmd =
         iommu_ioas_map { size: argsz::<iommu_ioas_map>(), flags, ioas_id, __reserved: 0, user_va, length, iova };
-    // SAFETY: `cmd` is an `iommu_ioas_map`; `user_va` is only pinned (get_user_pages), which
-    // the kernel validates itself.
+    // SAFETY: `cmd` is an `iommu_ioas_map`; `user_va` is pinned by the kernel (EFAULT when
+    // unmapped), and the caller vouches for the device's access to it.
     unsafe { ioctl(iommufd, IOMMU_IOAS_MAP, &mut cmd) }?;
     Ok(cmd.iova)
 }
 
 /// `IOMMU_IOAS_MAP_FILE` of `[start, start + length)` of `file` (memfd, hugetlbfs, shmem,
 /// dma-buf); returns the IOVA.
-pub fn ioas_map_file(
+///
+/// # Safety
+/// As [`ioas_map`]: devices may access those pages of `file` until the range is unmapped, also
+/// where this or another process has them mapped; the caller guarantees they are meant for it.
+pub unsafe fn ioas_map_file(
     iommufd: BorrowedFd<'_>,
     ioas_id: u32,
     flags: u32,
@@ -163,7 +170,8 @@ pub fn ioas_map_file(
         length,
         iova,
     };
-    // SAFETY: `cmd` is an `iommu_ioas_map_file` with no embedded pointers; `file` is open.
+    // SAFETY: `cmd` is an `iommu_ioas_map_file` with no embedded pointers; `file` is open; the
+    // caller vouches for the device's access to its pages.
     unsafe { ioctl(iommufd, IOMMU_IOAS_MAP_FILE, &mut cmd) }?;
     Ok(cmd.iova)
 }

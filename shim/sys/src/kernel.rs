@@ -356,27 +356,35 @@ impl Backend for KernelBackend {
                     return Err(Errno::ENOMEM);
                 }
             }
-            ioctl::ioas_map_file(
-                self.iommufd(ctx)?,
-                ioas.0,
-                flags,
-                backing.file.as_fd(),
-                backing.offset,
-                length,
-                iova,
-            )?;
+            // SAFETY: the pages behind the caller's own `vaddr`, which it asked to map (the
+            // Backend contract); devices reach them as they would on type1.
+            unsafe {
+                ioctl::ioas_map_file(
+                    self.iommufd(ctx)?,
+                    ioas.0,
+                    flags,
+                    backing.file.as_fd(),
+                    backing.offset,
+                    length,
+                    iova,
+                )
+            }?;
             self.caller_charges.insert((ctx, ioas, iova), (memlock.process, pages));
             *self.charged_pages.entry(memlock.process).or_default() += pages;
             return Ok(());
         }
-        match ioctl::ioas_map(self.iommufd(ctx)?, ioas.0, flags, vaddr, length, iova) {
+        // SAFETY: `vaddr` is memory the application asked to map (the Backend contract).
+        match unsafe { ioctl::ioas_map(self.iommufd(ctx)?, ioas.0, flags, vaddr, length, iova) } {
             Ok(_) => Ok(()),
             // iommufd cannot pin a VM_PFNMAP mapping such as a BAR mmap (pages.c); type1 maps
             // one by its PFNs. Map the same BAR range through a VFIO dma-buf instead.
             Err(Errno::EFAULT) => match self.device_bar_at(vaddr, length) {
                 Some((dev, region, offset)) => {
                     let buf = ioctl::device_dma_buf(self.device(dev)?.fd.as_fd(), region, offset, length)?;
-                    ioctl::ioas_map_file(self.iommufd(ctx)?, ioas.0, flags, buf.as_fd(), 0, length, iova).map(drop)
+                    // SAFETY: a dma-buf of the device's own BAR, which the application mapped at
+                    // `vaddr` and asked to map for DMA (peer-to-peer, as type1 maps its PFNs).
+                    unsafe { ioctl::ioas_map_file(self.iommufd(ctx)?, ioas.0, flags, buf.as_fd(), 0, length, iova) }
+                        .map(drop)
                 }
                 None => Err(Errno::EFAULT),
             },

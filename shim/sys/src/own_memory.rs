@@ -14,7 +14,20 @@ use vfio_shim::arg::ArgMemory;
 /// bad pointer is `EFAULT`, as from the kernel, instead of a crash.
 pub struct OwnMemory {
     /// The ioctl's `arg` pointer.
-    pub arg: u64,
+    arg: u64,
+}
+
+impl OwnMemory {
+    /// Argument memory at `arg`.
+    ///
+    /// # Safety
+    /// `arg` is the argument a program passed with an ioctl it asked for, and this value is
+    /// used only to read that request's input and write its output, as the kernel would: those
+    /// bytes are the program's to give. Writes land in this process's memory unchecked except
+    /// for being mapped (unmapped is `EFAULT`), so a wrong `arg` corrupts live objects.
+    pub unsafe fn new(arg: u64) -> Self {
+        OwnMemory { arg }
+    }
 }
 
 /// This process's pid, cached: `process_vm_readv` needs it on every call and glibc no longer
@@ -157,15 +170,18 @@ mod tests {
 
     #[test]
     fn faults_instead_of_crashing() {
-        let mut m = OwnMemory { arg: 8 };
+        // SAFETY: nothing is ever mapped at address 8: every access is EFAULT.
+        let mut m = unsafe { OwnMemory::new(8) };
         let mut buf = [0u8; 4];
         assert_eq!(m.read(0, &mut buf), Err(Errno::EFAULT));
         let value = 0x1234_5678u32;
-        let mut m = OwnMemory { arg: &value as *const u32 as u64 };
+        // SAFETY: a live local of this test, read or written only within its size.
+        let mut m = unsafe { OwnMemory::new(&value as *const u32 as u64) };
         m.read(0, &mut buf).unwrap();
         assert_eq!(u32::from_ne_bytes(buf), value);
         let mut out = 0u32;
-        let mut m = OwnMemory { arg: &mut out as *mut u32 as u64 };
+        // SAFETY: a live local of this test, read or written only within its size.
+        let mut m = unsafe { OwnMemory::new(&mut out as *mut u32 as u64) };
         m.write(0, &7u32.to_ne_bytes()).unwrap();
         assert_eq!(out, 7);
     }
@@ -174,7 +190,8 @@ mod tests {
     fn heap_memory_goes_through_process_vm() {
         let heap = Box::new(0xdead_beef_u32);
         assert!(!on_live_stack(&*heap as *const u32 as u64, 4));
-        let mut m = OwnMemory { arg: &*heap as *const u32 as u64 };
+        // SAFETY: a live local of this test, read or written only within its size.
+        let mut m = unsafe { OwnMemory::new(&*heap as *const u32 as u64) };
         let mut buf = [0u8; 4];
         m.read(0, &mut buf).unwrap();
         assert_eq!(u32::from_ne_bytes(buf), 0xdead_beef);
@@ -186,13 +203,16 @@ mod tests {
     #[test]
     fn read_sized_checks_argsz() {
         let mut words = [8u32, 0, 0, 0, 0, 0, 0, 0];
-        let mut m = OwnMemory { arg: words.as_ptr() as u64 };
+        // SAFETY: a live local of this test, read or written only within its size.
+        let mut m = unsafe { OwnMemory::new(words.as_ptr() as u64) };
         let mut buf = [0u8; 32];
         assert_eq!(m.read_sized(&mut buf), Err(Errno::EINVAL));
         words[0] = 32;
-        let mut m = OwnMemory { arg: words.as_ptr() as u64 };
+        // SAFETY: a live local of this test, read or written only within its size.
+        let mut m = unsafe { OwnMemory::new(words.as_ptr() as u64) };
         assert_eq!(m.read_sized(&mut buf), Ok(()));
-        let mut m = OwnMemory { arg: 16 };
+        // SAFETY: nothing is ever mapped at address 16: every access is EFAULT.
+        let mut m = unsafe { OwnMemory::new(16) };
         assert_eq!(m.read_sized(&mut buf), Err(Errno::EFAULT));
     }
 }
