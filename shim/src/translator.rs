@@ -274,7 +274,7 @@ impl<B: Backend> Shim<B> {
                 for g in &groups[..=n] {
                     self.detach_group_devices(*g);
                 }
-                let _ = self.backend.ioas_destroy(ctx, ioas);
+                logged("IOMMU_DESTROY of an IOAS", self.backend.ioas_destroy(ctx, ioas));
                 return Err(e);
             }
         }
@@ -292,7 +292,7 @@ impl<B: Backend> Shim<B> {
             for g in &groups {
                 self.detach_group_devices(*g);
             }
-            let _ = self.backend.ioas_destroy(ctx, ioas);
+            logged("IOMMU_DESTROY of an IOAS", self.backend.ioas_destroy(ctx, ioas));
             return Err(e);
         }
         self.containers.get_mut(&id).expect("checked").iommu = Some(iommu);
@@ -315,7 +315,7 @@ impl<B: Backend> Shim<B> {
             let handle = g.devices[n].handle;
             if let Err(e) = self.backend.device_attach(handle, ioas) {
                 for d in &mut g.devices[..n] {
-                    let _ = self.backend.device_detach(d.handle);
+                    logged("VFIO_DEVICE_DETACH_IOMMUFD_PT", self.backend.device_detach(d.handle));
                     d.attached = false;
                 }
                 return Err(e);
@@ -329,7 +329,7 @@ impl<B: Backend> Shim<B> {
         let g = self.groups.get_mut(&gid).expect("group of a container");
         for d in &mut g.devices {
             if d.attached {
-                let _ = self.backend.device_detach(d.handle);
+                logged("VFIO_DEVICE_DETACH_IOMMUFD_PT", self.backend.device_detach(d.handle));
                 d.attached = false;
             }
         }
@@ -754,7 +754,7 @@ impl<B: Backend> Shim<B> {
         let undo = |backend: &mut B, bound: &[BoundDevice]| {
             for d in bound {
                 if d.attached {
-                    let _ = backend.device_detach(d.handle);
+                    logged("VFIO_DEVICE_DETACH_IOMMUFD_PT", backend.device_detach(d.handle));
                 }
                 backend.device_close(d.handle);
             }
@@ -827,7 +827,7 @@ impl<B: Backend> Shim<B> {
         let native = explicit || !g.shared;
         for d in &devices {
             if d.attached && native {
-                let _ = self.backend.device_detach(d.handle);
+                logged("VFIO_DEVICE_DETACH_IOMMUFD_PT", self.backend.device_detach(d.handle));
             }
             self.backend.device_close(d.handle);
         }
@@ -839,13 +839,13 @@ impl<B: Backend> Shim<B> {
             if let Some(iommu) = c.iommu.take() {
                 if native {
                     if !iommu.ledger.is_empty() {
-                        let _ = self.backend.ioas_unmap(ctx, iommu.ioas, 0, u64::MAX);
+                        logged("IOMMU_IOAS_UNMAP of everything", self.backend.ioas_unmap(ctx, iommu.ioas, 0, u64::MAX));
                     }
-                    let _ = self.backend.ioas_destroy(ctx, iommu.ioas);
+                    logged("IOMMU_DESTROY of an IOAS", self.backend.ioas_destroy(ctx, iommu.ioas));
                 }
             }
         } else if let Some(iommu) = c.iommu.as_mut() {
-            let _ = Self::refresh_domain_facts(&mut self.backend, ctx, iommu);
+            logged("refreshing the domain facts", Self::refresh_domain_facts(&mut self.backend, ctx, iommu));
         }
         self.reap_container(cid);
     }
@@ -1221,4 +1221,12 @@ fn verify_bitmap_size(npages: u64, bitmap_size: u64) -> Result<(), Errno> {
         return Err(Errno::EINVAL);
     }
     Ok(())
+}
+
+/// A cleanup step's answer. Its failure cannot reach the caller (the call has already failed,
+/// or it is a close, which type1 never fails), so it is logged here, once, and not dropped.
+fn logged<T>(what: &str, r: Result<T, Errno>) {
+    if let Err(e) = r {
+        log::warn!("{what} failed during cleanup: {e}");
+    }
 }

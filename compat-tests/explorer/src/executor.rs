@@ -1057,7 +1057,8 @@ fn loop_calls(container: i32, page: u64, shared: usize) -> ! {
 
 /// The driver bound to a PCI device, by name.
 fn driver_of(bdf: &str) -> Option<String> {
-    vfio_shim_sys::kernel::driver_name(std::path::Path::new(&format!("/sys/bus/pci/devices/{bdf}")))
+    let dev = format!("/sys/bus/pci/devices/{bdf}");
+    vfio_shim_sys::kernel::driver_name(std::path::Path::new(&dev)).unwrap_or_else(|e| panic!("{dev}/driver: {e}"))
 }
 
 /// A sysfs write, as the caller's (ret, errno).

@@ -468,14 +468,13 @@ impl Backend for KernelBackend {
         let mut devices = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| errno_of(&e))?;
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
+            // PCI device names are ASCII; anything else is not a device this can judge.
+            let name = entry.file_name().into_string().map_err(|_| Errno::EIO)?;
             let path = entry.path();
             devices.push(GroupDevice {
                 // A PF has an SR-IOV capability (sriov_totalvfs), a VF a physfn link.
                 sriov: path.join("sriov_totalvfs").exists() || path.join("physfn").exists(),
-                driver: driver_name(&path),
+                driver: driver_name(&path)?,
                 cdev: vfio_cdev(&path).map(|n| self.dev.join("vfio/devices").join(n).to_string_lossy().into_owned()),
                 name,
             });
@@ -568,10 +567,15 @@ fn same_char_device(fd: BorrowedFd<'_>, path: &Path) -> Result<(), Errno> {
     Ok(())
 }
 
-/// Basename of `<dev>/driver` (a sysfs device directory), when a driver is bound.
-pub fn driver_name(dev: &Path) -> Option<String> {
-    let target = fs::read_link(dev.join("driver")).ok()?;
-    Some(target.file_name()?.to_str()?.to_owned())
+/// Basename of `<dev>/driver` (a sysfs device directory): `None` when no driver is bound (no
+/// link), an error when the link cannot be read. An unreadable link is not "no driver": a
+/// group would then look viable with a device still on a kernel driver.
+pub fn driver_name(dev: &Path) -> Result<Option<String>, Errno> {
+    match fs::read_link(dev.join("driver")) {
+        Ok(target) => Ok(Some(target.file_name().ok_or(Errno::EIO)?.to_string_lossy().into_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(errno_of(&e)),
+    }
 }
 
 /// The `vfioN` entry of `<dev>/vfio-dev/`, present while a VFIO driver with cdev support

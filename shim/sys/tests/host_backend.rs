@@ -73,6 +73,19 @@ fn group_devices_reads_sysfs() {
 }
 
 #[test]
+fn an_unreadable_driver_link_is_an_error_not_no_driver() {
+    let tmp = TempDir::new("driver-unreadable");
+    let sys = tmp.0.join("sys");
+    add_device(&sys, 7, "0000:00:03.0", Some("vfio-pci"), Some("vfio0"));
+    add_device(&sys, 7, "0000:00:02.0", None, None);
+    // readlink(2) of something that is not a link: EINVAL. Read as "no driver", the group
+    // would look viable although the device's driver is unknown.
+    fs::write(sys.join("devices/pci0000:00/0000:00:02.0/driver"), "").unwrap();
+    let mut be = KernelBackend::with_roots(&sys, tmp.0.join("dev"));
+    assert_eq!(be.group_devices(7), Err(Errno::EINVAL));
+}
+
+#[test]
 fn device_open_needs_a_cdev() {
     let tmp = TempDir::new("device-open");
     let mut be = KernelBackend::with_roots(tmp.0.join("sys"), tmp.0.join("dev"));
