@@ -26,7 +26,7 @@ git -C "$root" worktree prune
 git -C "$root" worktree add -q --detach "$wt" HEAD
 trap 'git -C "$root" worktree remove --force "$wt" 2>/dev/null || true' EXIT
 
-python3 - "$wt/shim/src/translator.rs" <<'PY'
+python3 - "$wt/shim/src/translator/container.rs" <<'PY'
 import sys
 p = sys.argv[1]
 s = open(p).read()

@@ -1,0 +1,182 @@
+//! Containers: open and close, `CHECK_EXTENSION`, `SET_IOMMU` (the IOAS and the attach of
+//! every group already set), and the container ioctl dispatch.
+
+use super::*;
+
+impl<B: Backend> Shim<B> {
+    /// `open("/dev/vfio/vfio")`.
+    pub fn open_container(&mut self) -> Result<ContainerId, Errno> {
+        let ctx = self.backend.iommufd_open()?;
+        let id = ContainerId(self.fresh_id());
+        self.containers.insert(id, Container { ctx, open: true, groups: Vec::new(), iommu: None, shared: false });
+        Ok(id)
+    }
+
+    /// The iommufd context behind a container (the glue may use its fd number).
+    pub fn container_iommufd(&self, id: ContainerId) -> Option<IommufdId> {
+        self.containers.get(&id).map(|c| c.ctx)
+    }
+
+    /// `close()` of a container fd. Groups still set on it keep it alive (CT: kref per group).
+    pub fn close_container(&mut self, id: ContainerId) {
+        // A close is a VFIO call too: a device whose mapping went since the last call is
+        // closed first, so closing everything releases everything (and the group's DMA
+        // ownership with it), as on type1.
+        self.settle_mappings();
+        if let Some(c) = self.containers.get_mut(&id) {
+            c.open = false;
+        }
+        self.reap_container(id);
+    }
+
+    pub(super) fn reap_container(&mut self, id: ContainerId) {
+        let Some(c) = self.containers.get(&id) else {
+            return;
+        };
+        if c.open || !c.groups.is_empty() {
+            return;
+        }
+        let c = self.containers.remove(&id).expect("present");
+        self.backend.iommufd_close(c.ctx);
+    }
+
+    /// An ioctl on a container fd. `arg` is the raw argument (a value for CHECK_EXTENSION
+    /// and SET_IOMMU); `mem` is the memory it points at for the others.
+    pub fn container_ioctl(
+        &mut self,
+        id: ContainerId,
+        cmd: u32,
+        arg: u64,
+        mem: &mut dyn ArgMemory,
+    ) -> Result<i64, Errno> {
+        self.settle_mappings();
+        let c = self.containers.get(&id).ok_or(Errno::EBADF)?;
+        match cmd {
+            VFIO_GET_API_VERSION => Ok(VFIO_API_VERSION as i64),
+            VFIO_CHECK_EXTENSION => Ok(Self::check_extension(c.iommu.as_ref(), arg)),
+            VFIO_SET_IOMMU => self.set_iommu(id, arg).map(|_| 0),
+            // Without an IOMMU driver every other container ioctl is EINVAL (CT:333,348).
+            _ if c.iommu.is_none() => Err(Errno::EINVAL),
+            VFIO_IOMMU_GET_INFO => self.get_info(id, mem).map(|_| 0),
+            VFIO_IOMMU_MAP_DMA => self.map_dma(id, mem).map(|_| 0),
+            VFIO_IOMMU_UNMAP_DMA => self.unmap_dma(id, mem).map(|_| 0),
+            VFIO_IOMMU_DIRTY_PAGES => self.dirty_pages(id, mem).map(|_| 0),
+            _ => Err(Errno::ENOTTY),
+        }
+    }
+
+    /// type1's answers (T1:2723); before SET_IOMMU the container polls type1 with no
+    /// IOMMU (CT:184).
+    fn check_extension(iommu: Option<&Iommu>, ext: u64) -> i64 {
+        match ext {
+            VFIO_TYPE1_IOMMU | VFIO_TYPE1v2_IOMMU | VFIO_UNMAP_ALL => 1,
+            VFIO_UPDATE_VADDR => iommu.is_some() as i64,
+            VFIO_DMA_CC_IOMMU => iommu.is_some_and(|i| i.coherent) as i64,
+            _ => 0,
+        }
+    }
+
+    fn set_iommu(&mut self, id: ContainerId, ty: u64) -> Result<(), Errno> {
+        let c = self.containers.get(&id).expect("checked");
+        // No group yet, or already set: EINVAL before the type is even looked at (CT:264).
+        if c.groups.is_empty() || c.iommu.is_some() {
+            return Err(Errno::EINVAL);
+        }
+        let v2 = match ty {
+            VFIO_TYPE1_IOMMU => false,
+            VFIO_TYPE1v2_IOMMU => true,
+            // type1's CHECK_EXTENSION says 1 to UNMAP_ALL, so the container asks it to open
+            // one, and vfio_iommu_type1_open refuses the number (T1:2638-2640).
+            VFIO_UNMAP_ALL => return Err(Errno::EINVAL),
+            // No registered driver claims the type (CT:297).
+            _ => return Err(Errno::ENODEV),
+        };
+        let ctx = c.ctx;
+        let groups = c.groups.clone();
+        let ioas = self.backend.ioas_alloc(ctx)?;
+        for (n, gid) in groups.iter().enumerate() {
+            if let Err(e) = self.attach_group_devices(*gid, ioas) {
+                for g in &groups[..=n] {
+                    self.detach_group_devices(*g);
+                }
+                logged("IOMMU_DESTROY of an IOAS", self.backend.ioas_destroy(ctx, ioas));
+                return Err(e);
+            }
+        }
+        let mut iommu = Iommu {
+            v2,
+            ioas,
+            ledger: MappingLedger::new(),
+            dma_avail: self.config.dma_entry_limit,
+            pgsizes: 0,
+            iova_ranges: Vec::new(),
+            coherent: false,
+            dirty: DirtyBitmaps::default(),
+        };
+        if let Err(e) = Self::refresh_domain_facts(&mut self.backend, ctx, &mut iommu) {
+            for g in &groups {
+                self.detach_group_devices(*g);
+            }
+            logged("IOMMU_DESTROY of an IOAS", self.backend.ioas_destroy(ctx, ioas));
+            return Err(e);
+        }
+        self.containers.get_mut(&id).expect("checked").iommu = Some(iommu);
+        Ok(())
+    }
+
+    /// Re-reads what type1 derives from its domains: page sizes, usable IOVA ranges and
+    /// coherency. type1 recomputes them on every group attach and detach.
+    pub(super) fn refresh_domain_facts(backend: &mut B, ctx: IommufdId, iommu: &mut Iommu) -> Result<(), Errno> {
+        let geometry = backend.ioas_geometry(ctx, iommu.ioas)?;
+        iommu.pgsizes = backend.ioas_pgsizes(ctx, iommu.ioas)?;
+        iommu.coherent = backend.ioas_enforces_coherency(ctx, iommu.ioas)?;
+        iommu.iova_ranges = geometry.ranges;
+        Ok(())
+    }
+
+    fn attach_group_devices(&mut self, gid: GroupId, ioas: IoasId) -> Result<(), Errno> {
+        let g = self.groups.get_mut(&gid).expect("group of a container");
+        for n in 0..g.devices.len() {
+            let handle = g.devices[n].handle;
+            if let Err(e) = self.backend.device_attach(handle, ioas) {
+                for d in &mut g.devices[..n] {
+                    logged("VFIO_DEVICE_DETACH_IOMMUFD_PT", self.backend.device_detach(d.handle));
+                    d.attached = false;
+                }
+                return Err(e);
+            }
+            g.devices[n].attached = true;
+        }
+        Ok(())
+    }
+
+    fn detach_group_devices(&mut self, gid: GroupId) {
+        let g = self.groups.get_mut(&gid).expect("group of a container");
+        for d in &mut g.devices {
+            if d.attached {
+                logged("VFIO_DEVICE_DETACH_IOMMUFD_PT", self.backend.device_detach(d.handle));
+                d.attached = false;
+            }
+        }
+    }
+
+    pub(super) fn iommu_mut(&mut self, id: ContainerId) -> (&mut B, IommufdId, &mut Iommu) {
+        let c = self.containers.get_mut(&id).expect("checked");
+        (&mut self.backend, c.ctx, c.iommu.as_mut().expect("checked"))
+    }
+
+    /// Mappings of a container, ascending (for tests, state dumps and the CUSE daemon).
+    pub fn mappings(&self, id: ContainerId) -> Vec<Mapping> {
+        self.containers.get(&id).and_then(|c| c.iommu.as_ref()).map(|i| i.ledger.iter().collect()).unwrap_or_default()
+    }
+
+    /// The IOAS behind a container once `SET_IOMMU` has happened.
+    pub fn container_ioas(&self, id: ContainerId) -> Option<IoasId> {
+        self.containers.get(&id).and_then(|c| c.iommu.as_ref()).map(|i| i.ioas)
+    }
+
+    /// Whether `SET_IOMMU` has happened and which version: `Some(true)` for TYPE1v2.
+    pub fn iommu_version(&self, id: ContainerId) -> Option<bool> {
+        self.containers.get(&id).and_then(|c| c.iommu.as_ref()).map(|i| i.v2)
+    }
+}
