@@ -459,14 +459,7 @@ fn kvm_set_device_attr(fd: c_int, arg: c_ulong) -> c_int {
         let Some(Object::Group(g)) = s.object(file_fd) else {
             return Err(Errno::EBADF);
         };
-        // SAFETY: `fd` is the program's KVM device fd, open for the call it is making.
-        let kvm_device = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        for dev_fd in s.group_device_fds(g) {
-            let rewritten = kvm_device_attr { addr: &dev_fd as *const c_int as u64, ..attr };
-            vfio_shim_sys::kvm::set_device_attr(kvm_device, &rewritten)?;
-        }
-        s.set_group_kvm_registered(g, attr.attr == KVM_DEV_VFIO_FILE_ADD);
-        Ok(0)
+        s.shim.kvm_group_file(g, fd, attr.attr == KVM_DEV_VFIO_FILE_ADD).map(|()| 0)
     })
 }
 

@@ -415,16 +415,6 @@ impl State {
         groups_cover(&affected, &passed)?;
         vfio_shim_sys::ioctl::device_pci_hot_reset_cdev(device)
     }
-
-    /// The raw cdev fds of a group's bound devices (KVM file add/del rewriting).
-    pub fn group_device_fds(&self, id: GroupId) -> Vec<c_int> {
-        self.shim.group_devices(id).into_iter().filter_map(|h| self.shim.backend().device_raw_fd(h)).collect()
-    }
-
-    /// KVM now holds (or let go of) the group's device files.
-    pub fn set_group_kvm_registered(&mut self, id: GroupId, registered: bool) {
-        self.shim.set_group_kvm_registered(id, registered);
-    }
 }
 
 impl Default for State {

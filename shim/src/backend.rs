@@ -116,6 +116,10 @@ pub trait Backend {
     fn device_detach(&mut self, dev: DeviceHandle) -> Result<(), Errno>;
     /// `close()` of the device cdev (the kernel unbinds it).
     fn device_close(&mut self, dev: DeviceHandle);
+    /// `KVM_SET_DEVICE_ATTR(KVM_DEV_VFIO_FILE, FILE_ADD or FILE_DEL)` of the device's cdev on the
+    /// KVM VFIO device `kvm_device`, the program's fd of it. KVM answers `EEXIST` for a file
+    /// already added and `ENOENT` for one it does not hold.
+    fn kvm_device_file(&mut self, kvm_device: i32, dev: DeviceHandle, add: bool) -> Result<(), Errno>;
     /// A device's last close and its next open, as type1's `close_device` and `open_device`
     /// see them: the cdev file is closed (the kernel quiesces and resets the device, vfio-pci's
     /// `vfio_pci_core_disable`), opened again, bound to the same iommufd and attached to the

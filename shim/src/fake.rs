@@ -31,6 +31,7 @@ pub enum Op {
     DeviceAttach,
     DeviceDetach,
     DeviceReopen,
+    KvmDeviceFile,
 }
 
 /// Whether the kernel could pin `(vaddr, length, writable)` of the caller's memory.
@@ -110,6 +111,8 @@ pub struct FakeBackend {
     calls: HashMap<Op, usize>,
     /// Groups claimed by this opener, and by others (`claim_elsewhere`).
     claims: BTreeMap<u32, bool>,
+    /// KVM VFIO device fd -> the device files added to it (by device name).
+    kvm_files: HashMap<i32, std::collections::BTreeSet<String>>,
 }
 
 impl FakeBackend {
@@ -175,6 +178,11 @@ impl FakeBackend {
     }
 
     /// How many times the named device was closed and opened again by `device_reopen`.
+    /// The device files KVM's VFIO device `kvm_device` holds, by device name.
+    pub fn kvm_files(&self, kvm_device: i32) -> Vec<String> {
+        self.kvm_files.get(&kvm_device).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+    }
+
     pub fn device_reopens(&self, name: &str) -> u64 {
         self.devices.values().filter(|d| d.name == name).map(|d| d.reopens).sum()
     }
@@ -456,6 +464,19 @@ impl Backend for FakeBackend {
         }
         d.reopens += 1;
         Ok(())
+    }
+
+    fn kvm_device_file(&mut self, kvm_device: i32, dev: DeviceHandle, add: bool) -> Result<(), Errno> {
+        self.enter(Op::KvmDeviceFile)?;
+        let name = self.devices.get(&dev.0).ok_or(Errno::EBADF)?.name.clone();
+        let files = self.kvm_files.entry(kvm_device).or_default();
+        // kvm_vfio_file_add / kvm_vfio_file_del (virt/kvm/vfio.c).
+        let changed = if add { files.insert(name) } else { files.remove(&name) };
+        match (changed, add) {
+            (true, _) => Ok(()),
+            (false, true) => Err(Errno::EEXIST),
+            (false, false) => Err(Errno::ENOENT),
+        }
     }
 
     fn device_close(&mut self, dev: DeviceHandle) {

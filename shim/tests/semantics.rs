@@ -1143,6 +1143,34 @@ fn closing_the_last_device_fd_of_a_released_group_needs_no_reopen() {
     assert_eq!(env.shim.backend().device_reopens(EDU), 0, "the group and its device go now");
 }
 
+/// KVM_SET_DEVICE_ATTR(KVM_DEV_VFIO_FILE) of a group fd: the group's device cdevs instead, all
+/// of them; a failed ADD leaves KVM as it was, as a group file's ADD does.
+#[test]
+fn kvm_file_add_and_del_of_a_group_name_each_device_cdev() {
+    const OTHER: &str = "0000:00:03.1";
+    const KVM: i32 = 42;
+    let mut env = Env::unset_with(FakeBackend::new().with_group(7, &[EDU, OTHER]));
+    let g = env.g;
+    env.shim.kvm_group_file(g, KVM, true).unwrap();
+    assert_eq!(env.shim.backend().kvm_files(KVM), vec![EDU.to_string(), OTHER.to_string()]);
+    // kvm_vfio_file_add: a file already added is EEXIST.
+    assert_eq!(env.shim.kvm_group_file(g, KVM, true), Err(Errno::EEXIST));
+    assert_eq!(env.shim.backend().kvm_files(KVM).len(), 2, "EEXIST takes nothing back");
+    env.shim.kvm_group_file(g, KVM, false).unwrap();
+    assert!(env.shim.backend().kvm_files(KVM).is_empty());
+    assert_eq!(env.shim.kvm_group_file(g, KVM, false), Err(Errno::ENOENT));
+
+    // The second device's ADD fails: the first is taken back, and the group is not held by
+    // KVM (its device's last close quiesces it again).
+    env.shim.backend_mut().fail_at(Op::KvmDeviceFile, 1, Errno::EINVAL);
+    assert_eq!(env.shim.kvm_group_file(g, KVM, true), Err(Errno::EINVAL));
+    assert!(env.shim.backend().kvm_files(KVM).is_empty());
+    env.set_iommu(VFIO_TYPE1v2_IOMMU).unwrap();
+    let a = grant(env.device(g, EDU));
+    env.shim.close_device(a);
+    assert_eq!(env.shim.backend().device_reopens(EDU), 1);
+}
+
 /// KVM's VFIO device holds the device files the glue registered with it, so closing ours
 /// would not release the device: no cycle while registered (limitations.md).
 #[test]

@@ -422,6 +422,26 @@ impl<B: Backend> Shim<B> {
         }
     }
 
+    /// `KVM_SET_DEVICE_ATTR(KVM_DEV_VFIO_FILE, FILE_ADD or FILE_DEL)` naming this group's file
+    /// on the KVM VFIO device `kvm_device`. KVM cannot know an emulated group's file, so it
+    /// gets the group's device cdevs instead (KVM takes cdevs since 6.6), one request each. A
+    /// group file is added whole or not at all: a failed ADD takes back what it added.
+    pub fn kvm_group_file(&mut self, id: GroupId, kvm_device: i32, add: bool) -> Result<(), Errno> {
+        let devices = self.group_devices(id);
+        for (n, &dev) in devices.iter().enumerate() {
+            if let Err(e) = self.backend.kvm_device_file(kvm_device, dev, add) {
+                if add {
+                    for &done in &devices[..n] {
+                        logged("KVM_DEV_VFIO_FILE_DEL", self.backend.kvm_device_file(kvm_device, done, false));
+                    }
+                }
+                return Err(e);
+            }
+        }
+        self.set_group_kvm_registered(id, add);
+        Ok(())
+    }
+
     /// The device handles currently bound for a group (for KVM file add/del rewriting).
     pub fn group_devices(&self, id: GroupId) -> Vec<DeviceHandle> {
         self.groups.get(&id).map(|g| g.devices.iter().map(|d| d.handle).collect()).unwrap_or_default()

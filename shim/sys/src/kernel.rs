@@ -520,6 +520,21 @@ impl Backend for KernelBackend {
         self.devices.remove(&dev);
     }
 
+    fn kvm_device_file(&mut self, kvm_device: i32, dev: DeviceHandle, add: bool) -> Result<(), Errno> {
+        use vfio_shim::abi::{kvm_device_attr, KVM_DEV_VFIO_FILE, KVM_DEV_VFIO_FILE_ADD, KVM_DEV_VFIO_FILE_DEL};
+        let cdev: i32 = self.device(dev)?.fd.as_raw_fd();
+        let attr = kvm_device_attr {
+            flags: 0,
+            group: KVM_DEV_VFIO_FILE,
+            attr: if add { KVM_DEV_VFIO_FILE_ADD } else { KVM_DEV_VFIO_FILE_DEL },
+            addr: &cdev as *const i32 as u64,
+        };
+        // SAFETY: `kvm_device` is the program's fd of KVM's VFIO device, open for the call the
+        // program is making (the Backend contract).
+        let kvm_device = unsafe { BorrowedFd::borrow_raw(kvm_device) };
+        crate::kvm::set_device_attr(kvm_device, &attr)
+    }
+
     fn device_mapped(&mut self, dev: DeviceHandle) -> Result<bool, Errno> {
         region_mapped(&self.device(dev)?.cdev)
     }
