@@ -3,14 +3,12 @@
 
 use std::collections::HashMap;
 use std::ffi::c_int;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 
-use vfio_shim::arg::ArgMemory;
 use vfio_shim::handoff::Origin;
 use vfio_shim::{ContainerId, DeviceGrant, Errno, FdTarget, GroupId, GroupReply, Shim};
 use vfio_shim_sys::own_memory::OwnMemory;
 use vfio_shim_sys::KernelBackend;
-use zerocopy::FromBytes;
 
 use crate::real::real;
 use crate::table::{self, Kind};
@@ -348,72 +346,36 @@ impl State {
         }
     }
 
-    /// `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO` on a device fd: the kernel answers in the cdev
-    /// form; the caller gets the group form.
-    pub fn hot_reset_info(&mut self, fd: c_int, arg: u64) -> Result<c_int, Errno> {
-        use vfio_shim::arg::read_struct;
-        use vfio_shim::hot_reset::*;
-        // SAFETY: `arg` is the program's own argument for the request it made.
-        let mut mem = unsafe { OwnMemory::new(arg) };
-        let argsz: u32 = read_struct(&mut mem, 0)?;
-        if (argsz as usize) < HEADER_SIZE {
-            return Err(Errno::EINVAL);
+    /// The bound device behind one of our device fds.
+    fn device_of(&self, fd: c_int) -> Result<vfio_shim::backend::DeviceHandle, Errno> {
+        match self.object(fd) {
+            Some(Object::Device(grant)) => Ok(grant.handle),
+            _ => Err(Errno::EBADF),
         }
-        // SAFETY: `fd` is the program's device fd, open for the call it is making.
-        let device = unsafe { BorrowedFd::borrow_raw(fd) };
-        // SAFETY: `arg` is the program's own argument for this very request.
-        let rc = unsafe { vfio_shim_sys::ioctl::device_pci_hot_reset_info_at(device, arg) }?;
-        let mut header: vfio_pci_hot_reset_header = read_struct(&mut mem, 0)?;
-        let mut devices = vec![vfio_pci_dependent_device::default(); header.count as usize];
-        use zerocopy::IntoBytes;
-        mem.read(HEADER_SIZE, devices.as_mut_bytes())?;
-        let backend = self.shim.backend();
-        to_group_form(&mut header, &mut devices, &|s, b, d| backend.pci_iommu_group(s, b, d))?;
-        mem.write(HEADER_SIZE, devices.as_bytes())?;
-        mem.write(0, header.as_bytes())?;
-        Ok(rc)
     }
 
-    /// `VFIO_DEVICE_PCI_HOT_RESET` with legacy group fds: checked as the kernel's group path
-    /// checks them, then issued in the cdev form (an empty fd array).
-    pub fn hot_reset(&mut self, fd: c_int, arg: u64) -> Result<c_int, Errno> {
-        use vfio_shim::arg::read_struct;
-        use vfio_shim::hot_reset::*;
-        use zerocopy::IntoBytes;
+    /// `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO` on a device fd (`Shim::device_hot_reset_info`).
+    pub fn hot_reset_info(&mut self, fd: c_int, arg: u64) -> Result<c_int, Errno> {
+        let dev = self.device_of(fd)?;
         // SAFETY: `arg` is the program's own argument for the request it made.
         let mut mem = unsafe { OwnMemory::new(arg) };
-        let header: vfio_pci_hot_reset_header = read_struct(&mut mem, 0)?;
-        if (header.argsz as usize) < HEADER_SIZE || header.flags != 0 || header.count == 0 {
-            // An empty array is the cdev form, which a group-opened device refuses.
-            return Err(Errno::EINVAL);
-        }
-        if header.count > 4096 {
-            return Err(Errno::EINVAL);
-        }
-        let mut fds = vec![0i32; header.count as usize];
-        mem.read(HEADER_SIZE, fds.as_mut_bytes())?;
-        let mut passed = Vec::with_capacity(fds.len());
-        for f in fds {
-            match self.object(f) {
-                Some(Object::Group(g)) => passed.push(self.shim.group_number(g).ok_or(Errno::EINVAL)?),
-                _ if fd_is_open(f) => return Err(Errno::EINVAL),
-                _ => return Err(Errno::EBADF),
-            }
-        }
-        // Which groups the reset touches: ask the kernel, in a buffer of our own.
-        let mut buf = vec![0u8; HEADER_SIZE + 8 * 256];
-        // SAFETY: `fd` is the program's device fd, open for the call it is making.
-        let device = unsafe { BorrowedFd::borrow_raw(fd) };
-        vfio_shim_sys::ioctl::device_pci_hot_reset_info(device, &mut buf)?;
-        let info = vfio_pci_hot_reset_header::read_from_bytes(&buf[..HEADER_SIZE]).map_err(|_| Errno::EIO)?;
-        let mut affected = Vec::new();
-        for n in 0..info.count as usize {
-            let off = HEADER_SIZE + 8 * n;
-            let d = vfio_pci_dependent_device::read_from_bytes(&buf[off..off + 8]).map_err(|_| Errno::EIO)?;
-            affected.push(self.shim.backend().pci_iommu_group(d.segment, d.bus, d.devfn).ok_or(Errno::EPERM)?);
-        }
-        groups_cover(&affected, &passed)?;
-        vfio_shim_sys::ioctl::device_pci_hot_reset_cdev(device)
+        self.shim.device_hot_reset_info(dev, &mut mem).map(|v| v as c_int)
+    }
+
+    /// `VFIO_DEVICE_PCI_HOT_RESET` with legacy group fds (`Shim::device_hot_reset`).
+    pub fn hot_reset(&mut self, fd: c_int, arg: u64) -> Result<c_int, Errno> {
+        let dev = self.device_of(fd)?;
+        // SAFETY: `arg` is the program's own argument for the request it made.
+        let mut mem = unsafe { OwnMemory::new(arg) };
+        let fds = &self.fds;
+        // The kernel's fget (EBADF) and vfio_file_is_group (EINVAL).
+        let resolve = |other: i32| match fds.get(other) {
+            Some(Object::Group(g)) => Ok(g),
+            Some(_) => Err(Errno::EINVAL),
+            None if fd_is_open(other) => Err(Errno::EINVAL),
+            None => Err(Errno::EBADF),
+        };
+        self.shim.device_hot_reset(dev, &mut mem, &resolve).map(|v| v as c_int)
     }
 }
 

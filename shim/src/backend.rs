@@ -7,6 +7,8 @@
 
 use nix::errno::Errno;
 
+use crate::hot_reset::vfio_pci_dependent_device;
+
 /// One iommufd context (an open `/dev/iommu`). A legacy container owns exactly one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IommufdId(pub u64);
@@ -116,6 +118,15 @@ pub trait Backend {
     fn device_detach(&mut self, dev: DeviceHandle) -> Result<(), Errno>;
     /// `close()` of the device cdev (the kernel unbinds it).
     fn device_close(&mut self, dev: DeviceHandle);
+    /// `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO` on the device's cdev: the kernel's flags and the
+    /// devices a slot or bus reset of it touches, in the cdev form (iommufd dev ids with
+    /// `VFIO_PCI_HOT_RESET_FLAG_DEV_ID`). `ENODEV` when neither reset is possible.
+    fn device_hot_reset_info(&mut self, dev: DeviceHandle) -> Result<(u32, Vec<vfio_pci_dependent_device>), Errno>;
+    /// `VFIO_DEVICE_PCI_HOT_RESET` in the cdev form (no group fds): the kernel checks that this
+    /// device's iommufd owns every affected device.
+    fn device_hot_reset(&mut self, dev: DeviceHandle) -> Result<(), Errno>;
+    /// The IOMMU group of the PCI device at `segment:bus:devfn`, if it has one.
+    fn pci_iommu_group(&self, segment: u16, bus: u8, devfn: u8) -> Option<u32>;
     /// `KVM_SET_DEVICE_ATTR(KVM_DEV_VFIO_FILE, FILE_ADD or FILE_DEL)` of the device's cdev on the
     /// KVM VFIO device `kvm_device`, the program's fd of it. KVM answers `EEXIST` for a file
     /// already added and `ENOENT` for one it does not hold.

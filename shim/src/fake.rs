@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use nix::errno::Errno;
 
 use crate::backend::*;
+use crate::hot_reset::vfio_pci_dependent_device;
 
 /// The operations of [`Backend`], for failure injection and call counting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -32,7 +33,11 @@ pub enum Op {
     DeviceDetach,
     DeviceReopen,
     KvmDeviceFile,
+    DeviceHotReset,
 }
+
+/// A PCI function's address: segment, bus, devfn.
+pub type PciAddress = (u16, u8, u8);
 
 /// Whether the kernel could pin `(vaddr, length, writable)` of the caller's memory.
 pub type PinModel = fn(u64, u64, bool) -> Result<(), Errno>;
@@ -113,6 +118,13 @@ pub struct FakeBackend {
     claims: BTreeMap<u32, bool>,
     /// KVM VFIO device fd -> the device files added to it (by device name).
     kvm_files: HashMap<i32, std::collections::BTreeSet<String>>,
+    /// Hot reset topology: a device name -> the PCI addresses (segment, bus, devfn) a reset of
+    /// it touches; absent: neither a slot nor a bus reset is possible (ENODEV).
+    reset_scopes: HashMap<String, Vec<PciAddress>>,
+    /// PCI address -> IOMMU group.
+    pci_groups: HashMap<PciAddress, u32>,
+    /// Hot resets issued, by device name.
+    hot_resets: Vec<String>,
 }
 
 impl FakeBackend {
@@ -178,6 +190,23 @@ impl FakeBackend {
     }
 
     /// How many times the named device was closed and opened again by `device_reopen`.
+    /// A bus reset of device `name` resets the devices at `scope` (segment, bus, devfn, with
+    /// each one's IOMMU group).
+    pub fn set_reset_scope(&mut self, name: &str, scope: &[(PciAddress, Option<u32>)]) {
+        self.reset_scopes.insert(name.to_string(), scope.iter().map(|(a, _)| *a).collect());
+        for (addr, group) in scope {
+            match group {
+                Some(g) => self.pci_groups.insert(*addr, *g),
+                None => self.pci_groups.remove(addr),
+            };
+        }
+    }
+
+    /// The hot resets issued so far, by device name.
+    pub fn hot_resets(&self) -> &[String] {
+        &self.hot_resets
+    }
+
     /// The device files KVM's VFIO device `kvm_device` holds, by device name.
     pub fn kvm_files(&self, kvm_device: i32) -> Vec<String> {
         self.kvm_files.get(&kvm_device).map(|s| s.iter().cloned().collect()).unwrap_or_default()
@@ -464,6 +493,31 @@ impl Backend for FakeBackend {
         }
         d.reopens += 1;
         Ok(())
+    }
+
+    fn device_hot_reset_info(&mut self, dev: DeviceHandle) -> Result<(u32, Vec<vfio_pci_dependent_device>), Errno> {
+        use crate::hot_reset::{VFIO_PCI_HOT_RESET_FLAG_DEV_ID, VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED};
+        let name = &self.devices.get(&dev.0).ok_or(Errno::EBADF)?.name;
+        let scope = self.reset_scopes.get(name).ok_or(Errno::ENODEV)?;
+        // The cdev form: dev ids (this model numbers them from 1 in scope order).
+        let devices = scope
+            .iter()
+            .enumerate()
+            .map(|(n, &(segment, bus, devfn))| vfio_pci_dependent_device { id: n as u32 + 1, segment, bus, devfn })
+            .collect();
+        Ok((VFIO_PCI_HOT_RESET_FLAG_DEV_ID | VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED, devices))
+    }
+
+    fn device_hot_reset(&mut self, dev: DeviceHandle) -> Result<(), Errno> {
+        self.enter(Op::DeviceHotReset)?;
+        let name = self.devices.get(&dev.0).ok_or(Errno::EBADF)?.name.clone();
+        self.reset_scopes.get(&name).ok_or(Errno::ENODEV)?;
+        self.hot_resets.push(name);
+        Ok(())
+    }
+
+    fn pci_iommu_group(&self, segment: u16, bus: u8, devfn: u8) -> Option<u32> {
+        self.pci_groups.get(&(segment, bus, devfn)).copied()
     }
 
     fn kvm_device_file(&mut self, kvm_device: i32, dev: DeviceHandle, add: bool) -> Result<(), Errno> {

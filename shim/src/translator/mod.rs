@@ -33,6 +33,7 @@ use crate::ledger::{Mapping, MappingLedger};
 mod container;
 mod dma;
 mod group;
+mod reset;
 mod sharing;
 
 pub use sharing::{ContainerExport, GroupExport, IommuExport};

@@ -13,6 +13,7 @@ use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode;
 use vfio_shim::backend::{Backend, DeviceHandle, GroupDevice, IoasGeometry, IoasId, IommufdId, IovaRange, Prot};
+use vfio_shim::hot_reset::{vfio_pci_dependent_device, vfio_pci_hot_reset_header, HEADER_SIZE};
 
 use crate::caller::{CallerProcess, PreparedMap, ProcessId};
 use crate::ioctl::{self, HwInfo};
@@ -160,13 +161,6 @@ impl KernelBackend {
     /// The dev id of a bound device (for `IOMMU_GET_HW_INFO`, `IOMMU_HWPT_ALLOC`).
     pub fn device_dev_id(&self, dev: DeviceHandle) -> Option<u32> {
         self.devices.get(&dev)?.bound.map(|(_, id)| id)
-    }
-
-    /// The IOMMU group of a PCI device, from `<sysfs>/bus/pci/devices/<addr>/iommu_group`.
-    pub fn pci_iommu_group(&self, segment: u16, bus: u8, devfn: u8) -> Option<u32> {
-        let addr = format!("{segment:04x}:{bus:02x}:{:02x}.{}", devfn >> 3, devfn & 7);
-        let link = std::fs::read_link(self.sysfs.join("bus/pci/devices").join(addr).join("iommu_group")).ok()?;
-        link.file_name()?.to_str()?.parse().ok()
     }
 
     /// If `[vaddr, vaddr + length)` lies in one mmap of a VFIO device region of ours, the
@@ -518,6 +512,46 @@ impl Backend for KernelBackend {
 
     fn device_close(&mut self, dev: DeviceHandle) {
         self.devices.remove(&dev);
+    }
+
+    fn device_hot_reset_info(&mut self, dev: DeviceHandle) -> Result<(u32, Vec<vfio_pci_dependent_device>), Errno> {
+        use zerocopy::FromBytes;
+        let device = self.device(dev)?.fd.as_fd();
+        let mut entries = 64usize;
+        loop {
+            let mut buf = vec![0u8; HEADER_SIZE + 8 * entries];
+            match ioctl::device_pci_hot_reset_info(device, &mut buf) {
+                Ok(_) => {}
+                Err(Errno::ENOSPC) => {
+                    let needed =
+                        vfio_pci_hot_reset_header::read_from_bytes(&buf[..HEADER_SIZE]).map_err(|_| Errno::EIO)?;
+                    if needed.count as usize <= entries {
+                        return Err(Errno::EIO);
+                    }
+                    entries = needed.count as usize;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            let header = vfio_pci_hot_reset_header::read_from_bytes(&buf[..HEADER_SIZE]).map_err(|_| Errno::EIO)?;
+            let end = HEADER_SIZE + 8 * (header.count as usize).min(entries);
+            let devices = buf[HEADER_SIZE..end]
+                .chunks_exact(8)
+                .map(|e| vfio_pci_dependent_device::read_from_bytes(e).map_err(|_| Errno::EIO))
+                .collect::<Result<_, _>>()?;
+            return Ok((header.flags, devices));
+        }
+    }
+
+    fn device_hot_reset(&mut self, dev: DeviceHandle) -> Result<(), Errno> {
+        ioctl::device_pci_hot_reset_cdev(self.device(dev)?.fd.as_fd()).map(drop)
+    }
+
+    /// From `<sysfs>/bus/pci/devices/<addr>/iommu_group`.
+    fn pci_iommu_group(&self, segment: u16, bus: u8, devfn: u8) -> Option<u32> {
+        let addr = format!("{segment:04x}:{bus:02x}:{:02x}.{}", devfn >> 3, devfn & 7);
+        let link = std::fs::read_link(self.sysfs.join("bus/pci/devices").join(addr).join("iommu_group")).ok()?;
+        link.file_name()?.to_str()?.parse().ok()
     }
 
     fn kvm_device_file(&mut self, kvm_device: i32, dev: DeviceHandle, add: bool) -> Result<(), Errno> {
