@@ -29,7 +29,7 @@ use vfio_shim_sys::caller::{
     read_thread_memory, write_thread_memory, CallerProcess, PreparedMap, PRIVATE_MEMORY_ERRNO,
 };
 use vfio_shim_sys::kernel::MemoryOwner;
-use vfio_shim_sys::{ioctl as sys, KernelBackend};
+use vfio_shim_sys::{cuse_node, KernelBackend};
 
 use crate::retry::{argsz_step, argsz_step_extended, cstr_step, fixed_step, ArgszArg, ArgszSpec, Extra, Step};
 use crate::session::{Caller, CuseDevice, Ioctl, IoctlOutcome};
@@ -177,14 +177,14 @@ impl Registry {
         };
         // The device number from the attributes in memory: no request to a FUSE server
         // behind an arbitrary file the caller passed.
-        let ours = match (sys::char_device_of(file.as_fd()), self.container_rdev.get()) {
+        let ours = match (cuse_node::char_device_of(file.as_fd()), self.container_rdev.get()) {
             (Ok(Some(rdev)), Some(&ours)) => rdev == ours,
             _ => false,
         };
         if !ours {
             return Ok(FdTarget::Other);
         }
-        let Ok(fh) = sys::cuse_identify(file.as_fd()) else { return Ok(FdTarget::Other) };
+        let Ok(fh) = cuse_node::cuse_identify(file.as_fd()) else { return Ok(FdTarget::Other) };
         drop(file); // before taking the lock: our dup must not be the file's last reference later
         let mut inner = self.lock();
         let Inner { shim, opens, .. } = &mut *inner;

@@ -104,9 +104,9 @@ fn in_table(fd: c_int) -> Result<c_int, Errno> {
 }
 
 /// If `path` (`/dev/vfio/vfio` or `/dev/vfio/<N>`) is vfio-shim's CUSE node, its adopted open
-/// (see `vfio_shim_sys::cuse_client::open_adopted`), when the fd table can hold it.
+/// (see `vfio_shim_sys::cuse_node::open_adopted`), when the fd table can hold it.
 fn cuse_node_with(path: &std::ffi::CStr, flags: c_int) -> Result<Option<c_int>, Errno> {
-    match vfio_shim_sys::cuse_client::open_adopted(path, flags)? {
+    match vfio_shim_sys::cuse_node::open_adopted(path, flags)? {
         Some(fd) if (fd.as_raw_fd() as usize) < table::MAX_FDS => Ok(Some(fd.into_raw_fd())),
         // Beyond the table: serve without the node (the fd closes here).
         _ => Ok(None),

@@ -19,7 +19,7 @@ use nix::errno::Errno;
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::Mode;
 
-use crate::{ioctl, privileges};
+use crate::{privileges, procfs};
 
 /// `PIDFD_THREAD` (include/uapi/linux/pidfd.h): a pidfd for one thread, not its group leader.
 const PIDFD_THREAD: libc::c_uint = libc::O_EXCL as libc::c_uint;
@@ -129,13 +129,13 @@ impl CallerProcess {
 
     /// The VMA covering `addr` (`PROCMAP_QUERY`, no text to parse), `None` when unmapped.
     pub fn vma_at(&self, addr: u64) -> Result<Option<Vma>, Errno> {
-        match ioctl::procmap_query(self.maps.as_fd(), addr) {
+        match procfs::procmap_query(self.maps.as_fd(), addr) {
             Ok(q) => Ok(Some(Vma {
                 start: q.vma_start,
                 end: q.vma_end,
-                readable: q.vma_flags & ioctl::PROCMAP_QUERY_VMA_READABLE != 0,
-                writable: q.vma_flags & ioctl::PROCMAP_QUERY_VMA_WRITABLE != 0,
-                shared: q.vma_flags & ioctl::PROCMAP_QUERY_VMA_SHARED != 0,
+                readable: q.vma_flags & procfs::PROCMAP_QUERY_VMA_READABLE != 0,
+                writable: q.vma_flags & procfs::PROCMAP_QUERY_VMA_WRITABLE != 0,
+                shared: q.vma_flags & procfs::PROCMAP_QUERY_VMA_SHARED != 0,
                 offset: q.vma_offset,
                 dev: (q.dev_major, q.dev_minor),
                 inode: q.inode,

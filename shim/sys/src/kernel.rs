@@ -16,7 +16,8 @@ use vfio_shim::backend::{Backend, DeviceHandle, GroupDevice, IoasGeometry, IoasI
 use vfio_shim::hot_reset::{vfio_pci_dependent_device, vfio_pci_hot_reset_header, HEADER_SIZE};
 
 use crate::caller::{CallerProcess, PreparedMap, ProcessId};
-use crate::ioctl::{self, HwInfo};
+use crate::iommufd::{self, HwInfo};
+use crate::vfio_device;
 use crate::vtd::{self, VtdBootParams};
 
 /// The kernel's `PAGE_SIZE`: the pinning granule, and type1's floor for `iova_pgsizes`.
@@ -245,12 +246,12 @@ impl KernelBackend {
             .values()
             .filter(|d| d.attached == Some(ioas))
             .filter_map(|d| d.bound.filter(|(c, _)| *c == ctx))
-            .map(|(_, dev_id)| ioctl::get_hw_info(fd, dev_id))
+            .map(|(_, dev_id)| iommufd::get_hw_info(fd, dev_id))
             .collect()
     }
 
     fn iova_alignment(&self, ctx: IommufdId, ioas: IoasId) -> Result<u64, Errno> {
-        Ok(ioctl::ioas_iova_ranges(self.iommufd(ctx)?, ioas.0)?.out_iova_alignment)
+        Ok(iommufd::ioas_iova_ranges(self.iommufd(ctx)?, ioas.0)?.out_iova_alignment)
     }
 }
 
@@ -281,7 +282,7 @@ impl Backend for KernelBackend {
         // type1 charges RLIMIT_MEMLOCK per process (vfio_iommu_type1.c:769); iommufd
         // defaults to per user. Switching needs CAP_SYS_RESOURCE and an empty context
         // (ioas.c:642-655), so try it now and live with per-user when refused.
-        match ioctl::option(fd.as_fd(), ioctl::IOMMU_OPTION_RLIMIT_MODE, ioctl::IOMMU_OPTION_OP_SET, 0, 1) {
+        match iommufd::option(fd.as_fd(), iommufd::IOMMU_OPTION_RLIMIT_MODE, iommufd::IOMMU_OPTION_OP_SET, 0, 1) {
             Ok(_) => {}
             Err(Errno::EPERM) => {
                 log::debug!("iommufd: no CAP_SYS_RESOURCE, memlock stays accounted per user")
@@ -299,17 +300,17 @@ impl Backend for KernelBackend {
     }
 
     fn ioas_alloc(&mut self, ctx: IommufdId) -> Result<IoasId, Errno> {
-        ioctl::ioas_alloc(self.iommufd(ctx)?).map(IoasId)
+        iommufd::ioas_alloc(self.iommufd(ctx)?).map(IoasId)
     }
 
     fn ioas_destroy(&mut self, ctx: IommufdId, ioas: IoasId) -> Result<(), Errno> {
-        ioctl::destroy(self.iommufd(ctx)?, ioas.0)?;
+        iommufd::destroy(self.iommufd(ctx)?, ioas.0)?;
         self.uncharge(ctx, Some(ioas), 0, u64::MAX);
         Ok(())
     }
 
     fn ioas_geometry(&mut self, ctx: IommufdId, ioas: IoasId) -> Result<IoasGeometry, Errno> {
-        let r = ioctl::ioas_iova_ranges(self.iommufd(ctx)?, ioas.0)?;
+        let r = iommufd::ioas_iova_ranges(self.iommufd(ctx)?, ioas.0)?;
         Ok(IoasGeometry {
             ranges: r.ranges.iter().map(|r| IovaRange { start: r.start, last: r.last }).collect(),
             iova_alignment: r.out_iova_alignment,
@@ -325,12 +326,12 @@ impl Backend for KernelBackend {
         length: u64,
         prot: Prot,
     ) -> Result<(), Errno> {
-        let mut flags = ioctl::IOMMU_IOAS_MAP_FIXED_IOVA;
+        let mut flags = iommufd::IOMMU_IOAS_MAP_FIXED_IOVA;
         if prot.read {
-            flags |= ioctl::IOMMU_IOAS_MAP_READABLE;
+            flags |= iommufd::IOMMU_IOAS_MAP_READABLE;
         }
         if prot.write {
-            flags |= ioctl::IOMMU_IOAS_MAP_WRITEABLE;
+            flags |= iommufd::IOMMU_IOAS_MAP_WRITEABLE;
         }
         if let Some(owner) = self.memory_owner.as_mut() {
             // The daemon cannot pin another process's memory by address (IOMMU_IOAS_MAP pins
@@ -353,7 +354,7 @@ impl Backend for KernelBackend {
             // SAFETY: the pages behind the caller's own `vaddr`, which it asked to map (the
             // Backend contract); devices reach them as they would on type1.
             unsafe {
-                ioctl::ioas_map_file(
+                iommufd::ioas_map_file(
                     self.iommufd(ctx)?,
                     ioas.0,
                     flags,
@@ -368,16 +369,16 @@ impl Backend for KernelBackend {
             return Ok(());
         }
         // SAFETY: `vaddr` is memory the application asked to map (the Backend contract).
-        match unsafe { ioctl::ioas_map(self.iommufd(ctx)?, ioas.0, flags, vaddr, length, iova) } {
+        match unsafe { iommufd::ioas_map(self.iommufd(ctx)?, ioas.0, flags, vaddr, length, iova) } {
             Ok(_) => Ok(()),
             // iommufd cannot pin a VM_PFNMAP mapping such as a BAR mmap (pages.c); type1 maps
             // one by its PFNs. Map the same BAR range through a VFIO dma-buf instead.
             Err(Errno::EFAULT) => match self.device_bar_at(vaddr, length) {
                 Some((dev, region, offset)) => {
-                    let buf = ioctl::device_dma_buf(self.device(dev)?.fd.as_fd(), region, offset, length)?;
+                    let buf = vfio_device::device_dma_buf(self.device(dev)?.fd.as_fd(), region, offset, length)?;
                     // SAFETY: a dma-buf of the device's own BAR, which the application mapped at
                     // `vaddr` and asked to map for DMA (peer-to-peer, as type1 maps its PFNs).
-                    unsafe { ioctl::ioas_map_file(self.iommufd(ctx)?, ioas.0, flags, buf.as_fd(), 0, length, iova) }
+                    unsafe { iommufd::ioas_map_file(self.iommufd(ctx)?, ioas.0, flags, buf.as_fd(), 0, length, iova) }
                         .map(drop)
                 }
                 None => Err(Errno::EFAULT),
@@ -387,7 +388,7 @@ impl Backend for KernelBackend {
     }
 
     fn ioas_unmap(&mut self, ctx: IommufdId, ioas: IoasId, iova: u64, length: u64) -> Result<u64, Errno> {
-        let unmapped = ioctl::ioas_unmap(self.iommufd(ctx)?, ioas.0, iova, length)?;
+        let unmapped = iommufd::ioas_unmap(self.iommufd(ctx)?, ioas.0, iova, length)?;
         self.uncharge(ctx, Some(ioas), iova, length);
         Ok(unmapped)
     }
@@ -429,7 +430,7 @@ impl Backend for KernelBackend {
     fn ioas_enforces_coherency(&mut self, ctx: IommufdId, ioas: IoasId) -> Result<bool, Errno> {
         Ok(self.attached_hw_info(ctx, ioas)?.iter().all(|info| match info.vtd() {
             Some(vtd) => vtd::enforces_cache_coherency(&vtd),
-            None => info.out_data_type == ioctl::IOMMU_HW_INFO_TYPE_AMD,
+            None => info.out_data_type == iommufd::IOMMU_HW_INFO_TYPE_AMD,
         }))
     }
 
@@ -487,7 +488,7 @@ impl Backend for KernelBackend {
     }
 
     fn device_bind(&mut self, dev: DeviceHandle, ctx: IommufdId) -> Result<(), Errno> {
-        let dev_id = ioctl::device_bind_iommufd(self.device(dev)?.fd.as_fd(), self.iommufd(ctx)?)?;
+        let dev_id = vfio_device::device_bind_iommufd(self.device(dev)?.fd.as_fd(), self.iommufd(ctx)?)?;
         if let Some(d) = self.devices.get_mut(&dev) {
             d.bound = Some((ctx, dev_id));
         }
@@ -495,7 +496,7 @@ impl Backend for KernelBackend {
     }
 
     fn device_attach(&mut self, dev: DeviceHandle, ioas: IoasId) -> Result<(), Errno> {
-        ioctl::device_attach_iommufd_pt(self.device(dev)?.fd.as_fd(), ioas.0)?;
+        vfio_device::device_attach_iommufd_pt(self.device(dev)?.fd.as_fd(), ioas.0)?;
         if let Some(d) = self.devices.get_mut(&dev) {
             d.attached = Some(ioas);
         }
@@ -503,7 +504,7 @@ impl Backend for KernelBackend {
     }
 
     fn device_detach(&mut self, dev: DeviceHandle) -> Result<(), Errno> {
-        ioctl::device_detach_iommufd_pt(self.device(dev)?.fd.as_fd())?;
+        vfio_device::device_detach_iommufd_pt(self.device(dev)?.fd.as_fd())?;
         if let Some(d) = self.devices.get_mut(&dev) {
             d.attached = None;
         }
@@ -520,7 +521,7 @@ impl Backend for KernelBackend {
         let mut entries = 64usize;
         loop {
             let mut buf = vec![0u8; HEADER_SIZE + 8 * entries];
-            match ioctl::device_pci_hot_reset_info(device, &mut buf) {
+            match vfio_device::device_pci_hot_reset_info(device, &mut buf) {
                 Ok(_) => {}
                 Err(Errno::ENOSPC) => {
                     let needed =
@@ -544,7 +545,7 @@ impl Backend for KernelBackend {
     }
 
     fn device_hot_reset(&mut self, dev: DeviceHandle) -> Result<(), Errno> {
-        ioctl::device_pci_hot_reset_cdev(self.device(dev)?.fd.as_fd()).map(drop)
+        vfio_device::device_pci_hot_reset_cdev(self.device(dev)?.fd.as_fd()).map(drop)
     }
 
     /// From `<sysfs>/bus/pci/devices/<addr>/iommu_group`.
@@ -588,10 +589,10 @@ impl Backend for KernelBackend {
         d.fd = fresh;
         d.bound = None;
         d.attached = None;
-        let dev_id = ioctl::device_bind_iommufd(d.fd.as_fd(), iommufd.as_fd())?;
+        let dev_id = vfio_device::device_bind_iommufd(d.fd.as_fd(), iommufd.as_fd())?;
         d.bound = Some((ctx, dev_id));
         if let Some(ioas) = ioas {
-            ioctl::device_attach_iommufd_pt(d.fd.as_fd(), ioas.0)?;
+            vfio_device::device_attach_iommufd_pt(d.fd.as_fd(), ioas.0)?;
             d.attached = Some(ioas);
         }
         Ok(())

@@ -6,7 +6,7 @@
 //! reports that domain's `pgsize_bitmap` (vfio_iommu_type1.c:1254, 2857). Paths below are
 //! into the Linux 7.3 tree.
 
-use crate::ioctl::{iommu_hw_info_vtd, IOMMU_HW_CAP_DIRTY_TRACKING};
+use crate::iommufd::{iommu_hw_info_vtd, IOMMU_HW_CAP_DIRTY_TRACKING};
 
 const SZ_4K: u64 = 1 << 12;
 const SZ_2M: u64 = 1 << 21;

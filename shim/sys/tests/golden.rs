@@ -4,7 +4,8 @@
 
 use std::mem::{offset_of, size_of};
 
-use vfio_shim_sys::ioctl::*;
+use vfio_shim_sys::iommufd::*;
+use vfio_shim_sys::vfio_device::*;
 
 #[test]
 fn iommufd_ioctl_numbers() {

@@ -14,8 +14,8 @@ use std::sync::{Mutex, MutexGuard};
 use nix::errno::Errno;
 use nix::sys::mman::{mmap_anonymous, munmap, MapFlags, ProtFlags};
 use vfio_shim::backend::{Backend, DeviceHandle, IoasId, IommufdId, Prot};
-use vfio_shim_sys::ioctl;
 use vfio_shim_sys::KernelBackend;
+use vfio_shim_sys::{iommufd, vfio_device};
 
 const SZ_2M: u64 = 2 << 20;
 const MAP_IOVA: u64 = 0x10_0000;
@@ -174,8 +174,8 @@ fn geometry_excludes_msi_window() {
 #[ignore = "needs a real kernel: the VM tier runs it (compat-tests/scripts/vm-tier.sh)"]
 fn iova_ranges_retries_on_emsgsize() {
     let f = Fixture::new();
-    let direct = ioctl::ioas_iova_ranges(f.iommufd(), f.ioas.0).unwrap();
-    let retried = ioctl::ioas_iova_ranges_with_capacity(f.iommufd(), f.ioas.0, 0).unwrap();
+    let direct = iommufd::ioas_iova_ranges(f.iommufd(), f.ioas.0).unwrap();
+    let retried = iommufd::ioas_iova_ranges_with_capacity(f.iommufd(), f.ioas.0, 0).unwrap();
     assert_eq!(direct, retried);
     assert!(direct.ranges.len() >= 2, "attached x86 IOAS has a hole: {direct:?}");
 }
@@ -185,7 +185,7 @@ fn iova_ranges_retries_on_emsgsize() {
 fn pgsizes_match_type1() {
     let mut f = Fixture::new();
     let pgsizes = f.be.ioas_pgsizes(f.ctx, f.ioas).unwrap();
-    let hw = ioctl::get_hw_info(f.iommufd(), f.dev_id()).unwrap();
+    let hw = iommufd::get_hw_info(f.iommufd(), f.dev_id()).unwrap();
     if hw.vtd().is_some() {
         // type1 in the TCG guest with `-device intel-iommu` (semantics.md).
         assert_eq!(pgsizes, 0x4020_1000, "{hw:?}");
@@ -200,7 +200,7 @@ fn pgsizes_match_type1() {
 fn coherency_follows_snoop_control_on_vtd() {
     let mut f = Fixture::new();
     let coherent = f.be.ioas_enforces_coherency(f.ctx, f.ioas).unwrap();
-    let hw = ioctl::get_hw_info(f.iommufd(), f.dev_id()).unwrap();
+    let hw = iommufd::get_hw_info(f.iommufd(), f.dev_id()).unwrap();
     if let Some(vtd) = hw.vtd() {
         assert_eq!(coherent, (vtd.ecap_reg >> 7) & 1 == 1, "{vtd:?}");
     }
@@ -249,7 +249,8 @@ fn teardown_detach_close_destroy() {
 #[ignore = "needs a real kernel: the VM tier runs it (compat-tests/scripts/vm-tier.sh)"]
 fn rlimit_mode_is_per_process_when_privileged() {
     let f = Fixture::new();
-    let mode = ioctl::option(f.iommufd(), ioctl::IOMMU_OPTION_RLIMIT_MODE, ioctl::IOMMU_OPTION_OP_GET, 0, 0).unwrap();
+    let mode =
+        iommufd::option(f.iommufd(), iommufd::IOMMU_OPTION_RLIMIT_MODE, iommufd::IOMMU_OPTION_OP_GET, 0, 0).unwrap();
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         assert_eq!(mode, 1, "root should have CAP_SYS_RESOURCE");
@@ -260,35 +261,35 @@ fn rlimit_mode_is_per_process_when_privileged() {
 #[ignore = "needs a real kernel: the VM tier runs it (compat-tests/scripts/vm-tier.sh)"]
 fn hwpt_alloc_attach_destroy() {
     let f = Fixture::new();
-    let hwpt = ioctl::hwpt_alloc(f.iommufd(), 0, f.dev_id(), f.ioas.0).unwrap();
+    let hwpt = iommufd::hwpt_alloc(f.iommufd(), 0, f.dev_id(), f.ioas.0).unwrap();
     let dev_fd = f.be.device_raw_fd(f.dev).unwrap();
     // SAFETY: the backend owns the cdev fd while the fixture lives.
     let dev_fd = unsafe { BorrowedFd::borrow_raw(dev_fd) };
-    assert_eq!(ioctl::device_attach_iommufd_pt(dev_fd, hwpt), Ok(hwpt));
-    assert_eq!(ioctl::destroy(f.iommufd(), hwpt), Err(Errno::EBUSY));
+    assert_eq!(vfio_device::device_attach_iommufd_pt(dev_fd, hwpt), Ok(hwpt));
+    assert_eq!(iommufd::destroy(f.iommufd(), hwpt), Err(Errno::EBUSY));
     // Back on the IOAS (a replace), then the manual HWPT can go.
-    ioctl::device_attach_iommufd_pt(dev_fd, f.ioas.0).unwrap();
-    ioctl::destroy(f.iommufd(), hwpt).unwrap();
+    vfio_device::device_attach_iommufd_pt(dev_fd, f.ioas.0).unwrap();
+    iommufd::destroy(f.iommufd(), hwpt).unwrap();
 }
 
 #[test]
 #[ignore = "needs a real kernel: the VM tier runs it (compat-tests/scripts/vm-tier.sh)"]
 fn dirty_tracking_follows_capability() {
     let f = Fixture::new();
-    let hw = ioctl::get_hw_info(f.iommufd(), f.dev_id()).unwrap();
-    let flags = ioctl::IOMMU_HWPT_ALLOC_DIRTY_TRACKING;
-    let r = ioctl::hwpt_alloc(f.iommufd(), flags, f.dev_id(), f.ioas.0);
-    if hw.out_capabilities & ioctl::IOMMU_HW_CAP_DIRTY_TRACKING == 0 {
+    let hw = iommufd::get_hw_info(f.iommufd(), f.dev_id()).unwrap();
+    let flags = iommufd::IOMMU_HWPT_ALLOC_DIRTY_TRACKING;
+    let r = iommufd::hwpt_alloc(f.iommufd(), flags, f.dev_id(), f.ioas.0);
+    if hw.out_capabilities & iommufd::IOMMU_HW_CAP_DIRTY_TRACKING == 0 {
         // hw_pagetable.c:139-141.
         assert_eq!(r, Err(Errno::EOPNOTSUPP));
         return;
     }
     let hwpt = r.unwrap();
-    ioctl::hwpt_set_dirty_tracking(f.iommufd(), hwpt, true).unwrap();
-    let mut bitmap = vec![0u64; ioctl::dirty_bitmap_words(SZ_2M, 4096).unwrap()];
-    ioctl::hwpt_get_dirty_bitmap(f.iommufd(), hwpt, 0, MAP_IOVA, SZ_2M, 4096, &mut bitmap).unwrap();
-    ioctl::hwpt_set_dirty_tracking(f.iommufd(), hwpt, false).unwrap();
-    ioctl::destroy(f.iommufd(), hwpt).unwrap();
+    iommufd::hwpt_set_dirty_tracking(f.iommufd(), hwpt, true).unwrap();
+    let mut bitmap = vec![0u64; iommufd::dirty_bitmap_words(SZ_2M, 4096).unwrap()];
+    iommufd::hwpt_get_dirty_bitmap(f.iommufd(), hwpt, 0, MAP_IOVA, SZ_2M, 4096, &mut bitmap).unwrap();
+    iommufd::hwpt_set_dirty_tracking(f.iommufd(), hwpt, false).unwrap();
+    iommufd::destroy(f.iommufd(), hwpt).unwrap();
 }
 
 #[test]
@@ -297,10 +298,11 @@ fn map_file_of_memfd() {
     let mut f = Fixture::new();
     let memfd = nix::sys::memfd::memfd_create(c"vfio-shim-test", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
     nix::unistd::ftruncate(&memfd, SZ_2M as i64).unwrap();
-    let flags = ioctl::IOMMU_IOAS_MAP_FIXED_IOVA | ioctl::IOMMU_IOAS_MAP_READABLE | ioctl::IOMMU_IOAS_MAP_WRITEABLE;
+    let flags =
+        iommufd::IOMMU_IOAS_MAP_FIXED_IOVA | iommufd::IOMMU_IOAS_MAP_READABLE | iommufd::IOMMU_IOAS_MAP_WRITEABLE;
     // SAFETY: the test's own memfd, made for this mapping and never mapped here.
     let iova =
-        unsafe { ioctl::ioas_map_file(f.iommufd(), f.ioas.0, flags, memfd.as_fd(), 0, SZ_2M, MAP_IOVA) }.unwrap();
+        unsafe { iommufd::ioas_map_file(f.iommufd(), f.ioas.0, flags, memfd.as_fd(), 0, SZ_2M, MAP_IOVA) }.unwrap();
     assert_eq!(iova, MAP_IOVA);
     assert_eq!(f.be.ioas_unmap(f.ctx, f.ioas, MAP_IOVA, SZ_2M), Ok(SZ_2M));
 }
@@ -312,10 +314,11 @@ fn ioas_copy_and_allow_iovas() {
     let buf = Buffer::new(SZ_2M);
     f.be.ioas_map(f.ctx, f.ioas, MAP_IOVA, buf.vaddr(), SZ_2M, RW).unwrap();
     let other = f.be.ioas_alloc(f.ctx).unwrap();
-    let allowed = [ioctl::iommu_iova_range { start: 0, last: 0xffff_ffff }];
-    ioctl::ioas_allow_iovas(f.iommufd(), other.0, &allowed).unwrap();
-    let flags = ioctl::IOMMU_IOAS_MAP_FIXED_IOVA | ioctl::IOMMU_IOAS_MAP_READABLE | ioctl::IOMMU_IOAS_MAP_WRITEABLE;
-    let dst = ioctl::ioas_copy(f.iommufd(), other.0, f.ioas.0, flags, SZ_2M, MAP_IOVA, MAP_IOVA).unwrap();
+    let allowed = [iommufd::iommu_iova_range { start: 0, last: 0xffff_ffff }];
+    iommufd::ioas_allow_iovas(f.iommufd(), other.0, &allowed).unwrap();
+    let flags =
+        iommufd::IOMMU_IOAS_MAP_FIXED_IOVA | iommufd::IOMMU_IOAS_MAP_READABLE | iommufd::IOMMU_IOAS_MAP_WRITEABLE;
+    let dst = iommufd::ioas_copy(f.iommufd(), other.0, f.ioas.0, flags, SZ_2M, MAP_IOVA, MAP_IOVA).unwrap();
     assert_eq!(dst, MAP_IOVA);
     assert_eq!(f.be.ioas_unmap(f.ctx, other, MAP_IOVA, SZ_2M), Ok(SZ_2M));
     assert_eq!(f.be.ioas_unmap(f.ctx, f.ioas, MAP_IOVA, SZ_2M), Ok(SZ_2M));
@@ -335,11 +338,11 @@ fn vfio_ioas_wrapper_selects_compat_ioas() {
     // SAFETY: `be` owns the fd until `iommufd_close` below.
     let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     // vfio_compat.c:15-26: no compat IOAS yet.
-    assert_eq!(ioctl::vfio_ioas(fd, ioctl::IOMMU_VFIO_IOAS_GET, 0), Err(Errno::ENODEV));
-    ioctl::vfio_ioas(fd, ioctl::IOMMU_VFIO_IOAS_SET, ioas.0).unwrap();
-    assert_eq!(ioctl::vfio_ioas(fd, ioctl::IOMMU_VFIO_IOAS_GET, 0), Ok(ioas.0));
-    ioctl::vfio_ioas(fd, ioctl::IOMMU_VFIO_IOAS_CLEAR, 0).unwrap();
-    assert_eq!(ioctl::vfio_ioas(fd, ioctl::IOMMU_VFIO_IOAS_GET, 0), Err(Errno::ENODEV));
+    assert_eq!(iommufd::vfio_ioas(fd, iommufd::IOMMU_VFIO_IOAS_GET, 0), Err(Errno::ENODEV));
+    iommufd::vfio_ioas(fd, iommufd::IOMMU_VFIO_IOAS_SET, ioas.0).unwrap();
+    assert_eq!(iommufd::vfio_ioas(fd, iommufd::IOMMU_VFIO_IOAS_GET, 0), Ok(ioas.0));
+    iommufd::vfio_ioas(fd, iommufd::IOMMU_VFIO_IOAS_CLEAR, 0).unwrap();
+    assert_eq!(iommufd::vfio_ioas(fd, iommufd::IOMMU_VFIO_IOAS_GET, 0), Err(Errno::ENODEV));
     be.ioas_destroy(ctx, ioas).unwrap();
     be.iommufd_close(ctx);
 }
