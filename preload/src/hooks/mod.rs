@@ -1,0 +1,7 @@
+//! The exported libc hooks, one file per family of calls.
+
+mod exec;
+mod fd;
+mod ioctl;
+mod open;
+mod scm_rights;
