@@ -31,8 +31,8 @@ use vfio_shim_sys::caller::{
 use vfio_shim_sys::kernel::MemoryOwner;
 use vfio_shim_sys::{cuse_node, KernelBackend};
 
+use crate::device::{Caller, CuseDevice, Ioctl, IoctlOutcome};
 use crate::retry::{argsz_step, argsz_step_extended, cstr_step, fixed_step, ArgszArg, ArgszSpec, Extra, Step};
-use crate::session::{Caller, CuseDevice, Ioctl, IoctlOutcome};
 
 pub use vfio_shim::abi::{VFIO_SHIM_CUSE_ADOPT, VFIO_SHIM_CUSE_ADOPT_PROTOCOL as ADOPT_PROTOCOL};
 

@@ -34,7 +34,7 @@
 //! with ENOMEM, ioctl.c:79-85, 304-309): argsz beyond it is clamped, the handler learns the
 //! real argsz from [`ArgszArg::argsz`].
 
-use crate::session::{Ioctl, IoctlOutcome};
+use crate::device::{Ioctl, IoctlOutcome};
 use nix::errno::Errno;
 
 /// The size of the leading `argsz` field.

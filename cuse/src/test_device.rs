@@ -10,8 +10,8 @@
 //!
 //! Anything else: ENOTTY.
 
+use crate::device::{Caller, CuseDevice, Ioctl, IoctlOutcome};
 use crate::retry::{argsz_step, ArgszSpec, Step};
-use crate::session::{Caller, CuseDevice, Ioctl, IoctlOutcome};
 use nix::errno::Errno;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
