@@ -1,6 +1,7 @@
 # The one command that runs every test: `make test`.
 # - host tier: cargo test for the whole workspace (pure core over the fake backend, sys-layer
-#   golden tests, runner unit tests; the real-kernel tests show as "ignored" here);
+#   golden tests, runner unit tests; the real-kernel tests show as "ignored" here), then 10 s
+#   of each cargo fuzz target;
 # - VM tier: builds and caches the two test kernels, boots them under QEMU TCG and runs the
 #   kernel-backend tests and every legacy client in every mode, then compares with type1;
 #   the CUSE daemon (protocol, SIGTERM/kill -9, the nodes without and with the preload); then the kernel's
@@ -20,6 +21,9 @@ host-test:
 	if cargo fmt --version >/dev/null 2>&1; then cargo fmt --all --check; \
 	else echo "host-test: rustfmt not installed: format check not run"; fi
 	cargo test --workspace
+	@# A short pass of every fuzz target from its seeds (fuzz/run.sh; the long runs are in
+	@# docs/testing.md).
+	SECONDS_PER_TARGET=10 bash fuzz/run.sh
 
 vm-test:
 	bash compat-tests/scripts/vm-tier.sh
