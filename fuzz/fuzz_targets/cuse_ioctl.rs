@@ -31,7 +31,13 @@ fuzz_target!(|data: &[u8]| {
     let (head, in_data) = data.split_at(40);
     // The kernel's limit is at least a page in practice; anything from 16 bytes up is tried.
     let limit = (u32_at(head, 0) % (1 << 20)).max(16);
-    let io = Ioctl { cmd: u32_at(head, 4), arg: u64_at(head, 8), flags: u32_at(head, 16), in_data, out_size: u32_at(head, 20) };
+    let io = Ioctl {
+        cmd: u32_at(head, 4),
+        arg: u64_at(head, 8),
+        flags: u32_at(head, 16),
+        in_data,
+        out_size: u32_at(head, 20),
+    };
     let spec = ArgszSpec {
         min_size: (u32_at(head, 24) % 4096).max(4),
         max_in: u32_at(head, 28),
