@@ -30,6 +30,7 @@ use vfio_shim_sys::caller::{
 };
 use vfio_shim_sys::kernel::MemoryOwner;
 use vfio_shim_sys::{cuse_node, KernelBackend};
+use zerocopy::FromBytes;
 
 use crate::device::{Caller, CuseDevice, Ioctl, IoctlOutcome};
 use crate::retry::{argsz_step, argsz_step_extended, cstr_step, fixed_step, ArgszArg, ArgszSpec, Extra, Step};
@@ -284,15 +285,15 @@ impl ContainerDevice {
             VFIO_IOMMU_DIRTY_PAGES => VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP,
             _ => return Ok(Extra::default()),
         };
-        let wants = a.u32_at(4).is_some_and(|f| f & flag != 0);
-        let (Some(size), Some(data)) = (a.u64_at(32), a.u64_at(40)) else { return Ok(Extra::default()) };
-        if !wants || size == 0 || data == 0 {
+        let wants = leading_flags(a.data).is_some_and(|f| f & flag != 0);
+        let Some(bitmap) = bitmap_of(a.data) else { return Ok(Extra::default()) };
+        if !wants || bitmap.size == 0 || bitmap.data == 0 {
             return Ok(Extra::default());
         }
-        if size > u64::from(limit) {
+        if bitmap.size > u64::from(limit) {
             return Err(Errno::ENOMEM);
         }
-        Ok(Extra { in_iovs: vec![(data, size)], out_iovs: vec![(data, size)] })
+        Ok(Extra { in_iovs: vec![(bitmap.data, bitmap.size)], out_iovs: vec![(bitmap.data, bitmap.size)] })
     }
 
     /// MAP_DMA and UNMAP_DMA without a dirty bitmap are nearly all of a client's traffic. Their
@@ -316,18 +317,17 @@ impl ContainerDevice {
             Err(Errno::EFAULT) => return Err(Errno::EFAULT), // what the kernel's copy-in says
             Err(_) => return Ok(None),                       // not allowed to read it (Yama, namespaces): retry rounds
         }
-        let word = |o: usize| u64::from_ne_bytes(bytes[o..o + 8].try_into().unwrap_or([0; 8]));
-        let flags = word(0) >> 32;
-        if io.cmd == VFIO_IOMMU_UNMAP_DMA && flags & u64::from(VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP) != 0 {
+        let flags = leading_flags(&bytes).ok_or(Errno::EIO)?;
+        if io.cmd == VFIO_IOMMU_UNMAP_DMA && flags & VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP != 0 {
             return Ok(None); // the bitmap goes through the retry engine
         }
         let owner = match io.cmd {
             VFIO_IOMMU_MAP_DMA => {
-                // Resolve the memory now, outside the lock (vaddr at 8, size at 24). A VADDR
-                // update maps nothing.
+                // Resolve the memory now, outside the lock. A VADDR update maps nothing.
+                let map = vfio_iommu_type1_dma_map::read_from_bytes(&bytes).map_err(|_| Errno::EIO)?;
                 let prepare = |c: &CallerProcess| {
-                    (flags & u64::from(VFIO_DMA_MAP_FLAG_VADDR) == 0)
-                        .then(|| c.prepare_map(word(8), word(24), flags & u64::from(VFIO_DMA_MAP_FLAG_WRITE) != 0))
+                    (flags & VFIO_DMA_MAP_FLAG_VADDR == 0)
+                        .then(|| c.prepare_map(map.vaddr, map.size, flags & VFIO_DMA_MAP_FLAG_WRITE != 0))
                 };
                 let mut pinned = self.reg.caller(caller.pid)?;
                 let mut prepared = prepare(&pinned);
@@ -394,7 +394,7 @@ impl CuseDevice for ContainerDevice {
                 match argsz_step_extended(io, spec, limit, &extra) {
                     Step::Ready(a) => {
                         let bitmap = a.extra_in.to_vec();
-                        let user_base = if bitmap.is_empty() { 0 } else { a.u64_at(40).unwrap_or(0) };
+                        let user_base = if bitmap.is_empty() { 0 } else { bitmap_of(a.data).map_or(0, |b| b.data) };
                         (BufferArg { bytes: a.data.to_vec(), user_base, user: bitmap }, a.out_len as usize)
                     }
                     Step::Reply(r) => return r,
@@ -548,5 +548,58 @@ impl CuseDevice for GroupDevice {
             }
             Err(e) => IoctlOutcome::Error(e),
         }
+    }
+}
+
+/// The `flags` word every argsz-style VFIO struct has after its `argsz` (read through the
+/// smallest of them, `vfio_iommu_type1_dirty_bitmap`).
+fn leading_flags(bytes: &[u8]) -> Option<u32> {
+    let (head, _) = vfio_iommu_type1_dirty_bitmap::read_from_prefix(bytes).ok()?;
+    Some(head.flags)
+}
+
+/// Where the `vfio_bitmap` of a dirty-bitmap request sits: after the fixed part of
+/// `vfio_iommu_type1_dma_unmap` (`UNMAP_DMA` + `GET_DIRTY_BITMAP`), which is also where
+/// `DIRTY_PAGES` + `GET_BITMAP` has it (after its header and the get's iova and size).
+const BITMAP_AT: usize = std::mem::size_of::<vfio_iommu_type1_dma_unmap>();
+const _: () = assert!(
+    BITMAP_AT
+        == std::mem::size_of::<vfio_iommu_type1_dirty_bitmap>()
+            + std::mem::offset_of!(vfio_iommu_type1_dirty_bitmap_get, bitmap)
+);
+
+/// The `vfio_bitmap` of a dirty-bitmap request, if the bytes reach that far.
+fn bitmap_of(bytes: &[u8]) -> Option<vfio_bitmap> {
+    let (bitmap, _) = vfio_bitmap::read_from_prefix(bytes.get(BITMAP_AT..)?).ok()?;
+    Some(bitmap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zerocopy::IntoBytes;
+
+    #[test]
+    fn the_bitmap_of_both_dirty_requests_is_found() {
+        let bitmap = vfio_bitmap { pgsize: 4096, size: 8, data: 0x7f00_0000_1000 };
+        let unmap = vfio_iommu_type1_dma_unmap {
+            argsz: 48,
+            flags: VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
+            iova: 0x10_0000,
+            size: 0x1000,
+        };
+        let mut bytes = unmap.as_bytes().to_vec();
+        bytes.extend_from_slice(bitmap.as_bytes());
+        assert_eq!(leading_flags(&bytes), Some(VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP));
+        assert_eq!(bitmap_of(&bytes), Some(bitmap));
+        assert_eq!(bitmap_of(&bytes[..47]), None, "a struct too short has none");
+
+        let head = vfio_iommu_type1_dirty_bitmap { argsz: 48, flags: VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP };
+        let get = vfio_iommu_type1_dirty_bitmap_get { iova: 0x10_0000, size: 0x1000, bitmap };
+        let mut bytes = head.as_bytes().to_vec();
+        bytes.extend_from_slice(get.as_bytes());
+        assert_eq!(leading_flags(&bytes), Some(VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP));
+        assert_eq!(bitmap_of(&bytes), Some(bitmap));
+        assert_eq!(leading_flags(&bytes[..7]), None);
     }
 }
