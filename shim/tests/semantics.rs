@@ -1087,6 +1087,23 @@ fn a_device_held_by_a_mapping_is_closed_when_the_mapping_is_gone() {
     assert_eq!(env.shim.backend().device_reopens(EDU), 0, "UNSET_CONTAINER took the device down");
 }
 
+/// explorer, seed 4, s2169 and s25772 (type1 in the VM): after a fork (the group is shared),
+/// the device fd closed with its BAR still mapped here: the mapping holds the device file all
+/// the same, so UNSET_CONTAINER is EBUSY; the shared group is not cycled at the munmap.
+#[test]
+fn a_mapping_holds_the_device_of_a_shared_group_too() {
+    let mut env = Env::new(true);
+    let g = env.g;
+    let a = grant(env.device(g, EDU));
+    env.shim.mark_all_shared();
+    env.shim.backend_mut().set_device_mapped(EDU, true);
+    env.shim.close_device(a);
+    assert_eq!(env.unset_container(g).err(), Some(Errno::EBUSY), "the mapping holds the device");
+    env.shim.backend_mut().set_device_mapped(EDU, false);
+    assert_eq!(env.unset_container(g).err(), None);
+    assert_eq!(env.shim.backend().device_reopens(EDU), 0, "a shared group is not cycled");
+}
+
 /// explorer, seed 1, s1556 (type1 in the VM): the group fd closed, then the device fd closed
 /// with its BAR still mapped: the device file holds the group, so the container keeps its
 /// IOMMU and a MAP succeeds; a second open of the group is EBUSY.

@@ -400,8 +400,9 @@ impl<B: Backend> Shim<B> {
             None => false,
         };
         g.device_fds.retain(|(_, n)| *n > 0);
-        // A group shared with another process may still have the device open there.
-        if last && !g.shared && g.container.is_some() {
+        if last && g.container.is_some() {
+            // A mapping of a region in this process holds the device file, shared or not (type1
+            // answers UNSET_CONTAINER EBUSY then: explorer seed 4, s2169 and s25772).
             if self.device_mapped(grant.handle) {
                 // The file, and the group it holds, live on in the mapping (type1).
                 let g = self.groups.get_mut(&grant.group).expect("checked");
@@ -410,6 +411,8 @@ impl<B: Backend> Shim<B> {
                 self.mapping_holds += 1;
                 return;
             }
+            // Not for a group shared with another process, which may still have the device
+            // open there (close_and_reopen checks).
             self.close_and_reopen(grant.group, grant.handle);
         }
         self.reap_group(grant.group);
