@@ -545,7 +545,7 @@ impl Backend for KernelBackend {
     }
 
     fn device_hot_reset(&mut self, dev: DeviceHandle) -> Result<(), Errno> {
-        vfio_device::device_pci_hot_reset_cdev(self.device(dev)?.fd.as_fd()).map(drop)
+        vfio_device::device_pci_hot_reset_cdev(self.device(dev)?.fd.as_fd())
     }
 
     /// From `<sysfs>/bus/pci/devices/<addr>/iommu_group`.

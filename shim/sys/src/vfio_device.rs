@@ -7,6 +7,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use vfio_bindings::bindings::vfio;
+use vfio_shim::hot_reset::{vfio_pci_hot_reset_header, HEADER_SIZE};
 
 use crate::ioctl::{argsz, ioctl};
 
@@ -48,41 +49,26 @@ pub fn device_detach_iommufd_pt(device: BorrowedFd<'_>) -> Result<(), Errno> {
     unsafe { ioctl(device, VFIO_DEVICE_DETACH_IOMMUFD_PT, &mut cmd) }
 }
 
-/// `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO` into the caller's buffer at `arg`, whose leading
-/// `argsz` says how much the kernel may write (it answers `ENOSPC` with the count needed when
-/// that is too little). Returns the ioctl's value.
-///
-/// # Safety
-/// `arg` is the address the calling program passed with this very request: the kernel reads
-/// and writes it with fault handling, and the program owns what it pointed the kernel at.
-pub unsafe fn device_pci_hot_reset_info_at(device: BorrowedFd<'_>, arg: u64) -> Result<i32, Errno> {
-    // SAFETY: the caller passes the program's own argument for this request.
-    let rc = unsafe { libc::ioctl(device.as_raw_fd(), VFIO_DEVICE_GET_PCI_HOT_RESET_INFO as _, arg) };
-    Errno::result(rc)
-}
-
 /// `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO` into `buf`: a `vfio_pci_hot_reset_info` header (its
 /// `argsz` set here to `buf.len()`) followed by room for the dependent devices.
-pub fn device_pci_hot_reset_info(device: BorrowedFd<'_>, buf: &mut [u8]) -> Result<i32, Errno> {
-    if buf.len() < 12 {
+pub fn device_pci_hot_reset_info(device: BorrowedFd<'_>, buf: &mut [u8]) -> Result<(), Errno> {
+    if buf.len() < HEADER_SIZE {
         return Err(Errno::EINVAL);
     }
     let argsz = u32::try_from(buf.len()).map_err(|_| Errno::EINVAL)?;
     buf[..4].copy_from_slice(&argsz.to_ne_bytes());
     // SAFETY: the kernel writes at most `argsz` bytes, all of `buf`, which is borrowed
     // mutably for the call.
-    let rc = unsafe { libc::ioctl(device.as_raw_fd(), VFIO_DEVICE_GET_PCI_HOT_RESET_INFO as _, buf.as_mut_ptr()) };
-    Errno::result(rc)
+    unsafe { ioctl(device, VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, buf.as_mut_ptr()) }
 }
 
 /// `VFIO_DEVICE_PCI_HOT_RESET` in the cdev form: no group fds (`count == 0`); the kernel checks
 /// that the caller's iommufd owns every affected device.
-pub fn device_pci_hot_reset_cdev(device: BorrowedFd<'_>) -> Result<i32, Errno> {
-    // struct vfio_pci_hot_reset { argsz, flags, count } with an empty group_fds[].
-    let mut header: [u32; 3] = [12, 0, 0];
-    // SAFETY: a header-only `vfio_pci_hot_reset` on our stack; the kernel reads its 12 bytes.
-    let rc = unsafe { libc::ioctl(device.as_raw_fd(), VFIO_DEVICE_PCI_HOT_RESET as _, header.as_mut_ptr()) };
-    Errno::result(rc)
+pub fn device_pci_hot_reset_cdev(device: BorrowedFd<'_>) -> Result<(), Errno> {
+    let mut header = vfio_pci_hot_reset_header { argsz: HEADER_SIZE as u32, flags: 0, count: 0 };
+    // SAFETY: a header-only `vfio_pci_hot_reset` (empty group_fds[]) on our stack; the kernel
+    // reads its 12 bytes.
+    unsafe { ioctl(device, VFIO_DEVICE_PCI_HOT_RESET, &mut header) }
 }
 
 pub const VFIO_DEVICE_FEATURE_GET: u32 = 1 << 16;
