@@ -140,4 +140,8 @@ pub trait Backend {
     /// Whether this process maps a region of the device's file (which then holds the file,
     /// and type1's device and group with it, after the last fd is closed).
     fn device_mapped(&mut self, dev: DeviceHandle) -> Result<bool, Errno>;
+    /// Whether another process holds the device's file, by an fd (inherited over fork or
+    /// received) or a mapping of one of its regions: its last close here is then not the
+    /// device's last close, and a reopen could not bind (a cdev binds once).
+    fn device_held_elsewhere(&mut self, dev: DeviceHandle) -> Result<bool, Errno>;
 }

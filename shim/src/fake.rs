@@ -32,6 +32,7 @@ pub enum Op {
     DeviceAttach,
     DeviceDetach,
     DeviceReopen,
+    DeviceHeldElsewhere,
     KvmDeviceFile,
     DeviceHotReset,
 }
@@ -103,6 +104,8 @@ struct Device {
     reopens: u64,
     /// A region of the device is mmapped (`set_device_mapped`).
     mapped: bool,
+    /// Another process holds the device's file (`set_device_held_elsewhere`).
+    held_elsewhere: bool,
 }
 
 #[derive(Debug, Default)]
@@ -219,6 +222,11 @@ impl FakeBackend {
     /// Models an mmap (true) or munmap (false) of a region of the named device.
     pub fn set_device_mapped(&mut self, name: &str, mapped: bool) {
         self.devices.values_mut().filter(|d| d.name == name).for_each(|d| d.mapped = mapped);
+    }
+
+    /// Models another process holding (true) or dropping (false) the named device's file.
+    pub fn set_device_held_elsewhere(&mut self, name: &str, held: bool) {
+        self.devices.values_mut().filter(|d| d.name == name).for_each(|d| d.held_elsewhere = held);
     }
 
     /// Live iommufd contexts and device handles (leak checks).
@@ -431,7 +439,14 @@ impl Backend for FakeBackend {
         self.next_handle += 1;
         self.devices.insert(
             self.next_handle,
-            Device { name: device.name.clone(), bound: None, attached: None, reopens: 0, mapped: false },
+            Device {
+                name: device.name.clone(),
+                bound: None,
+                attached: None,
+                reopens: 0,
+                mapped: false,
+                held_elsewhere: false,
+            },
         );
         Ok(DeviceHandle(self.next_handle))
     }
@@ -483,10 +498,20 @@ impl Backend for FakeBackend {
         Ok(self.devices.get(&dev.0).ok_or(Errno::EBADF)?.mapped)
     }
 
+    fn device_held_elsewhere(&mut self, dev: DeviceHandle) -> Result<bool, Errno> {
+        self.enter(Op::DeviceHeldElsewhere)?;
+        Ok(self.devices.get(&dev.0).ok_or(Errno::EBADF)?.held_elsewhere)
+    }
+
     fn device_reopen(&mut self, dev: DeviceHandle) -> Result<(), Errno> {
         self.enter(Op::DeviceReopen)?;
         let d = self.devices.get_mut(&dev.0).ok_or(Errno::EBADF)?;
         d.bound.ok_or(Errno::EINVAL)?;
+        if d.held_elsewhere {
+            // Our file goes, theirs stays bound: the fresh open cannot bind (vfio_df_open).
+            d.bound = None;
+            return Err(Errno::EINVAL);
+        }
         if d.mapped {
             // A cdev binds once: the old file lives on in the mapping.
             return Err(Errno::EBUSY);

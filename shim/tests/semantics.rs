@@ -1104,6 +1104,42 @@ fn a_mapping_holds_the_device_of_a_shared_group_too() {
     assert_eq!(env.shim.backend().device_reopens(EDU), 0, "a shared group is not cycled");
 }
 
+/// explorer, seed 4, s4676 (type1 in the VM; regression shared-group-last-close): after a
+/// fork whose child closed what it inherited, the device's last close here is its last close
+/// anywhere: type1 quiesces it (bus mastering off at the next open), so the shim cycles it.
+#[test]
+fn a_shared_groups_device_is_cycled_when_no_other_process_holds_it() {
+    let mut env = Env::new(true);
+    let g = env.g;
+    let a = grant(env.device(g, EDU));
+    env.shim.mark_all_shared();
+    env.shim.close_device(a);
+    assert_eq!(env.shim.backend().device_reopens(EDU), 1, "the last close quiesced it");
+    grant(env.device(g, EDU));
+}
+
+/// The other side of s4676: while another process holds the device's file (a fork child that
+/// kept it, a handoff's receiver), a close here is not the device's last, and a reopen could
+/// not bind (a cdev binds once): the device stays as it is, usable.
+#[test]
+fn a_shared_groups_device_held_by_another_process_is_left_open() {
+    let mut env = Env::new(true);
+    let g = env.g;
+    let a = grant(env.device(g, EDU));
+    env.shim.mark_all_shared();
+    env.shim.backend_mut().set_device_held_elsewhere(EDU, true);
+    env.shim.close_device(a);
+    assert_eq!(env.shim.backend().device_reopens(EDU), 0);
+    let b = grant(env.device(g, EDU));
+
+    // Not knowing is treated as held: cycling a device another file keeps bound would lose it.
+    env.shim.backend_mut().set_device_held_elsewhere(EDU, false);
+    env.shim.backend_mut().fail_at(Op::DeviceHeldElsewhere, 0, Errno::EACCES);
+    env.shim.close_device(b);
+    assert_eq!(env.shim.backend().device_reopens(EDU), 0);
+    grant(env.device(g, EDU));
+}
+
 /// explorer, seed 1, s1556 (type1 in the VM): the group fd closed, then the device fd closed
 /// with its BAR still mapped: the device file holds the group, so the container keeps its
 /// IOMMU and a MAP succeeds; a second open of the group is EBUSY.

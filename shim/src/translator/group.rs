@@ -341,10 +341,25 @@ impl<B: Backend> Shim<B> {
     /// `GET_DEVICE_FD`: the kernel quiesces the device (bus mastering and interrupts off) and
     /// resets it when our cdev file goes, and enables it afresh when we open it again, so the
     /// next user finds what type1's next open leaves. Skipped when the group goes anyway.
+    /// A group shared with another process (fork, handoff) is cycled only when no other
+    /// process holds the device's file: then this close is the device's last, as in type1
+    /// (explorer seed 4, s4676); otherwise the other holder keeps it open and bound.
     fn close_and_reopen(&mut self, id: GroupId, dev: DeviceHandle) {
         let g = &self.groups[&id];
-        if g.shared || g.kvm_registered || g.container.is_none() || !(g.open || g.device_users > 0) {
+        if g.kvm_registered || g.container.is_none() || !(g.open || g.device_users > 0) {
             return;
+        }
+        if g.shared {
+            let number = g.number;
+            match self.backend.device_held_elsewhere(dev) {
+                Ok(false) => {}
+                Ok(true) => return,
+                Err(e) => {
+                    // Unknown: leave it open (a reopen while another file is bound loses it).
+                    log::error!("device of group {number}: cannot tell whether another process holds it: {e}");
+                    return;
+                }
+            }
         }
         if let Err(e) = self.backend.device_reopen(dev) {
             let g = self.groups.get_mut(&id).expect("checked");
@@ -411,8 +426,8 @@ impl<B: Backend> Shim<B> {
                 self.mapping_holds += 1;
                 return;
             }
-            // Not for a group shared with another process, which may still have the device
-            // open there (close_and_reopen checks).
+            // For a group shared with another process, only if that process holds no file of
+            // the device (close_and_reopen checks).
             self.close_and_reopen(grant.group, grant.handle);
         }
         self.reap_group(grant.group);

@@ -574,6 +574,10 @@ impl Backend for KernelBackend {
         region_mapped(&self.device(dev)?.cdev)
     }
 
+    fn device_held_elsewhere(&mut self, dev: DeviceHandle) -> Result<bool, Errno> {
+        crate::procfs::held_by_another_process(Path::new(&self.device(dev)?.cdev))
+    }
+
     fn device_reopen(&mut self, dev: DeviceHandle) -> Result<(), Errno> {
         let d = self.device(dev)?;
         let (ctx, _) = d.bound.ok_or(Errno::EINVAL)?;

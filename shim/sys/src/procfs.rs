@@ -1,4 +1,5 @@
-//! procfs: `PROCMAP_QUERY` on `/proc/<pid>/maps`, one VMA at a time without parsing text.
+//! procfs: `PROCMAP_QUERY` on `/proc/<pid>/maps`, one VMA at a time without parsing text, and
+//! whether another process holds a file (its fds and mappings).
 
 use std::mem::size_of;
 use std::os::fd::BorrowedFd;
@@ -41,4 +42,44 @@ pub fn procmap_query(maps: BorrowedFd<'_>, addr: u64) -> Result<procmap_query, E
     // absent (size 0, address 0), so the kernel writes only into `q`.
     unsafe { ioctl(maps, PROCMAP_QUERY, &mut q) }?;
     Ok(q)
+}
+
+/// Whether a process other than this one holds the file at `path` (a device cdev): an fd of
+/// it (`/proc/<pid>/fd`) or a mapping of it (`/proc/<pid>/maps`, which names the file of every
+/// shared mapping). Processes that exit meanwhile hold nothing; processes this one may not
+/// inspect (another user's, without CAP_SYS_PTRACE) are passed over: a file reaches them only
+/// by SCM_RIGHTS, and a wrong "no" costs this process the device, never theirs (see
+/// `Backend::device_held_elsewhere`).
+pub fn held_by_another_process(path: &std::path::Path) -> Result<bool, Errno> {
+    use std::io::ErrorKind;
+    let me = std::process::id();
+    let gone = |e: &std::io::Error| {
+        matches!(e.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied) || e.raw_os_error() == Some(libc::ESRCH)
+    };
+    let errno = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+    let maps_name = path.to_str().ok_or(Errno::EINVAL)?;
+    for entry in std::fs::read_dir("/proc").map_err(errno)? {
+        let entry = entry.map_err(errno)?;
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if pid == me {
+            continue;
+        }
+        let fds = match std::fs::read_dir(entry.path().join("fd")) {
+            Ok(fds) => fds,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(errno(e)),
+        };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|target| target == path) {
+                return Ok(true);
+            }
+        }
+        match std::fs::read_to_string(entry.path().join("maps")) {
+            Ok(maps) if maps.lines().any(|l| l.split_whitespace().nth(5) == Some(maps_name)) => return Ok(true),
+            Ok(_) => {}
+            Err(e) if gone(&e) => {}
+            Err(e) => return Err(errno(e)),
+        }
+    }
+    Ok(false)
 }
