@@ -5,10 +5,6 @@
 use super::*;
 use crate::hot_reset::*;
 
-/// Group fds one `VFIO_DEVICE_PCI_HOT_RESET` may carry: the kernel bounds the array by the
-/// affected devices, which this shim learns only from the kernel; this bounds the copy before.
-const MAX_RESET_GROUP_FDS: u32 = 4096;
-
 impl<B: Backend> Shim<B> {
     /// `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO`, answered as the kernel answers a group-opened
     /// device (vfio_pci_ioctl_get_pci_hot_reset_info: IOMMU group numbers, flags 0) from what
@@ -37,7 +33,10 @@ impl<B: Backend> Shim<B> {
 
     /// `VFIO_DEVICE_PCI_HOT_RESET` with legacy group fds: checked as the kernel's group path
     /// checks them (`resolve` answers for a caller fd: its group, `EINVAL` for another open
-    /// file, `EBADF` for none), then issued in the cdev form (an empty fd array).
+    /// file, `EBADF` for none), then issued in the cdev form (an empty fd array). The kernel's
+    /// order (vfio_pci_ioctl_pci_hot_reset): the header, `ENODEV` when no slot or bus reset
+    /// reaches the device, `EINVAL` for more fds than affected devices, then the fds in order
+    /// (the hot_reset client, type1 in the VM).
     pub fn device_hot_reset(
         &mut self,
         dev: DeviceHandle,
@@ -49,9 +48,12 @@ impl<B: Backend> Shim<B> {
             // An empty array is the cdev form, which a group-opened device refuses.
             return Err(Errno::EINVAL);
         }
-        if header.count > MAX_RESET_GROUP_FDS {
+        // The probe (ENODEV) and the bound on the array: one fd per affected device at most.
+        let (_, affected) = self.backend.device_hot_reset_info(dev)?;
+        if header.count as usize > affected.len() {
             return Err(Errno::EINVAL);
         }
+        // The fds are read whatever argsz says (type1: argsz 12 with one fd resets).
         let mut fds = vec![0i32; header.count as usize];
         mem.read(HEADER_SIZE, fds.as_mut_bytes())?;
         let mut passed = Vec::with_capacity(fds.len());
@@ -59,7 +61,6 @@ impl<B: Backend> Shim<B> {
             let g = resolve(fd)?;
             passed.push(self.group_number(g).ok_or(Errno::EINVAL)?);
         }
-        let (_, affected) = self.backend.device_hot_reset_info(dev)?;
         let mut affected_groups = Vec::with_capacity(affected.len());
         for d in affected {
             affected_groups.push(self.backend.pci_iommu_group(d.segment, d.bus, d.devfn).ok_or(Errno::EPERM)?);
