@@ -4,8 +4,9 @@
 #   of each cargo fuzz target;
 # - VM tier: builds and caches the two test kernels, boots them under QEMU TCG and runs the
 #   kernel-backend tests and every legacy client in every mode, then compares with type1;
-#   the CUSE daemon (protocol, SIGTERM/kill -9, the nodes without and with the preload); then the kernel's
-#   VFIO selftests and QEMU 7.2/10.0 on type1 and through the shim.
+#   the CUSE daemon (protocol, SIGTERM/kill -9, the nodes without and with the preload); lock
+#   isolation (a 1 GiB map in one container holds up no other container's calls, 2 vCPUs); then
+#   the kernel's VFIO selftests and QEMU 7.2/10.0 on type1 and through the shim.
 # Both install what they need (Debian packages, virtme-ng) by themselves.
 
 .PHONY: test host-test vm-test bench demo explore
@@ -30,6 +31,7 @@ vm-test:
 	bash cuse/tests/vm/run.sh
 	bash cuse/tests/vm/without-preload.sh
 	bash cuse/tests/vm/with-preload.sh
+	bash compat-tests/scripts/lock-isolation.sh
 	bash compat-tests/scripts/programs-tier.sh
 
 # The sequence explorer alone at any volume, judged against type1 (compat-tests/scripts/explore.sh):

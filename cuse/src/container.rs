@@ -18,13 +18,14 @@
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use log::{debug, info, warn};
 use nix::errno::Errno;
 use vfio_shim::abi::*;
 use vfio_shim::arg::BufferArg;
-use vfio_shim::{ContainerId, FdTarget, GroupId, GroupReply, Shim};
+use vfio_shim::backend::DetachedDma;
+use vfio_shim::{ContainerId, ContainerStep, FdTarget, GroupId, GroupReply, Shim};
 use vfio_shim_sys::caller::{
     read_thread_memory, write_thread_memory, CallerProcess, PreparedMap, PRIVATE_MEMORY_ERRNO,
 };
@@ -69,9 +70,16 @@ struct Open {
 
 /// Every node's state: one shim core, the opens of all nodes (file handles are unique across
 /// nodes), and the container node's device number.
+///
+/// Locking: `inner` guards the core. A container's MAP or UNMAP releases it for its kernel
+/// call (the pin), with the container in flight in the core: another client's container calls
+/// go on meanwhile; a call on the same container, and every call that is not a container
+/// ioctl (opens, releases, group calls), waits for `dma_done` until none it could disturb is
+/// in flight.
 pub struct Registry {
     limit: u32,
     inner: Mutex<Inner>,
+    dma_done: Condvar,
     container_rdev: OnceLock<u64>,
     /// Callers pinned by pidfd, reused while [`CallerProcess::is_current`] (a map costs two
     /// syscalls instead of opening /proc again).
@@ -98,6 +106,7 @@ impl Registry {
                 opens: HashMap::new(),
                 next_fh: 1,
             }),
+            dma_done: Condvar::new(),
             container_rdev: OnceLock::new(),
             callers: Mutex::new(HashMap::new()),
         })
@@ -108,13 +117,23 @@ impl Registry {
         let _ = self.container_rdev.set(rdev);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    /// The core with no container's DMA call in flight: for calls that may touch any object.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        let mut inner = self.lock_any();
+        while inner.shim.any_in_flight() {
+            inner = self.dma_done.wait(inner).unwrap_or_else(|e| e.into_inner());
+        }
+        inner
+    }
+
+    /// The core as it is, DMA calls in flight or not: for reads and for the container path.
+    fn lock_any(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Opens currently alive, and how many of them are adopted (tests, logs).
     pub fn counts(&self) -> (usize, usize) {
-        let inner = self.lock();
+        let inner = self.lock_any();
         let adopted = inner.opens.values().filter(|o| matches!(o.state, OpenState::Adopted(_))).count();
         (inner.opens.len(), adopted)
     }
@@ -143,7 +162,7 @@ impl Registry {
     /// Whether `fh` is a container of ours with no IOMMU driver set yet (never used, or used
     /// without SET_IOMMU).
     fn container_without_iommu(&self, fh: u64) -> bool {
-        let inner = self.lock();
+        let inner = self.lock_any();
         match inner.opens.get(&fh).map(|o| &o.state) {
             Some(OpenState::Fresh) => true,
             Some(OpenState::Container(id)) => inner.shim.iommu_version(*id).is_none(),
@@ -358,7 +377,7 @@ impl ContainerDevice {
 
 impl CuseDevice for ContainerDevice {
     fn open(&self, caller: &Caller, _flags: u32) -> Result<u64, Errno> {
-        let fh = Registry::insert(&mut self.reg.lock(), caller.pid, Node::Container, OpenState::Fresh);
+        let fh = Registry::insert(&mut self.reg.lock_any(), caller.pid, Node::Container, OpenState::Fresh);
         debug!("open container fh {fh} by pid {} uid {}", caller.pid, caller.uid);
         Ok(fh)
     }
@@ -412,28 +431,52 @@ impl CuseDevice for ContainerDevice {
         };
 
         let result = {
-            let mut inner = self.reg.lock();
-            let Inner { shim, opens, .. } = &mut *inner;
-            let Some(open) = opens.get_mut(&fh) else { return IoctlOutcome::Error(Errno::EBADF) };
-            let id = match open.state {
-                // An adopted open is the preload's: its ioctls never come here (a process that
-                // received the fd without the preload would be talking to a container it cannot see).
-                OpenState::Adopted(_) => return IoctlOutcome::Error(Errno::EBADFD),
-                OpenState::Container(id) => id,
-                OpenState::Fresh => match shim.open_container() {
-                    Ok(id) => {
-                        open.state = OpenState::Container(id);
-                        id
-                    }
-                    Err(e) => return IoctlOutcome::Error(e),
-                },
-                OpenState::Group(_) => return IoctlOutcome::Error(Errno::EBADF),
+            let mut inner = self.reg.lock_any();
+            let id = loop {
+                let Inner { shim, opens, .. } = &mut *inner;
+                let Some(open) = opens.get_mut(&fh) else { return IoctlOutcome::Error(Errno::EBADF) };
+                let id = match open.state {
+                    // An adopted open is the preload's: its ioctls never come here (a process that
+                    // received the fd without the preload would be talking to a container it cannot see).
+                    OpenState::Adopted(_) => return IoctlOutcome::Error(Errno::EBADFD),
+                    OpenState::Container(id) => id,
+                    OpenState::Fresh => match shim.open_container() {
+                        Ok(id) => {
+                            open.state = OpenState::Container(id);
+                            id
+                        }
+                        Err(e) => return IoctlOutcome::Error(e),
+                    },
+                    OpenState::Group(_) => return IoctlOutcome::Error(Errno::EBADF),
+                };
+                if !shim.container_in_flight(id) {
+                    break id;
+                }
+                inner = self.reg.dma_done.wait(inner).unwrap_or_else(|e| e.into_inner());
             };
-            shim.backend_mut().set_memory_owner(owner);
-            let result = shim.container_ioctl(id, io.cmd, io.arg, &mut mem);
-            shim.backend_mut().set_memory_owner(None);
+            inner.shim.backend_mut().set_memory_owner(owner);
+            let result = match inner.shim.container_ioctl_begin(id, io.cmd, io.arg, &mut mem) {
+                Err(e) => Err(e),
+                Ok(ContainerStep::Done(v)) => Ok(v),
+                Ok(ContainerStep::Native(pending)) if pending.detached().is_none() => {
+                    inner.shim.container_ioctl_finish(pending, None, &mut mem)
+                }
+                Ok(ContainerStep::Native(pending)) => {
+                    // The pin runs without the lock: other clients' containers go on.
+                    inner.shim.backend_mut().set_memory_owner(None);
+                    drop(inner);
+                    let ran = pending.detached().map(|call| call.run());
+                    inner = self.reg.lock_any();
+                    let r = inner.shim.container_ioctl_finish(pending, ran, &mut mem);
+                    self.reg.dma_done.notify_all();
+                    r
+                }
+            };
+            inner.shim.backend_mut().set_memory_owner(None);
             if result == Err(PRIVATE_MEMORY_ERRNO) && io.cmd == VFIO_IOMMU_MAP_DMA {
-                Registry::tell_preload(open, fh, "VFIO_IOMMU_MAP_DMA of private (anonymous) memory");
+                if let Some(open) = inner.opens.get_mut(&fh) {
+                    Registry::tell_preload(open, fh, "VFIO_IOMMU_MAP_DMA of private (anonymous) memory");
+                }
             }
             result
         };

@@ -14,9 +14,16 @@
 //!
 //! This file holds the process state and what every hook uses (`emulate`, `inside`), the
 //! constructor and the fork handlers; the exported hooks live in `hooks/`, a file per family
-//! (open, fd, ioctl, SCM_RIGHTS, exec).
+//! (open, fd, ioctl, SCM_RIGHTS, exec); container ioctls, which pin without the state lock, in
+//! `dma.rs`.
+//!
+//! Locking: one mutex guards the state; a container's MAP or UNMAP releases it for its kernel
+//! call (the pin), with the container marked in flight. Calls on another container go on
+//! meanwhile; every other call, and a call on the same container, waits until no call it
+//! could disturb is in flight (type1 holds one lock per container).
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod dma;
 mod exec;
 mod handoff;
 mod hooks;
@@ -28,7 +35,7 @@ use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_ulong, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use vfio_shim::arg::ArgMemory;
 use vfio_shim::Errno;
 use vfio_shim_sys::own_memory::OwnMemory;
@@ -38,6 +45,8 @@ use state::{Object, State};
 use table::Kind;
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
+/// Signalled whenever a container's DMA call finishes (see `dma.rs`).
+static DMA_DONE: Condvar = Condvar::new();
 /// Set once the process has any emulated object: until then `close_range` needs no care.
 static ACTIVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// The pid the state belongs to: set with the state, and by a fork child for its copy.
@@ -58,19 +67,28 @@ fn init_logging() {
 }
 
 /// Runs `f` on the process state with errno saved and restored on success, errno set on
-/// failure, and panics stopped at the boundary (`EIO`).
+/// failure, and panics stopped at the boundary (`EIO`). `f` sees a state with no DMA call in
+/// flight: it may touch any object.
 fn emulate(f: impl FnOnce(&mut State) -> Result<c_int, Errno>) -> c_int {
+    emulate_locked(|guard| {
+        let state = quiescent(guard);
+        f(state)
+    })
+}
+
+/// As [`emulate`], with the lock itself: for a call that releases it during a kernel call.
+fn emulate_locked(f: impl FnOnce(&mut MutexGuard<'_, Option<State>>) -> Result<c_int, Errno>) -> c_int {
     let saved = Errno::last_raw();
     INSIDE.with(|i| i.set(true));
     let out = catch_unwind(AssertUnwindSafe(|| {
         let mut guard = STATE.lock();
-        let state = guard.get_or_insert_with(|| {
+        guard.get_or_insert_with(|| {
             init_logging();
             OWNER.store(vfio_shim_sys::process::current_pid(), std::sync::atomic::Ordering::Relaxed);
             ACTIVE.store(true, std::sync::atomic::Ordering::Relaxed);
             State::new()
         });
-        f(state)
+        f(&mut guard)
     }));
     INSIDE.with(|i| i.set(false));
     match out {
@@ -87,6 +105,15 @@ fn emulate(f: impl FnOnce(&mut State) -> Result<c_int, Errno>) -> c_int {
             -1
         }
     }
+}
+
+/// The state once no container's DMA call is in flight (waiting for them with the lock
+/// released).
+fn quiescent<'a>(guard: &'a mut MutexGuard<'_, Option<State>>) -> &'a mut State {
+    while guard.as_ref().is_some_and(|s| s.shim.any_in_flight()) {
+        DMA_DONE.wait(guard);
+    }
+    guard.as_mut().expect("the state is made before any call")
 }
 
 fn inside() -> bool {
@@ -112,8 +139,13 @@ fn not_open() -> c_int {
 // ------------------------------------------------------------------ constructor, fork
 
 extern "C" fn before_fork() {
-    // Hold the state lock across fork so the child never inherits it mid-update.
-    std::mem::forget(STATE.lock());
+    // Hold the state lock across fork so the child never inherits it mid-update, nor a DMA
+    // call in flight in a thread it does not have.
+    let mut guard = STATE.lock();
+    while guard.as_ref().is_some_and(|s| s.shim.any_in_flight()) {
+        DMA_DONE.wait(&mut guard);
+    }
+    std::mem::forget(guard);
 }
 
 extern "C" fn after_fork_parent() {

@@ -320,12 +320,6 @@ impl State {
         self.adopt_new(fd, Object::Group(id))
     }
 
-    pub fn container_ioctl(&mut self, id: ContainerId, req: u32, arg: u64) -> Result<c_int, Errno> {
-        // SAFETY: `arg` is the program's own argument for the request it made.
-        let mut mem = unsafe { OwnMemory::new(arg) };
-        self.shim.container_ioctl(id, req, arg, &mut mem).map(|v| v as c_int)
-    }
-
     pub fn group_ioctl(&mut self, id: GroupId, req: u32, arg: u64) -> Result<c_int, Errno> {
         // SAFETY: `arg` is the program's own argument for the request it made.
         let mut mem = unsafe { OwnMemory::new(arg) };

@@ -57,6 +57,33 @@ pub struct GroupDevice {
     pub sriov: bool,
 }
 
+/// A native DMA map or unmap, as the translator asks the backend for one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DmaOp {
+    /// `IOMMU_IOAS_MAP` of the caller's `[vaddr, vaddr + length)` at `iova`.
+    Map { iova: u64, vaddr: u64, length: u64, prot: Prot },
+    /// `IOMMU_IOAS_UNMAP` of `[iova, iova + length)`.
+    Unmap { iova: u64, length: u64 },
+}
+
+/// A [`DmaOp`] made ready to run apart from its backend, without `&mut` access to it, so the
+/// glue can make the kernel call without the lock that guards the core: a long pin in one
+/// container then holds up no other container's calls, as type1's per-container lock.
+pub trait DetachedDma: Send + Sync {
+    /// The native call: the bytes unmapped for an unmap, 0 for a map. A map pins memory the
+    /// caller asked to map, as [`Backend::ioas_map`] does (the same contract).
+    fn run(&self) -> Result<u64, Errno>;
+}
+
+/// For backends that never detach a call.
+pub enum NeverDetached {}
+
+impl DetachedDma for NeverDetached {
+    fn run(&self) -> Result<u64, Errno> {
+        match *self {}
+    }
+}
+
 /// Every native operation the translator performs.
 ///
 /// Object lifetimes follow the kernel's: destroying an IOAS with devices attached fails with
@@ -144,4 +171,23 @@ pub trait Backend {
     /// received) or a mapping of one of its regions: its last close here is then not the
     /// device's last close, and a reopen could not bind (a cdev binds once).
     fn device_held_elsewhere(&mut self, dev: DeviceHandle) -> Result<bool, Errno>;
+
+    /// What runs a detached [`DmaOp`] (see [`DetachedDma`]).
+    type Detached: DetachedDma;
+    /// `op` made ready to run without the backend, or `None` when it must run through
+    /// `ioas_map`/`ioas_unmap` (the default).
+    fn detach_dma(&mut self, _ctx: IommufdId, _ioas: IoasId, _op: DmaOp) -> Option<Self::Detached> {
+        None
+    }
+    /// The backend's part after a detached call ran: its bookkeeping, and fallbacks that need
+    /// its tables. Returns the call's final result.
+    fn complete_dma(
+        &mut self,
+        _ctx: IommufdId,
+        _ioas: IoasId,
+        _op: DmaOp,
+        ran: Result<u64, Errno>,
+    ) -> Result<u64, Errno> {
+        ran
+    }
 }

@@ -498,6 +498,8 @@ impl Backend for FakeBackend {
         Ok(self.devices.get(&dev.0).ok_or(Errno::EBADF)?.mapped)
     }
 
+    type Detached = crate::backend::NeverDetached;
+
     fn device_held_elsewhere(&mut self, dev: DeviceHandle) -> Result<bool, Errno> {
         self.enter(Op::DeviceHeldElsewhere)?;
         Ok(self.devices.get(&dev.0).ok_or(Errno::EBADF)?.held_elsewhere)

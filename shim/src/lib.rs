@@ -19,6 +19,6 @@ pub mod translator;
 pub use backend::Backend;
 pub use nix::errno::Errno;
 pub use translator::{
-    BoundDevice, ContainerExport, ContainerId, DeviceGrant, FdTarget, GroupExport, GroupId, GroupReply, IommuExport,
-    Shim,
+    BoundDevice, ContainerExport, ContainerId, ContainerStep, DeviceGrant, FdTarget, GroupExport, GroupId, GroupReply,
+    IommuExport, PendingDma, Shim,
 };

@@ -1316,3 +1316,63 @@ fn no_last_close_cycle_while_kvm_holds_the_device_files() {
     env.shim.close_device(b);
     assert_eq!(env.shim.backend().device_reopens(EDU), 1);
 }
+
+/// A MAP or UNMAP in two halves, as the glue runs it to make the pin without its lock: the
+/// container is in flight between them, nothing is recorded before the native call, and the
+/// caller sees the same answers as in one piece.
+#[test]
+fn a_dma_call_in_two_halves_records_only_after_its_native_call() {
+    use vfio_shim::ContainerStep;
+    let mut env = Env::new(true);
+    let (c, g9) = (env.c, env.shim.open_group(9).unwrap());
+    let map = vfio_iommu_type1_dma_map { argsz: 32, flags: RW, vaddr: 0x7f00_0010_0000, iova: 0x10_0000, size: 0x2000 };
+    let mut arg = BufferArg::of(&map);
+    let ContainerStep::Native(pending) = env.shim.container_ioctl_begin(c, VFIO_IOMMU_MAP_DMA, 0, &mut arg).unwrap()
+    else {
+        panic!("a map has a native call");
+    };
+    assert!(pending.detached().is_none(), "the fake backend runs everything itself");
+    assert_eq!(pending.container(), c);
+    assert!(env.shim.container_in_flight(c) && env.shim.any_in_flight());
+    assert!(env.mapped().is_empty(), "not recorded before the pin");
+    // Another container goes on meanwhile.
+    let other = env.shim.open_container().unwrap();
+    assert!(!env.shim.container_in_flight(other));
+    let mut fd = BufferArg::new(5i32.to_ne_bytes().to_vec());
+    let set = env.shim.group_ioctl(g9, VFIO_GROUP_SET_CONTAINER, &mut fd, &|_| FdTarget::Container(other));
+    assert_eq!(set, Ok(GroupReply::Done));
+    assert_eq!(env.shim.container_ioctl_finish(pending, None, &mut arg), Ok(0));
+    assert!(!env.shim.any_in_flight());
+    assert_eq!(env.mapped(), [(0x10_0000, 0x2000)]);
+
+    // A native call that failed (a detached run's answer) records nothing, and frees the slot.
+    let avail = env.dma_avail();
+    let map = vfio_iommu_type1_dma_map { iova: 0x20_0000, ..map };
+    let mut arg = BufferArg::of(&map);
+    let ContainerStep::Native(pending) = env.shim.container_ioctl_begin(c, VFIO_IOMMU_MAP_DMA, 0, &mut arg).unwrap()
+    else {
+        panic!("a map has a native call");
+    };
+    assert_eq!(env.shim.container_ioctl_finish(pending, Some(Err(Errno::ENOMEM)), &mut arg), Err(Errno::ENOMEM));
+    assert!(!env.shim.any_in_flight());
+    assert_eq!(env.mapped(), [(0x10_0000, 0x2000)]);
+    assert_eq!(env.dma_avail(), avail);
+
+    // An unmap writes its size back only once its native call is done.
+    let mut arg = BufferArg::of(&vfio_iommu_type1_dma_unmap { argsz: 24, flags: 0, iova: 0x10_0000, size: 0x2000 });
+    let ContainerStep::Native(pending) = env.shim.container_ioctl_begin(c, VFIO_IOMMU_UNMAP_DMA, 0, &mut arg).unwrap()
+    else {
+        panic!("an unmap of a mapping has a native call");
+    };
+    assert_eq!(env.mapped(), [(0x10_0000, 0x2000)], "still mapped until the native call");
+    assert_eq!(env.shim.container_ioctl_finish(pending, Some(Ok(0x2000)), &mut arg), Ok(0));
+    assert!(env.mapped().is_empty());
+    assert_eq!(arg.get::<vfio_iommu_type1_dma_unmap>().size, 0x2000);
+    assert_eq!(env.dma_avail(), avail + 1);
+
+    // Calls with no native part are answered at once: an unmap of nothing.
+    let mut arg = BufferArg::of(&vfio_iommu_type1_dma_unmap { argsz: 24, flags: 0, iova: 0x10_0000, size: 0x2000 });
+    assert!(matches!(env.shim.container_ioctl_begin(c, VFIO_IOMMU_UNMAP_DMA, 0, &mut arg), Ok(ContainerStep::Done(0))));
+    assert_eq!(arg.get::<vfio_iommu_type1_dma_unmap>().size, 0);
+    assert!(!env.shim.any_in_flight());
+}

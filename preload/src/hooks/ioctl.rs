@@ -34,8 +34,8 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: c_ulong) -> c_int {
             // SAFETY: forwarding the caller's arguments.
             _ => unsafe { (real().ioctl)(fd, req, arg) },
         },
+        Kind::Container => emulate_locked(|guard| crate::dma::container_ioctl(guard, fd, req as u32, arg)),
         _ => emulate(|s| match s.object(fd) {
-            Some(Object::Container(id)) => s.container_ioctl(id, req as u32, arg),
             Some(Object::Group(id)) => s.closing(|s| s.group_ioctl(id, req as u32, arg)),
             _ => Err(Errno::EBADF),
         }),

@@ -41,7 +41,9 @@ impl<B: Backend> Shim<B> {
     }
 
     /// An ioctl on a container fd. `arg` is the raw argument (a value for CHECK_EXTENSION
-    /// and SET_IOMMU); `mem` is the memory it points at for the others.
+    /// and SET_IOMMU); `mem` is the memory it points at for the others. The native call of
+    /// a MAP or UNMAP runs through the backend here; a glue that can run it without its lock
+    /// uses [`Shim::container_ioctl_begin`] and [`Shim::container_ioctl_finish`] instead.
     pub fn container_ioctl(
         &mut self,
         id: ContainerId,
@@ -49,20 +51,76 @@ impl<B: Backend> Shim<B> {
         arg: u64,
         mem: &mut dyn ArgMemory,
     ) -> Result<i64, Errno> {
+        match self.container_ioctl_begin(id, cmd, arg, mem)? {
+            ContainerStep::Done(v) => Ok(v),
+            ContainerStep::Native(pending) => self.container_ioctl_finish(pending, None, mem),
+        }
+    }
+
+    /// A container ioctl up to its native call: every type1 check, in type1's order. A MAP
+    /// or UNMAP that passed them comes back as [`ContainerStep::Native`], with its container
+    /// in flight until [`Shim::container_ioctl_finish`].
+    pub fn container_ioctl_begin(
+        &mut self,
+        id: ContainerId,
+        cmd: u32,
+        arg: u64,
+        mem: &mut dyn ArgMemory,
+    ) -> Result<ContainerStep<B::Detached>, Errno> {
+        assert!(!self.in_flight.contains(&id), "a call on container {id:?} while its DMA call is in flight");
         self.settle_mappings();
         let c = self.containers.get(&id).ok_or(Errno::EBADF)?;
-        match cmd {
-            VFIO_GET_API_VERSION => Ok(VFIO_API_VERSION as i64),
-            VFIO_CHECK_EXTENSION => Ok(Self::check_extension(c.iommu.as_ref(), arg)),
-            VFIO_SET_IOMMU => self.set_iommu(id, arg).map(|_| 0),
+        let native = match cmd {
+            VFIO_GET_API_VERSION => return Ok(ContainerStep::Done(VFIO_API_VERSION as i64)),
+            VFIO_CHECK_EXTENSION => return Ok(ContainerStep::Done(Self::check_extension(c.iommu.as_ref(), arg))),
+            VFIO_SET_IOMMU => return self.set_iommu(id, arg).map(|_| ContainerStep::Done(0)),
             // Without an IOMMU driver every other container ioctl is EINVAL (CT:333,348).
-            _ if c.iommu.is_none() => Err(Errno::EINVAL),
-            VFIO_IOMMU_GET_INFO => self.get_info(id, mem).map(|_| 0),
-            VFIO_IOMMU_MAP_DMA => self.map_dma(id, mem).map(|_| 0),
-            VFIO_IOMMU_UNMAP_DMA => self.unmap_dma(id, mem).map(|_| 0),
-            VFIO_IOMMU_DIRTY_PAGES => self.dirty_pages(id, mem).map(|_| 0),
-            _ => Err(Errno::ENOTTY),
-        }
+            _ if c.iommu.is_none() => return Err(Errno::EINVAL),
+            VFIO_IOMMU_GET_INFO => return self.get_info(id, mem).map(|_| ContainerStep::Done(0)),
+            VFIO_IOMMU_MAP_DMA => self.map_dma(id, mem)?,
+            VFIO_IOMMU_UNMAP_DMA => self.unmap_dma(id, mem)?,
+            VFIO_IOMMU_DIRTY_PAGES => return self.dirty_pages(id, mem).map(|_| ContainerStep::Done(0)),
+            _ => return Err(Errno::ENOTTY),
+        };
+        let Some((op, resume)) = native else {
+            return Ok(ContainerStep::Done(0));
+        };
+        let (backend, ctx, iommu) = self.iommu_mut(id);
+        let ioas = iommu.ioas;
+        let detached = backend.detach_dma(ctx, ioas, op);
+        self.in_flight.insert(id);
+        Ok(ContainerStep::Native(PendingDma { container: id, ctx, ioas, op, detached, resume }))
+    }
+
+    /// The rest of a MAP or UNMAP after its native call: `ran` is the detached call's result,
+    /// or `None` to run it through the backend now. Records what type1 records.
+    pub fn container_ioctl_finish(
+        &mut self,
+        pending: PendingDma<B::Detached>,
+        ran: Option<Result<u64, Errno>>,
+        mem: &mut dyn ArgMemory,
+    ) -> Result<i64, Errno> {
+        let PendingDma { container, ctx, ioas, op, resume, .. } = pending;
+        self.in_flight.remove(&container);
+        let result = match (ran, op) {
+            (Some(ran), _) => self.backend.complete_dma(ctx, ioas, op, ran),
+            (None, DmaOp::Map { iova, vaddr, length, prot }) => {
+                self.backend.ioas_map(ctx, ioas, iova, vaddr, length, prot).map(|()| 0)
+            }
+            (None, DmaOp::Unmap { iova, length }) => self.backend.ioas_unmap(ctx, ioas, iova, length),
+        };
+        result?;
+        self.dma_done(container, resume, mem).map(|()| 0)
+    }
+
+    /// Whether a MAP or UNMAP of this container is between begin and finish.
+    pub fn container_in_flight(&self, id: ContainerId) -> bool {
+        self.in_flight.contains(&id)
+    }
+
+    /// Whether any container's MAP or UNMAP is between begin and finish.
+    pub fn any_in_flight(&self) -> bool {
+        !self.in_flight.is_empty()
     }
 
     /// type1's answers (T1:2723); before SET_IOMMU the container polls type1 with no

@@ -19,8 +19,13 @@ impl<B: Backend> Shim<B> {
         mem.write(0, &reply.as_bytes()[..n])
     }
 
-    /// T1:2895 and `vfio_dma_do_map` (T1:1680).
-    pub(super) fn map_dma(&mut self, id: ContainerId, mem: &mut dyn ArgMemory) -> Result<(), Errno> {
+    /// T1:2895 and `vfio_dma_do_map` (T1:1680), up to the native call, which comes back with
+    /// what [`Shim::dma_done`] records after it (`None`: nothing native to do).
+    pub(super) fn map_dma(
+        &mut self,
+        id: ContainerId,
+        mem: &mut dyn ArgMemory,
+    ) -> Result<Option<(DmaOp, Resume)>, Errno> {
         let map: vfio_iommu_type1_dma_map = read_sized(mem)?;
         let known = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE | VFIO_DMA_MAP_FLAG_VADDR;
         if map.flags & !known != 0 {
@@ -40,7 +45,7 @@ impl<B: Backend> Shim<B> {
             return Err(Errno::EINVAL);
         }
 
-        let (backend, ctx, iommu) = self.iommu_mut(id);
+        let (_, _, iommu) = self.iommu_mut(id);
         let pgsize = iommu.min_pgsize();
         if (size | iova | vaddr) & (pgsize - 1) != 0 {
             return Err(Errno::EINVAL);
@@ -52,7 +57,7 @@ impl<B: Backend> Shim<B> {
                 Some(m) if !m.vaddr_invalid || m.iova != iova || m.size != size => Err(Errno::EINVAL),
                 Some(m) => {
                     iommu.ledger.set_vaddr(m.iova, false, Some(vaddr));
-                    Ok(())
+                    Ok(None)
                 }
             };
         }
@@ -65,17 +70,40 @@ impl<B: Backend> Shim<B> {
         if !iommu.iova_valid(iova, last) {
             return Err(Errno::EINVAL);
         }
-        backend.ioas_map(ctx, iommu.ioas, iova, vaddr, size, prot)?;
         let m = Mapping { iova, size, vaddr, prot, vaddr_invalid: false };
-        iommu.ledger.insert(m);
-        let pgsize = iommu.min_pgsize();
-        iommu.dirty.mapped(&m, pgsize);
-        iommu.dma_avail -= 1;
-        Ok(())
+        Ok(Some((DmaOp::Map { iova, vaddr, length: size, prot }, Resume::Map(m))))
     }
 
-    /// T1:2914 and `vfio_dma_do_unmap` (T1:1391).
-    pub(super) fn unmap_dma(&mut self, id: ContainerId, mem: &mut dyn ArgMemory) -> Result<(), Errno> {
+    /// What a MAP or UNMAP records once its native call succeeded.
+    pub(super) fn dma_done(&mut self, id: ContainerId, resume: Resume, mem: &mut dyn ArgMemory) -> Result<(), Errno> {
+        let (_, _, iommu) = self.iommu_mut(id);
+        match resume {
+            Resume::Map(m) => {
+                iommu.ledger.insert(m);
+                let pgsize = iommu.min_pgsize();
+                iommu.dirty.mapped(&m, pgsize);
+                iommu.dma_avail -= 1;
+                Ok(())
+            }
+            Resume::Unmap { mut unmap, first, end, count, unmapped } => {
+                for _ in 0..count {
+                    let m = iommu.ledger.first_overlapping(first, end).expect("counted at the begin");
+                    iommu.ledger.remove(m.iova);
+                    iommu.dirty.unmapped(m.iova);
+                }
+                iommu.dma_avail += count;
+                unmap.size = unmapped;
+                mem.write(0, unmap.as_bytes())
+            }
+        }
+    }
+
+    /// T1:2914 and `vfio_dma_do_unmap` (T1:1391), up to the native call (as [`Shim::map_dma`]).
+    pub(super) fn unmap_dma(
+        &mut self,
+        id: ContainerId,
+        mem: &mut dyn ArgMemory,
+    ) -> Result<Option<(DmaOp, Resume)>, Errno> {
         let mut unmap: vfio_iommu_type1_dma_unmap = read_sized(mem)?;
         let argsz = unmap.argsz;
         let known = VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP | VFIO_DMA_UNMAP_FLAG_VADDR | VFIO_DMA_UNMAP_FLAG_ALL;
@@ -101,7 +129,7 @@ impl<B: Backend> Shim<B> {
             verify_bitmap_size(npages, bitmap.size)?;
         }
 
-        let (backend, ctx, iommu) = self.iommu_mut(id);
+        let (_, _, iommu) = self.iommu_mut(id);
         let pgsize = iommu.min_pgsize();
         let iova = unmap.iova;
         if iova & (pgsize - 1) != 0 {
@@ -148,7 +176,7 @@ impl<B: Backend> Shim<B> {
                 unmapped += m.size;
             }
             unmap.size = unmapped;
-            return mem.write(0, unmap.as_bytes());
+            return mem.write(0, unmap.as_bytes()).map(|()| None);
         }
         if get_dirty {
             for m in &victims(&iommu.ledger) {
@@ -166,17 +194,11 @@ impl<B: Backend> Shim<B> {
         }
         if let Some((first, end)) = span {
             // One native unmap covers them all, and none of them is split.
-            let (start, length) = if unmap_all { (0, u64::MAX) } else { (first, end - first + 1) };
-            backend.ioas_unmap(ctx, iommu.ioas, start, length)?;
-            for _ in 0..count {
-                let m = iommu.ledger.first_overlapping(first, end).expect("counted above");
-                iommu.ledger.remove(m.iova);
-                iommu.dirty.unmapped(m.iova);
-            }
-            iommu.dma_avail += count;
+            let (iova, length) = if unmap_all { (0, u64::MAX) } else { (first, end - first + 1) };
+            return Ok(Some((DmaOp::Unmap { iova, length }, Resume::Unmap { unmap, first, end, count, unmapped })));
         }
         unmap.size = unmapped;
-        mem.write(0, unmap.as_bytes())
+        mem.write(0, unmap.as_bytes()).map(|()| None)
     }
 
     /// `VFIO_IOMMU_DIRTY_PAGES` (T1:2964). With no IOMMU dirty tracking every page of an

@@ -372,8 +372,11 @@ impl<B: Backend> Shim<B> {
     /// their last close, as type1's file release at munmap, and a group held only by them goes
     /// with them. Called at the entry points while any is held, so each call sees what type1
     /// would.
+    /// Not while a DMA call is in flight: releasing a group could take its container down
+    /// under the call. The next call after it settles (a race with an munmap in another
+    /// thread, whose order type1 does not fix either).
     pub(super) fn settle_mappings(&mut self) {
-        if self.mapping_holds == 0 {
+        if self.mapping_holds == 0 || !self.in_flight.is_empty() {
             return;
         }
         let held: Vec<(GroupId, DeviceHandle)> =

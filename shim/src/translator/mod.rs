@@ -17,14 +17,14 @@
 
 #![allow(non_upper_case_globals)] // kernel names (VFIO_TYPE1v2_IOMMU) kept verbatim
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use nix::errno::Errno;
 use zerocopy::IntoBytes;
 
 use crate::abi::*;
 use crate::arg::{read_sized, read_struct, ArgMemory};
-use crate::backend::{Backend, DeviceHandle, GroupDevice, IoasId, IommufdId, IovaRange, Prot};
+use crate::backend::{Backend, DeviceHandle, DmaOp, GroupDevice, IoasId, IommufdId, IovaRange, Prot};
 use crate::device_name::{match_name, NameMatch};
 use crate::dirty::DirtyBitmaps;
 use crate::info::{self, InfoSource};
@@ -153,6 +153,9 @@ pub struct Shim<B: Backend> {
     next_id: u64,
     /// Devices over all groups held only by a mapping (`Group::held_by_mapping`).
     mapping_holds: usize,
+    /// Containers with a MAP_DMA or UNMAP_DMA between [`Shim::container_ioctl_begin`] and
+    /// [`Shim::container_ioctl_finish`]: the glue keeps every other call touching them out.
+    in_flight: BTreeSet<ContainerId>,
 }
 
 /// The outcome of `VFIO_GROUP_GET_DEVICE_FD`: the glue installs a new fd for `handle`.
@@ -171,7 +174,15 @@ impl<B: Backend> Shim<B> {
     }
 
     pub fn with_config(backend: B, config: Config) -> Self {
-        Self { backend, config, containers: BTreeMap::new(), groups: BTreeMap::new(), next_id: 1, mapping_holds: 0 }
+        Self {
+            backend,
+            config,
+            containers: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            next_id: 1,
+            mapping_holds: 0,
+            in_flight: BTreeSet::new(),
+        }
     }
 
     pub fn backend(&self) -> &B {
@@ -187,6 +198,51 @@ impl<B: Backend> Shim<B> {
         self.next_id += 1;
         id
     }
+}
+
+/// A container ioctl's first half ([`Shim::container_ioctl_begin`]).
+pub enum ContainerStep<D> {
+    /// Answered: the ioctl's return value.
+    Done(i64),
+    /// type1's checks passed; the native call is next, then [`Shim::container_ioctl_finish`].
+    Native(PendingDma<D>),
+}
+
+/// A MAP_DMA or UNMAP_DMA waiting for its native call. Its container is in flight until the
+/// call is finished; nothing else may touch that container meanwhile (the glue's duty).
+pub struct PendingDma<D> {
+    container: ContainerId,
+    ctx: IommufdId,
+    ioas: IoasId,
+    op: DmaOp,
+    detached: Option<D>,
+    resume: Resume,
+}
+
+impl<D> PendingDma<D> {
+    /// The call made ready to run without the core (and so without the glue's lock), if the
+    /// backend could; otherwise the finish runs it through the backend.
+    pub fn detached(&self) -> Option<&D> {
+        self.detached.as_ref()
+    }
+
+    pub fn container(&self) -> ContainerId {
+        self.container
+    }
+}
+
+/// What the finish of a [`PendingDma`] records once the native call succeeded.
+enum Resume {
+    Map(Mapping),
+    /// The victims lie from `first` through `end`, `count` of them, `unmapped` bytes; the
+    /// caller's struct gets the size back.
+    Unmap {
+        unmap: vfio_iommu_type1_dma_unmap,
+        first: u64,
+        end: u64,
+        count: u32,
+        unmapped: u64,
+    },
 }
 
 /// What a group ioctl produced.

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode;
-use vfio_shim::backend::{Backend, DeviceHandle, GroupDevice, IoasGeometry, IoasId, IommufdId, IovaRange, Prot};
+use vfio_shim::backend::{
+    Backend, DetachedDma, DeviceHandle, DmaOp, GroupDevice, IoasGeometry, IoasId, IommufdId, IovaRange, Prot,
+};
 use vfio_shim::hot_reset::{vfio_pci_dependent_device, vfio_pci_hot_reset_header, HEADER_SIZE};
 
 use crate::caller::{CallerProcess, PreparedMap, ProcessId};
@@ -53,7 +55,8 @@ pub struct KernelBackend {
     sysfs: PathBuf,
     dev: PathBuf,
     next_handle: u64,
-    iommufds: HashMap<IommufdId, OwnedFd>,
+    /// Shared with detached DMA calls ([`KernelDetached`]), which keep the file open while they run.
+    iommufds: HashMap<IommufdId, Arc<OwnedFd>>,
     devices: HashMap<DeviceHandle, Device>,
     vtd_params: Option<VtdBootParams>,
     /// Set while a CUSE daemon serves a client's ioctl: maps then pin that caller's shared
@@ -63,6 +66,8 @@ pub struct KernelBackend {
     /// RLIMIT_MEMLOCK), since the daemon's own pins are charged to the daemon.
     caller_charges: BTreeMap<(IommufdId, IoasId, u64), (ProcessId, u64)>,
     charged_pages: HashMap<ProcessId, u64>,
+    /// Charges of CUSE callers' maps detached and not yet completed, by (ctx, IOAS, IOVA).
+    pending_charges: HashMap<(IommufdId, IoasId, u64), (ProcessId, u64)>,
     /// Group claims: the group's sysfs directory, opened and `flock`ed exclusively. Every
     /// opener through the shim (preload processes, the daemon's clients) takes the same lock,
     /// which the kernel drops with the last file of the claim, a killed process's included.
@@ -95,6 +100,7 @@ impl KernelBackend {
             memory_owner: None,
             caller_charges: BTreeMap::new(),
             charged_pages: HashMap::new(),
+            pending_charges: HashMap::new(),
             group_claims: HashMap::new(),
         }
     }
@@ -135,7 +141,7 @@ impl KernelBackend {
     pub fn adopt_iommufd(&mut self, fd: OwnedFd) -> Result<IommufdId, Errno> {
         same_char_device(fd.as_fd(), &self.dev.join("iommu"))?;
         let ctx = IommufdId(self.handle());
-        self.iommufds.insert(ctx, fd);
+        self.iommufds.insert(ctx, Arc::new(fd));
         Ok(ctx)
     }
 
@@ -225,6 +231,35 @@ impl KernelBackend {
         h
     }
 
+    /// After `IOMMU_IOAS_MAP` of this process's memory: iommufd cannot pin a VM_PFNMAP mapping
+    /// such as a BAR mmap (pages.c, EFAULT); type1 maps one by its PFNs. The same BAR range is
+    /// then mapped through a VFIO dma-buf.
+    #[allow(clippy::too_many_arguments)]
+    fn map_fallback(
+        &mut self,
+        ctx: IommufdId,
+        ioas: IoasId,
+        vaddr: u64,
+        length: u64,
+        iova: u64,
+        flags: u32,
+        ran: Result<(), Errno>,
+    ) -> Result<(), Errno> {
+        match ran {
+            Err(Errno::EFAULT) => match self.device_bar_at(vaddr, length) {
+                Some((dev, region, offset)) => {
+                    let buf = vfio_device::device_dma_buf(self.device(dev)?.fd.as_fd(), region, offset, length)?;
+                    // SAFETY: a dma-buf of the device's own BAR, which the application mapped at
+                    // `vaddr` and asked to map for DMA (peer-to-peer, as type1 maps its PFNs).
+                    unsafe { iommufd::ioas_map_file(self.iommufd(ctx)?, ioas.0, flags, buf.as_fd(), 0, length, iova) }
+                        .map(drop)
+                }
+                None => Err(Errno::EFAULT),
+            },
+            other => other,
+        }
+    }
+
     fn iommufd(&self, ctx: IommufdId) -> Result<BorrowedFd<'_>, Errno> {
         self.iommufds.get(&ctx).map(|fd| fd.as_fd()).ok_or(Errno::EBADF)
     }
@@ -290,7 +325,7 @@ impl Backend for KernelBackend {
             Err(e) => log::warn!("iommufd: IOMMU_OPTION_RLIMIT_MODE failed: {e}"),
         }
         let ctx = IommufdId(self.handle());
-        self.iommufds.insert(ctx, fd);
+        self.iommufds.insert(ctx, Arc::new(fd));
         Ok(ctx)
     }
 
@@ -326,13 +361,7 @@ impl Backend for KernelBackend {
         length: u64,
         prot: Prot,
     ) -> Result<(), Errno> {
-        let mut flags = iommufd::IOMMU_IOAS_MAP_FIXED_IOVA;
-        if prot.read {
-            flags |= iommufd::IOMMU_IOAS_MAP_READABLE;
-        }
-        if prot.write {
-            flags |= iommufd::IOMMU_IOAS_MAP_WRITEABLE;
-        }
+        let flags = map_flags(prot);
         if let Some(owner) = self.memory_owner.as_mut() {
             // The daemon cannot pin another process's memory by address (IOMMU_IOAS_MAP pins
             // current->mm); it maps the file behind a shared mapping instead, resolved ahead
@@ -369,28 +398,74 @@ impl Backend for KernelBackend {
             return Ok(());
         }
         // SAFETY: `vaddr` is memory the application asked to map (the Backend contract).
-        match unsafe { iommufd::ioas_map(self.iommufd(ctx)?, ioas.0, flags, vaddr, length, iova) } {
-            Ok(_) => Ok(()),
-            // iommufd cannot pin a VM_PFNMAP mapping such as a BAR mmap (pages.c); type1 maps
-            // one by its PFNs. Map the same BAR range through a VFIO dma-buf instead.
-            Err(Errno::EFAULT) => match self.device_bar_at(vaddr, length) {
-                Some((dev, region, offset)) => {
-                    let buf = vfio_device::device_dma_buf(self.device(dev)?.fd.as_fd(), region, offset, length)?;
-                    // SAFETY: a dma-buf of the device's own BAR, which the application mapped at
-                    // `vaddr` and asked to map for DMA (peer-to-peer, as type1 maps its PFNs).
-                    unsafe { iommufd::ioas_map_file(self.iommufd(ctx)?, ioas.0, flags, buf.as_fd(), 0, length, iova) }
-                        .map(drop)
-                }
-                None => Err(Errno::EFAULT),
-            },
-            Err(e) => Err(e),
-        }
+        let ran = unsafe { iommufd::ioas_map(self.iommufd(ctx)?, ioas.0, flags, vaddr, length, iova) };
+        self.map_fallback(ctx, ioas, vaddr, length, iova, flags, ran.map(drop))
     }
 
     fn ioas_unmap(&mut self, ctx: IommufdId, ioas: IoasId, iova: u64, length: u64) -> Result<u64, Errno> {
         let unmapped = iommufd::ioas_unmap(self.iommufd(ctx)?, ioas.0, iova, length)?;
         self.uncharge(ctx, Some(ioas), iova, length);
         Ok(unmapped)
+    }
+
+    type Detached = KernelDetached;
+
+    /// Maps of this process's memory, every unmap, and a CUSE caller's map whose memory was
+    /// resolved ahead: its memlock charge is taken now and settled in `complete_dma`. A map
+    /// that must fail (unresolvable memory, over the limit) stays with `ioas_map`, which
+    /// answers the errno.
+    fn detach_dma(&mut self, ctx: IommufdId, ioas: IoasId, op: DmaOp) -> Option<KernelDetached> {
+        let iommufd = Arc::clone(self.iommufds.get(&ctx)?);
+        let DmaOp::Map { iova, vaddr, length, prot } = op else {
+            return Some(KernelDetached { iommufd, ioas, op, backing: None });
+        };
+        let Some(owner) = self.memory_owner.as_mut() else {
+            return Some(KernelDetached { iommufd, ioas, op, backing: None });
+        };
+        let prepared = owner.prepared.take().filter(|p| (p.vaddr, p.length, p.write) == (vaddr, length, prot.write))?;
+        let (Ok(backing), Ok(memlock)) = (&prepared.backing, &prepared.memlock) else {
+            owner.prepared = Some(prepared);
+            return None;
+        };
+        let page = page_size();
+        let pages = length.div_ceil(page);
+        let charged = self.charged_pages.get(&memlock.process).copied().unwrap_or(0);
+        if memlock.limit.is_some_and(|limit| memlock.locked / page + charged + pages > limit / page) {
+            let owner = self.memory_owner.as_mut().expect("checked");
+            owner.prepared = Some(prepared);
+            return None;
+        }
+        let backing = (Arc::clone(&backing.file), backing.offset);
+        *self.charged_pages.entry(memlock.process).or_default() += pages;
+        self.pending_charges.insert((ctx, ioas, iova), (memlock.process, pages));
+        Some(KernelDetached { iommufd, ioas, op, backing: Some(backing) })
+    }
+
+    fn complete_dma(&mut self, ctx: IommufdId, ioas: IoasId, op: DmaOp, ran: Result<u64, Errno>) -> Result<u64, Errno> {
+        match op {
+            DmaOp::Map { iova, vaddr, length, prot } => match self.pending_charges.remove(&(ctx, ioas, iova)) {
+                // A CUSE caller's map: its charge stays with the mapping, or goes back.
+                Some((process, pages)) => {
+                    match ran {
+                        Ok(_) => {
+                            self.caller_charges.insert((ctx, ioas, iova), (process, pages));
+                        }
+                        Err(_) => {
+                            if let Some(n) = self.charged_pages.get_mut(&process) {
+                                *n = n.saturating_sub(pages);
+                            }
+                        }
+                    }
+                    ran.map(|_| 0)
+                }
+                None => self.map_fallback(ctx, ioas, vaddr, length, iova, map_flags(prot), ran.map(drop)).map(|()| 0),
+            },
+            DmaOp::Unmap { iova, length } => {
+                let unmapped = ran?;
+                self.uncharge(ctx, Some(ioas), iova, length);
+                Ok(unmapped)
+            }
+        }
     }
 
     /// VT-d devices: the default paging domain's sizes (see [`vtd::paging_domain_pgsizes`]).
@@ -600,6 +675,49 @@ impl Backend for KernelBackend {
             d.attached = Some(ioas);
         }
         Ok(())
+    }
+}
+
+/// `IOMMU_IOAS_MAP` flags for a type1 protection: a fixed IOVA, readable and writable as asked.
+fn map_flags(prot: Prot) -> u32 {
+    let mut flags = iommufd::IOMMU_IOAS_MAP_FIXED_IOVA;
+    if prot.read {
+        flags |= iommufd::IOMMU_IOAS_MAP_READABLE;
+    }
+    if prot.write {
+        flags |= iommufd::IOMMU_IOAS_MAP_WRITEABLE;
+    }
+    flags
+}
+
+/// A map of this process's memory or an unmap, run on a shared reference to the iommufd:
+/// the glue runs it without its lock, and the file stays open until it is done even if the
+/// container goes meanwhile.
+pub struct KernelDetached {
+    iommufd: Arc<OwnedFd>,
+    ioas: IoasId,
+    op: DmaOp,
+    /// A CUSE caller's map: the file behind its shared memory, and the offset of `vaddr` in it.
+    backing: Option<(Arc<OwnedFd>, u64)>,
+}
+
+impl DetachedDma for KernelDetached {
+    fn run(&self) -> Result<u64, Errno> {
+        let fd = self.iommufd.as_fd();
+        match self.op {
+            DmaOp::Map { iova, length, prot, .. } if self.backing.is_some() => {
+                let (file, offset) = self.backing.as_ref().expect("checked");
+                // SAFETY: the pages behind the CUSE caller's own `vaddr`, which it asked to map.
+                unsafe { iommufd::ioas_map_file(fd, self.ioas.0, map_flags(prot), file.as_fd(), *offset, length, iova) }
+                    .map(|_| 0)
+            }
+            DmaOp::Map { iova, vaddr, length, prot } => {
+                // SAFETY: `vaddr` is memory the application asked to map (the Backend contract,
+                // which DetachedDma::run carries over).
+                unsafe { iommufd::ioas_map(fd, self.ioas.0, map_flags(prot), vaddr, length, iova) }.map(|_| 0)
+            }
+            DmaOp::Unmap { iova, length } => iommufd::ioas_unmap(fd, self.ioas.0, iova, length),
+        }
     }
 }
 

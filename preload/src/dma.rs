@@ -1,0 +1,46 @@
+//! Container ioctls. A MAP or UNMAP makes its kernel call (the pin or unpin, which can take
+//! seconds for a GiB) with the state lock released: the core checks it and marks the
+//! container in flight (`Shim::container_ioctl_begin`), the kernel call runs on its own
+//! (`DetachedDma`), and the core records it (`Shim::container_ioctl_finish`). Another
+//! container's calls go on meanwhile; a call on the same container waits for it, as on type1's
+//! per-container lock, and so does every call that is not a container ioctl (`emulate`).
+
+use std::ffi::c_int;
+
+use parking_lot::MutexGuard;
+use vfio_shim::backend::DetachedDma;
+use vfio_shim::{ContainerStep, Errno};
+use vfio_shim_sys::own_memory::OwnMemory;
+
+use crate::state::{Object, State};
+use crate::DMA_DONE;
+
+/// An ioctl on one of our container fds (the generic VFS ioctls excepted).
+pub(crate) fn container_ioctl(
+    guard: &mut MutexGuard<'_, Option<State>>,
+    fd: c_int,
+    req: u32,
+    arg: u64,
+) -> Result<c_int, Errno> {
+    let id = loop {
+        let state = guard.as_mut().expect("the state is made before any call");
+        match state.object(fd) {
+            Some(Object::Container(id)) if state.shim.container_in_flight(id) => DMA_DONE.wait(guard),
+            Some(Object::Container(id)) => break id,
+            // The number was closed and reused meanwhile.
+            _ => return Err(Errno::EBADF),
+        }
+    };
+    let state = guard.as_mut().expect("the state is made before any call");
+    // SAFETY: `arg` is the program's own argument for the request it made.
+    let mut mem = unsafe { OwnMemory::new(arg) };
+    let pending = match state.shim.container_ioctl_begin(id, req, arg, &mut mem)? {
+        ContainerStep::Done(v) => return Ok(v as c_int),
+        ContainerStep::Native(pending) => pending,
+    };
+    let ran = pending.detached().map(|call| MutexGuard::unlocked(guard, || call.run()));
+    let state = guard.as_mut().expect("the state outlives every call");
+    let result = state.shim.container_ioctl_finish(pending, ran, &mut mem);
+    DMA_DONE.notify_all();
+    result.map(|v| v as c_int)
+}
