@@ -79,12 +79,22 @@ impl MappingLedger {
 
     /// Any mapping overlapping `[iova, iova + size)` (type1's `vfio_find_dma`). `size > 0`.
     pub fn find_overlap(&self, iova: u64, size: u64) -> Option<Mapping> {
-        self.first_overlapping(iova, iova.saturating_add(size - 1))
+        // Mappings never overlap each other: the last one starting at or before the range's
+        // end overlaps it if any does (one tree descent; the hot path of every MAP).
+        let last = iova.saturating_add(size - 1);
+        let (&start, e) = self.by_iova.range(..=last).next_back()?;
+        (start + (e.size - 1) >= iova).then(|| Self::mapping(start, e))
     }
 
     /// The mapping containing `addr`.
     pub fn containing(&self, addr: u64) -> Option<Mapping> {
-        self.first_overlapping(addr, addr)
+        self.find_overlap(addr, 1)
+    }
+
+    /// Removes and returns the mapping with the lowest IOVA in `[start, last]`.
+    pub fn pop_first_in(&mut self, start: u64, last: u64) -> Option<Mapping> {
+        let iova = *self.by_iova.range(start..=last).next()?.0;
+        self.remove(iova)
     }
 
     /// Records a new mapping. The caller has checked it overlaps nothing.

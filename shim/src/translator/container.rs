@@ -8,7 +8,10 @@ impl<B: Backend> Shim<B> {
     pub fn open_container(&mut self) -> Result<ContainerId, Errno> {
         let ctx = self.backend.iommufd_open()?;
         let id = ContainerId(self.fresh_id());
-        self.containers.insert(id, Container { ctx, open: true, groups: Vec::new(), iommu: None, shared: false });
+        self.containers.insert(
+            id,
+            Container { ctx, open: true, groups: Vec::new(), iommu: None, shared: false, in_flight: false },
+        );
         Ok(id)
     }
 
@@ -67,9 +70,9 @@ impl<B: Backend> Shim<B> {
         arg: u64,
         mem: &mut dyn ArgMemory,
     ) -> Result<ContainerStep<B::Detached>, Errno> {
-        assert!(!self.in_flight.contains(&id), "a call on container {id:?} while its DMA call is in flight");
         self.settle_mappings();
         let c = self.containers.get(&id).ok_or(Errno::EBADF)?;
+        assert!(!c.in_flight, "a call on container {id:?} while its DMA call is in flight");
         let native = match cmd {
             VFIO_GET_API_VERSION => return Ok(ContainerStep::Done(VFIO_API_VERSION as i64)),
             VFIO_CHECK_EXTENSION => return Ok(ContainerStep::Done(Self::check_extension(c.iommu.as_ref(), arg))),
@@ -88,7 +91,8 @@ impl<B: Backend> Shim<B> {
         let (backend, ctx, iommu) = self.iommu_mut(id);
         let ioas = iommu.ioas;
         let detached = backend.detach_dma(ctx, ioas, op);
-        self.in_flight.insert(id);
+        self.containers.get_mut(&id).expect("checked").in_flight = true;
+        self.in_flight += 1;
         Ok(ContainerStep::Native(PendingDma { container: id, ctx, ioas, op, detached, resume }))
     }
 
@@ -101,7 +105,10 @@ impl<B: Backend> Shim<B> {
         mem: &mut dyn ArgMemory,
     ) -> Result<i64, Errno> {
         let PendingDma { container, ctx, ioas, op, resume, .. } = pending;
-        self.in_flight.remove(&container);
+        if let Some(c) = self.containers.get_mut(&container).filter(|c| c.in_flight) {
+            c.in_flight = false;
+            self.in_flight -= 1;
+        }
         let result = match (ran, op) {
             (Some(ran), _) => self.backend.complete_dma(ctx, ioas, op, ran),
             (None, DmaOp::Map { iova, vaddr, length, prot }) => {
@@ -115,12 +122,12 @@ impl<B: Backend> Shim<B> {
 
     /// Whether a MAP or UNMAP of this container is between begin and finish.
     pub fn container_in_flight(&self, id: ContainerId) -> bool {
-        self.in_flight.contains(&id)
+        self.containers.get(&id).is_some_and(|c| c.in_flight)
     }
 
     /// Whether any container's MAP or UNMAP is between begin and finish.
     pub fn any_in_flight(&self) -> bool {
-        !self.in_flight.is_empty()
+        self.in_flight != 0
     }
 
     /// type1's answers (T1:2723); before SET_IOMMU the container polls type1 with no

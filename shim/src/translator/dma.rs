@@ -87,8 +87,8 @@ impl<B: Backend> Shim<B> {
             }
             Resume::Unmap { mut unmap, first, end, count, unmapped } => {
                 for _ in 0..count {
-                    let m = iommu.ledger.first_overlapping(first, end).expect("counted at the begin");
-                    iommu.ledger.remove(m.iova);
+                    // The first victim starts at `first`; none straddles it.
+                    let m = iommu.ledger.pop_first_in(first, end).expect("counted at the begin");
                     iommu.dirty.unmapped(m.iova);
                 }
                 iommu.dma_avail += count;

@@ -376,7 +376,7 @@ impl<B: Backend> Shim<B> {
     /// under the call. The next call after it settles (a race with an munmap in another
     /// thread, whose order type1 does not fix either).
     pub(super) fn settle_mappings(&mut self) {
-        if self.mapping_holds == 0 || !self.in_flight.is_empty() {
+        if self.mapping_holds == 0 || self.in_flight != 0 {
             return;
         }
         let held: Vec<(GroupId, DeviceHandle)> =

@@ -17,7 +17,7 @@
 
 #![allow(non_upper_case_globals)] // kernel names (VFIO_TYPE1v2_IOMMU) kept verbatim
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use nix::errno::Errno;
 use zerocopy::IntoBytes;
@@ -104,6 +104,8 @@ struct Container {
     /// sender of an `SCM_RIGHTS` message): releasing our view closes our fds only, it never
     /// unmaps, detaches or destroys anything the other process still uses.
     shared: bool,
+    /// A MAP_DMA or UNMAP_DMA of it is between begin and finish.
+    in_flight: bool,
 }
 
 /// A VFIO device of a group, bound to the container's iommufd while the group is set (in
@@ -154,8 +156,9 @@ pub struct Shim<B: Backend> {
     /// Devices over all groups held only by a mapping (`Group::held_by_mapping`).
     mapping_holds: usize,
     /// Containers with a MAP_DMA or UNMAP_DMA between [`Shim::container_ioctl_begin`] and
-    /// [`Shim::container_ioctl_finish`]: the glue keeps every other call touching them out.
-    in_flight: BTreeSet<ContainerId>,
+    /// [`Shim::container_ioctl_finish`] (`Container::in_flight`): the glue keeps every other
+    /// call touching them out.
+    in_flight: usize,
 }
 
 /// The outcome of `VFIO_GROUP_GET_DEVICE_FD`: the glue installs a new fd for `handle`.
@@ -181,7 +184,7 @@ impl<B: Backend> Shim<B> {
             groups: BTreeMap::new(),
             next_id: 1,
             mapping_holds: 0,
-            in_flight: BTreeSet::new(),
+            in_flight: 0,
         }
     }
 

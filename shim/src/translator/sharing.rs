@@ -91,7 +91,8 @@ impl<B: Backend> Shim<B> {
             }
         });
         let id = ContainerId(self.fresh_id());
-        self.containers.insert(id, Container { ctx, open: false, groups: Vec::new(), iommu, shared: true });
+        self.containers
+            .insert(id, Container { ctx, open: false, groups: Vec::new(), iommu, shared: true, in_flight: false });
         id
     }
 

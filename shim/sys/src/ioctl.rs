@@ -19,8 +19,10 @@ pub(crate) fn argsz<T>() -> u32 {
 /// and every user pointer stored inside it must be valid for the accesses the kernel makes
 /// through it (reads of inputs, writes of outputs) for the duration of the call.
 pub(crate) unsafe fn ioctl<T>(fd: BorrowedFd<'_>, request: u32, arg: *mut T) -> Result<(), Errno> {
+    // The raw syscall, not libc's `ioctl`: inside the preload that symbol is the preload's own
+    // hook, which would only pass our call on (a detour on every MAP and UNMAP).
     // SAFETY: the caller guarantees `arg` and what it points to; `fd` is open for the
     // lifetime of the borrow.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, arg) };
+    let rc = unsafe { libc::syscall(libc::SYS_ioctl, fd.as_raw_fd(), request as libc::c_ulong, arg) };
     Errno::result(rc).map(drop)
 }

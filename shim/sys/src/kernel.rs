@@ -56,7 +56,7 @@ pub struct KernelBackend {
     dev: PathBuf,
     next_handle: u64,
     /// Shared with detached DMA calls ([`KernelDetached`]), which keep the file open while they run.
-    iommufds: HashMap<IommufdId, Arc<OwnedFd>>,
+    iommufds: BTreeMap<IommufdId, Arc<OwnedFd>>,
     devices: HashMap<DeviceHandle, Device>,
     vtd_params: Option<VtdBootParams>,
     /// Set while a CUSE daemon serves a client's ioctl: maps then pin that caller's shared
@@ -94,7 +94,7 @@ impl KernelBackend {
             sysfs: sysfs.into(),
             dev: dev.into(),
             next_handle: 1,
-            iommufds: HashMap::new(),
+            iommufds: BTreeMap::new(),
             devices: HashMap::new(),
             vtd_params: None,
             memory_owner: None,
@@ -258,6 +258,15 @@ impl KernelBackend {
             },
             other => other,
         }
+    }
+
+    /// The memlock charge `detach_dma` took for a CUSE caller's map, taken out (no hashing on
+    /// the preload's path, which never has one).
+    fn pending_charge(&mut self, ctx: IommufdId, ioas: IoasId, iova: u64) -> Option<(ProcessId, u64)> {
+        if self.pending_charges.is_empty() {
+            return None;
+        }
+        self.pending_charges.remove(&(ctx, ioas, iova))
     }
 
     fn iommufd(&self, ctx: IommufdId) -> Result<BorrowedFd<'_>, Errno> {
@@ -443,7 +452,7 @@ impl Backend for KernelBackend {
 
     fn complete_dma(&mut self, ctx: IommufdId, ioas: IoasId, op: DmaOp, ran: Result<u64, Errno>) -> Result<u64, Errno> {
         match op {
-            DmaOp::Map { iova, vaddr, length, prot } => match self.pending_charges.remove(&(ctx, ioas, iova)) {
+            DmaOp::Map { iova, vaddr, length, prot } => match self.pending_charge(ctx, ioas, iova) {
                 // A CUSE caller's map: its charge stays with the mapping, or goes back.
                 Some((process, pages)) => {
                     match ran {
