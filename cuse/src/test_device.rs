@@ -18,17 +18,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// `_IO(type, nr)`: direction and size 0, so the kernel cannot know the argument's size.
-pub const fn io(ty: u8, nr: u8) -> u32 {
-    ((ty as u32) << 8) | nr as u32
-}
-
-/// VFIO_TYPE (include/uapi/linux/vfio.h).
+/// VFIO_TYPE (include/uapi/linux/vfio.h). The requests are `_IO(type, nr)`: direction and size
+/// 0, so the kernel cannot know the argument's size.
 pub const TEST_TYPE: u8 = b';';
-pub const TEST_INCREMENT: u32 = io(TEST_TYPE, 200);
-pub const TEST_PID: u32 = io(TEST_TYPE, 201);
-pub const TEST_SLEEP: u32 = io(TEST_TYPE, 202);
-pub const TEST_OPEN_FILES: u32 = io(TEST_TYPE, 203);
+pub const TEST_INCREMENT: u32 = nix::request_code_none!(TEST_TYPE, 200) as u32;
+pub const TEST_PID: u32 = nix::request_code_none!(TEST_TYPE, 201) as u32;
+pub const TEST_SLEEP: u32 = nix::request_code_none!(TEST_TYPE, 202) as u32;
+pub const TEST_OPEN_FILES: u32 = nix::request_code_none!(TEST_TYPE, 203) as u32;
 
 /// `struct {u32 argsz; u32 flags; u64 value}`.
 pub const INCREMENT_SIZE: u32 = 16;
