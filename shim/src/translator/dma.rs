@@ -88,8 +88,8 @@ impl<B: Backend> Shim<B> {
             Resume::Unmap { mut unmap, first, end, count, unmapped } => {
                 for _ in 0..count {
                     // The first victim starts at `first`; none straddles it.
-                    let m = iommu.ledger.pop_first_in(first, end).expect("counted at the begin");
-                    iommu.dirty.unmapped(m.iova);
+                    let m = if count == 1 { iommu.ledger.remove(first) } else { iommu.ledger.pop_first_in(first, end) };
+                    iommu.dirty.unmapped(m.expect("counted at the begin").iova);
                 }
                 iommu.dma_avail += count;
                 unmap.size = unmapped;
@@ -149,14 +149,19 @@ impl<B: Backend> Shim<B> {
         if get_dirty && (!iommu.dirty.tracking() || bitmap.pgsize != pgsize) {
             return Err(Errno::EINVAL);
         }
-        // v2 refuses to bisect a mapping at either end (T1:1476).
+        // v2 refuses to bisect a mapping at either end (T1:1476). The two lookups also find
+        // the common case, one mapping unmapped exactly, without walking the range again.
+        let mut exactly_one = None;
         if iommu.v2 && !unmap_all {
-            if iommu.ledger.containing(iova).is_some_and(|m| m.iova != iova) {
+            let at_start = iommu.ledger.containing(iova);
+            if at_start.is_some_and(|m| m.iova != iova) {
                 return Err(Errno::EINVAL);
             }
-            if iommu.ledger.containing(last).is_some_and(|m| m.last() != last) {
+            let at_end = iommu.ledger.containing(last);
+            if at_end.is_some_and(|m| m.last() != last) {
                 return Err(Errno::EINVAL);
             }
+            exactly_one = at_start.filter(|a| at_end.is_some_and(|b| b.iova == a.iova));
         }
 
         // v1 stops at a mapping that starts before the range: success, size 0 (T1:1490).
@@ -187,10 +192,14 @@ impl<B: Backend> Shim<B> {
         // The victims are every mapping from the first one through the last one: no other
         // mapping lies between them, so they are found again by position, without a list.
         let (mut span, mut count, mut unmapped) = (None::<(u64, u64)>, 0u32, 0u64);
-        for m in iommu.ledger.overlapping(iova, last).take_while(|m| v2 || m.iova >= iova) {
-            span = Some((span.map_or(m.iova, |s| s.0), m.last()));
-            count += 1;
-            unmapped += m.size;
+        if let Some(m) = exactly_one {
+            (span, count, unmapped) = (Some((m.iova, m.last())), 1, m.size);
+        } else {
+            for m in iommu.ledger.overlapping(iova, last).take_while(|m| v2 || m.iova >= iova) {
+                span = Some((span.map_or(m.iova, |s| s.0), m.last()));
+                count += 1;
+                unmapped += m.size;
+            }
         }
         if let Some((first, end)) = span {
             // One native unmap covers them all, and none of them is split.
