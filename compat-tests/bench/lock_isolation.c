@@ -4,9 +4,9 @@
  * second: first with the mapper stopped (idle), then with it running (busy). type1 holds one
  * lock per container, so its pairs barely notice; a shim holding one lock for everything
  * makes each pair wait for the pin in flight.
- * Modes: "threads" (one process, the mapper a second thread: the preload's case) and
+ * Modes: "threads" (one process, the mapper a second thread: the preload's case),
  * "processes" (the mapper a forked child with its own container: two clients of one CUSE
- * daemon). Plain libc calls: the shim is reached by LD_PRELOAD or the daemon's node.
+ * daemon), and "fairness" (below). Plain libc calls: the shim is reached by LD_PRELOAD or the daemon's node.
  * Prints "LOCK <mode> idle_us=<mean> busy_us=<mean> ratio=<busy/idle> big_maps=<n>
  * long_call_us=<mean> max_us=<idle>/<busy> median_us=<idle>/<busy> p99_us=<idle>/<busy>":
  * big_maps is the mapper's map/unmap cycles completed while the busy pairs ran, long_call_us
@@ -92,8 +92,9 @@ static void *memory(size_t size)
 	return p;
 }
 
-/* A TYPE1v2 container with the group of the device at env var `var` set on it. */
-static int container_for(const char *var)
+/* A TYPE1v2 container with the group of the device at env var `var` set on it (the group's
+ * fd in *group when asked). */
+static int container_with_group(const char *var, int *group)
 {
 	const char *bdf = getenv(var);
 	char path[PATH_MAX], link[PATH_MAX];
@@ -116,7 +117,14 @@ static int container_for(const char *var)
 		die("open group/container");
 	if (ioctl(g, VFIO_GROUP_SET_CONTAINER, &c) || ioctl(c, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU))
 		die("SET_CONTAINER/SET_IOMMU");
+	if (group)
+		*group = g;
 	return c;
+}
+
+static int container_for(const char *var)
+{
+	return container_with_group(var, NULL);
 }
 
 static size_t big_size(void)
@@ -207,6 +215,55 @@ static struct latency pairs_latency(int c, void *page, int pairs, struct control
 	return l;
 }
 
+/* "fairness": two mapper threads keep two containers busy with long calls, back to back,
+ * while the main thread dups and closes a group fd 20 times: calls that are not container
+ * ioctls wait until no long call is in flight, so new long calls must let them pass first, or
+ * two busy containers hold them back for ever. Prints
+ * "LOCK fairness ops=<n> max_us=<slowest op> total_ms=<all ops> long_call_us=<mean>". */
+static int fairness(size_t size)
+{
+	static struct mapper_args a[2];
+	struct control *ctl = mmap(NULL, sizeof(*ctl), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	const char *vars[2] = { "VFIO_TEST_EDU", "VFIO_TEST_IVSHMEM" };
+	double start, slowest = 0;
+	pthread_t t[2];
+	int i, g = -1, ops = 20;
+
+	if (ctl == MAP_FAILED)
+		die("mmap control");
+	for (i = 0; i < 2; i++) {
+		a[i].ctl = ctl;
+		a[i].c = container_with_group(vars[i], i == 0 ? &g : NULL);
+		a[i].buf = memory(size);
+		a[i].size = size;
+		if (pthread_create(&t[i], NULL, mapper_thread, &a[i]))
+			die("pthread_create");
+	}
+	atomic_store(&ctl->go, 1);
+	while (atomic_load(&ctl->maps) < 2 && !atomic_load(&ctl->failed))
+		usleep(1000);
+	start = now();
+	for (i = 0; i < ops && now() - start < 120; i++) {
+		double t0 = now();
+		int d = dup(g);
+
+		if (d < 0 || close(d))
+			die("dup/close");
+		if (now() - t0 > slowest)
+			slowest = now() - t0;
+	}
+	atomic_store(&ctl->stop, 1);
+	pthread_join(t[0], NULL);
+	pthread_join(t[1], NULL);
+	if (atomic_load(&ctl->failed)) {
+		fprintf(stderr, "lock_isolation: a mapper failed\n");
+		return 1;
+	}
+	printf("LOCK fairness ops=%d max_us=%.1f total_ms=%.1f long_call_us=%.0f\n", i, slowest * 1e6,
+	       (now() - start) * 1e3, atomic_load(&ctl->call_ns) / 1e3 / atomic_load(&ctl->maps));
+	return i == ops ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
 	const char *mode = argc > 1 ? argv[1] : "threads";
@@ -223,6 +280,8 @@ int main(int argc, char **argv)
 	ctl = mmap(NULL, sizeof(*ctl), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (ctl == MAP_FAILED)
 		die("mmap control");
+	if (strcmp(mode, "fairness") == 0)
+		return fairness(size / 2);
 	if (strcmp(mode, "processes") == 0) {
 		child = fork();
 		if (child < 0)
@@ -241,7 +300,7 @@ int main(int argc, char **argv)
 		if (pthread_create(&thread, NULL, mapper_thread, &a))
 			die("pthread_create");
 	} else {
-		fprintf(stderr, "usage: lock_isolation threads|processes\n");
+		fprintf(stderr, "usage: lock_isolation threads|processes|fairness\n");
 		return 2;
 	}
 	c = container_for("VFIO_TEST_IVSHMEM");

@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use log::{debug, info, warn};
@@ -90,6 +91,9 @@ struct Inner {
     shim: Shim<KernelBackend>,
     opens: HashMap<u64, Open>,
     next_fh: u64,
+    /// Calls waiting in [`Registry::lock`] for no DMA call to be in flight: while one waits,
+    /// no new container call begins, so busy containers cannot starve it.
+    quiesce_waiters: usize,
 }
 
 impl Registry {
@@ -105,6 +109,7 @@ impl Registry {
                 shim: Shim::with_config(backend, vfio_shim_sys::type1_params::config_or_default()),
                 opens: HashMap::new(),
                 next_fh: 1,
+                quiesce_waiters: 0,
             }),
             dma_done: Condvar::new(),
             container_rdev: OnceLock::new(),
@@ -120,8 +125,14 @@ impl Registry {
     /// The core with no container's DMA call in flight: for calls that may touch any object.
     fn lock(&self) -> MutexGuard<'_, Inner> {
         let mut inner = self.lock_any();
-        while inner.shim.any_in_flight() {
-            inner = self.dma_done.wait(inner).unwrap_or_else(|e| e.into_inner());
+        if inner.shim.any_in_flight() {
+            inner.quiesce_waiters += 1;
+            while inner.shim.any_in_flight() {
+                inner = self.dma_done.wait(inner).unwrap_or_else(|e| e.into_inner());
+            }
+            inner.quiesce_waiters -= 1;
+            // Container calls held back for it go on once the lock is free again.
+            self.dma_done.notify_all();
         }
         inner
     }
@@ -424,7 +435,16 @@ impl CuseDevice for ContainerDevice {
         let owner = match direct.as_mut().and_then(|d| d.owner.take()) {
             Some(o) => Some(o),
             None if io.cmd == VFIO_IOMMU_MAP_DMA => match self.reg.caller(caller.pid) {
-                Ok(caller) => Some(MemoryOwner { caller, prepared: None }),
+                Ok(caller) => {
+                    // Resolve the memory from the fetched struct, still outside the lock, so
+                    // this map's pin too runs without it (a VADDR update maps nothing).
+                    let prepared = vfio_iommu_type1_dma_map::read_from_prefix(&mem.bytes)
+                        .ok()
+                        .map(|(map, _)| map)
+                        .filter(|map| map.flags & VFIO_DMA_MAP_FLAG_VADDR == 0)
+                        .map(|map| caller.prepare_map(map.vaddr, map.size, map.flags & VFIO_DMA_MAP_FLAG_WRITE != 0));
+                    Some(MemoryOwner { caller, prepared })
+                }
                 Err(e) => return IoctlOutcome::Error(e),
             },
             None => None,
@@ -449,7 +469,8 @@ impl CuseDevice for ContainerDevice {
                     },
                     OpenState::Group(_) => return IoctlOutcome::Error(Errno::EBADF),
                 };
-                if !shim.container_in_flight(id) {
+                // A call waiting for everything to settle goes first (`lock`).
+                if inner.quiesce_waiters == 0 && !inner.shim.container_in_flight(id) {
                     break id;
                 }
                 inner = self.reg.dma_done.wait(inner).unwrap_or_else(|e| e.into_inner());
@@ -462,14 +483,18 @@ impl CuseDevice for ContainerDevice {
                     inner.shim.container_ioctl_finish(pending, None, &mut mem)
                 }
                 Ok(ContainerStep::Native(pending)) => {
-                    // The pin runs without the lock: other clients' containers go on.
+                    // The pin runs without the lock: other clients' containers go on. From
+                    // here the finish must run, whatever happens: the container is in flight.
                     inner.shim.backend_mut().set_memory_owner(None);
                     drop(inner);
-                    let ran = pending.detached().map(|call| call.run());
+                    let ran = pending
+                        .detached()
+                        .map(|call| catch_unwind(AssertUnwindSafe(|| call.run())).unwrap_or(Err(Errno::EIO)));
                     inner = self.reg.lock_any();
-                    let r = inner.shim.container_ioctl_finish(pending, ran, &mut mem);
+                    let shim = &mut inner.shim;
+                    let r = catch_unwind(AssertUnwindSafe(|| shim.container_ioctl_finish(pending, ran, &mut mem)));
                     self.reg.dma_done.notify_all();
-                    r
+                    r.unwrap_or(Err(Errno::EIO))
                 }
             };
             inner.shim.backend_mut().set_memory_owner(None);

@@ -3,9 +3,12 @@
 //! container in flight (`Shim::container_ioctl_begin`), the kernel call runs on its own
 //! (`DetachedDma`), and the core records it (`Shim::container_ioctl_finish`). Another
 //! container's calls go on meanwhile; a call on the same container waits for it, as on type1's
-//! per-container lock, and so does every call that is not a container ioctl (`emulate`).
+//! per-container lock, and so does every call that is not a container ioctl (`emulate`), which
+//! new container calls let pass first (`QUIESCE_WAITERS`).
 
 use std::ffi::c_int;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering::Relaxed;
 
 use parking_lot::MutexGuard;
 use vfio_shim::backend::DetachedDma;
@@ -13,7 +16,7 @@ use vfio_shim::{ContainerStep, Errno};
 use vfio_shim_sys::own_memory::OwnMemory;
 
 use crate::state::{Object, State};
-use crate::DMA_DONE;
+use crate::{DMA_DONE, QUIESCE_WAITERS};
 
 /// An ioctl on one of our container fds (the generic VFS ioctls excepted).
 pub(crate) fn container_ioctl(
@@ -25,6 +28,9 @@ pub(crate) fn container_ioctl(
     let id = loop {
         let state = guard.as_mut().expect("the state is made before any call");
         match state.object(fd) {
+            // A call waiting for everything to settle goes first, or a busy loop on another
+            // container could hold it back for ever.
+            Some(Object::Container(_)) if QUIESCE_WAITERS.load(Relaxed) > 0 => DMA_DONE.wait(guard),
             Some(Object::Container(id)) if state.shim.container_in_flight(id) => DMA_DONE.wait(guard),
             Some(Object::Container(id)) => break id,
             // The number was closed and reused meanwhile.
@@ -38,9 +44,12 @@ pub(crate) fn container_ioctl(
         ContainerStep::Done(v) => return Ok(v as c_int),
         ContainerStep::Native(pending) => pending,
     };
-    let ran = pending.detached().map(|call| MutexGuard::unlocked(guard, || call.run()));
+    // From here the finish must run, whatever happens: the container is in flight until then.
+    let ran = pending.detached().map(|call| {
+        MutexGuard::unlocked(guard, || catch_unwind(AssertUnwindSafe(|| call.run())).unwrap_or(Err(Errno::EIO)))
+    });
     let state = guard.as_mut().expect("the state outlives every call");
-    let result = state.shim.container_ioctl_finish(pending, ran, &mut mem);
+    let result = catch_unwind(AssertUnwindSafe(|| state.shim.container_ioctl_finish(pending, ran, &mut mem)));
     DMA_DONE.notify_all();
-    result.map(|v| v as c_int)
+    result.unwrap_or(Err(Errno::EIO)).map(|v| v as c_int)
 }

@@ -45,8 +45,12 @@ use state::{Object, State};
 use table::Kind;
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
-/// Signalled whenever a container's DMA call finishes (see `dma.rs`).
+/// Signalled whenever a container's DMA call finishes (see `dma.rs`), and when a call that
+/// waited for all of them to finish stops waiting.
 static DMA_DONE: Condvar = Condvar::new();
+/// Calls waiting for no DMA call to be in flight (`quiescent`, `before_fork`); changed only
+/// with the state lock held. While one waits, no new container call begins.
+static QUIESCE_WAITERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 /// Set once the process has any emulated object: until then `close_range` needs no care.
 static ACTIVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// The pid the state belongs to: set with the state, and by a fork child for its copy.
@@ -110,10 +114,24 @@ fn emulate_locked(f: impl FnOnce(&mut MutexGuard<'_, Option<State>>) -> Result<c
 /// The state once no container's DMA call is in flight (waiting for them with the lock
 /// released).
 fn quiescent<'a>(guard: &'a mut MutexGuard<'_, Option<State>>) -> &'a mut State {
+    wait_until_settled(guard);
+    guard.as_mut().expect("the state is made before any call")
+}
+
+/// Waits, lock released, until no container's DMA call is in flight; new container calls
+/// hold back meanwhile (`QUIESCE_WAITERS`), so two busy containers cannot starve this one.
+fn wait_until_settled(guard: &mut MutexGuard<'_, Option<State>>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    if !guard.as_ref().is_some_and(|s| s.shim.any_in_flight()) {
+        return;
+    }
+    QUIESCE_WAITERS.fetch_add(1, Relaxed);
     while guard.as_ref().is_some_and(|s| s.shim.any_in_flight()) {
         DMA_DONE.wait(guard);
     }
-    guard.as_mut().expect("the state is made before any call")
+    QUIESCE_WAITERS.fetch_sub(1, Relaxed);
+    // Container calls held back for it go on once the lock is free again.
+    DMA_DONE.notify_all();
 }
 
 fn inside() -> bool {
@@ -142,9 +160,7 @@ extern "C" fn before_fork() {
     // Hold the state lock across fork so the child never inherits it mid-update, nor a DMA
     // call in flight in a thread it does not have.
     let mut guard = STATE.lock();
-    while guard.as_ref().is_some_and(|s| s.shim.any_in_flight()) {
-        DMA_DONE.wait(&mut guard);
-    }
+    wait_until_settled(&mut guard);
     std::mem::forget(guard);
 }
 

@@ -45,8 +45,8 @@ impl<B: Backend> Shim<B> {
 
     /// An ioctl on a container fd. `arg` is the raw argument (a value for CHECK_EXTENSION
     /// and SET_IOMMU); `mem` is the memory it points at for the others. The native call of
-    /// a MAP or UNMAP runs through the backend here; a glue that can run it without its lock
-    /// uses [`Shim::container_ioctl_begin`] and [`Shim::container_ioctl_finish`] instead.
+    /// a MAP or UNMAP runs here, in line; a glue that can run it without its lock uses
+    /// [`Shim::container_ioctl_begin`] and [`Shim::container_ioctl_finish`] instead.
     pub fn container_ioctl(
         &mut self,
         id: ContainerId,
@@ -56,7 +56,11 @@ impl<B: Backend> Shim<B> {
     ) -> Result<i64, Errno> {
         match self.container_ioctl_begin(id, cmd, arg, mem)? {
             ContainerStep::Done(v) => Ok(v),
-            ContainerStep::Native(pending) => self.container_ioctl_finish(pending, None, mem),
+            ContainerStep::Native(pending) => {
+                // A detached call runs here, in line: its backend settles it in the finish.
+                let ran = pending.detached().map(|call| call.run());
+                self.container_ioctl_finish(pending, ran, mem)
+            }
         }
     }
 
@@ -105,9 +109,10 @@ impl<B: Backend> Shim<B> {
         mem: &mut dyn ArgMemory,
     ) -> Result<i64, Errno> {
         let PendingDma { container, ctx, ioas, op, resume, .. } = pending;
-        if let Some(c) = self.containers.get_mut(&container).filter(|c| c.in_flight) {
+        // Every begin that returned a pending call counts one, and its finish takes it back.
+        self.in_flight -= 1;
+        if let Some(c) = self.containers.get_mut(&container) {
             c.in_flight = false;
-            self.in_flight -= 1;
         }
         let result = match (ran, op) {
             (Some(ran), _) => self.backend.complete_dma(ctx, ioas, op, ran),

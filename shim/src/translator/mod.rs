@@ -24,7 +24,7 @@ use zerocopy::IntoBytes;
 
 use crate::abi::*;
 use crate::arg::{read_sized, read_struct, ArgMemory};
-use crate::backend::{Backend, DeviceHandle, DmaOp, GroupDevice, IoasId, IommufdId, IovaRange, Prot};
+use crate::backend::{Backend, DetachedDma, DeviceHandle, DmaOp, GroupDevice, IoasId, IommufdId, IovaRange, Prot};
 use crate::device_name::{match_name, NameMatch};
 use crate::dirty::DirtyBitmaps;
 use crate::info::{self, InfoSource};
