@@ -14,7 +14,9 @@ use nix::unistd::ForkResult;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;
-use vfio_shim_cuse::container::{ContainerDevice, GroupDevice, Registry};
+use vfio_shim_cuse::container::ContainerDevice;
+use vfio_shim_cuse::group_node::GroupDevice;
+use vfio_shim_cuse::registry::Registry;
 use vfio_shim_cuse::session::{Config, Session, Stopper};
 #[cfg(feature = "test-device")]
 use vfio_shim_cuse::test_device::TestDevice;

@@ -75,15 +75,6 @@ pub trait DetachedDma: Send + Sync {
     fn run(&self) -> Result<u64, Errno>;
 }
 
-/// For backends that never detach a call.
-pub enum NeverDetached {}
-
-impl DetachedDma for NeverDetached {
-    fn run(&self) -> Result<u64, Errno> {
-        match *self {}
-    }
-}
-
 /// Every native operation the translator performs.
 ///
 /// Object lifetimes follow the kernel's: destroying an IOAS with devices attached fails with

@@ -8,6 +8,7 @@
 //! a chosen errno, and every call is counted.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use nix::errno::Errno;
 
@@ -128,6 +129,45 @@ pub struct FakeBackend {
     pci_groups: HashMap<PciAddress, u32>,
     /// Hot resets issued, by device name.
     hot_resets: Vec<String>,
+    /// Another process's memory lent for the maps of one call (`lend_caller_memory`).
+    caller_memory: Option<CallerMemory>,
+    /// Detaches DMA calls when set (`detach_dma_through`).
+    detach_hook: Option<DetachHook>,
+}
+
+/// Whether the kernel could pin `(vaddr, length, writable)` of a CUSE caller's memory, which
+/// the daemon resolves before the map's IOVA checks (the kernel backend's `MemoryOwner`).
+pub struct CallerMemory(pub Box<dyn Fn(u64, u64, bool) -> Result<(), Errno> + Send>);
+
+impl std::fmt::Debug for CallerMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallerMemory")
+    }
+}
+
+/// What a detached call runs in place of the kernel's: tests block in it to hold a container's
+/// call in flight.
+#[derive(Clone)]
+pub struct DetachHook(pub Arc<dyn Fn(DmaOp) + Send + Sync>);
+
+impl std::fmt::Debug for DetachHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DetachHook")
+    }
+}
+
+/// A detached call of the fake: the hook runs without the backend; the IOAS bookkeeping (and
+/// so the call's errno) comes in `complete_dma`.
+pub struct FakeDetached {
+    hook: DetachHook,
+    op: DmaOp,
+}
+
+impl DetachedDma for FakeDetached {
+    fn run(&self) -> Result<u64, Errno> {
+        (self.hook.0)(self.op);
+        Ok(0)
+    }
 }
 
 impl FakeBackend {
@@ -239,6 +279,18 @@ impl FakeBackend {
         self.devices.values().find(|d| d.name == name).map(|d| (d.bound.is_some(), d.attached))
     }
 
+    /// Maps pin the memory `memory` describes instead of this process's (a CUSE daemon serving
+    /// a caller), until set back to `None`.
+    pub fn lend_caller_memory(&mut self, memory: Option<CallerMemory>) {
+        self.caller_memory = memory;
+    }
+
+    /// From now on, DMA calls detach (the glue runs them without the core's lock), running
+    /// `hook` in place of the kernel call; `None`: they never detach (the default).
+    pub fn detach_dma_through(&mut self, hook: Option<DetachHook>) {
+        self.detach_hook = hook;
+    }
+
     fn enter(&mut self, op: Op) -> Result<(), Errno> {
         let n = self.calls.entry(op).or_default();
         let this = *n;
@@ -339,6 +391,9 @@ impl Backend for FakeBackend {
         prot: Prot,
     ) -> Result<(), Errno> {
         self.enter(Op::IoasMap)?;
+        if let Some(memory) = &self.caller_memory {
+            (memory.0)(vaddr, length, prot.write)?;
+        }
         let align = 1u64 << self.platform.pgsizes.trailing_zeros();
         let platform = self.platform.clone();
         let state = self.ioas(ctx, ioas)?;
@@ -498,7 +553,28 @@ impl Backend for FakeBackend {
         Ok(self.devices.get(&dev.0).ok_or(Errno::EBADF)?.mapped)
     }
 
-    type Detached = crate::backend::NeverDetached;
+    type Detached = FakeDetached;
+
+    /// Only with a hook; a caller's map whose memory cannot be pinned stays with `ioas_map`,
+    /// which answers the errno, as the kernel backend does.
+    fn detach_dma(&mut self, _ctx: IommufdId, _ioas: IoasId, op: DmaOp) -> Option<FakeDetached> {
+        let hook = self.detach_hook.clone()?;
+        if let (DmaOp::Map { vaddr, length, prot, .. }, Some(memory)) = (op, &self.caller_memory) {
+            (memory.0)(vaddr, length, prot.write).ok()?;
+        }
+        Some(FakeDetached { hook, op })
+    }
+
+    fn complete_dma(&mut self, ctx: IommufdId, ioas: IoasId, op: DmaOp, ran: Result<u64, Errno>) -> Result<u64, Errno> {
+        ran?;
+        let lent = self.caller_memory.take(); // checked at detach time
+        let done = match op {
+            DmaOp::Map { iova, vaddr, length, prot } => self.ioas_map(ctx, ioas, iova, vaddr, length, prot).map(|()| 0),
+            DmaOp::Unmap { iova, length } => self.ioas_unmap(ctx, ioas, iova, length),
+        };
+        self.caller_memory = lent;
+        done
+    }
 
     fn device_held_elsewhere(&mut self, dev: DeviceHandle) -> Result<bool, Errno> {
         self.enter(Op::DeviceHeldElsewhere)?;
