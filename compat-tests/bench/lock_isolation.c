@@ -13,22 +13,11 @@
  * the mean of the longer call of each cycle.
  * Env: VFIO_TEST_EDU, VFIO_TEST_IVSHMEM (BDFs), LI_PAIRS (300), LI_BIG (1 GiB), LI_CYCLES (8),
  * BENCH_MEMORY=shared (memfd memory, which the CUSE daemon can pin for a client). */
-#define _GNU_SOURCE
-#include <errno.h>
-#include <fcntl.h>
-#include <limits.h>
-#include <linux/vfio.h>
+#include "bench_common.h"
+
 #include <pthread.h>
 #include <stdatomic.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/ioctl.h>
-#include <sys/mman.h>
 #include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
 
 #define BIG_IOVA 0x100000000ULL
 #define PAIR_IOVA 0x10000ULL
@@ -40,87 +29,6 @@ struct control {
 	/* Nanoseconds in the longer of each cycle's MAP and UNMAP, summed over the cycles. */
 	atomic_long call_ns;
 };
-
-static double now(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return t.tv_sec + t.tv_nsec / 1e9;
-}
-
-static void die(const char *what)
-{
-	fprintf(stderr, "lock_isolation: %s: %s\n", what, strerror(errno));
-	exit(1);
-}
-
-static int map(int c, void *va, uint64_t iova, uint64_t size)
-{
-	struct vfio_iommu_type1_dma_map m = { .argsz = sizeof(m),
-		.flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
-		.vaddr = (uintptr_t)va, .iova = iova, .size = size };
-	return ioctl(c, VFIO_IOMMU_MAP_DMA, &m);
-}
-
-static int unmap(int c, uint64_t iova, uint64_t size)
-{
-	struct vfio_iommu_type1_dma_unmap u = { .argsz = sizeof(u), .iova = iova, .size = size };
-
-	if (ioctl(c, VFIO_IOMMU_UNMAP_DMA, &u))
-		return -1;
-	return u.size == size ? 0 : (errno = EIO, -1);
-}
-
-/* Private anonymous memory, or MAP_SHARED memfd memory with BENCH_MEMORY=shared; touched. */
-static void *memory(size_t size)
-{
-	const char *m = getenv("BENCH_MEMORY");
-	void *p;
-
-	if (m && strcmp(m, "shared") == 0) {
-		int fd = memfd_create("lock_isolation", MFD_CLOEXEC);
-		if (fd < 0 || ftruncate(fd, (off_t)size))
-			die("memfd");
-		p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
-		close(fd);
-	} else {
-		p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-	}
-	if (p == MAP_FAILED)
-		die("mmap");
-	return p;
-}
-
-/* A TYPE1v2 container with the group of the device at env var `var` set on it (the group's
- * fd in *group when asked). */
-static int container_with_group(const char *var, int *group)
-{
-	const char *bdf = getenv(var);
-	char path[PATH_MAX], link[PATH_MAX];
-	ssize_t n;
-	int g, c;
-
-	if (!bdf || !*bdf) {
-		errno = EINVAL;
-		die(var);
-	}
-	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/iommu_group", bdf);
-	n = readlink(path, link, sizeof(link) - 1);
-	if (n < 0)
-		die("iommu_group");
-	link[n] = 0;
-	snprintf(path, sizeof(path), "/dev/vfio/%s", strrchr(link, '/') + 1);
-	g = open(path, O_RDWR);
-	c = open("/dev/vfio/vfio", O_RDWR);
-	if (g < 0 || c < 0)
-		die("open group/container");
-	if (ioctl(g, VFIO_GROUP_SET_CONTAINER, &c) || ioctl(c, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU))
-		die("SET_CONTAINER/SET_IOMMU");
-	if (group)
-		*group = g;
-	return c;
-}
 
 static int container_for(const char *var)
 {
@@ -168,12 +76,6 @@ static void *mapper_thread(void *p)
 
 	mapper(a->ctl, a->c, a->buf, a->size);
 	return NULL;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
 }
 
 struct latency {
@@ -234,7 +136,7 @@ static int fairness(size_t size)
 	for (i = 0; i < 2; i++) {
 		a[i].ctl = ctl;
 		a[i].c = container_with_group(vars[i], i == 0 ? &g : NULL);
-		a[i].buf = memory(size);
+		a[i].buf = memory(size, 1);
 		a[i].size = size;
 		if (pthread_create(&t[i], NULL, mapper_thread, &a[i]))
 			die("pthread_create");
@@ -288,14 +190,14 @@ int main(int argc, char **argv)
 			die("fork");
 		if (child == 0) {
 			int bc = container_for("VFIO_TEST_EDU");
-			mapper(ctl, bc, memory(size), size);
+			mapper(ctl, bc, memory(size, 1), size);
 			_exit(atomic_load(&ctl->failed));
 		}
 	} else if (strcmp(mode, "threads") == 0) {
 		static struct mapper_args a;
 		a.ctl = ctl;
 		a.c = container_for("VFIO_TEST_EDU");
-		a.buf = memory(size);
+		a.buf = memory(size, 1);
 		a.size = size;
 		if (pthread_create(&thread, NULL, mapper_thread, &a))
 			die("pthread_create");
@@ -304,7 +206,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	c = container_for("VFIO_TEST_IVSHMEM");
-	page = memory(4096);
+	page = memory(4096, 1);
 	pairs_latency(c, page, pairs / 10 + 1, NULL, NULL); /* warm up */
 	idle = pairs_latency(c, page, pairs, NULL, NULL);
 

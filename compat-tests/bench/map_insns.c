@@ -5,54 +5,22 @@
  * program's loop and libc's ioctl wrapper; under LD_PRELOAD the preload's work is added: the
  * difference of the two runs, divided by the calls, is the shim's userspace cost per call.
  * Env: VFIO_TEST_EDU (BDF), MAP_INSNS_CALLS (200), MAP_INSNS_LIVE (1000). */
-#define _GNU_SOURCE
-#include <errno.h>
-#include <fcntl.h>
-#include <limits.h>
-#include <linux/vfio.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/ioctl.h>
-#include <sys/mman.h>
-#include <unistd.h>
+#include "bench_common.h"
 #include <valgrind/callgrind.h>
 
 #define LIVE_IOVA 0x1000000ULL
 #define TIMED_IOVA 0x100000000ULL
 
-static void die(const char *what)
-{
-	fprintf(stderr, "map_insns: %s: %s\n", what, strerror(errno));
-	exit(1);
-}
-
 int main(void)
 {
-	const char *bdf = getenv("VFIO_TEST_EDU");
 	int calls = getenv("MAP_INSNS_CALLS") ? atoi(getenv("MAP_INSNS_CALLS")) : 200;
 	int live = getenv("MAP_INSNS_LIVE") ? atoi(getenv("MAP_INSNS_LIVE")) : 1000;
-	char path[PATH_MAX], link[PATH_MAX];
 	struct vfio_iommu_type1_dma_map m = { .argsz = sizeof(m),
 		.flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE, .size = 4096 };
 	struct vfio_iommu_type1_dma_unmap u = { .argsz = sizeof(u), .size = 4096 };
-	ssize_t n;
 	char *buf;
-	int g, c, i;
+	int i, c = container_with_group("VFIO_TEST_EDU", NULL);
 
-	if (!bdf)
-		die("VFIO_TEST_EDU");
-	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/iommu_group", bdf);
-	n = readlink(path, link, sizeof(link) - 1);
-	if (n < 0)
-		die("iommu_group");
-	link[n] = 0;
-	snprintf(path, sizeof(path), "/dev/vfio/%s", strrchr(link, '/') + 1);
-	g = open(path, O_RDWR);
-	c = open("/dev/vfio/vfio", O_RDWR);
-	if (g < 0 || c < 0 || ioctl(g, VFIO_GROUP_SET_CONTAINER, &c) || ioctl(c, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU))
-		die("setup");
 	buf = mmap(NULL, (size_t)(live + calls) * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE,
 		   -1, 0);
 	if (buf == MAP_FAILED)

@@ -216,11 +216,16 @@ impl KernelBackend {
             let Some((process, pages)) = self.caller_charges.remove(&k) else {
                 continue;
             };
-            if let Some(n) = self.charged_pages.get_mut(&process) {
-                *n = n.saturating_sub(pages);
-                if *n == 0 {
-                    self.charged_pages.remove(&process);
-                }
+            self.give_back(process, pages);
+        }
+    }
+
+    /// Takes `pages` off `process`'s charge; a process charged nothing has no entry.
+    fn give_back(&mut self, process: ProcessId, pages: u64) {
+        if let Some(n) = self.charged_pages.get_mut(&process) {
+            *n = n.saturating_sub(pages);
+            if *n == 0 {
+                self.charged_pages.remove(&process);
             }
         }
     }
@@ -459,11 +464,7 @@ impl Backend for KernelBackend {
                         Ok(_) => {
                             self.caller_charges.insert((ctx, ioas, iova), (process, pages));
                         }
-                        Err(_) => {
-                            if let Some(n) = self.charged_pages.get_mut(&process) {
-                                *n = n.saturating_sub(pages);
-                            }
-                        }
+                        Err(_) => self.give_back(process, pages),
                     }
                     ran.map(|_| 0)
                 }
