@@ -1046,6 +1046,15 @@ both_versions!(unset_container_on_a_shared_group_acts_on_the_kernel_group, |v2| 
     assert_eq!(env.map(0x10_0000, 0x1000), Err(Errno::EINVAL), "no IOMMU any more");
 });
 
+/// A type1v2 container and its group with edu's device fd, then a fork: every object shared.
+fn shared_with_edu() -> (Env, GroupId, vfio_shim::DeviceGrant) {
+    let mut env = Env::new(true);
+    let g = env.g;
+    let a = grant(env.device(g, EDU));
+    env.shim.mark_all_shared();
+    (env, g, a)
+}
+
 fn grant(r: Result<GroupReply, Errno>) -> vfio_shim::DeviceGrant {
     match r {
         Ok(GroupReply::Device(g)) => g,
@@ -1092,10 +1101,7 @@ fn a_device_held_by_a_mapping_is_closed_when_the_mapping_is_gone() {
 /// the same, so UNSET_CONTAINER is EBUSY; the shared group is not cycled at the munmap.
 #[test]
 fn a_mapping_holds_the_device_of_a_shared_group_too() {
-    let mut env = Env::new(true);
-    let g = env.g;
-    let a = grant(env.device(g, EDU));
-    env.shim.mark_all_shared();
+    let (mut env, g, a) = shared_with_edu();
     env.shim.backend_mut().set_device_mapped(EDU, true);
     env.shim.close_device(a);
     assert_eq!(env.unset_container(g).err(), Some(Errno::EBUSY), "the mapping holds the device");
@@ -1109,10 +1115,7 @@ fn a_mapping_holds_the_device_of_a_shared_group_too() {
 /// anywhere: type1 quiesces it (bus mastering off at the next open), so the shim cycles it.
 #[test]
 fn a_shared_groups_device_is_cycled_when_no_other_process_holds_it() {
-    let mut env = Env::new(true);
-    let g = env.g;
-    let a = grant(env.device(g, EDU));
-    env.shim.mark_all_shared();
+    let (mut env, g, a) = shared_with_edu();
     env.shim.close_device(a);
     assert_eq!(env.shim.backend().device_reopens(EDU), 1, "the last close quiesced it");
     grant(env.device(g, EDU));
@@ -1123,10 +1126,7 @@ fn a_shared_groups_device_is_cycled_when_no_other_process_holds_it() {
 /// not bind (a cdev binds once): the device stays as it is, usable.
 #[test]
 fn a_shared_groups_device_held_by_another_process_is_left_open() {
-    let mut env = Env::new(true);
-    let g = env.g;
-    let a = grant(env.device(g, EDU));
-    env.shim.mark_all_shared();
+    let (mut env, g, a) = shared_with_edu();
     env.shim.backend_mut().set_device_held_elsewhere(EDU, true);
     env.shim.close_device(a);
     assert_eq!(env.shim.backend().device_reopens(EDU), 0);
