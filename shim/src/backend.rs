@@ -21,6 +21,10 @@ pub struct IoasId(pub u32);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeviceHandle(pub u64);
 
+/// A file of a device's cdev opened only to be named to KVM's VFIO device, never bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KvmFile(pub u64);
+
 /// DMA permissions, from the device's point of view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Prot {
@@ -145,10 +149,17 @@ pub trait Backend {
     fn device_hot_reset(&mut self, dev: DeviceHandle) -> Result<(), Errno>;
     /// The IOMMU group of the PCI device at `segment:bus:devfn`, if it has one.
     fn pci_iommu_group(&self, segment: u16, bus: u8, devfn: u8) -> Option<u32>;
-    /// `KVM_SET_DEVICE_ATTR(KVM_DEV_VFIO_FILE, FILE_ADD or FILE_DEL)` of the device's cdev on the
-    /// KVM VFIO device `kvm_device`, the program's fd of it. KVM answers `EEXIST` for a file
-    /// already added and `ENOENT` for one it does not hold.
-    fn kvm_device_file(&mut self, kvm_device: i32, dev: DeviceHandle, add: bool) -> Result<(), Errno>;
+    /// `open()` of the device's cdev for KVM's VFIO device alone: the file KVM holds for an
+    /// emulated group, as it holds the group's own file on type1. Never bound, and distinct
+    /// from the bound file the program's device fds share, so KVM holding it leaves the
+    /// device's last close to the program, as on type1.
+    fn kvm_file_open(&mut self, device: &GroupDevice) -> Result<KvmFile, Errno>;
+    /// `close()` of such a file (KVM keeps its own reference while it holds it).
+    fn kvm_file_close(&mut self, file: KvmFile);
+    /// `KVM_SET_DEVICE_ATTR(KVM_DEV_VFIO_FILE, FILE_ADD or FILE_DEL)` of `file` on the KVM VFIO
+    /// device `kvm_device`, the program's fd of it. KVM answers `EEXIST` for a file already
+    /// added and `ENOENT` for one it does not hold.
+    fn kvm_device_file(&mut self, kvm_device: i32, file: KvmFile, add: bool) -> Result<(), Errno>;
     /// A device's last close and its next open, as type1's `close_device` and `open_device`
     /// see them: the cdev file is closed (the kernel quiesces and resets the device, vfio-pci's
     /// `vfio_pci_core_disable`), opened again, bound to the same iommufd and attached to the

@@ -34,6 +34,7 @@ pub enum Op {
     DeviceDetach,
     DeviceReopen,
     DeviceHeldElsewhere,
+    KvmFileOpen,
     KvmDeviceFile,
     DeviceHotReset,
 }
@@ -120,8 +121,10 @@ pub struct FakeBackend {
     calls: HashMap<Op, usize>,
     /// Groups claimed by this opener, and by others (`claim_elsewhere`).
     claims: BTreeMap<u32, bool>,
-    /// KVM VFIO device fd -> the device files added to it (by device name).
-    kvm_files: HashMap<i32, std::collections::BTreeSet<String>>,
+    /// KVM VFIO device fd -> the files added to it (KVM file handle -> device name).
+    kvm_files: HashMap<i32, BTreeMap<u64, String>>,
+    /// KVM files open (`kvm_file_open`): handle -> device name.
+    kvm_opened: HashMap<u64, String>,
     /// Hot reset topology: a device name -> the PCI addresses (segment, bus, devfn) a reset of
     /// it touches; absent: neither a slot nor a bus reset is possible (ENODEV).
     reset_scopes: HashMap<String, Vec<PciAddress>>,
@@ -252,7 +255,12 @@ impl FakeBackend {
 
     /// The device files KVM's VFIO device `kvm_device` holds, by device name.
     pub fn kvm_files(&self, kvm_device: i32) -> Vec<String> {
-        self.kvm_files.get(&kvm_device).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+        self.kvm_files.get(&kvm_device).map(|s| s.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The KVM files open (`kvm_file_open`, not yet closed).
+    pub fn kvm_files_open(&self) -> usize {
+        self.kvm_opened.len()
     }
 
     pub fn device_reopens(&self, name: &str) -> u64 {
@@ -623,12 +631,26 @@ impl Backend for FakeBackend {
         self.pci_groups.get(&(segment, bus, devfn)).copied()
     }
 
-    fn kvm_device_file(&mut self, kvm_device: i32, dev: DeviceHandle, add: bool) -> Result<(), Errno> {
+    fn kvm_file_open(&mut self, device: &GroupDevice) -> Result<KvmFile, Errno> {
+        self.enter(Op::KvmFileOpen)?;
+        if device.cdev.is_none() {
+            return Err(Errno::ENODEV);
+        }
+        self.next_handle += 1;
+        self.kvm_opened.insert(self.next_handle, device.name.clone());
+        Ok(KvmFile(self.next_handle))
+    }
+
+    fn kvm_file_close(&mut self, file: KvmFile) {
+        self.kvm_opened.remove(&file.0);
+    }
+
+    fn kvm_device_file(&mut self, kvm_device: i32, file: KvmFile, add: bool) -> Result<(), Errno> {
         self.enter(Op::KvmDeviceFile)?;
-        let name = self.devices.get(&dev.0).ok_or(Errno::EBADF)?.name.clone();
+        let name = self.kvm_opened.get(&file.0).ok_or(Errno::EBADF)?.clone();
         let files = self.kvm_files.entry(kvm_device).or_default();
-        // kvm_vfio_file_add / kvm_vfio_file_del (virt/kvm/vfio.c).
-        let changed = if add { files.insert(name) } else { files.remove(&name) };
+        // kvm_vfio_file_add / kvm_vfio_file_del (virt/kvm/vfio.c): by file, not by device.
+        let changed = if add { files.insert(file.0, name).is_none() } else { files.remove(&file.0).is_some() };
         match (changed, add) {
             (true, _) => Ok(()),
             (false, true) => Err(Errno::EEXIST),

@@ -42,7 +42,7 @@ impl<B: Backend> Shim<B> {
                 device_fds: Vec::new(),
                 held_by_mapping: Vec::new(),
                 lost: Vec::new(),
-                kvm_registered: false,
+                kvm_files: Vec::new(),
                 shared: false,
                 claimed: claim,
             },
@@ -81,6 +81,9 @@ impl<B: Backend> Shim<B> {
             self.detach_container(id, false);
         }
         let g = self.groups.remove(&id).expect("present");
+        for f in g.kvm_files {
+            self.backend.kvm_file_close(f);
+        }
         if g.claimed {
             self.backend.group_release(g.number);
         }
@@ -346,7 +349,7 @@ impl<B: Backend> Shim<B> {
     /// (explorer seed 4, s4676); otherwise the other holder keeps it open and bound.
     fn close_and_reopen(&mut self, id: GroupId, dev: DeviceHandle) {
         let g = &self.groups[&id];
-        if g.kvm_registered || g.container.is_none() || !(g.open || g.device_users > 0) {
+        if g.container.is_none() || !(g.open || g.device_users > 0) {
             return;
         }
         if g.shared {
@@ -436,36 +439,49 @@ impl<B: Backend> Shim<B> {
         self.reap_group(grant.group);
     }
 
-    /// The glue registered (`true`) or unregistered the group's device files with KVM.
-    pub fn set_group_kvm_registered(&mut self, id: GroupId, registered: bool) {
-        if let Some(g) = self.groups.get_mut(&id) {
-            g.kvm_registered = registered;
-        }
-    }
-
     /// `KVM_SET_DEVICE_ATTR(KVM_DEV_VFIO_FILE, FILE_ADD or FILE_DEL)` naming this group's file
     /// on the KVM VFIO device `kvm_device`. KVM cannot know an emulated group's file, so it
-    /// gets the group's device cdevs instead (KVM takes cdevs since 6.6), one request each. A
-    /// group file is added whole or not at all: a failed ADD takes back what it added.
+    /// gets the group's KVM files instead (`Group::kvm_files`: a cdev file per VFIO device;
+    /// KVM takes cdevs since 6.6), one request each, and answers `EEXIST` and `ENOENT` by
+    /// file as it does for the group's. A group file is added whole or not at all: a failed
+    /// ADD takes back what it added.
     pub fn kvm_group_file(&mut self, id: GroupId, kvm_device: i32, add: bool) -> Result<(), Errno> {
-        let devices = self.group_devices(id);
-        for (n, &dev) in devices.iter().enumerate() {
-            if let Err(e) = self.backend.kvm_device_file(kvm_device, dev, add) {
+        let files = self.group_kvm_files(id)?;
+        for (n, &file) in files.iter().enumerate() {
+            if let Err(e) = self.backend.kvm_device_file(kvm_device, file, add) {
                 if add {
-                    for &done in &devices[..n] {
+                    for &done in &files[..n] {
                         logged("KVM_DEV_VFIO_FILE_DEL", self.backend.kvm_device_file(kvm_device, done, false));
                     }
                 }
                 return Err(e);
             }
         }
-        self.set_group_kvm_registered(id, add);
         Ok(())
     }
 
-    /// The device handles currently bound for a group (for KVM file add/del rewriting).
-    pub fn group_devices(&self, id: GroupId) -> Vec<DeviceHandle> {
-        self.groups.get(&id).map(|g| g.devices.iter().map(|d| d.handle).collect()).unwrap_or_default()
+    /// The group's KVM files, opened at its first KVM call: one per device bound to a VFIO
+    /// driver (the devices that have a cdev, as a group file stands for them on type1).
+    fn group_kvm_files(&mut self, id: GroupId) -> Result<Vec<KvmFile>, Errno> {
+        let g = self.groups.get(&id).ok_or(Errno::EBADF)?;
+        if !g.kvm_files.is_empty() {
+            return Ok(g.kvm_files.clone());
+        }
+        let number = g.number;
+        let mut files = Vec::new();
+        for info in self.backend.group_devices(number)?.iter().filter(|d| d.cdev.is_some()) {
+            match self.backend.kvm_file_open(info) {
+                Ok(f) => files.push(f),
+                Err(e) => {
+                    for f in files {
+                        self.backend.kvm_file_close(f);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        self.groups.get_mut(&id).expect("checked").kvm_files = files.clone();
+        Ok(files)
     }
 }
 

@@ -24,7 +24,9 @@ use zerocopy::IntoBytes;
 
 use crate::abi::*;
 use crate::arg::{read_sized, read_struct, ArgMemory};
-use crate::backend::{Backend, DetachedDma, DeviceHandle, DmaOp, GroupDevice, IoasId, IommufdId, IovaRange, Prot};
+use crate::backend::{
+    Backend, DetachedDma, DeviceHandle, DmaOp, GroupDevice, IoasId, IommufdId, IovaRange, KvmFile, Prot,
+};
 use crate::device_name::{match_name, NameMatch};
 use crate::dirty::DirtyBitmaps;
 use crate::info::{self, InfoSource};
@@ -136,9 +138,11 @@ struct Group {
     /// Devices that could not be opened again after their last close, with why: the next
     /// `GET_DEVICE_FD` of the device answers that errno.
     lost: Vec<(DeviceHandle, Errno)>,
-    /// The group's device files are registered with KVM's VFIO device (`KVM_DEV_VFIO_FILE_ADD`,
-    /// rewritten to the cdevs): KVM holds them, so a last close cannot cycle a device.
-    kvm_registered: bool,
+    /// What `KVM_DEV_VFIO_FILE_ADD/DEL` of the group names to KVM instead of the group file
+    /// (opened at the group's first such call): a file of each device's cdev opened for KVM
+    /// alone ([`Backend::kvm_file_open`]). Like type1's group file, it is not the device's
+    /// file, so the device's last close stays the program's while KVM holds it.
+    kvm_files: Vec<KvmFile>,
     /// As [`Container::shared`].
     shared: bool,
     /// This opener holds the group's system-wide claim ([`Backend::group_claim`]); not when

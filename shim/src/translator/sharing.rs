@@ -122,7 +122,7 @@ impl<B: Backend> Shim<B> {
                 device_fds: Vec::new(),
                 held_by_mapping: Vec::new(),
                 lost: Vec::new(),
-                kvm_registered: false,
+                kvm_files: Vec::new(),
                 shared: true,
                 claimed: false,
             },

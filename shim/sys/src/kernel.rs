@@ -13,7 +13,7 @@ use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode;
 use vfio_shim::backend::{
-    Backend, DetachedDma, DeviceHandle, DmaOp, GroupDevice, IoasGeometry, IoasId, IommufdId, IovaRange, Prot,
+    Backend, DetachedDma, DeviceHandle, DmaOp, GroupDevice, IoasGeometry, IoasId, IommufdId, IovaRange, KvmFile, Prot,
 };
 use vfio_shim::hot_reset::{vfio_pci_dependent_device, vfio_pci_hot_reset_header, HEADER_SIZE};
 
@@ -74,6 +74,8 @@ pub struct KernelBackend {
     /// Never unlocked explicitly: `LOCK_UN` would drop a fork child's claim too (the lock
     /// belongs to the open file, which the child shares); closing our fd does not.
     group_claims: HashMap<u32, OwnedFd>,
+    /// Device cdev files opened for KVM's VFIO device alone (`Backend::kvm_file_open`).
+    kvm_files: HashMap<KvmFile, OwnedFd>,
 }
 
 impl Default for KernelBackend {
@@ -102,6 +104,7 @@ impl KernelBackend {
             charged_pages: HashMap::new(),
             pending_charges: HashMap::new(),
             group_claims: HashMap::new(),
+            kvm_files: HashMap::new(),
         }
     }
 
@@ -124,6 +127,7 @@ impl KernelBackend {
             .map(|fd| fd.as_raw_fd())
             .chain(self.devices.values().map(|d| d.fd.as_raw_fd()))
             .chain(self.group_claims.values().map(|f| f.as_raw_fd()))
+            .chain(self.kvm_files.values().map(|f| f.as_raw_fd()))
     }
 
     /// The open device cdev behind `dev`.
@@ -640,9 +644,21 @@ impl Backend for KernelBackend {
         link.file_name()?.to_str()?.parse().ok()
     }
 
-    fn kvm_device_file(&mut self, kvm_device: i32, dev: DeviceHandle, add: bool) -> Result<(), Errno> {
+    fn kvm_file_open(&mut self, device: &GroupDevice) -> Result<KvmFile, Errno> {
+        let cdev = device.cdev.as_deref().ok_or(Errno::ENODEV)?;
+        let fd = open(cdev, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())?;
+        let file = KvmFile(self.handle());
+        self.kvm_files.insert(file, fd);
+        Ok(file)
+    }
+
+    fn kvm_file_close(&mut self, file: KvmFile) {
+        self.kvm_files.remove(&file);
+    }
+
+    fn kvm_device_file(&mut self, kvm_device: i32, file: KvmFile, add: bool) -> Result<(), Errno> {
         use vfio_shim::abi::{kvm_device_attr, KVM_DEV_VFIO_FILE, KVM_DEV_VFIO_FILE_ADD, KVM_DEV_VFIO_FILE_DEL};
-        let cdev: i32 = self.device(dev)?.fd.as_raw_fd();
+        let cdev: i32 = self.kvm_files.get(&file).ok_or(Errno::EBADF)?.as_raw_fd();
         let attr = kvm_device_attr {
             flags: 0,
             group: KVM_DEV_VFIO_FILE,
