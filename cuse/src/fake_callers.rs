@@ -126,6 +126,22 @@ impl FakeCallers {
     }
 }
 
+impl FakeCallers {
+    /// The daemon's direct access to `len` bytes at `addr` of `tid`: EPERM when denied,
+    /// EFAULT for memory the caller does not have.
+    fn direct(&self, tid: u32, addr: u64, len: usize, f: impl FnOnce(&mut [u8])) -> Result<(), Errno> {
+        let mut w = self.world();
+        let t = w.threads.get_mut(&tid).ok_or(Errno::ESRCH)?;
+        if t.unreadable {
+            return Err(Errno::EPERM);
+        }
+        let r = region_mut(t, addr, len as u64).ok_or(Errno::EFAULT)?;
+        let at = (addr - r.start) as usize;
+        f(&mut r.bytes[at..at + len]);
+        Ok(())
+    }
+}
+
 fn region_mut(t: &mut Thread, addr: u64, len: u64) -> Option<&mut Region> {
     t.regions.iter_mut().find(|r| r.covers(addr, len))
 }
@@ -161,27 +177,11 @@ impl Callers for FakeCallers {
     }
 
     fn read(&self, tid: u32, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
-        let mut w = self.world();
-        let t = w.threads.get_mut(&tid).ok_or(Errno::ESRCH)?;
-        if t.unreadable {
-            return Err(Errno::EPERM);
-        }
-        let r = region_mut(t, addr, buf.len() as u64).ok_or(Errno::EFAULT)?;
-        let at = (addr - r.start) as usize;
-        buf.copy_from_slice(&r.bytes[at..at + buf.len()]);
-        Ok(())
+        self.direct(tid, addr, buf.len(), |mem| buf.copy_from_slice(mem))
     }
 
     fn write(&self, tid: u32, addr: u64, bytes: &[u8]) -> Result<(), Errno> {
-        let mut w = self.world();
-        let t = w.threads.get_mut(&tid).ok_or(Errno::ESRCH)?;
-        if t.unreadable {
-            return Err(Errno::EPERM);
-        }
-        let r = region_mut(t, addr, bytes.len() as u64).ok_or(Errno::EFAULT)?;
-        let at = (addr - r.start) as usize;
-        r.bytes[at..at + bytes.len()].copy_from_slice(bytes);
-        Ok(())
+        self.direct(tid, addr, bytes.len(), |mem| mem.copy_from_slice(bytes))
     }
 
     fn fd(&self, process: &FakeProcess, fd: i32, container_rdev: Option<u64>) -> Result<CallerFd, Errno> {
