@@ -6,7 +6,8 @@
 #
 # usage: build.sh OUTDIR
 # env:   CC (default gcc), EXTRA_CFLAGS
-# A client is every *.c in this directory except common.c.
+# A client is every *.c in this directory except common.c. The no-IOMMU clients
+# (noiommu/*.c) need a machine without an IOMMU and go to OUTDIR/noiommu/<name>.
 set -eu
 
 if [ $# -ne 1 ]; then
@@ -26,6 +27,14 @@ for c in "$SRC"/*.c; do
 	# shellcheck disable=SC2086
 	$CC $CFLAGS -I"$SRC" -o "$OUT/$name" "$c" "$SRC/common.c"
 	built="$built $name"
+done
+
+mkdir -p "$OUT/noiommu"
+for c in "$SRC"/noiommu/*.c; do
+	name=$(basename "$c" .c)
+	# shellcheck disable=SC2086
+	$CC $CFLAGS -I"$SRC" -o "$OUT/noiommu/$name" "$c" "$SRC/common.c"
+	built="$built noiommu/$name"
 done
 
 echo "built into $OUT:$built"

@@ -775,11 +775,11 @@ static int capset_v3(struct __user_cap_data_struct d[2])
 	return (int)syscall(SYS_capset, &h, d);
 }
 
-int cap_ipc_lock_drop(void)
+int cap_effective_drop(int cap)
 {
 	struct __user_cap_data_struct d[2];
-	uint32_t bit = 1u << (CAP_IPC_LOCK % 32);
-	int idx = CAP_IPC_LOCK / 32;
+	uint32_t bit = 1u << (cap % 32);
+	int idx = cap / 32;
 
 	memset(d, 0, sizeof(d));
 	if (capget_v3(d) < 0) {
@@ -790,16 +790,16 @@ int cap_ipc_lock_drop(void)
 		return 0;
 	d[idx].effective &= ~bit;
 	if (capset_v3(d) < 0)
-		die("capset (drop CAP_IPC_LOCK): %s", strerror(errno));
-	fprintf(stderr, "note: CAP_IPC_LOCK dropped from the effective set for the memlock cases\n");
+		die("capset (drop capability %d): %s", cap, strerror(errno));
+	fprintf(stderr, "note: capability %d dropped from the effective set\n", cap);
 	return 1;
 }
 
-void cap_ipc_lock_restore(int was_effective)
+void cap_effective_restore(int cap, int was_effective)
 {
 	struct __user_cap_data_struct d[2];
-	uint32_t bit = 1u << (CAP_IPC_LOCK % 32);
-	int idx = CAP_IPC_LOCK / 32;
+	uint32_t bit = 1u << (cap % 32);
+	int idx = cap / 32;
 
 	if (!was_effective)
 		return;
@@ -808,7 +808,17 @@ void cap_ipc_lock_restore(int was_effective)
 		die("capget: %s", strerror(errno));
 	d[idx].effective |= bit;
 	if (capset_v3(d) < 0)
-		die("capset (restore CAP_IPC_LOCK): %s", strerror(errno));
+		die("capset (restore capability %d): %s", cap, strerror(errno));
+}
+
+int cap_ipc_lock_drop(void)
+{
+	return cap_effective_drop(CAP_IPC_LOCK);
+}
+
+void cap_ipc_lock_restore(int was_effective)
+{
+	cap_effective_restore(CAP_IPC_LOCK, was_effective);
 }
 
 void edu_and_ivshmem(const char **edu, const char **ivs, int *ge, int *gi)

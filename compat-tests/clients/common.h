@@ -150,6 +150,9 @@ void print_ranges(const char *label, const struct iommu_caps *caps);
  * in the effective set. Return 1 if the capability was effective before. */
 int cap_ipc_lock_drop(void);
 void cap_ipc_lock_restore(int was_effective);
+/* The same for any capability (CAP_SYS_RAWIO for the no-IOMMU cases). */
+int cap_effective_drop(int cap);
+void cap_effective_restore(int cap, int was_effective);
 
 /* ---- QEMU's edu device (BAR0: 0x00 ident 0x010000ed; 0x80/0x88/0x90/0x98 DMA source,
  * destination, count, command, 64-bit; a 4 KiB device buffer at 0x40000; DMA addresses

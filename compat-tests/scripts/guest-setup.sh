@@ -9,7 +9,9 @@
 # VFIO_TEST_PAIR_EDU and VFIO_TEST_PAIR_RNG (the two devices of one group behind vm.sh's
 # PCIe-to-PCI bridge: an edu on vfio-pci, a virtio-rng left on virtio-pci),
 # VFIO_TEST_NVME (QEMU's nvme controller, when the VM has one: vm.sh's VM_NVME_IMAGE) and
-# VFIO_TEST_KERNEL (full|cdev-only, from whether /dev/vfio/vfio exists). If $VFIO_TEST_ENV_FILE
+# VFIO_TEST_KERNEL (full|cdev-only, from whether /dev/vfio/vfio exists) and VFIO_TEST_NOIOMMU
+# (1 on vm.sh's machine without an IOMMU, booted in vfio's unsafe no-IOMMU mode: no pair there,
+# and the cdevs are noiommu-vfioN). If $VFIO_TEST_ENV_FILE
 # is set, the same assignments are also written there (sourceable). Prints an inventory on stderr.
 # Fails (non-zero) if a device is absent or cannot be bound, or /dev/iommu or a cdev is missing.
 
@@ -49,21 +51,29 @@ _gs_main() {
     return 1
   }
 
+  local noiommu=0 cdev_re='^vfio[0-9]'
+  if [ "$(cat /sys/module/vfio/parameters/enable_unsafe_noiommu_mode 2>/dev/null)" = Y ]; then
+    noiommu=1 cdev_re='^noiommu-vfio[0-9]'
+    # (iommufd_selftest_iommu.0 is IOMMUFD_TEST's mock, no hardware.)
+    [ -z "$(ls /sys/class/iommu 2>/dev/null | grep -v "^iommufd_selftest")" ] || _gs_err "no-IOMMU mode on a machine with an IOMMU"
+  fi
   local edu igb ivshmem nvme=
   edu=$(_gs_bind 1234:11e8) || fail=1
   igb=$(_gs_bind 8086:10c9) || fail=1
   ivshmem=$(_gs_bind 1af4:1110) || fail=1
   # The pair behind the PCIe-to-PCI bridge (vm.sh): the second edu on vfio-pci, and the
   # virtio-rng of its group left on its kernel driver (virtio-pci), as the explorer expects.
-  local pair_edu pair_rng= pair_group
-  pair_edu=$(_gs_bind 1234:11e8 "$edu") || fail=1
-  pair_group=$(basename "$(readlink "/sys/bus/pci/devices/$pair_edu/iommu_group")")
-  for d in /sys/kernel/iommu_groups/"$pair_group"/devices/*; do
-    [ "$(cat "$d/vendor"):$(cat "$d/device")" = 0x1af4:0x1005 ] && pair_rng=$(basename "$d")
-  done
-  [ -n "$pair_rng" ] || _gs_err "no virtio-rng in the pair's group $pair_group"
-  [ "$(basename "$(readlink -f "/sys/bus/pci/devices/$pair_rng/driver" 2>/dev/null || echo none)")" = virtio-pci ] \
-    || _gs_err "$pair_rng (the pair's virtio-rng) is not on virtio-pci"
+  local pair_edu= pair_rng= pair_group
+  if [ $noiommu = 0 ]; then
+    pair_edu=$(_gs_bind 1234:11e8 "$edu") || fail=1
+    pair_group=$(basename "$(readlink "/sys/bus/pci/devices/$pair_edu/iommu_group")")
+    for d in /sys/kernel/iommu_groups/"$pair_group"/devices/*; do
+      [ "$(cat "$d/vendor"):$(cat "$d/device")" = 0x1af4:0x1005 ] && pair_rng=$(basename "$d")
+    done
+    [ -n "$pair_rng" ] || _gs_err "no virtio-rng in the pair's group $pair_group"
+    [ "$(basename "$(readlink -f "/sys/bus/pci/devices/$pair_rng/driver" 2>/dev/null || echo none)")" = virtio-pci ] \
+      || _gs_err "$pair_rng (the pair's virtio-rng) is not on virtio-pci"
+  fi
   # Optional: only VMs booted with an nvme image have one.
   if cat /sys/bus/pci/devices/*/uevent 2>/dev/null | grep -qx 'PCI_ID=1B36:0010'; then
     nvme=$(_gs_bind 1b36:0010) || fail=1
@@ -74,13 +84,13 @@ _gs_main() {
   [ -c /dev/vfio/vfio ] && kernel=full
   local b
   for b in $edu $igb $ivshmem $pair_edu $nvme; do
-    ls "/sys/bus/pci/devices/$b/vfio-dev/" 2>/dev/null | grep -q '^vfio[0-9]' \
-      || _gs_err "$b has no VFIO cdev (CONFIG_VFIO_DEVICE_CDEV?)"
+    ls "/sys/bus/pci/devices/$b/vfio-dev/" 2>/dev/null | grep -q "$cdev_re" \
+      || _gs_err "$b has no VFIO cdev matching $cdev_re (CONFIG_VFIO_DEVICE_CDEV? CONFIG_VFIO_NOIOMMU?)"
   done
-  ls /dev/vfio/devices/vfio* >/dev/null 2>&1 || _gs_err "no /dev/vfio/devices/vfio*"
+  ls /dev/vfio/devices/ 2>/dev/null | grep -q "$cdev_re" || _gs_err "no /dev/vfio/devices/ cdev matching $cdev_re"
 
   {
-    echo "guest-setup: kernel $(uname -r), $kernel ($( [ $kernel = full ] && echo "legacy container + groups" || echo "cdevs only"))"
+    echo "guest-setup: kernel $(uname -r), $kernel ($( [ $kernel = full ] && echo "legacy container + groups" || echo "cdevs only"))$( [ $noiommu = 1 ] && echo ", UNSAFE no-IOMMU mode, tainted $(cat /proc/sys/kernel/tainted)")"
     for b in $edu $igb $ivshmem $pair_edu $pair_rng $nvme; do
       local g cdev name
       g=$(basename "$(readlink "/sys/bus/pci/devices/$b/iommu_group")")
@@ -88,7 +98,7 @@ _gs_main() {
       name=$(cat "/sys/bus/pci/devices/$b/vendor" "/sys/bus/pci/devices/$b/device" | sed 's/0x//' | paste -sd:)
       printf 'guest-setup:   %s %s driver=%s group=%s group-node=%s cdev=/dev/vfio/devices/%s\n' \
         "$b" "$name" "$(basename "$(readlink -f "/sys/bus/pci/devices/$b/driver")")" "$g" \
-        "$( [ -c "/dev/vfio/$g" ] && echo "/dev/vfio/$g" || echo none)" "${cdev:-none}"
+        "$( [ -c "/dev/vfio/$g" ] && echo "/dev/vfio/$g" || { [ -c "/dev/vfio/noiommu-$g" ] && echo "/dev/vfio/noiommu-$g"; } || echo none)" "${cdev:-none}"
     done
     echo "guest-setup:   /dev/vfio: $(ls /dev/vfio | tr '\n' ' ')"
     echo "guest-setup:   /dev/vfio/devices: $(ls /dev/vfio/devices 2>/dev/null | tr '\n' ' ')"
@@ -99,10 +109,10 @@ _gs_main() {
 
   export VFIO_TEST_EDU=$edu VFIO_TEST_IGB=$igb VFIO_TEST_IVSHMEM=$ivshmem VFIO_TEST_NVME=$nvme
   export VFIO_TEST_PAIR_EDU=$pair_edu VFIO_TEST_PAIR_RNG=$pair_rng
-  export VFIO_TEST_KERNEL=$kernel
+  export VFIO_TEST_KERNEL=$kernel VFIO_TEST_NOIOMMU=$noiommu
   if [ -n "${VFIO_TEST_ENV_FILE:-}" ]; then
-    printf 'export VFIO_TEST_EDU=%s VFIO_TEST_IGB=%s VFIO_TEST_IVSHMEM=%s VFIO_TEST_NVME=%s VFIO_TEST_KERNEL=%s\n' \
-      "$edu" "$igb" "$ivshmem" "$nvme" "$kernel" >"$VFIO_TEST_ENV_FILE"
+    printf 'export VFIO_TEST_EDU=%s VFIO_TEST_IGB=%s VFIO_TEST_IVSHMEM=%s VFIO_TEST_NVME=%s VFIO_TEST_KERNEL=%s VFIO_TEST_NOIOMMU=%s\n' \
+      "$edu" "$igb" "$ivshmem" "$nvme" "$kernel" "$noiommu" >"$VFIO_TEST_ENV_FILE"
     printf 'export VFIO_TEST_PAIR_EDU=%s VFIO_TEST_PAIR_RNG=%s\n' "$pair_edu" "$pair_rng" >>"$VFIO_TEST_ENV_FILE"
   fi
   [ $fail = 0 ] || { echo "guest-setup: FAILED" >&2; return 1; }

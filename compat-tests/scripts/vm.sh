@@ -18,7 +18,9 @@
 # Environment: VM_TIMEOUT (seconds, default 900), VM_CPUS (1), VM_MEMORY (4G), VM_RETRIES (1),
 # VM_HUGEPAGES (2 MiB pages reserved at boot, default 64), VM_HUGEPAGES_1G (1 GiB pages, 1), VM_IVSHMEM_SIZE (256M),
 # VM_NVME_IMAGE (a raw image file: adds QEMU's nvme controller backed by it, serial vfioshim0),
-# VM_APPEND (more kernel parameters, space-separated),
+# VM_APPEND (more kernel parameters, space-separated), VM_NOIOMMU=1 (a machine without an IOMMU,
+# booted with vfio.enable_unsafe_noiommu_mode=1: edu, igb and ivshmem only, edu's DMA mask 64 bits
+# so it reaches any physical address),
 # VFIO_SHIM_CACHE (/var/cache/vfio-shim), VM_KERNEL (a bzImage to use instead of building),
 # VM_VERBOSE=1. Works as root with no TTY and stdin from /dev/null.
 #
@@ -69,26 +71,42 @@ fi
 # matters when QEMU itself runs vfio-pci against this vIOMMU (nested device assignment).
 # aw-bits=48 gives the guest a 4-level (48-bit) IOVA space, like real hardware.
 ivsize=${VM_IVSHMEM_SIZE:-256M}
-qemu_opts=(
-  -M q35,kernel-irqchip=split
-  -device intel-iommu,intremap=on,aw-bits=48
-  -device edu
-  -device igb
-  -object "memory-backend-memfd,id=ivshmem0,size=$ivsize,share=on"
-  -device ivshmem-plain,memdev=ivshmem0
-  # The guest console into a file, on a virtio console (hvc0): vng's own console is ttyS0 (into
-  # /dev/null unless VM_VERBOSE=1), and one kernel cannot have two ttyS consoles at once.
-  -device virtio-serial-pci,id=vfsser
-  -chardev "file,id=vfsconsole,path=$console"
-  -device virtconsole,chardev=vfsconsole,bus=vfsser.0
-  # Two devices in one IOMMU group: conventional PCI behind a PCIe-to-PCI bridge shares the
-  # bridge's requester ID. A second edu (bound to vfio-pci) and a virtio-rng left on virtio-pci,
-  # a kernel driver that claims DMA, so the group is not viable until it is unbound.
-  -device pcie-root-port,id=vfsrp,bus=pcie.0,addr=0x10,chassis=16
-  -device pcie-pci-bridge,id=vfsbr,bus=vfsrp
-  -device edu,bus=vfsbr,addr=0x1
-  -device virtio-rng-pci,bus=vfsbr,addr=0x2
-)
+if [ "${VM_NOIOMMU:-0}" = 1 ]; then
+  # No IOMMU at all, as on a cloud instance without a virtual one: every device is DMA-capable
+  # without translation, and vfio-pci offers it only in the unsafe no-IOMMU mode. The IOMMU
+  # machine's pair (an IOMMU group of two) has no meaning here.
+  qemu_opts=(
+    -M q35
+    -device edu,dma_mask=0xffffffffffffffff
+    -device igb
+    -object "memory-backend-memfd,id=ivshmem0,size=$ivsize,share=on"
+    -device ivshmem-plain,memdev=ivshmem0
+    -device virtio-serial-pci,id=vfsser
+    -chardev "file,id=vfsconsole,path=$console"
+    -device virtconsole,chardev=vfsconsole,bus=vfsser.0
+  )
+else
+  qemu_opts=(
+    -M q35,kernel-irqchip=split
+    -device intel-iommu,intremap=on,aw-bits=48
+    -device edu
+    -device igb
+    -object "memory-backend-memfd,id=ivshmem0,size=$ivsize,share=on"
+    -device ivshmem-plain,memdev=ivshmem0
+    # The guest console into a file, on a virtio console (hvc0): vng's own console is ttyS0 (into
+    # /dev/null unless VM_VERBOSE=1), and one kernel cannot have two ttyS consoles at once.
+    -device virtio-serial-pci,id=vfsser
+    -chardev "file,id=vfsconsole,path=$console"
+    -device virtconsole,chardev=vfsconsole,bus=vfsser.0
+    # Two devices in one IOMMU group: conventional PCI behind a PCIe-to-PCI bridge shares the
+    # bridge's requester ID. A second edu (bound to vfio-pci) and a virtio-rng left on virtio-pci,
+    # a kernel driver that claims DMA, so the group is not viable until it is unbound.
+    -device pcie-root-port,id=vfsrp,bus=pcie.0,addr=0x10,chassis=16
+    -device pcie-pci-bridge,id=vfsbr,bus=vfsrp
+    -device edu,bus=vfsbr,addr=0x1
+    -device virtio-rng-pci,bus=vfsbr,addr=0x2
+  )
+fi
 # Last, so the other devices keep their slots. The host reads the file after the VM; QEMU
 # flushes it when it exits.
 if [ -n "${VM_NVME_IMAGE:-}" ]; then
@@ -96,12 +114,16 @@ if [ -n "${VM_NVME_IMAGE:-}" ]; then
     -device nvme,drive=nv0,serial=vfioshim0)
 fi
 append=(
-  intel_iommu=on
   # 1 GiB pages must be reserved at boot; both sizes so every hugetlb variant runs.
   "hugepagesz=1G" "hugepages=${VM_HUGEPAGES_1G:-1}"
   "hugepagesz=2M" "hugepages=${VM_HUGEPAGES:-64}" "default_hugepagesz=2M"
   console=hvc0 loglevel=7   # after vng's "quiet loglevel=0": the last one wins
 )
+if [ "${VM_NOIOMMU:-0}" = 1 ]; then
+  append+=(vfio.enable_unsafe_noiommu_mode=1)
+else
+  append+=(intel_iommu=on)
+fi
 # shellcheck disable=SC2206
 [ -n "${VM_APPEND:-}" ] && append+=($VM_APPEND)
 

@@ -214,7 +214,12 @@ impl State {
         }
         let e = self.shim.export_container(c).ok_or(Errno::EBADF)?;
         extras.push(self.shim.backend().iommufd_raw_fd(e.ctx).ok_or(Errno::EBADF)?);
-        h.containers.push(ContainerRecord { origin, iommufd: extras.len() - 1, iommu: e.iommu });
+        h.containers.push(ContainerRecord {
+            origin,
+            iommufd: extras.len() - 1,
+            iommu: e.iommu,
+            noiommu_driver: e.noiommu_driver,
+        });
         Ok(origin)
     }
 
@@ -238,7 +243,7 @@ impl State {
                 attached: d.attached,
             });
         }
-        h.groups.push(GroupRecord { origin, number: e.number, container, devices });
+        h.groups.push(GroupRecord { origin, number: e.number, noiommu: e.noiommu, container, devices });
         Ok(())
     }
 
@@ -291,7 +296,7 @@ impl State {
                 Some(o @ Object::Container(_)) => o,
                 _ => {
                     let ctx = self.shim.backend_mut().adopt_iommufd(take(c.iommufd)?)?;
-                    let obj = Object::Container(self.shim.import_container(ctx, c.iommu.clone()));
+                    let obj = Object::Container(self.shim.import_container(ctx, c.iommu.clone(), c.noiommu_driver));
                     made.push(obj);
                     self.name(obj, c.origin);
                     obj
@@ -325,7 +330,8 @@ impl State {
                 }
                 Ok(())
             };
-            let imported = adopt_all().and_then(|()| self.shim.import_group(g.number, container, devices.clone()));
+            let imported =
+                adopt_all().and_then(|()| self.shim.import_group(g.number, g.noiommu, container, devices.clone()));
             let obj = match imported {
                 Ok(id) => Object::Group(id),
                 Err(e) => {

@@ -21,6 +21,7 @@ pub type FexecveFn = unsafe extern "C" fn(c_int, *const *const c_char, *const *c
 pub type ExecveatFn =
     unsafe extern "C" fn(c_int, *const c_char, *const *const c_char, *const *const c_char, c_int) -> c_int;
 pub type SendmsgFn = unsafe extern "C" fn(c_int, *const libc::msghdr, c_int) -> libc::ssize_t;
+pub type ReadlinkFn = unsafe extern "C" fn(*const c_char, *mut c_char, libc::size_t) -> libc::ssize_t;
 pub type RecvmsgFn = unsafe extern "C" fn(c_int, *mut libc::msghdr, c_int) -> libc::ssize_t;
 
 pub struct Real {
@@ -41,6 +42,7 @@ pub struct Real {
     pub closefrom: ClosefromFn,
     pub sendmsg: SendmsgFn,
     pub recvmsg: RecvmsgFn,
+    pub readlink: ReadlinkFn,
     pub execve: ExecveFn,
     pub execvpe: ExecveFn,
     pub fexecve: FexecveFn,
@@ -93,6 +95,7 @@ fn resolve_all() -> Real {
         closefrom: resolve!(c"closefrom", ClosefromFn),
         sendmsg: resolve!(c"sendmsg", SendmsgFn),
         recvmsg: resolve!(c"recvmsg", RecvmsgFn),
+        readlink: resolve!(c"readlink", ReadlinkFn),
         execve: resolve!(c"execve", ExecveFn),
         execvpe: resolve!(c"execvpe", ExecveFn),
         fexecve: resolve!(c"fexecve", FexecveFn),

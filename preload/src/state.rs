@@ -295,11 +295,15 @@ impl State {
         self.adopt_new(dup_fd(raw, cloexec), Object::Container(id))
     }
 
-    pub fn open_group(&mut self, number: u32, flags: c_int) -> Result<c_int, Errno> {
-        let node = std::ffi::CString::new(format!("/dev/vfio/{number}")).expect("no NUL");
+    /// `open("/dev/vfio/<number>")`, or of `/dev/vfio/noiommu-<number>` with `noiommu`.
+    pub fn open_group(&mut self, number: u32, noiommu: bool, flags: c_int) -> Result<c_int, Errno> {
+        let prefix = if noiommu { "noiommu-" } else { "" };
+        let node = std::ffi::CString::new(format!("/dev/vfio/{prefix}{number}")).expect("no NUL");
         // A daemon's node first: the daemon holds the group's system-wide claim for the opener.
         if let Some(fd) = cuse_node_with(&node, flags)? {
-            return match self.shim.open_group_served(number) {
+            let served =
+                if noiommu { self.shim.open_noiommu_group_served(number) } else { self.shim.open_group_served(number) };
+            return match served {
                 Ok(id) => self.adopt_new(Ok(fd), Object::Group(id)),
                 Err(e) => {
                     // SAFETY: closing the node opened just above.
@@ -308,7 +312,7 @@ impl State {
                 }
             };
         }
-        let id = self.shim.open_group(number)?;
+        let id = if noiommu { self.shim.open_noiommu_group(number)? } else { self.shim.open_group(number)? };
         // The group's file: /dev/null, opened with the caller's access mode and file flags. Like
         // type1's group file it is a character device on devtmpfs, so what the VFS answers
         // before any driver sees a request (FIONBIO, FIOCLEX, FIOASYNC, F_GETFL, F_SETFL, ...)

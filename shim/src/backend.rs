@@ -130,6 +130,24 @@ pub trait Backend {
     /// Drops this opener's claim on `group`.
     fn group_release(&mut self, group: u32);
 
+    /// Whether vfio's unsafe no-IOMMU mode is on (`vfio.enable_unsafe_noiommu_mode`). Asked at
+    /// each call that depends on it, as the kernel reads the parameter (writable at run time).
+    fn noiommu_mode(&mut self) -> bool;
+    /// The devices of no-IOMMU group `group`, the one behind `/dev/vfio/noiommu-<group>`: on a
+    /// kernel with VFIO groups the members of its `vfio-noiommu` IOMMU group, without them the
+    /// device of the cdev `noiommu-vfio<group>`. `ENOENT` when there is no such group.
+    fn noiommu_group_devices(&mut self, group: u32) -> Result<Vec<GroupDevice>, Errno>;
+    /// As [`Backend::group_claim`], for no-IOMMU group `group`.
+    fn noiommu_group_claim(&mut self, group: u32) -> Result<(), Errno>;
+    /// As [`Backend::group_release`], for no-IOMMU group `group`.
+    fn noiommu_group_release(&mut self, group: u32);
+    /// Whether the caller has `CAP_SYS_RAWIO` in its effective set: the kernel's `capable()`
+    /// at every no-IOMMU group open, container attach, `SET_IOMMU` and device open.
+    fn caller_has_rawio(&mut self) -> bool;
+    /// A program got an fd of no-IOMMU device `name`: tell whoever watches the host, as the
+    /// kernel logs "vfio-noiommu device opened by user" for a no-IOMMU group's device.
+    fn noiommu_device_opened(&mut self, name: &str);
+
     /// `open()` of the device's VFIO cdev.
     fn device_open(&mut self, device: &GroupDevice) -> Result<DeviceHandle, Errno>;
     /// `VFIO_DEVICE_BIND_IOMMUFD`.

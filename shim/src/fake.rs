@@ -108,6 +108,10 @@ struct Device {
     mapped: bool,
     /// Another process holds the device's file (`set_device_held_elsewhere`).
     held_elsewhere: bool,
+    /// Its cdev is a no-IOMMU one (`noiommu-vfioN`), which opens only with CAP_SYS_RAWIO.
+    noiommu: bool,
+    /// Closed at a last close whose reopen was refused; bound again by the next reopen.
+    released: bool,
 }
 
 #[derive(Debug, Default)]
@@ -121,6 +125,16 @@ pub struct FakeBackend {
     calls: HashMap<Op, usize>,
     /// Groups claimed by this opener, and by others (`claim_elsewhere`).
     claims: BTreeMap<u32, bool>,
+    /// No-IOMMU groups (`with_noiommu_group`) and their claims, kept apart as the kernel
+    /// names them apart (`/dev/vfio/noiommu-<N>`).
+    noiommu_groups: BTreeMap<u32, Vec<GroupDevice>>,
+    noiommu_claims: BTreeMap<u32, bool>,
+    /// `vfio.enable_unsafe_noiommu_mode` (`set_noiommu_mode`).
+    noiommu_mode: bool,
+    /// The caller lacks CAP_SYS_RAWIO (`set_rawio`).
+    no_rawio: bool,
+    /// No-IOMMU devices handed out, by name (`noiommu_opens`).
+    noiommu_opens: Vec<String>,
     /// KVM VFIO device fd -> the files added to it (KVM file handle -> device name).
     kvm_files: HashMap<i32, BTreeMap<u64, String>>,
     /// KVM files open (`kvm_file_open`): handle -> device name.
@@ -192,6 +206,40 @@ impl FakeBackend {
             .collect();
         self.groups.insert(number, list);
         self
+    }
+
+    /// Adds no-IOMMU group `number` (`/dev/vfio/noiommu-<number>`) with one VFIO-bound device,
+    /// and turns the unsafe no-IOMMU mode on, as a kernel that has such groups.
+    pub fn with_noiommu_group(mut self, number: u32, device: &str) -> Self {
+        let d = GroupDevice {
+            name: device.to_string(),
+            driver: Some("vfio-pci".into()),
+            cdev: Some(format!("/dev/vfio/devices/noiommu-vfio{number}")),
+            sriov: false,
+        };
+        self.noiommu_groups.insert(number, vec![d]);
+        self.noiommu_mode = true;
+        self
+    }
+
+    /// `vfio.enable_unsafe_noiommu_mode` as the kernel would read it now.
+    pub fn set_noiommu_mode(&mut self, on: bool) {
+        self.noiommu_mode = on;
+    }
+
+    /// Whether the caller has CAP_SYS_RAWIO in its effective set (it has by default).
+    pub fn set_rawio(&mut self, has: bool) {
+        self.no_rawio = !has;
+    }
+
+    /// The no-IOMMU devices handed out so far, by name: each one warned about.
+    pub fn noiommu_opens(&self) -> &[String] {
+        &self.noiommu_opens
+    }
+
+    /// Whether this opener holds a claim on no-IOMMU group `number`.
+    pub fn noiommu_claimed(&self, number: u32) -> bool {
+        self.noiommu_claims.get(&number) == Some(&true)
     }
 
     /// Adds a group with arbitrary device descriptions (kernel drivers, no cdev, ...).
@@ -475,6 +523,38 @@ impl Backend for FakeBackend {
         self.groups.get(&group).cloned().ok_or(Errno::ENOENT)
     }
 
+    fn noiommu_mode(&mut self) -> bool {
+        self.noiommu_mode
+    }
+
+    fn noiommu_group_devices(&mut self, group: u32) -> Result<Vec<GroupDevice>, Errno> {
+        self.enter(Op::GroupDevices)?;
+        self.noiommu_groups.get(&group).cloned().ok_or(Errno::ENOENT)
+    }
+
+    fn noiommu_group_claim(&mut self, group: u32) -> Result<(), Errno> {
+        self.enter(Op::GroupClaim)?;
+        if self.noiommu_claims.contains_key(&group) {
+            return Err(Errno::EBUSY);
+        }
+        self.noiommu_claims.insert(group, true);
+        Ok(())
+    }
+
+    fn noiommu_group_release(&mut self, group: u32) {
+        if self.noiommu_claims.get(&group) == Some(&true) {
+            self.noiommu_claims.remove(&group);
+        }
+    }
+
+    fn caller_has_rawio(&mut self) -> bool {
+        !self.no_rawio
+    }
+
+    fn noiommu_device_opened(&mut self, name: &str) {
+        self.noiommu_opens.push(name.to_string());
+    }
+
     fn group_claim(&mut self, group: u32) -> Result<(), Errno> {
         self.enter(Op::GroupClaim)?;
         if self.claims.contains_key(&group) {
@@ -495,6 +575,10 @@ impl Backend for FakeBackend {
         if device.cdev.is_none() {
             return Err(Errno::ENODEV);
         }
+        // device_cdev.c: a no-IOMMU cdev opens only with CAP_SYS_RAWIO.
+        if self.no_rawio && device.cdev.as_deref().is_some_and(|c| c.contains("/noiommu-")) {
+            return Err(Errno::EPERM);
+        }
         if self.devices.values().any(|d| d.name == device.name) {
             // A cdev can be bound once; a second open would fail at bind. Model it here.
             return Err(Errno::EBUSY);
@@ -509,6 +593,8 @@ impl Backend for FakeBackend {
                 reopens: 0,
                 mapped: false,
                 held_elsewhere: false,
+                noiommu: device.cdev.as_deref().is_some_and(|c| c.contains("/noiommu-")),
+                released: false,
             },
         );
         Ok(DeviceHandle(self.next_handle))
@@ -598,11 +684,20 @@ impl Backend for FakeBackend {
             d.bound = None;
             return Err(Errno::EINVAL);
         }
-        if d.mapped {
+        if d.mapped && !d.released {
             // A cdev binds once: the old file lives on in the mapping.
             return Err(Errno::EBUSY);
         }
-        d.reopens += 1;
+        if d.noiommu && self.no_rawio {
+            // The old file is closed all the same (the kernel backend's inert file); the new one
+            // is refused (device_cdev.c).
+            d.released = true;
+            return Err(Errno::EPERM);
+        }
+        if !d.released {
+            d.reopens += 1;
+        }
+        d.released = false;
         Ok(())
     }
 

@@ -6,10 +6,11 @@
 //! ```text
 //! vfio-shim-handoff 1
 //! container <origin> fd=<i> iommu=none
+//! container <origin> fd=<i> iommu=noiommu
 //! container <origin> fd=<i> iommu=v2 ioas=<n> avail=<n> pgsizes=0x<hex> coherent=<0|1> dirty=<0|1>
 //! range 0x<start> 0x<last>
 //! map 0x<iova> 0x<size> 0x<vaddr> <rw|r-|-w|--> <vaddr-invalid 0|1>
-//! group <origin> number=<N> container=<origin|->
+//! group <origin> number=<N|noiommu-N> container=<origin|->
 //! device <name> driver=<name|-> cdev=<path> fd=<i> devid=<n> attached=<0|1>
 //! slot <i> <origin>
 //! ```
@@ -42,6 +43,8 @@ pub struct ContainerRecord {
     /// Index of the container's iommufd among the appended fds.
     pub iommufd: usize,
     pub iommu: Option<IommuExport>,
+    /// The no-IOMMU driver is set (`iommu` is `None`).
+    pub noiommu_driver: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +61,8 @@ pub struct DeviceRecord {
 pub struct GroupRecord {
     pub origin: Origin,
     pub number: u32,
+    /// A no-IOMMU group (`/dev/vfio/noiommu-<number>`).
+    pub noiommu: bool,
     pub container: Option<Origin>,
     pub devices: Vec<DeviceRecord>,
 }
@@ -87,7 +92,7 @@ impl Handoff {
         for c in &self.containers {
             write!(t, "container {} fd={}", origin_text(c.origin), c.iommufd).expect("String");
             let Some(i) = &c.iommu else {
-                writeln!(t, " iommu=none").expect("String");
+                writeln!(t, " iommu={}", if c.noiommu_driver { "noiommu" } else { "none" }).expect("String");
                 continue;
             };
             writeln!(
@@ -117,7 +122,9 @@ impl Handoff {
         }
         for g in &self.groups {
             let container = g.container.map_or("-".to_owned(), origin_text);
-            writeln!(t, "group {} number={} container={container}", origin_text(g.origin), g.number).expect("String");
+            let prefix = if g.noiommu { "noiommu-" } else { "" };
+            writeln!(t, "group {} number={prefix}{} container={container}", origin_text(g.origin), g.number)
+                .expect("String");
             for d in &g.devices {
                 let cdev = d.info.cdev.as_deref().ok_or(Errno::EINVAL)?;
                 let driver = d.info.driver.as_deref().unwrap_or("-");
@@ -155,8 +162,10 @@ impl Handoff {
                 Some("container") => {
                     let origin = parse_origin(w.next())?;
                     let iommufd = field(w.next(), "fd")?;
-                    let iommu = match value(w.next(), "iommu")? {
-                        "none" => None,
+                    let kind = value(w.next(), "iommu")?;
+                    let noiommu_driver = kind == "noiommu";
+                    let iommu = match kind {
+                        "none" | "noiommu" => None,
                         v @ ("v1" | "v2") => Some(IommuExport {
                             v2: v == "v2",
                             ioas: IoasId(field(w.next(), "ioas")?),
@@ -169,7 +178,7 @@ impl Handoff {
                         }),
                         _ => return Err(Errno::EINVAL),
                     };
-                    h.containers.push(ContainerRecord { origin, iommufd, iommu });
+                    h.containers.push(ContainerRecord { origin, iommufd, iommu, noiommu_driver });
                 }
                 Some(kind @ ("range" | "map")) => {
                     let iommu = h.containers.last_mut().and_then(|c| c.iommu.as_mut()).ok_or(Errno::EINVAL)?;
@@ -199,12 +208,17 @@ impl Handoff {
                 }
                 Some("group") => {
                     let origin = parse_origin(w.next())?;
-                    let number = field(w.next(), "number")?;
+                    let number = value(w.next(), "number")?;
+                    let (noiommu, number) = match number.strip_prefix("noiommu-") {
+                        Some(n) => (true, n),
+                        None => (false, number),
+                    };
+                    let number = number.parse().map_err(|_| Errno::EINVAL)?;
                     let container = match value(w.next(), "container")? {
                         "-" => None,
                         o => Some(parse_origin(Some(o))?),
                     };
-                    h.groups.push(GroupRecord { origin, number, container, devices: Vec::new() });
+                    h.groups.push(GroupRecord { origin, number, noiommu, container, devices: Vec::new() });
                 }
                 Some("device") => {
                     let group = h.groups.last_mut().ok_or(Errno::EINVAL)?;
@@ -315,25 +329,37 @@ mod tests {
                         coherent: false,
                         dirty_tracking: true,
                     }),
+                    noiommu_driver: false,
                 },
-                ContainerRecord { origin: Origin { nonce: 7, id: 9 }, iommufd: 3, iommu: None },
+                ContainerRecord { origin: Origin { nonce: 7, id: 9 }, iommufd: 3, iommu: None, noiommu_driver: false },
+                ContainerRecord { origin: Origin { nonce: 7, id: 10 }, iommufd: 1, iommu: None, noiommu_driver: true },
             ],
-            groups: vec![GroupRecord {
-                origin: o2,
-                number: 12,
-                container: Some(o1),
-                devices: vec![DeviceRecord {
-                    info: GroupDevice {
-                        name: "0000:00:03.0".into(),
-                        driver: Some("vfio-pci".into()),
-                        cdev: Some("/dev/vfio/devices/vfio0".into()),
-                        sriov: false,
-                    },
-                    fd: 1,
-                    dev_id: 2,
-                    attached: true,
-                }],
-            }],
+            groups: vec![
+                GroupRecord {
+                    origin: o2,
+                    number: 12,
+                    noiommu: false,
+                    container: Some(o1),
+                    devices: vec![DeviceRecord {
+                        info: GroupDevice {
+                            name: "0000:00:03.0".into(),
+                            driver: Some("vfio-pci".into()),
+                            cdev: Some("/dev/vfio/devices/vfio0".into()),
+                            sriov: false,
+                        },
+                        fd: 1,
+                        dev_id: 2,
+                        attached: true,
+                    }],
+                },
+                GroupRecord {
+                    origin: Origin { nonce: 7, id: 11 },
+                    number: 3,
+                    noiommu: true,
+                    container: Some(Origin { nonce: 7, id: 10 }),
+                    devices: Vec::new(),
+                },
+            ],
             slots: vec![(0, o1), (1, o2)],
         }
     }
@@ -358,6 +384,8 @@ mod tests {
             ("iommu=v2", "iommu=v3"),
             ("attached=1", "attached=2"),
             ("number=12", "number=12 extra"),
+            ("number=noiommu-3", "number=noiommu-x"),
+            ("iommu=noiommu", "iommu=noiommu2"),
             ("map 0x100000 0x1000", "map 0x100000 0x0"),
             ("slot 0", "slot -1"),
             ("deadbeef-1 fd", "deadbeef1 fd"),

@@ -1020,8 +1020,8 @@ both_versions!(an_imported_container_answers_as_the_exporter_does, |v2| {
     let info_before = env.get_info(256).unwrap().bytes;
 
     // Imported over the same (fake) kernel objects, as a receiver's preload does.
-    let c = env.shim.import_container(exported.ctx, exported.iommu.clone());
-    let g = env.shim.import_group(group.number, Some(c), group.devices.clone()).unwrap();
+    let c = env.shim.import_container(exported.ctx, exported.iommu.clone(), exported.noiommu_driver);
+    let g = env.shim.import_group(group.number, group.noiommu, Some(c), group.devices.clone()).unwrap();
     assert_eq!(env.shim.export_container(c).unwrap(), exported);
     let mut imported = Env { shim: env.shim, c, g };
     assert_eq!(imported.get_info(256).unwrap().bytes, info_before, "GET_INFO byte for byte");
@@ -1030,7 +1030,7 @@ both_versions!(an_imported_container_answers_as_the_exporter_does, |v2| {
     assert_eq!(imported.status(g), Ok(VFIO_GROUP_FLAGS_VIABLE | VFIO_GROUP_FLAGS_CONTAINER_SET));
     assert!(matches!(imported.device(g, EDU), Ok(GroupReply::Device(_))));
     assert_eq!(imported.device(g, "0000:00:09.0"), Err(Errno::ENODEV));
-    assert_eq!(imported.shim.import_group(7, Some(ContainerId(999)), vec![]), Err(Errno::EBADF));
+    assert_eq!(imported.shim.import_group(7, false, Some(ContainerId(999)), vec![]), Err(Errno::EBADF));
 });
 
 both_versions!(unset_container_on_a_shared_group_acts_on_the_kernel_group, |v2| {

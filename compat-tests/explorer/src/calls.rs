@@ -11,6 +11,8 @@ pub trait Calls {
     fn fcntl(&mut self, fd: i32, cmd: i32, arg: i64) -> (i64, i32);
     /// `arg` is a value or points into the caller's own memory.
     fn ioctl(&mut self, fd: i32, req: u32, arg: u64) -> (i64, i32);
+    /// CAP_SYS_RAWIO into (`keep`) or out of this thread's effective set.
+    fn set_rawio(&mut self, keep: bool) -> (i64, i32);
 }
 
 /// `ret` and errno of a libc call returning an int.
@@ -46,5 +48,21 @@ impl Calls for Libc {
         // a wrong request on a wrong fd is exactly what the explorer probes, and the kernel
         // checks it.
         call(|| unsafe { libc::ioctl(fd, req as libc::c_ulong, arg) } as i64)
+    }
+
+    fn set_rawio(&mut self, keep: bool) -> (i64, i32) {
+        const CAP_SYS_RAWIO: u32 = 17;
+        const V3: u32 = 0x2008_0522; // _LINUX_CAPABILITY_VERSION_3
+        let mut header = [V3, 0u32]; // version, pid 0: this thread
+        let mut data = [0u32; 6]; // two { effective, permitted, inheritable }
+                                  // SAFETY: capget into local buffers of the v3 layout.
+        let r = call(|| unsafe { libc::syscall(libc::SYS_capget, header.as_mut_ptr(), data.as_mut_ptr()) });
+        if r.0 < 0 {
+            return r;
+        }
+        let bit = 1u32 << CAP_SYS_RAWIO;
+        data[0] = if keep { data[0] | bit } else { data[0] & !bit };
+        // SAFETY: capset from the same local buffers.
+        call(|| unsafe { libc::syscall(libc::SYS_capset, header.as_mut_ptr(), data.as_ptr()) })
     }
 }

@@ -74,7 +74,8 @@ mod tests {
 
     #[test]
     fn corpus_form_round_trips() {
-        let seqs: Vec<_> = (0..50).map(|i| (format!("s{i}"), sequence(9, i, Scope { devices: true }))).collect();
+        let seqs: Vec<_> =
+            (0..50).map(|i| (format!("s{i}"), sequence(9, i, Scope { devices: true, noiommu: false }))).collect();
         assert_eq!(parse(&format(&seqs)), Ok(seqs));
         assert!(parse("open_container\n").is_err());
         assert!(parse("== a\nno_such_op\n").is_err());

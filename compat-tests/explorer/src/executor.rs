@@ -136,6 +136,8 @@ struct World {
     eventfds: Vec<(i32, i32)>,
     /// Second processes holding a group (`Hold`): pid, and the pipe whose close ends them.
     holders: Vec<(i32, i32)>,
+    /// A `Rawio { keep: false }` left CAP_SYS_RAWIO out of the effective set.
+    rawio_dropped: bool,
 }
 
 /// The test devices and their IOMMU groups (the pair's two devices share `pair_group`).
@@ -148,6 +150,9 @@ pub struct Platform {
     pub edu_group: u32,
     pub igb_group: u32,
     pub pair_group: u32,
+    /// A machine without an IOMMU in vfio's no-IOMMU mode: groups are `/dev/vfio/noiommu-<N>`
+    /// and there is no pair (its fields are empty).
+    pub noiommu: bool,
 }
 
 impl Platform {
@@ -155,16 +160,24 @@ impl Platform {
     /// VFIO_TEST_PAIR_RNG, and sysfs.
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} (guest-setup.sh)"));
+        let noiommu = noiommu_from_env();
         let (edu, igb, pair_edu) = (var("VFIO_TEST_EDU"), var("VFIO_TEST_IGB"), var("VFIO_TEST_PAIR_EDU"));
         Platform {
             edu_group: group_of(&edu),
             igb_group: group_of(&igb),
-            pair_group: group_of(&pair_edu),
+            pair_group: if noiommu { 0 } else { group_of(&pair_edu) },
             pair_rng: var("VFIO_TEST_PAIR_RNG"),
             edu,
             igb,
             pair_edu,
+            noiommu,
         }
+    }
+
+    /// The node of `dev`'s group.
+    pub fn group_node(&self, dev: Dev) -> String {
+        let prefix = if self.noiommu { "noiommu-" } else { "" };
+        format!("/dev/vfio/{prefix}{}", self.group(dev))
     }
 
     pub fn bdf(&self, dev: Dev) -> &str {
@@ -253,6 +266,11 @@ fn errname(e: i32) -> String {
 
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// guest-setup.sh's VFIO_TEST_NOIOMMU: the machine has no IOMMU and vfio runs its no-IOMMU mode.
+pub fn noiommu_from_env() -> bool {
+    std::env::var("VFIO_TEST_NOIOMMU").is_ok_and(|v| v == "1")
 }
 
 fn group_of(bdf: &str) -> u32 {
@@ -434,7 +452,7 @@ impl<W: Write, C: Calls> Explorer<W, C> {
     /// Forks a process that closes what it inherited, opens `dev`'s group and keeps it open
     /// until the sequence's teardown; returns that open's answer.
     fn hold(&mut self, w: &mut World, dev: Dev) -> (i64, i32) {
-        let group = self.platform.group(dev);
+        let node = self.platform.group_node(dev);
         let (mut answer, mut release) = ([0; 2], [0; 2]);
         // SAFETY: two pipe(2)s into local arrays.
         unsafe {
@@ -465,7 +483,7 @@ impl<W: Write, C: Calls> Explorer<W, C> {
             for fd in inherited {
                 ex.calls.close(fd);
             }
-            let (ret, err) = ex.calls.open(&format!("/dev/vfio/{group}"), libc::O_RDWR | libc::O_CLOEXEC);
+            let (ret, err) = ex.calls.open(&node, libc::O_RDWR | libc::O_CLOEXEC);
             let msg = [ret as i32, err];
             let mut byte = 0u8;
             // SAFETY: writing our answer and reading the release pipe, both with local buffers.
@@ -555,6 +573,11 @@ impl<W: Write, C: Calls> Explorer<W, C> {
             // SAFETY: reaping our own child.
             unsafe { libc::waitpid(pid, &mut status, 0) };
         }
+        // The next sequence starts with the capability, whatever this one did with it.
+        if w.rawio_dropped {
+            let r = self.calls.set_rawio(true);
+            assert_eq!(r.0, 0, "cannot give CAP_SYS_RAWIO back: errno {}", r.1);
+        }
     }
 
     /// Puts the pair's virtio-rng back on its kernel driver wherever it is (a sequence, or an
@@ -563,8 +586,9 @@ impl<W: Write, C: Calls> Explorer<W, C> {
     /// sequence tries again.
     fn restore_rng(&mut self) -> (i64, i32) {
         let bdf = self.platform.pair_rng.clone();
-        // The host replay has no such device, and no sequence there moves it.
-        let present = std::path::Path::new(&format!("/sys/bus/pci/devices/{bdf}")).exists();
+        // The host replay has no such device, and no sequence there moves it; a machine without
+        // an IOMMU has no pair.
+        let present = !bdf.is_empty() && std::path::Path::new(&format!("/sys/bus/pci/devices/{bdf}")).exists();
         if !present || driver_of(&bdf).as_deref() == Some(RNG_KERNEL_DRIVER) {
             return (0, 0);
         }
@@ -589,8 +613,8 @@ impl<W: Write, C: Calls> Explorer<W, C> {
                 }
             }
             Op::OpenGroup { dev } => {
-                let n = self.platform.group(dev);
-                let r = self.open(&format!("/dev/vfio/{n}"));
+                let node = self.platform.group_node(dev);
+                let r = self.open(&node);
                 self.call_rec(label, r, true);
                 if r.0 >= 0 {
                     w.groups.push(r.0 as i32);
@@ -861,7 +885,15 @@ impl<W: Write, C: Calls> Explorer<W, C> {
             Op::Dma { d, from, to } => {
                 let fd = self.fd(w, d);
                 let is_edu = w.devices.iter().any(|x| x.fd == fd && x.dev.is_edu());
-                let result = if is_edu { self.edu_dma(fd, iova_of(from), iova_of(to)) } else { "no-edu".into() };
+                // Without an IOMMU the IOVAs would be physical addresses of the guest's own
+                // memory: never generated there (ops::Scope), and refused from a file too.
+                let result = if self.platform.noiommu {
+                    "refused-noiommu".into()
+                } else if is_edu {
+                    self.edu_dma(fd, iova_of(from), iova_of(to))
+                } else {
+                    "no-edu".into()
+                };
                 self.ops += 1;
                 self.rec(format_args!("DMA {label} result={result}"));
             }
@@ -881,6 +913,11 @@ impl<W: Write, C: Calls> Explorer<W, C> {
             Op::Hold { dev } => {
                 let r = self.hold(w, dev);
                 self.call_rec(label, r, true);
+            }
+            Op::Rawio { keep } => {
+                let r = self.calls.set_rawio(keep);
+                w.rawio_dropped = !keep;
+                self.call_rec(label, r, false);
             }
             Op::Rebind { to } => {
                 let bdf = self.platform.pair_rng.clone();

@@ -36,7 +36,10 @@ fn main() {
     let seqs = env_u64("VFIO_EXPLORE_SEQS", 1000);
     let seed = env_u64("VFIO_EXPLORE_SEED", 1);
     let first = env_u64("VFIO_EXPLORE_FIRST", 0);
-    let scope = Scope { devices: env_u64("VFIO_EXPLORE_DEVICES", 1) != 0 };
+    let scope = Scope {
+        devices: env_u64("VFIO_EXPLORE_DEVICES", 1) != 0,
+        noiommu: vfio_shim_explorer::executor::noiommu_from_env(),
+    };
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let [flag, n] = args.as_slice() {
         let n: u64 = n.parse().expect("a number");

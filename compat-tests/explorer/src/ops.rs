@@ -261,6 +261,11 @@ pub enum Op {
     Rebind {
         to: Driver,
     },
+    /// CAP_SYS_RAWIO leaves (`keep: false`) or re-enters (`true`) this thread's effective set:
+    /// every no-IOMMU group, container and device call checks it. Generated in no-IOMMU runs.
+    Rawio {
+        keep: bool,
+    },
 }
 
 impl Op {
@@ -314,6 +319,7 @@ impl Op {
             Op::Die { .. } => "die",
             Op::Hold { .. } => "hold",
             Op::Rebind { .. } => "rebind",
+            Op::Rawio { .. } => "rawio",
         }
     }
 }
@@ -326,6 +332,12 @@ pub struct Scope {
     /// Device fds (GET_DEVICE_FD and everything on a device). Off for the CUSE node without
     /// the preload, which cannot hand out device fds.
     pub devices: bool,
+    /// The no-IOMMU subset (vm.sh's machine without an IOMMU): `/dev/vfio/noiommu-<N>` nodes,
+    /// mostly `VFIO_NOIOMMU_IOMMU`, CAP_SYS_RAWIO coming and going; no pair (there is none),
+    /// and no edu DMA: without an IOMMU its addresses are physical, and the sequences' IOVAs
+    /// would be the guest's own memory. Off, every draw is what it always was, so seeds keep
+    /// their sequences.
+    pub noiommu: bool,
 }
 
 fn pick<T: Copy>(rng: &mut impl RngCore, items: &[T]) -> T {
@@ -413,6 +425,16 @@ fn ext(rng: &mut impl RngCore) -> u64 {
     }
 }
 
+/// SET_IOMMU's type in a no-IOMMU run: mostly the no-IOMMU one.
+fn noiommu_type(rng: &mut impl RngCore) -> u64 {
+    match rng.random_range(0..10) {
+        0 => ext(rng),
+        1 => 1,
+        2 => 3,
+        _ => VFIO_NOIOMMU_IOMMU,
+    }
+}
+
 fn iommu_type(rng: &mut impl RngCore) -> u64 {
     match rng.random_range(0..10) {
         0 => ext(rng),
@@ -425,7 +447,7 @@ use vfio_shim::abi::{
     VFIO_DMA_MAP_FLAG_READ as R, VFIO_DMA_MAP_FLAG_VADDR as MV, VFIO_DMA_MAP_FLAG_WRITE as W,
     VFIO_DMA_UNMAP_FLAG_ALL as UA, VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP as UD, VFIO_DMA_UNMAP_FLAG_VADDR as UV,
     VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP as DG, VFIO_IOMMU_DIRTY_PAGES_FLAG_START as DS,
-    VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP as DT,
+    VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP as DT, VFIO_NOIOMMU_IOMMU,
 };
 
 /// One random op. The weights favour the setup a useful sequence needs (a container with an
@@ -434,7 +456,10 @@ pub fn random_op(rng: &mut impl RngCore, scope: Scope) -> Op {
     let c = |rng: &mut _| fd_ref(rng, FdRef::Container);
     let g = |rng: &mut _| fd_ref(rng, FdRef::Group);
     let d = |rng: &mut _| fd_ref(rng, FdRef::Device);
-    let dev = |rng: &mut _| any_dev(rng);
+    let dev = |rng: &mut _| any_dev(rng, scope);
+    if scope.noiommu && rng_bool(rng, 20) {
+        return Op::Rawio { keep: rng_bool(rng, 2) };
+    }
     loop {
         let op = match rng.random_range(0..100) {
             0..=3 => Op::OpenContainer,
@@ -443,6 +468,7 @@ pub fn random_op(rng: &mut impl RngCore, scope: Scope) -> Op {
             12..=13 => Op::Dup { fd: any_fd(rng) },
             14 => Op::ApiVersion { c: c(rng) },
             15..=17 => Op::CheckExtension { c: c(rng), ext: ext(rng) },
+            18..=23 if scope.noiommu => Op::SetIommu { c: c(rng), ty: noiommu_type(rng) },
             18..=23 => Op::SetIommu { c: c(rng), ty: iommu_type(rng) },
             24..=26 => Op::GetInfo { c: c(rng), argsz: argsz(rng) },
             27..=44 => Op::Map {
@@ -504,10 +530,10 @@ pub fn random_op(rng: &mut impl RngCore, scope: Scope) -> Op {
             89 if scope.devices => Op::MunmapBar,
             // edu's DMA engine takes 100 ms of QEMU's clock per transfer: rare, but in every
             // state the setup reaches.
-            90 if scope.devices => Op::Dma { d: d(rng), from: iova(rng), to: iova(rng) },
+            90 if scope.devices && !scope.noiommu => Op::Dma { d: d(rng), from: iova(rng), to: iova(rng) },
             91..=94 if scope.devices => Op::Irq { d: d(rng) },
             // A move costs a driver's remove and probe (tens of ms under TCG): one draw in three.
-            95 if scope.devices && rng_bool(rng, 3) => {
+            95 if scope.devices && !scope.noiommu && rng_bool(rng, 3) => {
                 Op::Rebind { to: pick(rng, &[Driver::None, Driver::Vfio, Driver::Kernel]) }
             }
             96..=99 => Op::Vfs {
@@ -535,12 +561,22 @@ fn rng_bool(rng: &mut impl RngCore, one_in: u32) -> bool {
     rng.random_range(0..one_in) == 0
 }
 
-fn any_dev(rng: &mut impl RngCore) -> Dev {
-    match rng.random_range(0..24) {
+fn any_dev(rng: &mut impl RngCore, scope: Scope) -> Dev {
+    let dev = match rng.random_range(0..24) {
         0..=3 => Dev::Igb,
         4..=6 => Dev::PairEdu,
         7 => Dev::PairRng,
         _ => Dev::Edu,
+    };
+    no_pair(dev, scope)
+}
+
+/// A machine without an IOMMU has no pair: its draws go to edu and igb.
+fn no_pair(dev: Dev, scope: Scope) -> Dev {
+    match dev {
+        Dev::PairEdu if scope.noiommu => Dev::Edu,
+        Dev::PairRng if scope.noiommu => Dev::Igb,
+        _ => dev,
     }
 }
 
@@ -556,7 +592,7 @@ pub fn random_sequence(rng: &mut impl RngCore, scope: Scope) -> Vec<Op> {
         // setups on it unbind the rng first, so that they get as deep as the others.
         let dev = match rng.random_range(0..16) {
             0 | 1 => Dev::Igb,
-            2 if scope.devices => Dev::PairEdu,
+            2 if scope.devices && !scope.noiommu => Dev::PairEdu,
             _ => Dev::Edu,
         };
         if dev == Dev::PairEdu && !rng_bool(rng, 4) {
@@ -567,8 +603,11 @@ pub fn random_sequence(rng: &mut impl RngCore, scope: Scope) -> Vec<Op> {
         ops.push(Op::SetContainer { g: FdRef::Group(0), target: FdRef::Container(0) });
         if !rng_bool(rng, 5) {
             let ty = if rng_bool(rng, 2) { 1 } else { 3 };
+            // No mappings without an IOMMU: the type is the no-IOMMU one, the maps go.
+            let ty = if scope.noiommu { VFIO_NOIOMMU_IOMMU } else { ty };
             ops.push(Op::SetIommu { c: FdRef::Container(0), ty });
-            for n in 0..rng.random_range(0..=3u8) {
+            let maps = rng.random_range(0..=3u8);
+            for n in 0..if scope.noiommu { 0 } else { maps } {
                 ops.push(Op::Map {
                     c: FdRef::Container(0),
                     flags: R | W,
@@ -599,7 +638,7 @@ pub fn random_sequence(rng: &mut impl RngCore, scope: Scope) -> Vec<Op> {
     // Drawn last, so the other ops are those of the same sequence without them. A death's
     // child would leave a holder behind that ends only as the child's pipe closes, racing the
     // recovery: a sequence has one or the other.
-    if scope.devices && rng_bool(rng, 50) {
+    if scope.devices && !scope.noiommu && rng_bool(rng, 50) {
         let at = match rng.random_range(0..3) {
             0 => Death::Now,
             1 => Death::InMap(rng.random_range(0..40)),
@@ -609,7 +648,7 @@ pub fn random_sequence(rng: &mut impl RngCore, scope: Scope) -> Vec<Op> {
         ops.extend(recovery());
     } else if scope.devices && rng_bool(rng, 12) {
         let at = rng.random_range(0..=ops.len());
-        ops.insert(at, Op::Hold { dev: any_dev(rng) });
+        ops.insert(at, Op::Hold { dev: any_dev(rng, scope) });
     }
     ops
 }
@@ -733,6 +772,7 @@ impl fmt::Display for Op {
             Op::Die { at } => write!(f, " at={at:?}"),
             Op::Hold { dev } => write!(f, " dev={dev:?}"),
             Op::Rebind { to } => write!(f, " to={to:?}"),
+            Op::Rawio { keep } => write!(f, " keep={keep}"),
         }
     }
 }
@@ -806,6 +846,7 @@ impl FromStr for Op {
             "die" => Op::Die { at: p(arg("at"))? },
             "hold" => Op::Hold { dev: p(arg("dev"))? },
             "rebind" => Op::Rebind { to: p(arg("to"))? },
+            "rawio" => Op::Rawio { keep: p(arg("keep"))? },
             _ => return Err(format!("unknown op {name}")),
         })
     }
@@ -821,7 +862,7 @@ mod tests {
     fn text_form_round_trips_every_generated_op() {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         for _ in 0..20_000 {
-            let op = random_op(&mut rng, Scope { devices: true });
+            let op = random_op(&mut rng, Scope { devices: true, noiommu: false });
             let text = op.to_string();
             assert_eq!(text.parse::<Op>(), Ok(op), "{text}");
         }
@@ -833,7 +874,7 @@ mod tests {
             (0..2000u64).map(move |i| {
                 let mut rng = ChaCha8Rng::seed_from_u64(3);
                 rng.set_stream(i);
-                random_sequence(&mut rng, Scope { devices })
+                random_sequence(&mut rng, Scope { devices, noiommu: false })
             })
         };
         let mut deaths = 0;
@@ -851,18 +892,42 @@ mod tests {
 
     #[test]
     fn a_seed_gives_the_same_sequence() {
-        let a = random_sequence(&mut ChaCha8Rng::seed_from_u64(42), Scope { devices: true });
-        let b = random_sequence(&mut ChaCha8Rng::seed_from_u64(42), Scope { devices: true });
-        let c = random_sequence(&mut ChaCha8Rng::seed_from_u64(43), Scope { devices: true });
+        let a = random_sequence(&mut ChaCha8Rng::seed_from_u64(42), Scope { devices: true, noiommu: false });
+        let b = random_sequence(&mut ChaCha8Rng::seed_from_u64(42), Scope { devices: true, noiommu: false });
+        let c = random_sequence(&mut ChaCha8Rng::seed_from_u64(43), Scope { devices: true, noiommu: false });
         assert_eq!(a, b);
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn noiommu_runs_have_no_pair_no_dma_and_their_own_ops() {
+        let scope = Scope { devices: true, noiommu: true };
+        let (mut rawio, mut noiommu_type) = (0, 0);
+        for i in 0..2000u64 {
+            let mut rng = ChaCha8Rng::seed_from_u64(5);
+            rng.set_stream(i);
+            for op in random_sequence(&mut rng, scope) {
+                let text = op.to_string();
+                assert_eq!(text.parse::<Op>(), Ok(op), "{text}");
+                match op {
+                    Op::Dma { .. } | Op::Rebind { .. } | Op::Die { .. } => panic!("{op} in a no-IOMMU run"),
+                    Op::OpenGroup { dev } | Op::Hold { dev } | Op::GetDeviceFd { dev, .. } => {
+                        assert!(matches!(dev, Dev::Edu | Dev::Igb), "{op}")
+                    }
+                    Op::Rawio { .. } => rawio += 1,
+                    Op::SetIommu { ty: VFIO_NOIOMMU_IOMMU, .. } => noiommu_type += 1,
+                    _ => {}
+                }
+            }
+        }
+        assert!(rawio > 500 && noiommu_type > 1000, "{rawio} rawio, {noiommu_type} SET_IOMMU(8)");
     }
 
     #[test]
     fn device_ops_only_in_scope() {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         for _ in 0..5_000 {
-            let op = random_op(&mut rng, Scope { devices: false });
+            let op = random_op(&mut rng, Scope { devices: false, noiommu: false });
             assert!(!op.in_device_scope_only(), "{op}");
         }
     }

@@ -135,6 +135,10 @@ impl Calls for CoreCalls {
             let obj = self.shim.open_container().map(Object::Container);
             return self.new_object(obj, flags);
         }
+        if let Some(n) = vfio_shim::nodes::noiommu_group_number(path.as_bytes()) {
+            let obj = self.shim.open_noiommu_group(n).map(Object::Group);
+            return self.new_object(obj, flags);
+        }
         match vfio_shim::nodes::group_number(path.as_bytes()) {
             Some(n) => {
                 let obj = self.shim.open_group(n).map(Object::Group);
@@ -190,5 +194,10 @@ impl Calls for CoreCalls {
             Ok(v) => (v, 0),
             Err(e) => (-1, e as i32),
         }
+    }
+
+    fn set_rawio(&mut self, keep: bool) -> (i64, i32) {
+        self.shim.backend_mut().set_rawio(keep);
+        (0, 0)
     }
 }

@@ -31,6 +31,7 @@ fn platform_env() -> (Platform, Vec<(String, Option<String>)>, Config) {
         edu_group: get("EDU_GROUP").parse().unwrap(),
         igb_group: get("IGB_GROUP").parse().unwrap(),
         pair_group: get("PAIR_GROUP").parse().unwrap(),
+        noiommu: false,
     };
     // "0000:01:00.0=none,0000:02:01.0=vfio-pci,...": the pair's group and its drivers.
     let members = get("PAIR_MEMBERS")

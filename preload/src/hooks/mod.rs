@@ -4,4 +4,5 @@ mod exec;
 mod fd;
 mod ioctl;
 mod open;
+mod readlink;
 mod scm_rights;

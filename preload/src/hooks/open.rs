@@ -1,12 +1,14 @@
-//! The open family (`open`, `open64`, `__open_2`, `openat`, ...): absolute `/dev/vfio/vfio` and
-//! `/dev/vfio/<N>` are served by the core, every other path goes to libc.
+//! The open family (`open`, `open64`, `__open_2`, `openat`, ...): absolute `/dev/vfio/vfio`,
+//! `/dev/vfio/<N>` and `/dev/vfio/noiommu-<N>` are served by the core, every other path goes to
+//! libc.
 
 use crate::*;
 
 #[derive(Clone, Copy)]
 enum Target {
     Container,
-    Group(u32),
+    /// The group's number, and whether the node is `noiommu-<N>`.
+    Group(u32, bool),
 }
 
 /// Whether `path` names a legacy VFIO node we serve.
@@ -29,7 +31,10 @@ unsafe fn classify(path: *const c_char) -> Option<Target> {
     if vfio_shim::nodes::is_container_path(bytes) {
         Some(Target::Container)
     } else {
-        vfio_shim::nodes::group_number(bytes).map(Target::Group)
+        match vfio_shim::nodes::group_number(bytes) {
+            Some(n) => Some(Target::Group(n, false)),
+            None => vfio_shim::nodes::noiommu_group_number(bytes).map(|n| Target::Group(n, true)),
+        }
     }
 }
 
@@ -37,7 +42,7 @@ fn open_emulated(t: Target, flags: c_int) -> c_int {
     emulate(|s| {
         let r = match t {
             Target::Container => s.open_container(flags),
-            Target::Group(n) => s.open_group(n, flags),
+            Target::Group(n, noiommu) => s.open_group(n, noiommu, flags),
         };
         s.sync_internal();
         r

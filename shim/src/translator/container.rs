@@ -10,7 +10,16 @@ impl<B: Backend> Shim<B> {
         let id = ContainerId(self.fresh_id());
         self.containers.insert(
             id,
-            Container { ctx, open: true, groups: Vec::new(), iommu: None, shared: false, in_flight: false },
+            Container {
+                ctx,
+                open: true,
+                groups: Vec::new(),
+                iommu: None,
+                noiommu: false,
+                noiommu_driver: false,
+                shared: false,
+                in_flight: false,
+            },
         );
         Ok(id)
     }
@@ -79,8 +88,10 @@ impl<B: Backend> Shim<B> {
         assert!(!c.in_flight, "a call on container {id:?} while its DMA call is in flight");
         let native = match cmd {
             VFIO_GET_API_VERSION => return Ok(ContainerStep::Done(VFIO_API_VERSION as i64)),
-            VFIO_CHECK_EXTENSION => return Ok(ContainerStep::Done(Self::check_extension(c.iommu.as_ref(), arg))),
+            VFIO_CHECK_EXTENSION => return Ok(ContainerStep::Done(self.check_extension(id, arg))),
             VFIO_SET_IOMMU => return self.set_iommu(id, arg).map(|_| ContainerStep::Done(0)),
+            // The no-IOMMU driver answers every other ioctl ENOTTY (CT:46).
+            _ if c.noiommu_driver => return Err(Errno::ENOTTY),
             // Without an IOMMU driver every other container ioctl is EINVAL (CT:333,348).
             _ if c.iommu.is_none() => return Err(Errno::EINVAL),
             VFIO_IOMMU_GET_INFO => return self.get_info(id, mem).map(|_| ContainerStep::Done(0)),
@@ -135,9 +146,30 @@ impl<B: Backend> Shim<B> {
         self.in_flight != 0
     }
 
-    /// type1's answers (T1:2723); before SET_IOMMU the container polls type1 with no
-    /// IOMMU (CT:184).
-    fn check_extension(iommu: Option<&Iommu>, ext: u64) -> i64 {
+    /// CT:184. A container with a driver asks it alone; one without polls every driver it may
+    /// use: both while it has no group, else type1 for IOMMU groups and the no-IOMMU driver for
+    /// no-IOMMU groups (CT:77-86).
+    fn check_extension(&mut self, id: ContainerId, ext: u64) -> i64 {
+        let c = &self.containers[&id];
+        let (type1, noiommu) = if c.noiommu_driver {
+            (false, true)
+        } else if c.iommu.is_some() || !c.groups.is_empty() {
+            (!c.noiommu, c.noiommu)
+        } else {
+            (true, true)
+        };
+        if type1 {
+            let answer = Self::type1_extension(c.iommu.as_ref(), ext);
+            if answer > 0 {
+                return answer;
+            }
+        }
+        // The no-IOMMU driver says 1 to its own type while the mode is on (CT:46-50).
+        (noiommu && ext == VFIO_NOIOMMU_IOMMU && self.backend.noiommu_mode()) as i64
+    }
+
+    /// type1's answers (T1:2723); before SET_IOMMU the container polls type1 with no IOMMU.
+    fn type1_extension(iommu: Option<&Iommu>, ext: u64) -> i64 {
         match ext {
             VFIO_TYPE1_IOMMU | VFIO_TYPE1v2_IOMMU | VFIO_UNMAP_ALL => 1,
             VFIO_UPDATE_VADDR => iommu.is_some() as i64,
@@ -149,8 +181,21 @@ impl<B: Backend> Shim<B> {
     fn set_iommu(&mut self, id: ContainerId, ty: u64) -> Result<(), Errno> {
         let c = self.containers.get(&id).expect("checked");
         // No group yet, or already set: EINVAL before the type is even looked at (CT:264).
-        if c.groups.is_empty() || c.iommu.is_some() {
+        if c.groups.is_empty() || c.iommu.is_some() || c.noiommu_driver {
             return Err(Errno::EINVAL);
+        }
+        if c.noiommu {
+            // Only the no-IOMMU driver may serve no-IOMMU groups, and only for its own type
+            // while the mode is on; its open wants CAP_SYS_RAWIO (CT:32-40, 77-86).
+            if ty != VFIO_NOIOMMU_IOMMU || !self.backend.noiommu_mode() {
+                return Err(Errno::ENODEV);
+            }
+            if !self.backend.caller_has_rawio() {
+                return Err(Errno::EPERM);
+            }
+            // Its attach_group does nothing: the devices stay bound, with no IOAS.
+            self.containers.get_mut(&id).expect("checked").noiommu_driver = true;
+            return Ok(());
         }
         let v2 = match ty {
             VFIO_TYPE1_IOMMU => false,

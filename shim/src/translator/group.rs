@@ -17,24 +17,47 @@ impl<B: Backend> Shim<B> {
         self.open_group_inner(number, false)
     }
 
+    /// `open("/dev/vfio/noiommu-<number>")`: as [`Shim::open_group`], and `EPERM` without
+    /// CAP_SYS_RAWIO, checked before `EBUSY` (GR:428).
+    pub fn open_noiommu_group(&mut self, number: u32) -> Result<GroupId, Errno> {
+        self.open_node(number, true, true)
+    }
+
+    /// As [`Shim::open_group_served`] for a no-IOMMU group node.
+    pub fn open_noiommu_group_served(&mut self, number: u32) -> Result<GroupId, Errno> {
+        self.open_node(number, true, false)
+    }
+
     fn open_group_inner(&mut self, number: u32, claim: bool) -> Result<GroupId, Errno> {
+        self.open_node(number, false, claim)
+    }
+
+    fn open_node(&mut self, number: u32, noiommu: bool, claim: bool) -> Result<GroupId, Errno> {
         self.settle_mappings();
-        let devices = self.backend.group_devices(number)?;
+        let devices = node_devices(&mut self.backend, number, noiommu)?;
         // The kernel creates /dev/vfio/<N> only for groups with a VFIO device.
         if !devices.iter().any(|d| d.cdev.is_some()) {
             return Err(Errno::ENOENT);
         }
-        if self.groups.values().any(|g| g.number == number) {
+        if noiommu && !self.backend.caller_has_rawio() {
+            return Err(Errno::EPERM);
+        }
+        if self.groups.values().any(|g| g.number == number && g.noiommu == noiommu) {
             return Err(Errno::EBUSY);
         }
         if claim {
-            self.backend.group_claim(number)?;
+            if noiommu {
+                self.backend.noiommu_group_claim(number)?;
+            } else {
+                self.backend.group_claim(number)?;
+            }
         }
         let id = GroupId(self.fresh_id());
         self.groups.insert(
             id,
             Group {
                 number,
+                noiommu,
                 open: true,
                 container: None,
                 devices: Vec::new(),
@@ -84,7 +107,9 @@ impl<B: Backend> Shim<B> {
         for f in g.kvm_files {
             self.backend.kvm_file_close(f);
         }
-        if g.claimed {
+        if g.claimed && g.noiommu {
+            self.backend.noiommu_group_release(g.number);
+        } else if g.claimed {
             self.backend.group_release(g.number);
         }
     }
@@ -125,7 +150,7 @@ impl<B: Backend> Shim<B> {
         let flags = if g.container.is_some() {
             VFIO_GROUP_FLAGS_CONTAINER_SET | VFIO_GROUP_FLAGS_VIABLE
         } else {
-            let devices = self.backend.group_devices(g.number)?;
+            let devices = node_devices(&mut self.backend, g.number, g.noiommu)?;
             if devices.iter().all(driver_allows_user_dma) {
                 VFIO_GROUP_FLAGS_VIABLE
             } else {
@@ -149,11 +174,19 @@ impl<B: Backend> Shim<B> {
         let ctx = c.ctx;
         let ioas = c.iommu.as_ref().map(|i| i.ioas);
         let vaddr_invalid = c.iommu.as_ref().is_some_and(|i| i.ledger.vaddr_invalid_count() > 0);
-        let number = self.groups[&id].number;
-        let infos = self.backend.group_devices(number)?;
+        let mixes = !c.groups.is_empty() && c.noiommu != self.groups[&id].noiommu;
+        let (number, noiommu) = (self.groups[&id].number, self.groups[&id].noiommu);
+        // CT:424-434: a no-IOMMU group wants CAP_SYS_RAWIO; real and fake groups never mix.
+        if noiommu && !self.backend.caller_has_rawio() {
+            return Err(Errno::EPERM);
+        }
+        if mixes {
+            return Err(Errno::EPERM);
+        }
+        let infos = node_devices(&mut self.backend, number, noiommu)?;
         // iommu_group_claim_dma_owner: EPERM while a kernel driver uses the group for DMA
-        // (a device on a driver without driver_managed_dma).
-        if !infos.iter().all(driver_allows_user_dma) {
+        // (a device on a driver without driver_managed_dma). No-IOMMU groups claim nothing.
+        if !noiommu && !infos.iter().all(driver_allows_user_dma) {
             return Err(Errno::EPERM);
         }
         // type1 refuses to attach (and pin) while a live update has vaddrs invalid.
@@ -199,6 +232,7 @@ impl<B: Backend> Shim<B> {
         g.container = Some(cid);
         let c = self.containers.get_mut(&cid).expect("checked");
         c.groups.push(id);
+        c.noiommu = noiommu;
         let ctx = c.ctx;
         if let Some(iommu) = c.iommu.as_mut() {
             if let Err(e) = Self::refresh_domain_facts(&mut self.backend, ctx, iommu) {
@@ -248,6 +282,7 @@ impl<B: Backend> Shim<B> {
         let ctx = c.ctx;
         let native = native && (explicit || !c.shared);
         if c.groups.is_empty() {
+            c.noiommu_driver = false;
             if let Some(iommu) = c.iommu.take() {
                 if native {
                     if !iommu.ledger.is_empty() {
@@ -265,10 +300,10 @@ impl<B: Backend> Shim<B> {
     /// GR:302: the name is matched first (ENODEV), then the container must have an IOMMU
     /// (EINVAL, CT:511).
     fn get_device(&mut self, id: GroupId, raw_name: &[u8]) -> Result<DeviceGrant, Errno> {
-        let g = &self.groups[&id];
+        let (number, noiommu) = (self.groups[&id].number, self.groups[&id].noiommu);
         // vfio_device_get_from_name: the group's VFIO devices in turn; an error stops it.
         let mut found = None;
-        for d in self.backend.group_devices(g.number)?.into_iter().filter(|d| d.cdev.is_some()) {
+        for d in node_devices(&mut self.backend, number, noiommu)?.into_iter().filter(|d| d.cdev.is_some()) {
             // The token cannot reach the kernel: the device was bound at SET_CONTAINER
             // (docs/limitations.md); vfio-pci's own checks of its form are made here.
             if let NameMatch::Yes { token: _ } = match_name(raw_name, &d.name, d.sriov)? {
@@ -279,19 +314,36 @@ impl<B: Backend> Shim<B> {
         let Some(name) = found else {
             return Err(Errno::ENODEV);
         };
-        let Some(cid) = g.container else {
+        let Some(cid) = self.groups[&id].container else {
             return Err(Errno::EINVAL);
         };
-        if self.containers[&cid].iommu.is_none() {
+        let c = &self.containers[&cid];
+        if c.iommu.is_none() && !c.noiommu_driver {
             return Err(Errno::EINVAL);
         }
-        let handle = match g.devices.iter().find(|d| d.info.name == name) {
+        // vfio_group_use_container (CT:514), at the device's first open only (vfio_main.c:
+        // 547-561): another file of an open device comes without the check.
+        if noiommu && !self.device_open_anywhere(id, &name) && !self.backend.caller_has_rawio() {
+            return Err(Errno::EPERM);
+        }
+        let handle = match self.groups[&id].devices.iter().find(|d| d.info.name == name) {
             Some(d) => d.handle,
             None => self.bind_late(id, cid, &name)?,
         };
         let g = &self.groups[&id];
         if let Some((_, e)) = g.lost.iter().find(|(h, _)| *h == handle) {
-            return Err(*e);
+            // A no-IOMMU cdev opens only with CAP_SYS_RAWIO, which a program may drop before a
+            // device's last close and take back before its next open: the open type1 makes
+            // then is this one, so the reopen is tried again now.
+            if !(noiommu && *e == Errno::EPERM) {
+                return Err(*e);
+            }
+            self.backend.device_reopen(handle)?;
+            self.groups.get_mut(&id).expect("checked").lost.retain(|(h, _)| *h != handle);
+        }
+        if noiommu {
+            // GR:287: the kernel logs every user of a device without DMA protection.
+            self.backend.noiommu_device_opened(&name);
         }
         let serial = self.fresh_id();
         let g = self.groups.get_mut(&id).expect("checked");
@@ -309,14 +361,26 @@ impl<B: Backend> Shim<B> {
         Ok(DeviceGrant { group: id, handle, serial })
     }
 
+    /// Whether the device named `name` of group `id` is open (type1's `open_count > 0`): a
+    /// device fd of ours, a mapping of one of its regions, or, for a group shared with another
+    /// process, that process's file of it.
+    fn device_open_anywhere(&mut self, id: GroupId, name: &str) -> bool {
+        let g = &self.groups[&id];
+        let Some(handle) = g.devices.iter().find(|d| d.info.name == name).map(|d| d.handle) else {
+            return false;
+        };
+        if g.device_fds.iter().any(|(h, n)| *h == handle && *n > 0) || g.held_by_mapping.contains(&handle) {
+            return true;
+        }
+        g.shared && self.backend.device_held_elsewhere(handle).unwrap_or(false)
+    }
+
     /// A device bound to a VFIO driver after its group was set on the container: type1
     /// attaches groups, not devices, so it is already in the container's domain and opens like
     /// the others. Here it is bound to the container's iommufd and attached to its IOAS now.
     fn bind_late(&mut self, id: GroupId, cid: ContainerId, name: &str) -> Result<DeviceHandle, Errno> {
-        let number = self.groups[&id].number;
-        let info = self
-            .backend
-            .group_devices(number)?
+        let (number, noiommu) = (self.groups[&id].number, self.groups[&id].noiommu);
+        let info = node_devices(&mut self.backend, number, noiommu)?
             .into_iter()
             .find(|d| d.name == name && d.cdev.is_some())
             .ok_or(Errno::ENODEV)?;
@@ -467,9 +531,9 @@ impl<B: Backend> Shim<B> {
         if !g.kvm_files.is_empty() {
             return Ok(g.kvm_files.clone());
         }
-        let number = g.number;
+        let (number, noiommu) = (g.number, g.noiommu);
         let mut files = Vec::new();
-        for info in self.backend.group_devices(number)?.iter().filter(|d| d.cdev.is_some()) {
+        for info in node_devices(&mut self.backend, number, noiommu)?.iter().filter(|d| d.cdev.is_some()) {
             match self.backend.kvm_file_open(info) {
                 Ok(f) => files.push(f),
                 Err(e) => {
@@ -482,6 +546,15 @@ impl<B: Backend> Shim<B> {
         }
         self.groups.get_mut(&id).expect("checked").kvm_files = files.clone();
         Ok(files)
+    }
+}
+
+/// The devices behind a group node: `/dev/vfio/<number>` or `/dev/vfio/noiommu-<number>`.
+fn node_devices<B: Backend>(backend: &mut B, number: u32, noiommu: bool) -> Result<Vec<GroupDevice>, Errno> {
+    if noiommu {
+        backend.noiommu_group_devices(number)
+    } else {
+        backend.group_devices(number)
     }
 }
 

@@ -102,6 +102,13 @@ struct Container {
     open: bool,
     groups: Vec<GroupId>,
     iommu: Option<Iommu>,
+    /// Its groups are no-IOMMU groups (CT:457, `container->noiommu`); meaningful while it has
+    /// groups, since the next group's kind sets it again. Such a container takes no IOMMU
+    /// group and only the no-IOMMU driver.
+    noiommu: bool,
+    /// `SET_IOMMU(VFIO_NOIOMMU_IOMMU)` has happened: the no-IOMMU driver, which maps nothing
+    /// (CT:32-74). `iommu` stays `None`.
+    noiommu_driver: bool,
     /// The kernel objects behind it are shared with another process (a fork parent, the
     /// sender of an `SCM_RIGHTS` message): releasing our view closes our fds only, it never
     /// unmaps, detaches or destroys anything the other process still uses.
@@ -122,6 +129,8 @@ pub struct BoundDevice {
 #[derive(Debug)]
 struct Group {
     number: u32,
+    /// A no-IOMMU group (`/dev/vfio/noiommu-<number>`): its devices DMA untranslated.
+    noiommu: bool,
     /// The caller still holds the group fd.
     open: bool,
     container: Option<ContainerId>,

@@ -48,6 +48,7 @@ impl<B: Backend> Shim<B> {
         let c = self.containers.get(&id)?;
         Some(ContainerExport {
             ctx: c.ctx,
+            noiommu_driver: c.noiommu_driver,
             iommu: c.iommu.as_ref().map(|i| IommuExport {
                 v2: i.v2,
                 ioas: i.ioas,
@@ -64,13 +65,19 @@ impl<B: Backend> Shim<B> {
     /// A group as [`Shim::export_container`] describes a container.
     pub fn export_group(&self, id: GroupId) -> Option<GroupExport> {
         let g = self.groups.get(&id)?;
-        Some(GroupExport { number: g.number, container: g.container, devices: g.devices.clone() })
+        Some(GroupExport { number: g.number, noiommu: g.noiommu, container: g.container, devices: g.devices.clone() })
     }
 
     /// A container another process exported, over an iommufd context the backend adopted.
     /// Shared, and held by no fd until the glue says so ([`Shim::reopen_container`]): one
-    /// that came only as a group's container lives on through that group.
-    pub fn import_container(&mut self, ctx: IommufdId, iommu: Option<IommuExport>) -> ContainerId {
+    /// that came only as a group's container lives on through that group. `noiommu_driver`:
+    /// its IOMMU driver is the no-IOMMU one (`iommu` is then `None`).
+    pub fn import_container(
+        &mut self,
+        ctx: IommufdId,
+        iommu: Option<IommuExport>,
+        noiommu_driver: bool,
+    ) -> ContainerId {
         let iommu = iommu.map(|e| {
             let mut ledger = MappingLedger::new();
             e.mappings.into_iter().for_each(|m| ledger.insert(m));
@@ -91,17 +98,30 @@ impl<B: Backend> Shim<B> {
             }
         });
         let id = ContainerId(self.fresh_id());
-        self.containers
-            .insert(id, Container { ctx, open: false, groups: Vec::new(), iommu, shared: true, in_flight: false });
+        self.containers.insert(
+            id,
+            Container {
+                ctx,
+                open: false,
+                groups: Vec::new(),
+                iommu,
+                // Its groups' kind comes with them (import_group).
+                noiommu: noiommu_driver,
+                noiommu_driver,
+                shared: true,
+                in_flight: false,
+            },
+        );
         id
     }
 
     /// A group another process exported, set on `container` (imported before) when it was
     /// set there, with its devices as the backend adopted them. Shared, and held by no fd
-    /// until the glue says so ([`Shim::reopen_group`]).
+    /// until the glue says so ([`Shim::reopen_group`]). `noiommu`: a no-IOMMU group.
     pub fn import_group(
         &mut self,
         number: u32,
+        noiommu: bool,
         container: Option<ContainerId>,
         devices: Vec<BoundDevice>,
     ) -> Result<GroupId, Errno> {
@@ -115,6 +135,7 @@ impl<B: Backend> Shim<B> {
             id,
             Group {
                 number,
+                noiommu,
                 open: false,
                 container,
                 devices,
@@ -128,7 +149,9 @@ impl<B: Backend> Shim<B> {
             },
         );
         if let Some(cid) = container {
-            self.containers.get_mut(&cid).expect("checked").groups.push(id);
+            let c = self.containers.get_mut(&cid).expect("checked");
+            c.groups.push(id);
+            c.noiommu = noiommu;
         }
         Ok(id)
     }
@@ -138,6 +161,8 @@ impl<B: Backend> Shim<B> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerExport {
     pub ctx: IommufdId,
+    /// `SET_IOMMU(VFIO_NOIOMMU_IOMMU)` has happened (`iommu` is `None`).
+    pub noiommu_driver: bool,
     pub iommu: Option<IommuExport>,
 }
 
@@ -158,6 +183,8 @@ pub struct IommuExport {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupExport {
     pub number: u32,
+    /// `/dev/vfio/noiommu-<number>`.
+    pub noiommu: bool,
     pub container: Option<ContainerId>,
     pub devices: Vec<BoundDevice>,
 }

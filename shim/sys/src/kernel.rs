@@ -34,12 +34,17 @@ fn errno_of(e: &io::Error) -> Errno {
 }
 
 struct Device {
+    /// The bound cdev file; `/dev/null` after a last close whose reopen failed (`released`).
     fd: OwnedFd,
     /// The cdev path it was opened by: what `/proc/self/maps` shows for its BAR mmaps.
     cdev: String,
     /// The iommufd the device is bound to and the dev id `VFIO_DEVICE_BIND_IOMMUFD` gave.
     bound: Option<(IommufdId, u32)>,
     attached: Option<IoasId>,
+    /// The device's file was closed at a last close but could not be opened again (a
+    /// no-IOMMU cdev without CAP_SYS_RAWIO): `bound` names the iommufd the next
+    /// `device_reopen` binds it to.
+    released: bool,
 }
 
 /// Whose memory `ioas_map` maps while a CUSE daemon serves a caller.
@@ -74,8 +79,13 @@ pub struct KernelBackend {
     /// Never unlocked explicitly: `LOCK_UN` would drop a fork child's claim too (the lock
     /// belongs to the open file, which the child shares); closing our fd does not.
     group_claims: HashMap<u32, OwnedFd>,
+    /// The same for no-IOMMU groups, on the directory their devices are found in.
+    noiommu_claims: HashMap<u32, OwnedFd>,
     /// Device cdev files opened for KVM's VFIO device alone (`Backend::kvm_file_open`).
     kvm_files: HashMap<KvmFile, OwnedFd>,
+    /// Whose `CAP_SYS_RAWIO` the no-IOMMU checks ask for: the calling thread's when unset (a
+    /// preload process); a CUSE daemon sets its caller's for the call it serves.
+    rawio_caller: Option<Box<dyn Fn() -> bool + Send>>,
 }
 
 impl Default for KernelBackend {
@@ -104,6 +114,8 @@ impl KernelBackend {
             charged_pages: HashMap::new(),
             pending_charges: HashMap::new(),
             group_claims: HashMap::new(),
+            noiommu_claims: HashMap::new(),
+            rawio_caller: None,
             kvm_files: HashMap::new(),
         }
     }
@@ -119,6 +131,12 @@ impl KernelBackend {
         self.iommufds.get(&ctx).map(|fd| fd.as_raw_fd())
     }
 
+    /// Whose `CAP_SYS_RAWIO` the no-IOMMU checks ask for until the next call of this: a CUSE
+    /// daemon names its caller's thread for the call it serves; `None` is the calling thread.
+    pub fn rawio_of(&mut self, check: Option<Box<dyn Fn() -> bool + Send>>) {
+        self.rawio_caller = check;
+    }
+
     /// Every fd the backend holds open (iommufds and device cdevs), for glue that must keep
     /// them out of the application's reach.
     pub fn raw_fds(&self) -> impl Iterator<Item = RawFd> + '_ {
@@ -127,6 +145,7 @@ impl KernelBackend {
             .map(|fd| fd.as_raw_fd())
             .chain(self.devices.values().map(|d| d.fd.as_raw_fd()))
             .chain(self.group_claims.values().map(|f| f.as_raw_fd()))
+            .chain(self.noiommu_claims.values().map(|f| f.as_raw_fd()))
             .chain(self.kvm_files.values().map(|f| f.as_raw_fd()))
     }
 
@@ -165,7 +184,7 @@ impl KernelBackend {
         }
         same_char_device(fd.as_fd(), Path::new(cdev))?;
         let dev = DeviceHandle(self.handle());
-        self.devices.insert(dev, Device { fd, cdev: cdev.to_owned(), bound: Some((ctx, dev_id)), attached });
+        self.devices.insert(dev, Device { fd, cdev: cdev.to_owned(), bound: Some((ctx, dev_id)), attached, released: false });
         Ok(dev)
     }
 
@@ -326,6 +345,76 @@ fn type1_page_floor(pgsizes: u64, page: u64) -> u64 {
 /// smallest page, which clients use for alignment, is exact.
 fn pgsizes_from_alignment(alignment: u64, page: u64) -> u64 {
     !(alignment.max(page) - 1)
+}
+
+impl KernelBackend {
+    /// The devices of IOMMU group `group` as sysfs lists them.
+    fn iommu_group_devices(&self, group: u32) -> Result<Vec<GroupDevice>, Errno> {
+        let dir = self.sysfs.join("kernel/iommu_groups").join(group.to_string()).join("devices");
+        let entries = fs::read_dir(&dir).map_err(|e| errno_of(&e))?;
+        let mut devices = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| errno_of(&e))?;
+            // PCI device names are ASCII; anything else is not a device this can judge.
+            let name = entry.file_name().into_string().map_err(|_| Errno::EIO)?;
+            let path = entry.path();
+            devices.push(GroupDevice {
+                // A PF has an SR-IOV capability (sriov_totalvfs), a VF a physfn link.
+                sriov: path.join("sriov_totalvfs").exists() || path.join("physfn").exists(),
+                driver: driver_name(&path)?,
+                cdev: vfio_cdev(&path).map(|n| self.dev.join("vfio/devices").join(n).to_string_lossy().into_owned()),
+                name,
+            });
+        }
+        devices.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(devices)
+    }
+
+    /// Whether IOMMU group `group` is one VFIO made for a device without an IOMMU.
+    fn is_noiommu_iommu_group(&self, group: u32) -> bool {
+        let name = self.sysfs.join("kernel/iommu_groups").join(group.to_string()).join("name");
+        fs::read(name).is_ok_and(|n| n.trim_ascii_end() == b"vfio-noiommu")
+    }
+
+    /// Where no-IOMMU group `group` lives: a `vfio-noiommu` IOMMU group (a kernel with VFIO
+    /// groups), or the device of cdev `noiommu-vfio<group>` when that device has no IOMMU group
+    /// at all (a kernel without them). Any other IOMMU group of that number has an IOMMU.
+    fn noiommu_group_dir(&self, group: u32) -> Result<NoIommuDir, Errno> {
+        let iommu_group = self.sysfs.join("kernel/iommu_groups").join(group.to_string());
+        if self.is_noiommu_iommu_group(group) {
+            return Ok(NoIommuDir::IommuGroup(iommu_group));
+        }
+        let dev = self.sysfs.join(format!("class/vfio-dev/noiommu-vfio{group}/device"));
+        if dev.exists() && !dev.join("iommu_group").exists() {
+            return Ok(NoIommuDir::Cdev(dev));
+        }
+        Err(Errno::ENOENT)
+    }
+}
+
+/// Where a no-IOMMU group's devices are found ([`KernelBackend::noiommu_group_dir`]).
+enum NoIommuDir {
+    IommuGroup(PathBuf),
+    /// The device behind a `noiommu-vfioN` cdev.
+    Cdev(PathBuf),
+}
+
+/// Claims `key` in `claims` by an exclusive `flock` of `dir`: `EBUSY` while any opener through
+/// the shim holds it (see `KernelBackend::group_claims`).
+fn claim(claims: &mut HashMap<u32, OwnedFd>, key: u32, dir: &Path) -> Result<(), Errno> {
+    // Ours already: a second file would be refused by flock anyway, and replacing the entry
+    // would drop the file that holds the lock.
+    if claims.contains_key(&key) {
+        return Err(Errno::EBUSY);
+    }
+    let file = OwnedFd::from(fs::File::open(dir).map_err(|e| errno_of(&e))?);
+    // SAFETY: flock(2) on a descriptor we own; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = Errno::last();
+        return Err(if e == Errno::EWOULDBLOCK { Errno::EBUSY } else { e });
+    }
+    claims.insert(key, file);
+    Ok(())
 }
 
 impl Backend for KernelBackend {
@@ -524,20 +613,8 @@ impl Backend for KernelBackend {
     }
 
     fn group_claim(&mut self, group: u32) -> Result<(), Errno> {
-        // Ours already: a second file would be refused by flock anyway, and replacing the
-        // entry would drop the file that holds the lock.
-        if self.group_claims.contains_key(&group) {
-            return Err(Errno::EBUSY);
-        }
         let dir = self.sysfs.join("kernel/iommu_groups").join(group.to_string());
-        let file = OwnedFd::from(fs::File::open(&dir).map_err(|e| errno_of(&e))?);
-        // SAFETY: flock(2) on a descriptor we own; no memory is involved.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = Errno::last();
-            return Err(if e == Errno::EWOULDBLOCK { Errno::EBUSY } else { e });
-        }
-        self.group_claims.insert(group, file);
-        Ok(())
+        claim(&mut self.group_claims, group, &dir)
     }
 
     fn group_release(&mut self, group: u32) {
@@ -547,24 +624,70 @@ impl Backend for KernelBackend {
     }
 
     fn group_devices(&mut self, group: u32) -> Result<Vec<GroupDevice>, Errno> {
-        let dir = self.sysfs.join("kernel/iommu_groups").join(group.to_string()).join("devices");
-        let entries = fs::read_dir(&dir).map_err(|e| errno_of(&e))?;
-        let mut devices = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| errno_of(&e))?;
-            // PCI device names are ASCII; anything else is not a device this can judge.
-            let name = entry.file_name().into_string().map_err(|_| Errno::EIO)?;
-            let path = entry.path();
-            devices.push(GroupDevice {
-                // A PF has an SR-IOV capability (sriov_totalvfs), a VF a physfn link.
-                sriov: path.join("sriov_totalvfs").exists() || path.join("physfn").exists(),
-                driver: driver_name(&path)?,
-                cdev: vfio_cdev(&path).map(|n| self.dev.join("vfio/devices").join(n).to_string_lossy().into_owned()),
-                name,
-            });
+        // A vfio-noiommu group has /dev/vfio/noiommu-<N>, never /dev/vfio/<N>.
+        if self.is_noiommu_iommu_group(group) {
+            return Err(Errno::ENOENT);
         }
-        devices.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(devices)
+        self.iommu_group_devices(group)
+    }
+
+    fn noiommu_mode(&mut self) -> bool {
+        fs::read(self.sysfs.join("module/vfio/parameters/enable_unsafe_noiommu_mode"))
+            .is_ok_and(|v| v.first() == Some(&b'Y'))
+    }
+
+    fn noiommu_group_devices(&mut self, group: u32) -> Result<Vec<GroupDevice>, Errno> {
+        match self.noiommu_group_dir(group)? {
+            NoIommuDir::IommuGroup(_) => self.iommu_group_devices(group),
+            NoIommuDir::Cdev(dev) => {
+                let name = fs::canonicalize(&dev).map_err(|e| errno_of(&e))?;
+                let name = name.file_name().and_then(|n| n.to_str()).ok_or(Errno::EIO)?.to_string();
+                Ok(vec![GroupDevice {
+                    sriov: dev.join("sriov_totalvfs").exists() || dev.join("physfn").exists(),
+                    driver: driver_name(&dev)?,
+                    cdev: Some(
+                        self.dev.join(format!("vfio/devices/noiommu-vfio{group}")).to_string_lossy().into_owned(),
+                    ),
+                    name,
+                }])
+            }
+        }
+    }
+
+    fn noiommu_group_claim(&mut self, group: u32) -> Result<(), Errno> {
+        let dir = match self.noiommu_group_dir(group)? {
+            NoIommuDir::IommuGroup(dir) | NoIommuDir::Cdev(dir) => dir,
+        };
+        claim(&mut self.noiommu_claims, group, &dir)
+    }
+
+    fn noiommu_group_release(&mut self, group: u32) {
+        self.noiommu_claims.remove(&group);
+    }
+
+    fn caller_has_rawio(&mut self) -> bool {
+        match &self.rawio_caller {
+            Some(check) => check(),
+            None => crate::privileges::effective().is_ok_and(|e| e & (1 << crate::privileges::CAP_SYS_RAWIO) != 0),
+        }
+    }
+
+    fn noiommu_device_opened(&mut self, name: &str) {
+        // The kernel's own words (GR:287), in the kernel log where an operator looks for them,
+        // and in the shim's log.
+        let comm = fs::read_to_string("/proc/self/comm").unwrap_or_default();
+        let line = format!(
+            "vfio-shim: {name}: vfio-noiommu device opened by user ({}:{})",
+            comm.trim_end(),
+            std::process::id()
+        );
+        log::warn!("{line}");
+        if let Err(e) = fs::OpenOptions::new().write(true).open(self.dev.join("kmsg")).and_then(|mut k| {
+            use std::io::Write;
+            k.write_all(format!("<4>{line}\n").as_bytes())
+        }) {
+            log::warn!("cannot write the no-IOMMU warning to the kernel log: {e}");
+        }
     }
 
     fn device_open(&mut self, device: &GroupDevice) -> Result<DeviceHandle, Errno> {
@@ -572,7 +695,7 @@ impl Backend for KernelBackend {
         let cdev = device.cdev.as_deref().ok_or(Errno::ENODEV)?;
         let fd = open(cdev, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())?;
         let dev = DeviceHandle(self.handle());
-        self.devices.insert(dev, Device { fd, cdev: cdev.to_string(), bound: None, attached: None });
+        self.devices.insert(dev, Device { fd, cdev: cdev.to_string(), bound: None, attached: None, released: false });
         Ok(dev)
     }
 
@@ -684,14 +807,27 @@ impl Backend for KernelBackend {
         let (ctx, _) = d.bound.ok_or(Errno::EINVAL)?;
         let ioas = d.attached;
         // A mapping of a region holds the file: type1 does not close the device then either.
-        if region_mapped(&d.cdev)? {
+        if !d.released && region_mapped(&d.cdev)? {
             return Err(Errno::EBUSY);
         }
-        let fresh = open(d.cdev.as_str(), OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())?;
+        let fresh = match open(d.cdev.as_str(), OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(e) => {
+                // The last close still happens (vfio-pci quiesces and resets the device when its
+                // file goes, as type1's close_device): the old file is replaced by an inert one
+                // and the next reopen binds afresh.
+                let inert = open("/dev/null", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())?;
+                let d = self.devices.get_mut(&dev).expect("checked");
+                d.fd = inert;
+                d.released = true;
+                return Err(e);
+            }
+        };
         let iommufd = self.iommufd(ctx)?.try_clone_to_owned().map_err(|e| errno_of(&e))?;
         // The old file goes first (its release is close_device): a cdev binds only once.
         let d = self.devices.get_mut(&dev).expect("checked");
         d.fd = fresh;
+        d.released = false;
         d.bound = None;
         d.attached = None;
         let dev_id = vfio_device::device_bind_iommufd(d.fd.as_fd(), iommufd.as_fd())?;
@@ -776,13 +912,13 @@ pub fn driver_name(dev: &Path) -> Result<Option<String>, Errno> {
     }
 }
 
-/// The `vfioN` entry of `<dev>/vfio-dev/`, present while a VFIO driver with cdev support
-/// is bound.
+/// The `vfioN` (or, in no-IOMMU mode, `noiommu-vfioN`) entry of `<dev>/vfio-dev/`, present
+/// while a VFIO driver with cdev support is bound.
 fn vfio_cdev(dev: &Path) -> Option<String> {
     let mut names: Vec<String> = fs::read_dir(dev.join("vfio-dev"))
         .ok()?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with("vfio"))
+        .filter(|n| n.starts_with("vfio") || n.starts_with("noiommu-vfio"))
         .collect();
     names.sort();
     names.into_iter().next()

@@ -2,7 +2,8 @@
 //! [`iommufd`] and [`vfio_device`] wrap every native iommufd and VFIO cdev ioctl the project
 //! uses (through the private `ioctl` helper); [`procfs`] `PROCMAP_QUERY`; [`kvm`] KVM's VFIO
 //! device attribute; [`cuse_node`] the daemon's nodes and handshakes; [`memfd`] sealed handoff
-//! files; [`caller`] another process's memory and files; [`random`] and [`process`] this
+//! files; [`noiommu`] the group number of a no-IOMMU cdev's device; [`caller`] another
+//! process's memory and files; [`random`] and [`process`] this
 //! process. [`KernelBackend`] implements the core's `Backend` trait on them;
 //! [`vtd`] derives type1's view of an Intel IOMMU from its registers.
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -14,6 +15,7 @@ pub mod iommufd;
 pub mod kernel;
 pub mod kvm;
 pub mod memfd;
+pub mod noiommu;
 pub mod own_memory;
 pub mod privileges;
 pub mod process;

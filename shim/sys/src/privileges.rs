@@ -6,6 +6,7 @@ use nix::errno::Errno;
 pub const CAP_DAC_READ_SEARCH: u32 = 2;
 pub const CAP_SETPCAP: u32 = 8;
 pub const CAP_IPC_LOCK: u32 = 14;
+pub const CAP_SYS_RAWIO: u32 = 17;
 pub const CAP_SYS_PTRACE: u32 = 19;
 pub const CAP_CHECKPOINT_RESTORE: u32 = 40;
 
