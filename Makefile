@@ -6,7 +6,9 @@
 #   kernel-backend tests and every legacy client in every mode, then compares with type1;
 #   the CUSE daemon (protocol, SIGTERM/kill -9, the nodes without and with the preload); lock
 #   isolation (a 1 GiB map in one container holds up no other container's calls, 2 vCPUs); then
-#   the kernel's VFIO selftests and QEMU 7.2/10.0 on type1 and through the shim.
+#   the kernel's VFIO selftests and QEMU 7.2/10.0 on type1 and through the shim; then the
+#   no-IOMMU tier (a machine without an IOMMU: the no-IOMMU clients, the explorer's no-IOMMU
+#   subset and DPDK in --iova-mode=pa, legacy no-IOMMU against the shim).
 # Both install what they need (Debian packages, virtme-ng) by themselves.
 
 .PHONY: test host-test vm-test bench demo explore
@@ -33,6 +35,7 @@ vm-test:
 	bash cuse/tests/vm/with-preload.sh
 	bash compat-tests/scripts/lock-isolation.sh
 	bash compat-tests/scripts/programs-tier.sh
+	bash compat-tests/scripts/noiommu-tier.sh
 
 # The sequence explorer alone at any volume, judged against type1 (compat-tests/scripts/explore.sh):
 # make explore SEQS=100000 SEED=3 [FIRST=0] [COLUMNS="cdev-only/shim"]

@@ -14,6 +14,9 @@
 #   dpdk.sh run BINDIR OUTDIR  in the guest (after guest-setup.sh): both processes, wrapped in
 #                           $DPDK_WRAP (e.g. "vfio-shim run --"); writes OUTDIR/summary.txt
 #                           with one "DPDK-SECONDARY: ok|FAIL ..." line; exit 0 iff ok.
+#                           On vm.sh's machine without an IOMMU (VFIO_TEST_NOIOMMU=1) both run
+#                           with --iova-mode=pa: DPDK's no-IOMMU mode, physical addresses from
+#                           /proc/self/pagemap, a VFIO_NOIOMMU_IOMMU container.
 set -euo pipefail
 cache=${VFIO_SHIM_CACHE:-/var/cache/vfio-shim}/dpdk
 
@@ -64,6 +67,7 @@ cmd_run() {
   mkdir -p "$out"
   [ -n "${DPDK_WRAP:-}" ] && read -r -a wrap <<<"$DPDK_WRAP"
   eal=(--file-prefix=vfioshim -a "$VFIO_TEST_IGB" --no-telemetry)
+  [ "${VFIO_TEST_NOIOMMU:-0}" = 1 ] && eal+=(--iova-mode=pa)
   # testpmd waits for commands on a fifo we hold open: interactive, nothing started, so its
   # lcores do not spin the guest's one vCPU away from the secondary.
   rm -f /dev/shm/vfio-shim-testpmd.fifo
@@ -99,9 +103,15 @@ cmd_run() {
   rm -f /dev/shm/vfio-shim-testpmd.fifo
   local stats ok=FAIL
   stats=$(grep -A2 'NIC statistics for port 0' "$out/secondary.log" 2>/dev/null | grep -m1 'RX-packets' | tr -s ' ' || true)
-  if [ $ready = 1 ] && [ $src = 0 ] && [ $prc = 0 ] && [ -n "$stats" ]; then ok=ok; fi
+  # In no-IOMMU mode the container must really be one (DPDK says which type it set).
+  local mode_ok=1
+  if [ "${VFIO_TEST_NOIOMMU:-0}" = 1 ]; then
+    grep -q 'No-IOMMU' "$out/primary.log" || mode_ok=0
+  fi
+  if [ $ready = 1 ] && [ $src = 0 ] && [ $prc = 0 ] && [ -n "$stats" ] && [ $mode_ok = 1 ]; then ok=ok; fi
   {
     echo "DPDK-SECONDARY: $ok (primary ready=$ready rc=$prc, secondary rc=$src) ${stats:-no port 0 statistics}"
+    grep -h -m1 'IOMMU type\|No-IOMMU\|IOVA mode\|IOVA as' "$out/primary.log" 2>/dev/null | sed 's/^/  primary: /' || true
     grep -h 'vfio_shim_preload.*\(handed off\|adopted\)' "$out/primary.log" "$out/secondary.log" 2>/dev/null |
       sed 's/^/  /' || true
   } >"$out/summary.txt"
