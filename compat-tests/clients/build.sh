@@ -7,7 +7,8 @@
 # usage: build.sh OUTDIR
 # env:   CC (default gcc), EXTRA_CFLAGS
 # A client is every *.c in this directory except common.c. The no-IOMMU clients
-# (noiommu/*.c) need a machine without an IOMMU and go to OUTDIR/noiommu/<name>.
+# (noiommu/*.c) need a machine without an IOMMU and go to OUTDIR/noiommu/<name>; those of
+# vm.sh's mixed machine (mixed/*.c) to OUTDIR/mixed/<name>.
 set -eu
 
 if [ $# -ne 1 ]; then
@@ -29,12 +30,14 @@ for c in "$SRC"/*.c; do
 	built="$built $name"
 done
 
-mkdir -p "$OUT/noiommu"
-for c in "$SRC"/noiommu/*.c; do
-	name=$(basename "$c" .c)
-	# shellcheck disable=SC2086
-	$CC $CFLAGS -I"$SRC" -o "$OUT/noiommu/$name" "$c" "$SRC/common.c"
-	built="$built noiommu/$name"
+for dir in noiommu mixed; do
+	mkdir -p "$OUT/$dir"
+	for c in "$SRC/$dir"/*.c; do
+		name=$(basename "$c" .c)
+		# shellcheck disable=SC2086
+		$CC $CFLAGS -I"$SRC" -o "$OUT/$dir/$name" "$c" "$SRC/common.c"
+		built="$built $dir/$name"
+	done
 done
 
 echo "built into $OUT:$built"

@@ -11,7 +11,8 @@
 # VFIO_TEST_NVME (QEMU's nvme controller, when the VM has one: vm.sh's VM_NVME_IMAGE) and
 # VFIO_TEST_KERNEL (full|cdev-only, from whether /dev/vfio/vfio exists) and VFIO_TEST_NOIOMMU
 # (1 on vm.sh's machine without an IOMMU, booted in vfio's unsafe no-IOMMU mode: no pair there,
-# and the cdevs are noiommu-vfioN). If $VFIO_TEST_ENV_FILE
+# and the cdevs are noiommu-vfioN) and VFIO_TEST_NOIOMMU_EDU (vm.sh's mixed machine: the edu
+# that bypasses the IOMMU, bound to vfio-pci in a no-IOMMU group; empty elsewhere). If $VFIO_TEST_ENV_FILE
 # is set, the same assignments are also written there (sourceable). Prints an inventory on stderr.
 # Fails (non-zero) if a device is absent or cannot be bound, or /dev/iommu or a cdev is missing.
 
@@ -51,11 +52,15 @@ _gs_main() {
     return 1
   }
 
-  local noiommu=0 cdev_re='^vfio[0-9]'
+  local noiommu=0 mixed=0 cdev_re='^vfio[0-9]'
   if [ "$(cat /sys/module/vfio/parameters/enable_unsafe_noiommu_mode 2>/dev/null)" = Y ]; then
-    noiommu=1 cdev_re='^noiommu-vfio[0-9]'
-    # (iommufd_selftest_iommu.0 is IOMMUFD_TEST's mock, no hardware.)
-    [ -z "$(ls /sys/class/iommu 2>/dev/null | grep -v "^iommufd_selftest")" ] || _gs_err "no-IOMMU mode on a machine with an IOMMU"
+    # (iommufd_selftest_iommu.0 is IOMMUFD_TEST's mock, no hardware.) With an IOMMU, this is
+    # vm.sh's mixed machine: the IOMMU inventory plus one edu that bypasses the IOMMU.
+    if [ -z "$(ls /sys/class/iommu 2>/dev/null | grep -v "^iommufd_selftest")" ]; then
+      noiommu=1 cdev_re='^noiommu-vfio[0-9]'
+    else
+      mixed=1
+    fi
   fi
   local edu igb ivshmem nvme=
   edu=$(_gs_bind 1234:11e8) || fail=1
@@ -79,6 +84,23 @@ _gs_main() {
     nvme=$(_gs_bind 1b36:0010) || fail=1
   fi
 
+  # The mixed machine's edu without an IOMMU (no iommu link), in a no-IOMMU group.
+  local noiommu_edu=
+  if [ $mixed = 1 ]; then
+    for d in /sys/bus/pci/devices/*; do
+      [ "$(cat "$d/vendor"):$(cat "$d/device")" = 0x1234:0x11e8 ] && [ ! -e "$d/iommu" ] && noiommu_edu=$(basename "$d")
+    done
+    if [ -z "$noiommu_edu" ]; then
+      _gs_err "mixed machine: no edu without an IOMMU"
+    elif [ "$(basename "$(readlink -f "/sys/bus/pci/devices/$noiommu_edu/driver" 2>/dev/null || echo none)")" != vfio-pci ]; then
+      [ -e "/sys/bus/pci/devices/$noiommu_edu/driver" ] && echo "$noiommu_edu" >"/sys/bus/pci/devices/$noiommu_edu/driver/unbind"
+      echo vfio-pci >"/sys/bus/pci/devices/$noiommu_edu/driver_override"
+      echo "$noiommu_edu" >/sys/bus/pci/drivers_probe
+      ls "/sys/bus/pci/devices/$noiommu_edu/vfio-dev/" 2>/dev/null | grep -q '^noiommu-vfio' \
+        || _gs_err "$noiommu_edu did not bind to vfio-pci as a no-IOMMU device"
+    fi
+  fi
+
   [ -c /dev/iommu ] || _gs_err "/dev/iommu missing (CONFIG_IOMMUFD?)"
   local kernel=cdev-only
   [ -c /dev/vfio/vfio ] && kernel=full
@@ -91,7 +113,7 @@ _gs_main() {
 
   {
     echo "guest-setup: kernel $(uname -r), $kernel ($( [ $kernel = full ] && echo "legacy container + groups" || echo "cdevs only"))$( [ $noiommu = 1 ] && echo ", UNSAFE no-IOMMU mode, tainted $(cat /proc/sys/kernel/tainted)")"
-    for b in $edu $igb $ivshmem $pair_edu $pair_rng $nvme; do
+    for b in $edu $igb $ivshmem $pair_edu $pair_rng $nvme $noiommu_edu; do
       local g cdev name
       g=$(basename "$(readlink "/sys/bus/pci/devices/$b/iommu_group")")
       cdev=$(ls "/sys/bus/pci/devices/$b/vfio-dev/" 2>/dev/null | head -n1)
@@ -109,10 +131,11 @@ _gs_main() {
 
   export VFIO_TEST_EDU=$edu VFIO_TEST_IGB=$igb VFIO_TEST_IVSHMEM=$ivshmem VFIO_TEST_NVME=$nvme
   export VFIO_TEST_PAIR_EDU=$pair_edu VFIO_TEST_PAIR_RNG=$pair_rng
-  export VFIO_TEST_KERNEL=$kernel VFIO_TEST_NOIOMMU=$noiommu
+  export VFIO_TEST_KERNEL=$kernel VFIO_TEST_NOIOMMU=$noiommu VFIO_TEST_NOIOMMU_EDU=$noiommu_edu
   if [ -n "${VFIO_TEST_ENV_FILE:-}" ]; then
     printf 'export VFIO_TEST_EDU=%s VFIO_TEST_IGB=%s VFIO_TEST_IVSHMEM=%s VFIO_TEST_NVME=%s VFIO_TEST_KERNEL=%s VFIO_TEST_NOIOMMU=%s\n' \
       "$edu" "$igb" "$ivshmem" "$nvme" "$kernel" "$noiommu" >"$VFIO_TEST_ENV_FILE"
+    printf 'export VFIO_TEST_NOIOMMU_EDU=%s\n' "$noiommu_edu" >>"$VFIO_TEST_ENV_FILE"
     printf 'export VFIO_TEST_PAIR_EDU=%s VFIO_TEST_PAIR_RNG=%s\n' "$pair_edu" "$pair_rng" >>"$VFIO_TEST_ENV_FILE"
   fi
   [ $fail = 0 ] || { echo "guest-setup: FAILED" >&2; return 1; }

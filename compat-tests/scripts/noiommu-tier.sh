@@ -6,7 +6,10 @@
 #      container with VFIO_NOIOMMU_IOMMU): the oracle;
 #   2. DPDK 22.11's primary and secondary (programs/dpdk.sh) on the igb with --iova-mode=pa:
 #      on the full kernel's legacy no-IOMMU groups, then on the cdev-only kernel through
-#      `vfio-shim run --`; both must give the same verdict (ok).
+#      `vfio-shim run --`; both must give the same verdict (ok);
+#   3. then one boot per kernel of vm.sh's mixed machine (VM_NOIOMMU=mixed: the IOMMU machine
+#      plus an edu that bypasses the IOMMU): the mixed clients (compat-tests/clients/mixed), an
+#      IOMMU group and a no-IOMMU group offered to one container, in the same comparison.
 # Usage: noiommu-tier.sh [results-dir]   (default compat-tests/out/noiommu; wiped)
 # Env:   VFIO_EXPLORE_NOIOMMU_SEQS (1000), VFIO_EXPLORE_SEED (1), vm.sh's VM_* variables.
 # The last line is "noiommu: N passed, M failed".
@@ -32,7 +35,7 @@ clients=$out/clients/noiommu
 cp "$bin/explorer" "$clients/explorer"
 bash "$root/compat-tests/programs/dpdk.sh" fetch "$out/dpdk-bin" || die "DPDK fetch failed"
 
-declare -A vm_rc
+declare -A vm_rc mixed_rc
 for k in full cdev-only; do
   wrap=""
   [ $k = cdev-only ] && wrap="$bin/vfio-shim run --"
@@ -59,9 +62,27 @@ EOF
   set -e
 done
 
+for k in full cdev-only; do
+  echo "=== noiommu-tier: boot $k, mixed machine ($(( $(date +%s) - start )) s)" >&2
+  mkdir -p "$out/mixed"
+  set +e
+  VM_NOIOMMU=mixed bash "$here/vm.sh" "$k" "$out/mixed" -- bash "$here/guest-setup.sh" \
+    "$bin/vfio-shim-compat" run --kernel "$k" --clients "$out/clients/mixed" --out "$out/results" \
+    --preload "$bin/libvfio_shim_preload.so" --timeout 300 </dev/null
+  mixed_rc[$k]=$?
+  set -e
+done
+
 passed=0 failed=0
 for k in full cdev-only; do
-  [ "${vm_rc[$k]}" = 0 ] || echo "noiommu-tier: $k guest rc=${vm_rc[$k]} (logs: $out/console-$k.log, $out/vm-$k.stderr)"
+  if [ "${vm_rc[$k]}" != 0 ]; then
+    failed=$((failed + 1))
+    echo "noiommu-tier: FAIL: $k guest rc=${vm_rc[$k]} (logs: $out/console-$k.log, $out/vm-$k.stderr)"
+  fi
+  if [ "${mixed_rc[$k]}" != 0 ]; then
+    failed=$((failed + 1))
+    echo "noiommu-tier: FAIL: $k mixed guest rc=${mixed_rc[$k]} (logs: $out/mixed/)"
+  fi
 done
 python3 "$here/explorer-summary.py" "$out/results" full/kernel-compat full/shim cdev-only/shim || true
 set +e

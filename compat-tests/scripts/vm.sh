@@ -20,7 +20,9 @@
 # VM_NVME_IMAGE (a raw image file: adds QEMU's nvme controller backed by it, serial vfioshim0),
 # VM_APPEND (more kernel parameters, space-separated), VM_NOIOMMU=1 (a machine without an IOMMU,
 # booted with vfio.enable_unsafe_noiommu_mode=1: edu, igb and ivshmem only, edu's DMA mask 64 bits
-# so it reaches any physical address),
+# so it reaches any physical address), VM_NOIOMMU=mixed (the IOMMU machine in that mode, plus a
+# third edu behind a PCIe expander bus that bypasses the IOMMU: a no-IOMMU group beside IOMMU
+# groups),
 # VFIO_SHIM_CACHE (/var/cache/vfio-shim), VM_KERNEL (a bzImage to use instead of building),
 # VM_VERBOSE=1. Works as root with no TTY and stdin from /dev/null.
 #
@@ -107,6 +109,15 @@ else
     -device virtio-rng-pci,bus=vfsbr,addr=0x2
   )
 fi
+if [ "${VM_NOIOMMU:-0}" = mixed ]; then
+  # pxb-pcie's bypass_iommu: the vIOMMU leaves its bus out (the DMAR table lists the other
+  # buses only), so the guest sees this edu without an IOMMU.
+  qemu_opts+=(
+    -device pxb-pcie,id=vfsbypass,bus_nr=0x40,bus=pcie.0,bypass_iommu=on
+    -device pcie-root-port,id=vfsbprp,bus=vfsbypass,chassis=40
+    -device edu,bus=vfsbprp,dma_mask=0xffffffffffffffff
+  )
+fi
 # Last, so the other devices keep their slots. The host reads the file after the VM; QEMU
 # flushes it when it exits.
 if [ -n "${VM_NVME_IMAGE:-}" ]; then
@@ -119,11 +130,11 @@ append=(
   "hugepagesz=2M" "hugepages=${VM_HUGEPAGES:-64}" "default_hugepagesz=2M"
   console=hvc0 loglevel=7   # after vng's "quiet loglevel=0": the last one wins
 )
-if [ "${VM_NOIOMMU:-0}" = 1 ]; then
-  append+=(vfio.enable_unsafe_noiommu_mode=1)
-else
-  append+=(intel_iommu=on)
-fi
+case ${VM_NOIOMMU:-0} in
+  1) append+=(vfio.enable_unsafe_noiommu_mode=1) ;;
+  mixed) append+=(intel_iommu=on vfio.enable_unsafe_noiommu_mode=1) ;;
+  *) append+=(intel_iommu=on) ;;
+esac
 # shellcheck disable=SC2206
 [ -n "${VM_APPEND:-}" ] && append+=($VM_APPEND)
 

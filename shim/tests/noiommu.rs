@@ -152,3 +152,48 @@ fn without_the_mode_the_noiommu_type_is_refused() {
     assert_eq!(extensions(&mut shim, c), [0, 0, 0, 0, 0, 0]);
     assert_eq!(set_iommu(&mut shim, c, VFIO_NOIOMMU_IOMMU), Err(Errno::ENODEV));
 }
+
+/// vm.sh's mixed machine (compat-tests/clients/mixed/mixed_groups.c, full/type1): an IOMMU
+/// group and a no-IOMMU group never share a container, in either order.
+#[test]
+fn iommu_and_noiommu_groups_never_mix() {
+    let mut shim =
+        Shim::new(FakeBackend::new().with_group(10, &["0000:00:0a.0"]).with_noiommu_group(18, "0000:41:00.0"));
+    let gi = shim.open_group(10).unwrap();
+    let gn = shim.open_noiommu_group(18).unwrap();
+    let c = shim.open_container().unwrap();
+    let ext = |shim: &mut Shim<FakeBackend>| -> Vec<i64> {
+        [VFIO_TYPE1_IOMMU, VFIO_TYPE1v2_IOMMU, VFIO_NOIOMMU_IOMMU]
+            .iter()
+            .map(|e| shim.container_ioctl(c, VFIO_CHECK_EXTENSION, *e, &mut BufferArg::default()).unwrap())
+            .collect()
+    };
+    let unset = |shim: &mut Shim<FakeBackend>, g| {
+        shim.group_ioctl(g, VFIO_GROUP_UNSET_CONTAINER, &mut BufferArg::default(), &|_| FdTarget::Closed)
+    };
+    assert_eq!(ext(&mut shim), [1, 1, 1]);
+    // The IOMMU group first.
+    set_container(&mut shim, gi, c).unwrap();
+    assert_eq!(ext(&mut shim), [1, 1, 0]);
+    assert_eq!(set_container(&mut shim, gn, c), Err(Errno::EPERM));
+    assert_eq!(set_iommu(&mut shim, c, VFIO_NOIOMMU_IOMMU), Err(Errno::ENODEV));
+    set_iommu(&mut shim, c, VFIO_TYPE1v2_IOMMU).unwrap();
+    assert_eq!(set_container(&mut shim, gn, c), Err(Errno::EPERM));
+    assert_eq!(status(&mut shim, gn), 0x1);
+    unset(&mut shim, gi).unwrap();
+    assert_eq!(ext(&mut shim), [1, 1, 1]);
+    // Then the no-IOMMU group first, on the same container.
+    set_container(&mut shim, gn, c).unwrap();
+    assert_eq!(ext(&mut shim), [0, 0, 1]);
+    assert_eq!(set_container(&mut shim, gi, c), Err(Errno::EPERM));
+    assert_eq!(set_iommu(&mut shim, c, VFIO_TYPE1_IOMMU), Err(Errno::ENODEV));
+    set_iommu(&mut shim, c, VFIO_NOIOMMU_IOMMU).unwrap();
+    assert_eq!(set_container(&mut shim, gi, c), Err(Errno::EPERM));
+    assert_eq!(status(&mut shim, gi), 0x1);
+    assert_eq!(ext(&mut shim), [0, 0, 1]);
+    unset(&mut shim, gn).unwrap();
+    // Emptied again: the IOMMU group and type1 are back.
+    set_container(&mut shim, gi, c).unwrap();
+    set_iommu(&mut shim, c, VFIO_TYPE1v2_IOMMU).unwrap();
+    assert_eq!(ext(&mut shim), [1, 1, 0]);
+}

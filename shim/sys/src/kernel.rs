@@ -184,7 +184,8 @@ impl KernelBackend {
         }
         same_char_device(fd.as_fd(), Path::new(cdev))?;
         let dev = DeviceHandle(self.handle());
-        self.devices.insert(dev, Device { fd, cdev: cdev.to_owned(), bound: Some((ctx, dev_id)), attached, released: false });
+        self.devices
+            .insert(dev, Device { fd, cdev: cdev.to_owned(), bound: Some((ctx, dev_id)), attached, released: false });
         Ok(dev)
     }
 
