@@ -7,7 +7,11 @@
 #   2. DPDK 22.11's primary and secondary (programs/dpdk.sh) on the igb with --iova-mode=pa:
 #      on the full kernel's legacy no-IOMMU groups, then on the cdev-only kernel through
 #      `vfio-shim run --`; both must give the same verdict (ok);
-#   3. then one boot per kernel of vm.sh's mixed machine (VM_NOIOMMU=mixed: the IOMMU machine
+#   3. the daemon's no-IOMMU nodes (cdev-only, vfio-shim-cuse --groups auto serves
+#      /dev/vfio/noiommu-N): the explorer's device-free no-IOMMU scope through the nodes
+#      without the preload, against the same scope on type1 (full); noiommu_dma through the
+#      nodes with the preload (adopted), against its type1 transcript;
+#   4. then one boot per kernel of vm.sh's mixed machine (VM_NOIOMMU=mixed: the IOMMU machine
 #      plus an edu that bypasses the IOMMU): the mixed clients (compat-tests/clients/mixed), an
 #      IOMMU group and a no-IOMMU group offered to one container, in the same comparison.
 # Usage: noiommu-tier.sh [results-dir]   (default compat-tests/out/noiommu; wiped)
@@ -28,7 +32,7 @@ for k in full cdev-only; do
   bash "$here/build-kernel.sh" "$k" >/dev/null || die "kernel build ($k) failed"
 done
 (cd "$root" && CARGO_TERM_PROGRESS_WHEN=never cargo build --release -q -p vfio-shim-compat -p vfio-shim-preload \
-  -p vfio-shim-explorer) || die "build failed"
+  -p vfio-shim-explorer -p vfio-shim-cuse) || die "build failed"
 bin=$root/target/release
 sh "$root/compat-tests/clients/build.sh" "$out/clients" >&2 || die "client build failed"
 clients=$out/clients/noiommu
@@ -53,6 +57,20 @@ $(printf %q "$bin/vfio-shim-compat") run --kernel $k --clients $(printf %q "$cli
   --preload $(printf %q "$bin/libvfio_shim_preload.so") --timeout 1200 || rc=1
 DPDK_WRAP=$(printf %q "$wrap") bash $(printf %q "$root/compat-tests/programs/dpdk.sh") run \\
   $(printf %q "$out/dpdk-bin") $(printf %q "$out/dpdk-$side") || rc=1
+# The daemon's part: the explorer's device-free no-IOMMU scope on shared memory (the CUSE
+# column's scope), on type1 here and through the daemon's nodes without the preload there.
+mkdir -p $(printf %q "$out/cuse")
+explore() { env VFIO_EXPLORE_DEVICES=0 VFIO_EXPLORE_MEMORY=shared VFIO_EXPLORE_SEQS=300 timeout 900 $(printf %q "$bin/explorer") "\$@"; }
+if [ $k = full ]; then
+  explore >$(printf %q "$out/cuse/explorer.type1.out") 2>$(printf %q "$out/cuse/explorer.type1.err")
+else
+  VFIO_SHIM_LOG=info $(printf %q "$bin/vfio-shim-cuse") 2>$(printf %q "$out/cuse/daemon.log") || echo "guest: the daemon did not start" >&2
+  ls /dev/vfio >$(printf %q "$out/cuse/nodes.txt")
+  explore >$(printf %q "$out/cuse/explorer.node.out") 2>$(printf %q "$out/cuse/explorer.node.err")
+  LD_PRELOAD=$(printf %q "$bin/libvfio_shim_preload.so") timeout 300 $(printf %q "$clients/noiommu_dma") \\
+    >$(printf %q "$out/cuse/noiommu_dma.preload.out") 2>$(printf %q "$out/cuse/noiommu_dma.preload.err")
+  pkill -TERM -x vfio-shim-cuse; sleep 1
+fi
 exit \$rc
 EOF
   echo "=== noiommu-tier: boot $k ($(( $(date +%s) - start )) s)" >&2
@@ -67,11 +85,13 @@ for k in full cdev-only; do
   mkdir -p "$out/mixed"
   set +e
   VM_NOIOMMU=mixed bash "$here/vm.sh" "$k" "$out/mixed" -- bash "$here/guest-setup.sh" \
-    "$bin/vfio-shim-compat" run --kernel "$k" --clients "$out/clients/mixed" --out "$out/results" \
+    "$bin/vfio-shim-compat" run --kernel "$k" --clients "$out/clients/mixed" --out "$out/mixed/results" \
     --preload "$bin/libvfio_shim_preload.so" --timeout 300 </dev/null
   mixed_rc[$k]=$?
   set -e
 done
+# One comparison for both machines: the mixed clients' transcripts join the others.
+[ -d "$out/mixed/results" ] && cp -r "$out/mixed/results/." "$out/results/"
 
 passed=0 failed=0
 for k in full cdev-only; do
@@ -97,6 +117,23 @@ else
   failed=$((failed + 1))
 fi
 [ $crc = 0 ] || [ $failed -gt 0 ] || failed=1
+# The daemon's nodes: same transcripts as type1 (END status=ok in them, so an empty or broken
+# run cannot pass).
+verdict() {
+  if grep -qx 'END status=ok' "$2" 2>/dev/null && cmp -s "$2" "$3"; then
+    passed=$((passed + 1)); echo "$1: pass"
+  else
+    failed=$((failed + 1)); echo "$1: FAIL ($(diff "$2" "$3" 2>&1 | grep -c '^[<>]') records differ; $2 vs $3)"
+  fi
+}
+echo "cuse no-IOMMU nodes served: $(tr '\n' ' ' <"$out/cuse/nodes.txt" 2>/dev/null)"
+verdict "cuse-node no-IOMMU explorer (device-free, shared memory, 300 sequences) = type1" \
+  "$out/cuse/explorer.type1.out" "$out/cuse/explorer.node.out"
+verdict "cuse-node + preload noiommu_dma = type1" "$out/results/full/type1/noiommu_dma.out" \
+  "$out/cuse/noiommu_dma.preload.out"
+adopted=$(grep -c 'adopted by the preload' "$out/cuse/daemon.log" 2>/dev/null || true)
+echo "  the daemon logged ${adopted:-0} adopted opens"
+[ "${adopted:-0}" -ge 2 ] || { failed=$((failed + 1)); echo "cuse-node + preload: FAIL (the preload did not adopt the nodes)"; }
 for side in type1 shim; do
   summary=$(head -n1 "$out/dpdk-$side/summary.txt" 2>/dev/null || echo "DPDK-SECONDARY: FAIL (no summary)")
   echo "DPDK no-IOMMU (--iova-mode=pa), $side: $summary"

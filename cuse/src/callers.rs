@@ -63,6 +63,10 @@ pub trait Callers: Send + Sync + 'static {
     fn is_own_thread(&self, tid: u32) -> bool;
     /// Points the backend's maps at `memory` (`None`: the daemon's own, the default).
     fn lend(backend: &mut Self::Backend, memory: Option<Self::Memory>);
+    /// Makes the backend's CAP_SYS_RAWIO checks (no-IOMMU nodes) ask about caller thread
+    /// `tid`, the one whose call is served now, as the kernel's `capable()` asks about the
+    /// calling thread.
+    fn rawio_of(backend: &mut Self::Backend, tid: u32);
 }
 
 /// The kernel's callers.
@@ -126,5 +130,12 @@ impl Callers for KernelCallers {
 
     fn lend(backend: &mut KernelBackend, memory: Option<MemoryOwner>) {
         backend.set_memory_owner(memory);
+    }
+
+    fn rawio_of(backend: &mut KernelBackend, tid: u32) {
+        use vfio_shim_sys::privileges::{sets_of, CAP_SYS_RAWIO};
+        backend.rawio_of(Some(Box::new(move || {
+            sets_of(tid as libc::pid_t).is_ok_and(|(effective, _)| effective & (1 << CAP_SYS_RAWIO) != 0)
+        })));
     }
 }

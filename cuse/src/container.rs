@@ -157,11 +157,12 @@ impl<C: Callers> CuseDevice for ContainerDevice<C> {
             _ => {}
         }
         // Without an IOMMU driver type1 answers every other request EINVAL before it reads the
-        // argument (CT:333,348), so an unreadable argument is EINVAL too, not the fetch's EFAULT.
-        if !matches!(io.cmd, VFIO_GET_API_VERSION | VFIO_CHECK_EXTENSION | VFIO_SET_IOMMU)
-            && self.reg.container_without_iommu(fh)
-        {
-            return IoctlOutcome::Error(Errno::EINVAL);
+        // argument (CT:333,348), so an unreadable argument is EINVAL too, not the fetch's EFAULT;
+        // the no-IOMMU driver answers them all ENOTTY (CT:46).
+        if !matches!(io.cmd, VFIO_GET_API_VERSION | VFIO_CHECK_EXTENSION | VFIO_SET_IOMMU) {
+            if let Some(e) = self.reg.container_answer_before_argument(fh) {
+                return IoctlOutcome::Error(e);
+            }
         }
         // Fetch the argument before taking the lock: retry rounds go back to the caller.
         let limit = self.reg.limit;
@@ -226,6 +227,7 @@ impl<C: Callers> CuseDevice for ContainerDevice<C> {
                 inner = self.reg.dma_done.wait(inner).unwrap_or_else(|e| e.into_inner());
             };
             C::lend(inner.shim.backend_mut(), memory);
+            C::rawio_of(inner.shim.backend_mut(), caller.pid);
             let result = match inner.shim.container_ioctl_begin(id, io.cmd, io.arg, &mut mem) {
                 Err(e) => Err(e),
                 Ok(ContainerStep::Done(v)) => Ok(v),

@@ -199,6 +199,11 @@ impl Callers for FakeCallers {
         self.world().own.contains(&tid)
     }
 
+    fn rawio_of(_backend: &mut FakeBackend, _tid: u32) {
+        // The fake world's callers all hold CAP_SYS_RAWIO (FakeBackend's default); the no-IOMMU
+        // checks themselves are the core's host tests (shim/tests/noiommu.rs).
+    }
+
     fn lend(backend: &mut FakeBackend, memory: Option<FakeMemory>) {
         backend.lend_caller_memory(memory.map(|m| {
             CallerMemory(Box::new(move |vaddr, length, _write| {

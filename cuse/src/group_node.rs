@@ -1,5 +1,5 @@
-//! A legacy VFIO group node `/dev/vfio/<N>` served from the shim core, for kernels without
-//! VFIO groups. `SET_CONTAINER` names the container by an fd of the caller, which the registry
+//! A legacy VFIO group node `/dev/vfio/<N>` (or, in no-IOMMU mode, `/dev/vfio/noiommu-<N>`)
+//! served from the shim core, for kernels without VFIO groups. `SET_CONTAINER` names the container by an fd of the caller, which the registry
 //! identifies as one of its container node's opens; `GET_DEVICE_FD` answers
 //! [`NOT_WITHOUT_PRELOAD`] with one log line: a daemon cannot install an fd in its caller.
 
@@ -17,15 +17,21 @@ use crate::device::{Caller, CuseDevice, Ioctl, IoctlOutcome};
 use crate::registry::{Inner, Node, OpenState, Registry};
 use crate::retry::{argsz_step, cstr_step, fixed_step, ArgszSpec, Step};
 
-/// A `vfio/<N>` node: IOMMU group `N`.
+/// A `vfio/<N>` node: IOMMU group `N`; or a `vfio/noiommu-<N>` node: no-IOMMU group `N`.
 pub struct GroupDevice<C: Callers = KernelCallers> {
     reg: Arc<Registry<C>>,
     number: u32,
+    noiommu: bool,
 }
 
 impl<C: Callers> GroupDevice<C> {
     pub fn new(reg: Arc<Registry<C>>, number: u32) -> Self {
-        Self { reg, number }
+        Self { reg, number, noiommu: false }
+    }
+
+    /// The node of no-IOMMU group `number`.
+    pub fn noiommu(reg: Arc<Registry<C>>, number: u32) -> Self {
+        Self { reg, number, noiommu: true }
     }
 
     fn group_of(&self, inner: &Inner<C>, fh: u64) -> Result<GroupId, Errno> {
@@ -43,8 +49,13 @@ impl<C: Callers> CuseDevice for GroupDevice<C> {
     /// opens included.
     fn open(&self, caller: &Caller, _flags: u32) -> Result<u64, Errno> {
         let mut inner = self.reg.lock();
-        let id = inner.shim.open_group(self.number)?;
-        let fh = Registry::insert(&mut inner, caller.pid, Node::Group(self.number), OpenState::Group(id));
+        C::rawio_of(inner.shim.backend_mut(), caller.pid);
+        let (id, node) = if self.noiommu {
+            (inner.shim.open_noiommu_group(self.number)?, Node::NoIommuGroup(self.number))
+        } else {
+            (inner.shim.open_group(self.number)?, Node::Group(self.number))
+        };
+        let fh = Registry::insert(&mut inner, caller.pid, node, OpenState::Group(id));
         debug!("open group {} fh {fh} by pid {} uid {}", self.number, caller.pid, caller.uid);
         Ok(fh)
     }
@@ -86,6 +97,7 @@ impl<C: Callers> CuseDevice for GroupDevice<C> {
             Err(e) => return IoctlOutcome::Error(e),
         };
         let resolve = |_fd: i32| target.unwrap_or(FdTarget::Closed);
+        C::rawio_of(inner.shim.backend_mut(), caller.pid);
         match inner.shim.group_ioctl(id, io.cmd, &mut mem, &resolve) {
             Ok(GroupReply::Done) => {
                 let mut out = mem.bytes;

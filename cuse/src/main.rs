@@ -38,8 +38,9 @@ struct Args {
     #[arg(long)]
     test_device: bool,
     /// Group nodes to serve beside the container, named `<dir of --name>/<N>`: `auto` (every
-    /// IOMMU group with a VFIO device and no group node of the kernel's), `none`, or a
-    /// comma-separated list of group numbers.
+    /// IOMMU group with a VFIO device and no group node of the kernel's, and in vfio's no-IOMMU
+    /// mode every no-IOMMU cdev `noiommu-vfio<N>` as `<dir>/noiommu-<N>`), `none`, or a
+    /// comma-separated list of group numbers and `noiommu-<N>` names.
     #[arg(long, default_value = "auto")]
     groups: String,
     /// Keep every capability (default: once the nodes exist, keep only what serving clients
@@ -93,16 +94,25 @@ fn serve(args: &Args, ready: Option<std::fs::File>) -> Result<(), String> {
     container.init().map_err(|e| e.to_string())?;
     reg.set_container_rdev(node_rdev(&args.name)?);
     let mut group_sessions = Vec::new();
-    for n in groups {
+    let serves_noiommu = groups.iter().any(|g| g.noiommu);
+    for g in groups {
         let mut gc = config.clone();
-        gc.devname = group_node_name(&args.name, n);
+        gc.devname = group_node_name(&args.name, &g.node());
         gc.threads = config.threads.min(2);
-        let s = Session::new(GroupDevice::new(reg.clone(), n), gc).map_err(|e| e.to_string())?;
+        let device = if g.noiommu {
+            GroupDevice::noiommu(reg.clone(), g.number)
+        } else {
+            GroupDevice::new(reg.clone(), g.number)
+        };
+        let s = Session::new(device, gc).map_err(|e| e.to_string())?;
         s.init().map_err(|e| e.to_string())?;
         group_sessions.push(s);
     }
+    if serves_noiommu {
+        warn!("serving no-IOMMU group nodes: their devices DMA to any physical address (docs/noiommu.md)");
+    }
     if !args.keep_privileges {
-        drop_privileges()?;
+        drop_privileges(serves_noiommu)?;
     }
     let mut all: Vec<&dyn Served> = vec![&container];
     all.extend(group_sessions.iter().map(|s| s as &dyn Served));
@@ -181,26 +191,49 @@ fn run_sessions(sessions: &[&dyn Served], ready: Option<std::fs::File>, stop_sig
 /// (CAP_CHECKPOINT_RESTORE), reopening a caller's shared memory file whatever its mode
 /// (CAP_DAC_READ_SEARCH), and pinning it without being charged (CAP_IPC_LOCK). Everything else,
 /// CAP_SYS_ADMIN included, goes (from the bounding set too when we hold CAP_SETPCAP), with
-/// no-new-privs. Runs before any worker thread exists.
-fn drop_privileges() -> Result<(), String> {
+/// no-new-privs. Runs before any worker thread exists. Serving no-IOMMU nodes keeps
+/// CAP_SYS_RAWIO too: their cdevs open only with it (each caller's own is checked as well).
+fn drop_privileges(noiommu: bool) -> Result<(), String> {
     use vfio_shim_sys::privileges::*;
     let keep = [CAP_SYS_PTRACE, CAP_CHECKPOINT_RESTORE, CAP_DAC_READ_SEARCH, CAP_IPC_LOCK]
         .iter()
         .fold(0u64, |m, c| m | (1 << c));
+    let keep = if noiommu { keep | (1 << CAP_SYS_RAWIO) } else { keep };
     let kept = keep_only(keep).map_err(|e| format!("dropping capabilities: {}", e.desc()))?;
     if kept != keep {
         warn!("capabilities: started without some of {keep:#x}; kept {kept:#x}: some clients may be refused");
     } else {
-        info!("capabilities: kept {kept:#x} (ptrace, checkpoint_restore, dac_read_search, ipc_lock), no-new-privs");
+        info!(
+            "capabilities: kept {kept:#x} (ptrace, checkpoint_restore, dac_read_search, ipc_lock{}), no-new-privs",
+            if noiommu { ", sys_rawio" } else { "" }
+        );
     }
     Ok(())
 }
 
-/// `vfio/vfio` -> `vfio/<n>`; a name without a directory -> `<n>`.
-fn group_node_name(container_name: &str, n: u32) -> String {
+/// A group node to serve: IOMMU group `number`, or no-IOMMU group `number`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct ServedGroup {
+    noiommu: bool,
+    number: u32,
+}
+
+impl ServedGroup {
+    /// The node's last path component: `<N>` or `noiommu-<N>`.
+    fn node(&self) -> String {
+        if self.noiommu {
+            format!("noiommu-{}", self.number)
+        } else {
+            self.number.to_string()
+        }
+    }
+}
+
+/// `vfio/vfio` -> `vfio/<node>`; a name without a directory -> `<node>`.
+fn group_node_name(container_name: &str, node: &str) -> String {
     match container_name.rsplit_once('/') {
-        Some((dir, _)) => format!("{dir}/{n}"),
-        None => n.to_string(),
+        Some((dir, _)) => format!("{dir}/{node}"),
+        None => node.to_string(),
     }
 }
 
@@ -220,24 +253,38 @@ fn node_rdev(name: &str) -> Result<u64, String> {
 /// The groups `--groups` names. `auto`: every IOMMU group with a device bound to a VFIO driver
 /// (it has a `vfio-dev/vfioN` cdev) whose node path is free (a kernel with VFIO groups has its
 /// own `/dev/vfio/<N>`, which wins).
-fn groups_to_serve(spec: &str, container_name: &str) -> Result<Vec<u32>, String> {
+fn groups_to_serve(spec: &str, container_name: &str) -> Result<Vec<ServedGroup>, String> {
     use vfio_shim::Backend;
     match spec {
         "none" => Ok(Vec::new()),
         "auto" => {
             let mut backend = vfio_shim_sys::KernelBackend::new();
             let mut found = Vec::new();
-            let entries = std::fs::read_dir("/sys/kernel/iommu_groups")
-                .map(|d| d.flatten().collect())
-                .unwrap_or_else(|_| Vec::new());
-            for e in entries {
-                let Some(n) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-                let has_vfio = backend.group_devices(n).is_ok_and(|d| d.iter().any(|d| d.cdev.is_some()));
-                let node = format!("/dev/{}", group_node_name(container_name, n));
+            let numbers = |dir: &str, prefix: &str| -> Vec<u32> {
+                std::fs::read_dir(dir)
+                    .map(|d| {
+                        d.flatten()
+                            .filter_map(|e| e.file_name().to_str()?.strip_prefix(prefix)?.parse::<u32>().ok())
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            let iommu = numbers("/sys/kernel/iommu_groups", "")
+                .into_iter()
+                .map(|number| ServedGroup { noiommu: false, number });
+            // No-IOMMU cdevs exist only in vfio's no-IOMMU mode.
+            let noiommu = numbers("/sys/class/vfio-dev", "noiommu-vfio")
+                .into_iter()
+                .map(|number| ServedGroup { noiommu: true, number });
+            for g in iommu.chain(noiommu) {
+                let devices =
+                    if g.noiommu { backend.noiommu_group_devices(g.number) } else { backend.group_devices(g.number) };
+                let has_vfio = devices.is_ok_and(|d| d.iter().any(|d| d.cdev.is_some()));
+                let node = format!("/dev/{}", group_node_name(container_name, &g.node()));
                 if has_vfio && std::path::Path::new(&node).exists() {
-                    info!("group {n}: {node} exists (the kernel's own group node), not served");
+                    info!("group {}: {node} exists (the kernel's own group node), not served", g.node());
                 } else if has_vfio {
-                    found.push(n);
+                    found.push(g);
                 }
             }
             found.sort_unstable();
@@ -246,7 +293,16 @@ fn groups_to_serve(spec: &str, container_name: &str) -> Result<Vec<u32>, String>
         list => list
             .split(',')
             .filter(|s| !s.is_empty())
-            .map(|s| s.trim().parse::<u32>().map_err(|_| format!("--groups: {s:?} is not a group number")))
+            .map(|s| {
+                let s = s.trim();
+                let (noiommu, n) = match s.strip_prefix("noiommu-") {
+                    Some(n) => (true, n),
+                    None => (false, s),
+                };
+                n.parse::<u32>()
+                    .map(|number| ServedGroup { noiommu, number })
+                    .map_err(|_| format!("--groups: {s:?} is not a group number or noiommu-<N>"))
+            })
             .collect(),
     }
 }

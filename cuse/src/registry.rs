@@ -30,6 +30,8 @@ pub use vfio_shim::abi::VFIO_SHIM_CUSE_ADOPT;
 pub(crate) enum Node {
     Container,
     Group(u32),
+    /// `noiommu-<N>`.
+    NoIommuGroup(u32),
 }
 
 #[derive(Debug)]
@@ -96,7 +98,10 @@ pub(crate) struct Inner<C: Callers> {
 impl Registry<KernelCallers> {
     /// The daemon's registry over the kernel. `ioctl_limit`: the sessions' per-direction limit.
     pub fn new(ioctl_limit: u32) -> Arc<Registry<KernelCallers>> {
-        let backend = vfio_shim_sys::KernelBackend::new();
+        let mut backend = vfio_shim_sys::KernelBackend::new();
+        // The daemon never hands a device fd out (a preload that adopts the group does, and
+        // warns in the program's own name), so a no-IOMMU open it refuses is no user's.
+        backend.warn_noiommu_opens(false);
         Registry::with_core(
             ioctl_limit,
             KernelCallers,
@@ -176,14 +181,16 @@ impl<C: Callers> Registry<C> {
         debug!("release fh {fh} ({:?}, opened by pid {})", open.node, open.pid);
     }
 
-    /// Whether `fh` is a container of ours with no IOMMU driver set yet (never used, or used
-    /// without SET_IOMMU).
-    pub(crate) fn container_without_iommu(&self, fh: u64) -> bool {
+    /// What a container of ours answers every request but GET_API_VERSION, CHECK_EXTENSION and
+    /// SET_IOMMU before reading its argument: EINVAL with no IOMMU driver set yet (never used,
+    /// or used without SET_IOMMU), ENOTTY with the no-IOMMU driver; `None` with type1's.
+    pub(crate) fn container_answer_before_argument(&self, fh: u64) -> Option<Errno> {
         let inner = self.lock_any();
         match inner.opens.get(&fh).map(|o| &o.state) {
-            Some(OpenState::Fresh) => true,
-            Some(OpenState::Container(id)) => inner.shim.iommu_version(*id).is_none(),
-            _ => false,
+            Some(OpenState::Fresh) => Some(Errno::EINVAL),
+            Some(OpenState::Container(id)) if inner.shim.noiommu_driver(*id) => Some(Errno::ENOTTY),
+            Some(OpenState::Container(id)) if inner.shim.iommu_version(*id).is_none() => Some(Errno::EINVAL),
+            _ => None,
         }
     }
 

@@ -290,6 +290,11 @@ impl<B: Backend> Shim<B> {
         self.containers.get(&id).and_then(|c| c.iommu.as_ref()).map(|i| i.ioas)
     }
 
+    /// Whether the container's IOMMU driver is the no-IOMMU one (`SET_IOMMU(VFIO_NOIOMMU_IOMMU)`).
+    pub fn noiommu_driver(&self, id: ContainerId) -> bool {
+        self.containers.get(&id).is_some_and(|c| c.noiommu_driver)
+    }
+
     /// Whether `SET_IOMMU` has happened and which version: `Some(true)` for TYPE1v2.
     pub fn iommu_version(&self, id: ContainerId) -> Option<bool> {
         self.containers.get(&id).and_then(|c| c.iommu.as_ref()).map(|i| i.v2)

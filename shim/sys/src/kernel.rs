@@ -86,6 +86,8 @@ pub struct KernelBackend {
     /// Whose `CAP_SYS_RAWIO` the no-IOMMU checks ask for: the calling thread's when unset (a
     /// preload process); a CUSE daemon sets its caller's for the call it serves.
     rawio_caller: Option<Box<dyn Fn() -> bool + Send>>,
+    /// `warn_noiommu_opens(false)`.
+    quiet_noiommu_opens: bool,
 }
 
 impl Default for KernelBackend {
@@ -116,6 +118,7 @@ impl KernelBackend {
             group_claims: HashMap::new(),
             noiommu_claims: HashMap::new(),
             rawio_caller: None,
+            quiet_noiommu_opens: false,
             kvm_files: HashMap::new(),
         }
     }
@@ -129,6 +132,11 @@ impl KernelBackend {
     /// The open `/dev/iommu` behind `ctx`, for glue that must hand the number out.
     pub fn iommufd_raw_fd(&self, ctx: IommufdId) -> Option<RawFd> {
         self.iommufds.get(&ctx).map(|fd| fd.as_raw_fd())
+    }
+
+    /// Whether a no-IOMMU device handed out is announced in the kernel log (default: yes).
+    pub fn warn_noiommu_opens(&mut self, on: bool) {
+        self.quiet_noiommu_opens = !on;
     }
 
     /// Whose `CAP_SYS_RAWIO` the no-IOMMU checks ask for until the next call of this: a CUSE
@@ -674,6 +682,9 @@ impl Backend for KernelBackend {
     }
 
     fn noiommu_device_opened(&mut self, name: &str) {
+        if self.quiet_noiommu_opens {
+            return;
+        }
         // The kernel's own words (GR:287), in the kernel log where an operator looks for them,
         // and in the shim's log.
         let comm = fs::read_to_string("/proc/self/comm").unwrap_or_default();
