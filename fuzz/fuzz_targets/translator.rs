@@ -1,7 +1,9 @@
 //! The core's argument decoders and reply encoders, driven by a caller's raw bytes: a sequence
 //! of container and group ioctls (MAP/UNMAP, GET_INFO's capability chain, DIRTY_PAGES' bitmaps,
 //! SET_IOMMU, GET_DEVICE_FD names, ...) with fuzzed numbers and argument bytes, on the fake
-//! backend. Never panics, and the container's mappings stay sorted and disjoint.
+//! backend, with an IOMMU group and a no-IOMMU group (which the container never takes both of)
+//! and CAP_SYS_RAWIO coming and going. Never panics, and the container's mappings stay sorted
+//! and disjoint.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -25,10 +27,14 @@ const GROUP_CMDS: [u32; 4] =
     [VFIO_GROUP_GET_STATUS, VFIO_GROUP_SET_CONTAINER, VFIO_GROUP_UNSET_CONTAINER, VFIO_GROUP_GET_DEVICE_FD];
 
 fuzz_target!(|data: &[u8]| {
-    let backend = FakeBackend::new().with_group(7, &["0000:00:03.0", "0000:00:03.1"]).with_group(9, &["0000:00:05.0"]);
+    let backend = FakeBackend::new()
+        .with_group(7, &["0000:00:03.0", "0000:00:03.1"])
+        .with_group(9, &["0000:00:05.0"])
+        .with_noiommu_group(3, "0000:00:0a.0");
     let mut shim = Shim::new(backend);
     let Ok(c) = shim.open_container() else { return };
     let Ok(g) = shim.open_group(7) else { return };
+    let Ok(n) = shim.open_noiommu_group(3) else { return };
     let resolve = move |fd: i32| if fd == 100 { FdTarget::Container(c) } else { FdTarget::Closed };
     let mut devices = Vec::new();
     let mut rest = data;
@@ -47,7 +53,8 @@ fuzz_target!(|data: &[u8]| {
             }
             1 => {
                 let cmd = GROUP_CMDS[usize::from(head[1]) % GROUP_CMDS.len()];
-                if let Ok(GroupReply::Device(d)) = shim.group_ioctl(g, cmd, &mut mem, &resolve) {
+                let group = if head[1] & 0x80 != 0 { n } else { g };
+                if let Ok(GroupReply::Device(d)) = shim.group_ioctl(group, cmd, &mut mem, &resolve) {
                     devices.push(d);
                 }
             }
@@ -56,7 +63,9 @@ fuzz_target!(|data: &[u8]| {
                 let cmd = u32::from_ne_bytes(head[2..6].try_into().unwrap());
                 let _ = shim.container_ioctl(c, cmd, arg, &mut mem);
                 let _ = shim.group_ioctl(g, cmd, &mut mem, &resolve);
+                let _ = shim.group_ioctl(n, cmd, &mut mem, &resolve);
             }
+            _ if head[1] & 0x80 != 0 => shim.backend_mut().set_rawio(head[1] & 1 != 0),
             _ => {
                 if let Some(d) = devices.pop() {
                     shim.close_device(d);
@@ -72,5 +81,6 @@ fuzz_target!(|data: &[u8]| {
         shim.close_device(d);
     }
     shim.close_group(g);
+    shim.close_group(n);
     shim.close_container(c);
 });
