@@ -75,34 +75,32 @@ fi
 ivsize=${VM_IVSHMEM_SIZE:-256M}
 if [ "${VM_NOIOMMU:-0}" = 1 ]; then
   # No IOMMU at all, as on a cloud instance without a virtual one: every device is DMA-capable
-  # without translation, and vfio-pci offers it only in the unsafe no-IOMMU mode. The IOMMU
-  # machine's pair (an IOMMU group of two) has no meaning here.
-  qemu_opts=(
-    -M q35
-    -device edu,dma_mask=0xffffffffffffffff
-    -device igb
-    -object "memory-backend-memfd,id=ivshmem0,size=$ivsize,share=on"
-    -device ivshmem-plain,memdev=ivshmem0
-    -device virtio-serial-pci,id=vfsser
-    -chardev "file,id=vfsconsole,path=$console"
-    -device virtconsole,chardev=vfsconsole,bus=vfsser.0
-  )
+  # without translation, and vfio-pci offers it only in the unsafe no-IOMMU mode. edu must reach
+  # any physical address.
+  machine=(-M q35)
+  edu=(-device edu,dma_mask=0xffffffffffffffff)
 else
-  qemu_opts=(
-    -M q35,kernel-irqchip=split
-    -device intel-iommu,intremap=on,aw-bits=48
-    -device edu
-    -device igb
-    -object "memory-backend-memfd,id=ivshmem0,size=$ivsize,share=on"
-    -device ivshmem-plain,memdev=ivshmem0
-    # The guest console into a file, on a virtio console (hvc0): vng's own console is ttyS0 (into
-    # /dev/null unless VM_VERBOSE=1), and one kernel cannot have two ttyS consoles at once.
-    -device virtio-serial-pci,id=vfsser
-    -chardev "file,id=vfsconsole,path=$console"
-    -device virtconsole,chardev=vfsconsole,bus=vfsser.0
-    # Two devices in one IOMMU group: conventional PCI behind a PCIe-to-PCI bridge shares the
-    # bridge's requester ID. A second edu (bound to vfio-pci) and a virtio-rng left on virtio-pci,
-    # a kernel driver that claims DMA, so the group is not viable until it is unbound.
+  machine=(-M q35,kernel-irqchip=split -device intel-iommu,intremap=on,aw-bits=48)
+  edu=(-device edu)
+fi
+qemu_opts=(
+  "${machine[@]}"
+  "${edu[@]}"
+  -device igb
+  -object "memory-backend-memfd,id=ivshmem0,size=$ivsize,share=on"
+  -device ivshmem-plain,memdev=ivshmem0
+  # The guest console into a file, on a virtio console (hvc0): vng's own console is ttyS0 (into
+  # /dev/null unless VM_VERBOSE=1), and one kernel cannot have two ttyS consoles at once.
+  -device virtio-serial-pci,id=vfsser
+  -chardev "file,id=vfsconsole,path=$console"
+  -device virtconsole,chardev=vfsconsole,bus=vfsser.0
+)
+if [ "${VM_NOIOMMU:-0}" != 1 ]; then
+  # Two devices in one IOMMU group: conventional PCI behind a PCIe-to-PCI bridge shares the
+  # bridge's requester ID. A second edu (bound to vfio-pci) and a virtio-rng left on virtio-pci,
+  # a kernel driver that claims DMA, so the group is not viable until it is unbound. (Without
+  # an IOMMU there are no such groups.)
+  qemu_opts+=(
     -device pcie-root-port,id=vfsrp,bus=pcie.0,addr=0x10,chassis=16
     -device pcie-pci-bridge,id=vfsbr,bus=vfsrp
     -device edu,bus=vfsbr,addr=0x1

@@ -399,6 +399,22 @@ fn allowed_ranges(platform: &Platform, attached: usize) -> Vec<IovaRange> {
     }
 }
 
+/// A claim on `group` by this opener (`true`); `EBUSY` while anyone holds one.
+fn claim(claims: &mut BTreeMap<u32, bool>, group: u32) -> Result<(), Errno> {
+    if claims.contains_key(&group) {
+        return Err(Errno::EBUSY);
+    }
+    claims.insert(group, true);
+    Ok(())
+}
+
+/// Drops this opener's claim on `group` (another's stays).
+fn release(claims: &mut BTreeMap<u32, bool>, group: u32) {
+    if claims.get(&group) == Some(&true) {
+        claims.remove(&group);
+    }
+}
+
 impl Backend for FakeBackend {
     fn iommufd_open(&mut self) -> Result<IommufdId, Errno> {
         self.enter(Op::IommufdOpen)?;
@@ -534,17 +550,11 @@ impl Backend for FakeBackend {
 
     fn noiommu_group_claim(&mut self, group: u32) -> Result<(), Errno> {
         self.enter(Op::GroupClaim)?;
-        if self.noiommu_claims.contains_key(&group) {
-            return Err(Errno::EBUSY);
-        }
-        self.noiommu_claims.insert(group, true);
-        Ok(())
+        claim(&mut self.noiommu_claims, group)
     }
 
     fn noiommu_group_release(&mut self, group: u32) {
-        if self.noiommu_claims.get(&group) == Some(&true) {
-            self.noiommu_claims.remove(&group);
-        }
+        release(&mut self.noiommu_claims, group);
     }
 
     fn caller_has_rawio(&mut self) -> bool {
@@ -557,17 +567,11 @@ impl Backend for FakeBackend {
 
     fn group_claim(&mut self, group: u32) -> Result<(), Errno> {
         self.enter(Op::GroupClaim)?;
-        if self.claims.contains_key(&group) {
-            return Err(Errno::EBUSY);
-        }
-        self.claims.insert(group, true);
-        Ok(())
+        claim(&mut self.claims, group)
     }
 
     fn group_release(&mut self, group: u32) {
-        if self.claims.get(&group) == Some(&true) {
-            self.claims.remove(&group);
-        }
+        release(&mut self.claims, group);
     }
 
     fn device_open(&mut self, device: &GroupDevice) -> Result<DeviceHandle, Errno> {

@@ -60,6 +60,13 @@ static int set_noiommu_mode(const char *v)
 	return ok ? 0 : -1;
 }
 
+/* Closes what a call that type1 refuses returned anyway (another container may give it). */
+static void unwanted(int fd)
+{
+	if (fd >= 0)
+		close(fd);
+}
+
 /* A recorded call with CAP_SYS_RAWIO out of the effective set. */
 #define WITHOUT_RAWIO(call)                                                                      \
 	do {                                                                                     \
@@ -93,22 +100,14 @@ int main(void)
 	extensions("empty", cfd);
 
 	/* The group has no IOMMU: no /dev/vfio/<N>, only its no-IOMMU node. */
-	fd = c_open("open.group.iommu_name", iommu_path, O_RDWR);
-	if (fd >= 0)
-		close(fd);
-	WITHOUT_RAWIO(fd = c_open("open.group.norawio", path, O_RDWR));
-	if (fd >= 0)
-		close(fd);
+	unwanted(c_open("open.group.iommu_name", iommu_path, O_RDWR));
+	WITHOUT_RAWIO(unwanted(c_open("open.group.norawio", path, O_RDWR)));
 	gfd = c_open("open.group", path, O_RDWR);
 	if (gfd < 0)
 		die("open %s: %s", path, strerror(last_errno));
-	fd = c_open("open.group.again", path, O_RDWR);
-	if (fd >= 0)
-		close(fd);
+	unwanted(c_open("open.group.again", path, O_RDWR));
 	group_status("status.unset", gfd);
-	fd = get_device_fd("get_device_fd.unset", gfd, bdf);
-	if (fd >= 0)
-		close(fd);
+	unwanted(get_device_fd("get_device_fd.unset", gfd, bdf));
 	c_ioctl("set_iommu.no_group", cfd, VFIO_SET_IOMMU, VFIO_NOIOMMU_IOMMU);
 
 	WITHOUT_RAWIO(fd = set_container("set_container.norawio", gfd, cfd));
@@ -120,9 +119,7 @@ int main(void)
 	set_container("set_container.again", gfd, cfd);
 	group_status("status.set", gfd);
 	extensions("group_set", cfd);
-	fd = get_device_fd("get_device_fd.no_iommu_set", gfd, bdf);
-	if (fd >= 0)
-		close(fd);
+	unwanted(get_device_fd("get_device_fd.no_iommu_set", gfd, bdf));
 	c_ioctl_ptr("get_info.no_iommu_set", cfd, VFIO_IOMMU_GET_INFO, &info);
 
 	c_ioctl("set_iommu.type1", cfd, VFIO_SET_IOMMU, VFIO_TYPE1_IOMMU);
@@ -141,15 +138,11 @@ int main(void)
 	c_ioctl_ptr("dirty_pages", cfd, VFIO_IOMMU_DIRTY_PAGES, &dirty);
 	c_ioctl("unknown_ioctl", cfd, VFIO_BASE + 60, 0);
 
-	WITHOUT_RAWIO(fd = get_device_fd("get_device_fd.norawio", gfd, bdf));
-	if (fd >= 0)
-		close(fd);
+	WITHOUT_RAWIO(unwanted(get_device_fd("get_device_fd.norawio", gfd, bdf)));
 	dev = get_device_fd("get_device_fd", gfd, bdf);
 	if (dev < 0)
 		die("VFIO_GROUP_GET_DEVICE_FD(%s) failed: %s", bdf, errname(last_errno));
-	fd = get_device_fd("get_device_fd.missing", gfd, "0000:ff:1f.7");
-	if (fd >= 0)
-		close(fd);
+	unwanted(get_device_fd("get_device_fd.missing", gfd, "0000:ff:1f.7"));
 	bar = edu_bar("noiommu", dev, &bar_size);
 
 	/* Two locked pages; edu copies the first into its buffer and back into the second. */

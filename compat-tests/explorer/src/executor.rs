@@ -279,17 +279,13 @@ fn group_of(bdf: &str) -> u32 {
         // A no-IOMMU device on a kernel without groups has no link (the preload answers one);
         // without the preload, the daemon's node for it is `noiommu-<N>` of its cdev
         // `noiommu-vfio<N>` (docs/noiommu.md), which is what a program must know then.
-        Err(e) => return noiommu_cdev_index(bdf).unwrap_or_else(|| panic!("iommu_group of {bdf}: {e}")),
+        Err(e) => {
+            let device = std::path::PathBuf::from(format!("/sys/bus/pci/devices/{bdf}"));
+            return vfio_shim_sys::noiommu::group_number(&device)
+                .unwrap_or_else(|| panic!("iommu_group of {bdf}: {e}"));
+        }
     };
     link.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()).expect("group number")
-}
-
-/// `N` of the device's `noiommu-vfio<N>` cdev.
-fn noiommu_cdev_index(bdf: &str) -> Option<u32> {
-    std::fs::read_dir(format!("/sys/bus/pci/devices/{bdf}/vfio-dev"))
-        .ok()?
-        .flatten()
-        .find_map(|e| e.file_name().to_str()?.strip_prefix("noiommu-vfio")?.parse().ok())
 }
 
 fn iova_of(i: Iova) -> u64 {

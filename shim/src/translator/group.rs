@@ -8,13 +8,13 @@ impl<B: Backend> Shim<B> {
     /// `open("/dev/vfio/<number>")`. `ENOENT` when no such VFIO group exists, `EBUSY` when
     /// it is already open, here or in another process (GR: one opener at a time).
     pub fn open_group(&mut self, number: u32) -> Result<GroupId, Errno> {
-        self.open_group_inner(number, true)
+        self.open_node(number, false, true)
     }
 
     /// As [`Shim::open_group`] for a group whose system-wide claim someone else holds on our
     /// behalf: the CUSE daemon that serves the group node this process opened.
     pub fn open_group_served(&mut self, number: u32) -> Result<GroupId, Errno> {
-        self.open_group_inner(number, false)
+        self.open_node(number, false, false)
     }
 
     /// `open("/dev/vfio/noiommu-<number>")`: as [`Shim::open_group`], and `EPERM` without
@@ -26,10 +26,6 @@ impl<B: Backend> Shim<B> {
     /// As [`Shim::open_group_served`] for a no-IOMMU group node.
     pub fn open_noiommu_group_served(&mut self, number: u32) -> Result<GroupId, Errno> {
         self.open_node(number, true, false)
-    }
-
-    fn open_group_inner(&mut self, number: u32, claim: bool) -> Result<GroupId, Errno> {
-        self.open_node(number, false, claim)
     }
 
     fn open_node(&mut self, number: u32, noiommu: bool, claim: bool) -> Result<GroupId, Errno> {

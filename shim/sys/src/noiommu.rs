@@ -14,12 +14,13 @@ pub fn iommu_group_link(link: &Path) -> Option<String> {
     if link.file_name()? != "iommu_group" || fs::symlink_metadata(link).is_ok() {
         return None;
     }
-    let device = link.parent()?;
-    let mut indices = fs::read_dir(device.join("vfio-dev"))
-        .ok()?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("noiommu-vfio")?.parse::<u32>().ok());
-    let index = indices.next()?;
-    Some(format!("../../../kernel/iommu_groups/{index}"))
+    Some(format!("../../../kernel/iommu_groups/{}", group_number(link.parent()?)?))
+}
+
+/// The no-IOMMU group the shim serves for the device at sysfs path `device`: `N` of its cdev
+/// `noiommu-vfio<N>` (`/dev/vfio/noiommu-<N>`); `None` for a device on no such cdev.
+pub fn group_number(device: &Path) -> Option<u32> {
+    crate::kernel::vfio_cdev(device)?.strip_prefix("noiommu-vfio")?.parse().ok()
 }
 
 #[cfg(test)]
