@@ -106,21 +106,22 @@ fn every_noiommu_step_wants_cap_sys_rawio() {
     set_container(&mut shim, g, c).unwrap();
     shim.backend_mut().set_rawio(false);
     assert_eq!(set_iommu(&mut shim, c, VFIO_NOIOMMU_IOMMU), Err(Errno::EPERM)); // set_iommu.norawio
-                                                                                // The type is looked at first: ENODEV, not EPERM, for another one.
+                                                                                // The type is looked at first: ENODEV, not EPERM, for another one (set_iommu.type1v2.norawio).
     assert_eq!(set_iommu(&mut shim, c, VFIO_TYPE1v2_IOMMU), Err(Errno::ENODEV));
     shim.backend_mut().set_rawio(true);
     set_iommu(&mut shim, c, VFIO_NOIOMMU_IOMMU).unwrap();
     shim.backend_mut().set_rawio(false);
     assert_eq!(get_device(&mut shim, g, EDU), Err(Errno::EPERM)); // get_device_fd.norawio
     assert!(shim.backend().noiommu_opens().is_empty());
-    // Only the device's first open checks (explorer, no-IOMMU machine, seed 1, s33): another
-    // file of an open device comes without the capability.
+    // Only the device's first open checks (explorer, no-IOMMU machine, seed 1, s33, and
+    // get_device_fd.open.norawio): another file of an open device comes without the capability.
     shim.backend_mut().set_rawio(true);
     let Ok(GroupReply::Device(first)) = get_device(&mut shim, g, EDU) else { panic!("GET_DEVICE_FD") };
     shim.backend_mut().set_rawio(false);
     let Ok(GroupReply::Device(second)) = get_device(&mut shim, g, EDU) else { panic!("second GET_DEVICE_FD") };
     // The last close without the capability: the shim's reopen of the cdev is refused, and
-    // made again at the next open, which type1 makes there anyway.
+    // made again at the next open, which type1 makes there anyway (get_device_fd.closed.norawio,
+    // get_device_fd.reopen).
     shim.close_device(first);
     shim.close_device(second);
     assert_eq!(get_device(&mut shim, g, EDU), Err(Errno::EPERM));

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/capability.h>
+#include <linux/pci_regs.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +66,18 @@ static void unwanted(int fd)
 {
 	if (fd >= 0)
 		close(fd);
+}
+
+/* Records whether the device's PCI_COMMAND has bus mastering on. */
+static void bus_master(const char *label, int dev)
+{
+	struct vfio_region_info cfg = { .argsz = sizeof(cfg), .index = VFIO_PCI_CONFIG_REGION_INDEX };
+	uint16_t cmd;
+
+	if (ioctl(dev, VFIO_DEVICE_GET_REGION_INFO, &cfg) < 0 ||
+	    pread(dev, &cmd, sizeof(cmd), (off_t)(cfg.offset + PCI_COMMAND)) != sizeof(cmd))
+		die("reading PCI_COMMAND: %s", strerror(errno));
+	rec_out(label, "master=%d", !!(cmd & PCI_COMMAND_MASTER));
 }
 
 /* A recorded call with CAP_SYS_RAWIO out of the effective set. */
@@ -126,6 +139,7 @@ int main(void)
 	c_ioctl("set_iommu.type1v2", cfd, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU);
 	c_ioctl("set_iommu.unknown", cfd, VFIO_SET_IOMMU, 99);
 	WITHOUT_RAWIO(c_ioctl("set_iommu.norawio", cfd, VFIO_SET_IOMMU, VFIO_NOIOMMU_IOMMU));
+	WITHOUT_RAWIO(c_ioctl("set_iommu.type1v2.norawio", cfd, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU));
 	if (c_ioctl("set_iommu", cfd, VFIO_SET_IOMMU, VFIO_NOIOMMU_IOMMU) < 0)
 		die("VFIO_SET_IOMMU(VFIO_NOIOMMU_IOMMU) failed: %s", errname(last_errno));
 	c_ioctl("set_iommu.again", cfd, VFIO_SET_IOMMU, VFIO_NOIOMMU_IOMMU);
@@ -159,6 +173,21 @@ int main(void)
 
 	munmap((void *)bar, bar_size);
 	munmap(buf, 2 * PG);
+
+	/* CAP_SYS_RAWIO is checked at a device's first open only: another file of the open device
+	 * comes without it; once every file is closed (the device's last close, which quiesces it:
+	 * bus mastering off) the next open needs it again. */
+	WITHOUT_RAWIO({
+		int second = get_device_fd("get_device_fd.open.norawio", gfd, bdf);
+		c_close("close.device.first.norawio", dev);
+		if (second >= 0)
+			c_close("close.device.second.norawio", second);
+		unwanted(get_device_fd("get_device_fd.closed.norawio", gfd, bdf));
+	});
+	dev = get_device_fd("get_device_fd.reopen", gfd, bdf);
+	if (dev < 0)
+		die("VFIO_GROUP_GET_DEVICE_FD(%s) after its last close failed: %s", bdf, errname(last_errno));
+	bus_master("bus_master.after_last_close", dev);
 	c_close("close.device", dev);
 	unset_container("unset_container", gfd);
 	group_status("status.unset_again", gfd);
