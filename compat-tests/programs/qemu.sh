@@ -26,10 +26,16 @@
 #       A binary inside one of our trees gets the tree's QEMU_MODULE_DIR and LD_LIBRARY_PATH.
 #   qemu.sh l2-dma-all <results-dir> <trees-dir>
 #       In the guest: l2-dma for <trees-dir>/7.2 and /10.0; logs, summary.txt in <results-dir>.
+#   qemu.sh scenarios <qemu-binary|7.2|10.0> [<logdir>]
+#       In the guest: qemu_scenarios.py with edu and igb ($VFIO_TEST_EDU, $VFIO_TEST_IGB):
+#       hotplug ($HOTPLUG_CYCLES device_add/del cycles), two devices in one container with igb
+#       unplugged, system_reset, hotplug under -accel kvm (see qemu_scenarios.py).
+#   qemu.sh scenarios-all <results-dir> <trees-dir>
+#       In the guest: scenarios for <trees-dir>/7.2 and /10.0 into <results-dir>/scenarios-<v>.txt.
 #
 # Environment: VFIO_SHIM_CACHE (/var/cache/vfio-shim), QEMU_TREES (where 7.2/ and 10.0/ are),
-# L2_DMA_RUNS (2), QEMU_WRAP (a command prefix for QEMU, e.g.
-# "env LD_PRELOAD=/path/libvfio_shim_preload.so").
+# L2_DMA_RUNS (2), HOTPLUG_CYCLES (20), QEMU_SCENARIOS ("hotplug two reset kvm"), QEMU_WRAP (a
+# command prefix for QEMU, e.g. "env LD_PRELOAD=/path/libvfio_shim_preload.so").
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${VFIO_SHIM_CACHE:-/var/cache/vfio-shim}
@@ -199,11 +205,39 @@ cmd_l2_dma_all() {
   return $rc
 }
 
+cmd_scenarios() {
+  [ $# -ge 1 ] && [ $# -le 2 ] || usage
+  local bin logdir=${2:-} opts=()
+  bin=$(resolve_qemu "$1")
+  [ -x "$bin" ] || { echo "qemu.sh: $bin is not executable" >&2; exit 1; }
+  ensure_guest_env
+  tree_env "$bin"
+  [ -n "$logdir" ] && { mkdir -p "$logdir"; opts+=(--logdir "$logdir"); }
+  [ -n "${QEMU_WRAP:-}" ] && opts+=(--wrap "$QEMU_WRAP")
+  # shellcheck disable=SC2086 # the scenario list is words
+  python3 "$here/qemu_scenarios.py" "${opts[@]}" --tag "$1" --cycles "${HOTPLUG_CYCLES:-20}" \
+    "$bin" "$VFIO_TEST_EDU" "$VFIO_TEST_IGB" ${QEMU_SCENARIOS:-hotplug two reset kvm}
+}
+
+cmd_scenarios_all() {
+  [ $# = 2 ] || usage
+  local results=$1 v rc=0
+  mkdir -p "$results"; results=$(cd "$results" && pwd)
+  export QEMU_TREES=$2
+  for v in 7.2 10.0; do
+    cmd_scenarios "$v" "$results" >"$results/scenarios-$v.txt" 2>"$results/scenarios-$v.log" || rc=1
+    grep -E '^(SCENARIO [a-z]+:|TIME )' "$results/scenarios-$v.txt" | sed "s/^/$v: /"
+  done
+  return $rc
+}
+
 case "${1:-}" in
   fetch) shift; cmd_fetch "$@" ;;
   stage) shift; cmd_stage "$@" ;;
   path) [ $# = 2 ] || usage; resolve_qemu "$2" ;;
   l2-dma) shift; cmd_l2_dma "$@" ;;
   l2-dma-all) shift; cmd_l2_dma_all "$@" ;;
+  scenarios) shift; cmd_scenarios "$@" ;;
+  scenarios-all) shift; cmd_scenarios_all "$@" ;;
   *) usage ;;
 esac

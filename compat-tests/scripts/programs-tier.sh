@@ -6,7 +6,10 @@
 #      by `vfio-shim run --` (LD_PRELOAD);
 #   3. every selftest case must have the same result in both, and both QEMU versions must move
 #      the L2 DMA through the assigned device, map its BAR for P2P and quit cleanly;
-#   4. a DPDK secondary (dpdk-proc-info) must open the primary's (testpmd) igb through the
+#   4. QEMU's VFIO lifecycle (qemu_scenarios.py) in both versions: 20 hotplug cycles, two devices
+#      in one container with one unplugged, system_reset, hotplug under -accel kvm; each must
+#      pass on both sides with the same observations (docs/differences.md lists the exceptions);
+#   5. a DPDK secondary (dpdk-proc-info) must open the primary's (testpmd) igb through the
 #      container and group fds it receives over SCM_RIGHTS, on type1 and through the shim.
 # Usage: programs-tier.sh [results-dir]   (default compat-tests/out/programs-tier; wiped)
 # The last line is "programs: N passed, M failed, K skipped".
@@ -34,9 +37,10 @@ echo "programs-tier: run-vm.sh exit status: type1 $type1_rc, shim $shim_rc" >&2
 [ "$type1_rc" = 0 ] || tail -n 40 "$out/type1.log" >&2
 [ "$shim_rc" = 0 ] || tail -n 40 "$out/shim.log" >&2
 
-python3 - "$out" <<'PY'
+python3 - "$out" "$root" <<'PY'
 import csv, pathlib, sys
 out = pathlib.Path(sys.argv[1])
+root = pathlib.Path(sys.argv[2])
 passed = failed = skipped = 0
 
 def cases(side):
@@ -84,6 +88,46 @@ for version in ("7.2", "10.0"):
           f"({len(dma)} L2 DMA runs, {len(bar)} BAR maps)")
     for l in dma[:1] + bar[:1]:
         print("   " + l.strip())
+print()
+# QEMU's VFIO lifecycle scenarios (qemu_scenarios.py): each must pass in both, and every
+# observation through the shim must equal type1's unless docs/differences.md lists it (client
+# qemu_scenarios, label <scenario>.<key>, mode shim or shim@cdev-only).
+listed = []
+for line in (root / "docs" / "differences.md").read_text().splitlines():
+    cells = [c.strip().strip("`") for c in line.split(" | ")]
+    if line.startswith("| qemu_scenarios ") and len(cells) >= 4 and cells[2] in ("shim", "shim@cdev-only"):
+        listed.append(cells[1])
+def is_listed(label):
+    return any(label == l or (l.endswith("*") and label.startswith(l[:-1])) for l in listed)
+def scenario_results(side, version):
+    p = out / side / "qemu" / f"scenarios-{version}.txt"
+    verdicts, observed = {}, {}
+    for l in (p.read_text().splitlines() if p.exists() else []):
+        if l.startswith("SCENARIO ") and ":" in l:
+            name, rest = l[len("SCENARIO "):].split(":", 1)
+            verdicts[name] = rest.strip()
+        elif l.startswith("OBSERVE "):
+            _, name, key, *value = l.split(" ", 3)
+            observed[f"{name}.{key}"] = value[0] if value else ""
+    return verdicts, observed
+for version in ("7.2", "10.0"):
+    (tv, to), (sv, so) = scenario_results("type1", version), scenario_results("shim", version)
+    for name in ("hotplug", "two", "reset", "kvm"):
+        t, sh = tv.get(name, "missing"), sv.get(name, "missing")
+        keys = sorted(k for k in set(to) | set(so) if k.startswith(name + "."))
+        diffs = [k for k in keys if to.get(k) != so.get(k)]
+        unlisted = [k for k in diffs if not is_listed(k)]
+        ok = t.startswith("ok") and sh.startswith("ok") and bool(keys) and not unlisted
+        passed += ok
+        failed += not ok
+        print(f"QEMU {version} {name}: {'pass' if ok else 'FAIL'} (type1 {t.split(' ')[0]}, shim "
+              f"{sh.split(' ')[0]}; {len(keys)} observations, {len(diffs) - len(unlisted)} listed differences"
+              f"{', ' + str(len(unlisted)) + ' UNLISTED' if unlisted else ''})")
+        for side, v in (("type1", t), ("shim", sh)):
+            if not v.startswith("ok") or side == "shim":
+                print(f"   {side}: {v}")
+        for k in diffs:
+            print(f"   {'listed  ' if k not in unlisted else 'UNLISTED'} {k}: type1 {to.get(k, '(none)')!r}, shim {so.get(k, '(none)')!r}")
 print()
 def dpdk(side):
     p = out / side / "dpdk" / "summary.txt"
