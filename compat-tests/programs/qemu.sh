@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# QEMU 7.2 (bookworm) and 10.0 (bookworm-backports) as real legacy-container VFIO users.
+# QEMU 7.2 (bookworm) and 10.0 (bookworm-backports) as real legacy-container VFIO users, and
+# QEMU 11.1 (trixie-backports) for its cpr-transfer live update.
 #
 # Usage:
 #   qemu.sh fetch
-#       On the host. Downloads the Debian packages of both versions (apt-get download, never
+#       On the host. Downloads the Debian packages of 7.2 and 10.0 (apt-get download, never
 #       installed) and unpacks each into its own tree $VFIO_SHIM_CACHE/qemu/<7.2|10.0>/:
 #       root/ (the packages), version, packages, libdirs. Libraries: every Depends of
 #       qemu-system-x86 that is not installed on the host is unpacked into root/ too and its
 #       directories listed in libdirs (LD_LIBRARY_PATH); ldd must then resolve everything.
+#       11.1 needs trixie's glibc: its whole dependency closure, C library and loader included,
+#       is downloaded by a private apt (its own state under $VFIO_SHIM_CACHE/qemu/11.1/apt, the
+#       host's untouched) and unpacked into 11.1/root/; 11.1/qemu-system-x86_64 is a wrapper
+#       that runs the binary with that tree's loader and libraries.
 #       Idempotent (a tree is kept while its package versions are unchanged).
 #   qemu.sh stage <dir>
 #       On the host. Makes the trees visible to the guest: the guest sees the host's root
 #       filesystem, but virtme-ng mounts a tmpfs over /var/cache (and /var/tmp), so the trees are
 #       hard-linked (cp -al; copied across filesystems) to <dir>/7.2 and <dir>/10.0. <dir>
 #       must be inside vm.sh's <results-dir> (the one host directory the guest sees there).
-#   qemu.sh path <7.2|10.0>
+#   qemu.sh path <7.2|10.0|11.1>
 #       Prints that tree's qemu-system-x86_64 (in $QEMU_TREES if set, else the cache).
 #   qemu.sh l2-dma <qemu-binary|7.2|10.0> [<edu-bdf>] [<logdir>]
 #       In the L1 guest (as root). Starts that QEMU with the edu assigned (vfio-pci, legacy
@@ -29,12 +34,16 @@
 #   qemu.sh scenarios <qemu-binary|7.2|10.0> [<logdir>]
 #       In the guest: qemu_scenarios.py with edu and igb ($VFIO_TEST_EDU, $VFIO_TEST_IGB):
 #       hotplug ($HOTPLUG_CYCLES device_add/del cycles), two devices in one container with igb
-#       unplugged, system_reset, hotplug under -accel kvm (see qemu_scenarios.py).
+#       unplugged, system_reset, hotplug under -accel kvm, and (QEMU_SCENARIOS=cpr, 11.1)
+#       cpr-transfer to a new process (see qemu_scenarios.py).
 #   qemu.sh scenarios-all <results-dir> <trees-dir>
-#       In the guest: scenarios for <trees-dir>/7.2 and /10.0 into <results-dir>/scenarios-<v>.txt.
+#       In the guest: scenarios for <trees-dir>/7.2 and /10.0, and the cpr scenario for 11.1,
+#       into <results-dir>/scenarios-<v>.txt; with QEMU_COMPAT_CPR=1 on a kernel with the legacy
+#       container, cpr once more with /dev/iommu as the container (scenarios-11.1-compat.txt).
 #
 # Environment: VFIO_SHIM_CACHE (/var/cache/vfio-shim), QEMU_TREES (where 7.2/ and 10.0/ are),
-# L2_DMA_RUNS (2), HOTPLUG_CYCLES (20), QEMU_SCENARIOS ("hotplug two reset kvm"), QEMU_WRAP (a
+# L2_DMA_RUNS (2), HOTPLUG_CYCLES (20), QEMU_SCENARIOS ("hotplug two reset kvm"), QEMU_TAG (log
+# name prefix, the version), QEMU_COMPAT_CPR (0), QEMU_WRAP (a
 # command prefix for QEMU, e.g. "env LD_PRELOAD=/path/libvfio_shim_preload.so").
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -113,34 +122,93 @@ fetch_one() {
   echo "qemu.sh: $v: $(cat "$dir/version") in $dir/root" >&2
 }
 
+# QEMU 11.1 from trixie-backports with trixie's libraries and loader, by a private apt whose
+# state lives in the tree (the host's apt state and packages are never touched).
+fetch_trixie() {
+  local dir=$qroot/11.1 apt_dir sig
+  apt_dir=$dir/apt
+  mkdir -p "$apt_dir"/etc/apt/{apt.conf.d,preferences.d,sources.list.d} \
+    "$apt_dir"/var/lib/apt/lists/partial "$apt_dir"/var/cache/apt/archives/partial "$apt_dir"/var/lib/dpkg
+  : >"$apt_dir/var/lib/dpkg/status"
+  cat >"$apt_dir/etc/apt/sources.list" <<'SRC'
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie-backports main
+SRC
+  local apt=(apt-get -q -o "Dir=$apt_dir" -o "Dir::State::status=$apt_dir/var/lib/dpkg/status"
+    -o Dir::Etc::trusted=/etc/apt/trusted.gpg -o Dir::Etc::trustedparts=/etc/apt/trusted.gpg.d
+    -o APT::Architecture=amd64 -o Debug::NoLocking=1)
+  "${apt[@]}" update >/dev/null
+  sig=$("${apt[@]}" install --download-only -s -y --no-install-recommends -t trixie-backports \
+    qemu-system-x86 | sed -n 's/^Inst //p' | sort)
+  if [ -f "$dir/.done" ] && [ "$(cat "$dir/packages")" = "$sig" ]; then
+    echo "qemu.sh: 11.1: $(cat "$dir/version") (cached in $dir)" >&2
+    return 0
+  fi
+  echo "qemu.sh: 11.1: fetching qemu-system-x86 and $(echo "$sig" | wc -l) packages from trixie" >&2
+  rm -rf "$dir/root" "$dir/.done"
+  "${apt[@]}" install --download-only -y --no-install-recommends -t trixie-backports \
+    qemu-system-x86 >/dev/null
+  mkdir -p "$dir/root"
+  local deb
+  for deb in "$apt_dir"/var/cache/apt/archives/*.deb; do dpkg-deb -x "$deb" "$dir/root"; done
+  rm -f "$apt_dir"/var/cache/apt/archives/*.deb
+  cat >"$dir/qemu-system-x86_64" <<'WRAP'
+#!/bin/sh
+# QEMU 11.1 from trixie-backports with trixie's own loader and libraries (the host's glibc is
+# older than it needs). Paths are relative to this script, so staged copies work.
+t=$(cd "$(dirname "$0")" && pwd)/root
+l=$t/usr/lib/x86_64-linux-gnu
+export QEMU_MODULE_DIR=$l/qemu
+exec "$l/ld-linux-x86-64.so.2" --library-path "$l" "$t/usr/bin/qemu-system-x86_64" \
+  -L "$t/usr/share/qemu" -L "$t/usr/share/seabios" "$@"
+WRAP
+  chmod +x "$dir/qemu-system-x86_64"
+  "$dir/qemu-system-x86_64" --version | head -n1 >"$dir/version"
+  echo "$sig" >"$dir/packages"
+  touch "$dir/.done"
+  echo "qemu.sh: 11.1: $(cat "$dir/version") in $dir/root" >&2
+}
+
 cmd_fetch() {
   bash "$here/../scripts/host-deps.sh"   # the backports source (10.0) and the 10.0 runtime deps
   fetch_one 7.2
   fetch_one 10.0
+  fetch_trixie
   local v
   for v in 7.2 10.0; do echo "$v $qroot/$v/root/usr/bin/qemu-system-x86_64"; done
+  echo "11.1 $qroot/11.1/qemu-system-x86_64"
 }
 
 cmd_stage() {
   [ $# = 1 ] || usage
   local dest=$1 v
   mkdir -p "$dest"
-  for v in 7.2 10.0; do
-    [ -f "$qroot/$v/.done" ] || fetch_one "$v"
+  for v in 7.2 10.0 11.1; do
+    if [ ! -f "$qroot/$v/.done" ]; then
+      if [ "$v" = 11.1 ]; then fetch_trixie; else fetch_one "$v"; fi
+    fi
     rm -rf "${dest:?}/$v"
+    # the 11.1 tree's private apt state stays in the cache
     cp -al "$qroot/$v" "$dest/$v" 2>/dev/null || { rm -rf "${dest:?}/$v"; cp -a "$qroot/$v" "$dest/$v"; }
-    echo "$v $(cd "$dest/$v" && pwd)/root/usr/bin/qemu-system-x86_64"
+    rm -rf "${dest:?}/$v/apt"
+    resolve_qemu_in "$dest" "$v"
   done
+}
+
+# <trees-dir> <7.2|10.0|11.1> -> "<v> <that tree's QEMU>"
+resolve_qemu_in() {
+  if [ "$2" = 11.1 ]; then echo "$2 $(cd "$1/$2" && pwd)/qemu-system-x86_64"
+  else echo "$2 $(cd "$1/$2" && pwd)/root/usr/bin/qemu-system-x86_64"; fi
 }
 
 resolve_qemu() {
   local trees=${QEMU_TREES:-$qroot}
   case $1 in
-    7.2|10.0)
+    7.2|10.0|11.1)
       [ -f "$trees/$1/.done" ] || {
         echo "qemu.sh: no $1 tree in $trees ('qemu.sh fetch' and 'qemu.sh stage' on the host)" >&2
         exit 1; }
-      echo "$(cd "$trees/$1" && pwd)/root/usr/bin/qemu-system-x86_64" ;;
+      resolve_qemu_in "$trees" "$1" | cut -d' ' -f2- ;;
     *) echo "$1" ;;
   esac
 }
@@ -215,7 +283,7 @@ cmd_scenarios() {
   [ -n "$logdir" ] && { mkdir -p "$logdir"; opts+=(--logdir "$logdir"); }
   [ -n "${QEMU_WRAP:-}" ] && opts+=(--wrap "$QEMU_WRAP")
   # shellcheck disable=SC2086 # the scenario list is words
-  python3 "$here/qemu_scenarios.py" "${opts[@]}" --tag "$1" --cycles "${HOTPLUG_CYCLES:-20}" \
+  python3 "$here/qemu_scenarios.py" "${opts[@]}" --tag "${QEMU_TAG:-$1}" --cycles "${HOTPLUG_CYCLES:-20}" \
     "$bin" "$VFIO_TEST_EDU" "$VFIO_TEST_IGB" ${QEMU_SCENARIOS:-hotplug two reset kvm}
 }
 
@@ -224,10 +292,21 @@ cmd_scenarios_all() {
   local results=$1 v rc=0
   mkdir -p "$results"; results=$(cd "$results" && pwd)
   export QEMU_TREES=$2
-  for v in 7.2 10.0; do
-    cmd_scenarios "$v" "$results" >"$results/scenarios-$v.txt" 2>"$results/scenarios-$v.log" || rc=1
+  for v in 7.2 10.0 11.1; do
+    # 11.1 is here for cpr-transfer (10.1 and later); the others have no cpr-transfer
+    if [ "$v" = 11.1 ]; then QEMU_SCENARIOS=cpr cmd_scenarios "$v" "$results"
+    else cmd_scenarios "$v" "$results"; fi >"$results/scenarios-$v.txt" 2>"$results/scenarios-$v.log" || rc=1
     grep -E '^(SCENARIO [a-z]+:|TIME )' "$results/scenarios-$v.txt" | sed "s/^/$v: /"
   done
+  if [ "${QEMU_COMPAT_CPR:-0}" = 1 ] && [ -e /dev/vfio/vfio ]; then
+    # The kernel's own compat layer as the container (in a private mount namespace), for the
+    # record: it refuses VFIO_UPDATE_VADDR, so QEMU refuses cpr-transfer. Judged by
+    # programs-tier.sh, not here.
+    QEMU_SCENARIOS=cpr QEMU_TAG=11.1-compat unshare -m bash -c \
+      'mount --bind /dev/iommu /dev/vfio/vfio && exec bash "$0" scenarios 11.1 "$1"' "$0" "$results" \
+      >"$results/scenarios-11.1-compat.txt" 2>"$results/scenarios-11.1-compat.log" || true
+    grep -E '^SCENARIO [a-z]+:' "$results/scenarios-11.1-compat.txt" | sed "s/^/11.1 kernel compat: /"
+  fi
   return $rc
 }
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""QEMU's VFIO lifecycle beyond one device at start: hotplug, two devices, reset, KVM.
+"""QEMU's VFIO lifecycle beyond one device at start: hotplug, two devices, reset, KVM, CPR.
 
 Runs inside the L1 test guest (see qemu.sh scenarios), with the helpers of qemu_l2_dma.py:
 QEMU starts paused (-S) with a qtest socket, and this script plays the L2 guest's part (config
@@ -24,6 +24,11 @@ Scenarios (one QEMU process each):
             ENOENT: so the kernel held what was added). QEMU must report no KVM-VFIO error.
             (KVM device ioctls answer EIO from any other process, so the test cannot ask the
             device itself.)
+  cpr       QEMU 10.1+ (11.1 here) under -accel kvm, a running guest (SeaBIOS), RAM in a shared
+            memfd: cpr-transfer to a new QEMU process, which gets the VFIO fds over the cpr
+            channel and sets the vaddrs the old one invalidated; an edu DMA lands in the new
+            process's memory before and after the old one quits. Uses the edu the kernel can
+            reset (vm.sh puts it behind its own root port; bound to vfio-pci here).
 
 Output: per scenario "SCENARIO <name>: ok (...)" or "SCENARIO <name>: FAIL: ...", and
 "OBSERVE <name> <key> <value>" lines: what the kernel and QEMU showed, for the comparison with
@@ -31,6 +36,7 @@ type1 (qemu.sh scenarios-all, programs-tier.sh). Exit status 0 iff every scenari
 
 Usage: qemu_scenarios.py [--wrap CMD] [--logdir DIR] [--tag NAME] [--cycles N]
                          <qemu-binary> <edu-bdf> <igb-bdf> <scenario>...
+(the tag names the log files: <logdir>/<tag>.<scenario>.qemu.stderr)
 """
 import argparse
 import ctypes
@@ -115,7 +121,7 @@ class EventQMP(QMP):
 class Qemu:
     """One QEMU process, paused, with qtest and QMP connected."""
 
-    def __init__(self, args, tag, extra, strace=None):
+    def __init__(self, args, tag, extra, strace=None, before_connect=None):
         self.tmp = tempfile.mkdtemp(prefix="qscen-")
         self.logdir = args.logdir or self.tmp
         os.makedirs(self.logdir, exist_ok=True)
@@ -134,6 +140,8 @@ class Qemu:
         print(f"SCENARIO: starting {' '.join(shlex.quote(c) for c in cmd)}", file=sys.stderr)
         with open(self.stderr_path, "w") as err:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+        if before_connect:
+            before_connect(self)
         self.qt = Bus0QTest(accept(qtest_srv, self.proc, args.timeout, "the qtest socket"))
         self.qmp = EventQMP(accept(qmp_srv, self.proc, args.timeout, "the QMP socket"))
         qtest_srv.close()
@@ -500,6 +508,118 @@ def kvm_vfio_calls(path):
     return out
 
 
+def resettable_edu(exclude):
+    """The edu the kernel can reset (alone behind a root port: `reset_method` offers `bus`),
+    bound to vfio-pci here if it is not yet (guest-setup.sh leaves it unbound)."""
+    for bdf in sorted(os.listdir("/sys/bus/pci/devices")):
+        d = f"/sys/bus/pci/devices/{bdf}"
+        try:
+            ids = open(f"{d}/vendor").read().strip(), open(f"{d}/device").read().strip()
+            methods = open(f"{d}/reset_method").read().split()
+        except OSError:
+            continue
+        if ids != ("0x1234", "0x11e8") or bdf in exclude or "bus" not in methods:
+            continue
+        if os.path.basename(os.path.realpath(f"{d}/driver")) != "vfio-pci":
+            with open(f"{d}/driver_override", "w") as fh:
+                fh.write("vfio-pci")
+            if os.path.exists(f"{d}/driver"):
+                with open(f"{d}/driver/unbind", "w") as fh:
+                    fh.write(bdf)
+            with open("/sys/bus/pci/drivers_probe", "w") as fh:
+                fh.write(bdf)
+        return bdf
+    raise Fail("no resettable edu (vm.sh puts one behind its own root port)")
+
+
+def phys_command(bdf):
+    """PCI_COMMAND as the device has it (sysfs config space), not as QEMU emulates it."""
+    with open(f"/sys/bus/pci/devices/{bdf}/config", "rb") as fh:
+        return int.from_bytes(fh.read(6)[4:6], "little")
+
+
+def scenario_cpr(args, obs):
+    """cpr-transfer (QEMU 10.1 and later): a running guest's QEMU hands its VFIO container,
+    group and device fds to a new QEMU process over the cpr channel; the new process maps guest
+    memory again with VFIO_DMA_MAP_FLAG_VADDR. An edu DMA must land in the memory the new
+    process maps, before and after the old process is gone."""
+    edu = resettable_edu([args.edu, os.environ.get("VFIO_TEST_PAIR_EDU", "")])
+    mem = ["-accel", "kvm", "-machine", "memory-backend=ram0,aux-ram-share=on",
+           "-object", "memory-backend-memfd,id=ram0,size=64M,share=on"]
+    dev = ["-device", f"vfio-pci,host={edu},id=edu0,addr=0x3",
+           "-trace", "vfio_pci_reset*", "-trace", "vfio_pci_hot_reset*"]
+    old = Qemu(args, f"{args.tag}.cpr-old", mem + dev)
+    new = None
+    try:
+        old.qmp.command("cont")          # a running guest: SeaBIOS assigns edu's BAR0
+        end = time.monotonic() + args.timeout
+        while not (bar := old.qt.cfg_read(0, 3, 0x10) & ~0xF) and time.monotonic() < end:
+            time.sleep(0.2)
+        if not bar:
+            raise Fail("the firmware assigned edu no BAR0")
+        old.qt.cfg_write(0, 3, 0x04, old.qt.cfg_read(0, 3, 0x04) | 0x6)
+        edu_roundtrip(old.qt, bar, 1)
+        before = phys_command(edu)
+        old.qmp.command("migrate-set-parameters", mode="cpr-transfer")
+        socks = {c: os.path.join(old.tmp, f"{c}.sock") for c in ("main", "cpr")}
+        chans = [{"channel-type": c, "addr": {"transport": "socket", "type": "unix", "path": p}}
+                 for c, p in socks.items()]
+
+        def migrate(q):
+            # The new process listens on its cpr channel first and reads the fds from it
+            # before it creates any device; only then does it connect its qtest and QMP.
+            end = time.monotonic() + args.timeout
+            while not os.path.exists(socks["cpr"]):
+                if q.proc.poll() is not None or time.monotonic() > end:
+                    raise Fail("the new QEMU never listened on its cpr channel")
+                time.sleep(0.05)
+            old.qmp.command("migrate", channels=chans)
+
+        incoming = [a for c in chans for a in ("-incoming", json.dumps(c))]
+        try:
+            new = Qemu(args, f"{args.tag}.cpr-new", mem + dev + incoming, before_connect=migrate)
+        except Fail as e:
+            info = old.qmp.command("query-migrate")
+            if info.get("status"):
+                raise Fail(f"{e} (migration {info['status']}: {info.get('error-desc', '')})")
+            raise
+        end = time.monotonic() + args.timeout
+        while (info := old.qmp.command("query-migrate")).get("status") not in ("completed", "failed", "cancelled"):
+            if time.monotonic() > end:
+                break
+            time.sleep(0.1)
+        obs("cpr", "migration", info.get("status"))
+        if info.get("status") != "completed":
+            raise Fail(f"cpr-transfer {info.get('status')}: {info.get('error-desc', '')}")
+        if new.qmp.command("query-status").get("status") != "running":
+            new.qmp.command("cont")
+        after = phys_command(edu)
+        obs("cpr", "device_command_before_after", f"{before:#x} {after:#x}")
+        edu_roundtrip(new.qt, bar, 2)
+        obs("cpr", "edu_dma_in_new_process", "ok")
+        old.quit()
+        edu_roundtrip(new.qt, bar, 3)
+        obs("cpr", "edu_dma_in_new_process_after_old_quit", "ok")
+        new.quit()
+        state = device_free(edu)
+        obs("cpr", "device_after_quit", state.split(" ")[0])
+        if not state.startswith("free"):
+            raise Fail(f"device after the new QEMU quit: {state}")
+        return (f"QEMU {old.version} -accel kvm, edu {edu}: cpr-transfer to a new process, DMA lands"
+                f" in its memory before and after the old one quit; device free after")
+    finally:
+        for name, q in (("old", old), ("new", new)):
+            if q is None:
+                continue
+            rc = q.proc.poll()
+            q.close()
+            obs("cpr", f"qemu_messages_{name}", " | ".join(q.messages()) or "none")
+            trace = [re.sub(r"^\d+@[\d.]+:", "", ln).strip() for ln in q.stderr_lines() if "vfio_pci_" in ln]
+            obs("cpr", f"vfio_trace_{name}", " | ".join(trace) or "none")
+            if rc not in (None, 0):
+                obs("cpr", f"exit_status_{name}", rc)
+
+
 def pidfd_getfd(pidfd, fd):
     r = libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
     if r < 0:
@@ -539,7 +659,7 @@ def main():
     ap.add_argument("qemu")
     ap.add_argument("edu")
     ap.add_argument("igb")
-    ap.add_argument("scenarios", nargs="+", choices=["hotplug", "two", "reset", "kvm"])
+    ap.add_argument("scenarios", nargs="+", choices=["hotplug", "two", "reset", "kvm", "cpr"])
     args = ap.parse_args()
 
     def obs(scenario, key, value):
@@ -555,6 +675,8 @@ def main():
                 detail = scenario_two(args, obs, iommufd_probe)
             elif name == "reset":
                 detail = scenario_reset(args, obs)
+            elif name == "cpr":
+                detail = scenario_cpr(args, obs)
             else:
                 detail = scenario_kvm(args, obs)
             print(f"SCENARIO {name}: ok ({detail})")

@@ -14,7 +14,7 @@
 #
 # Environment passed into the guest (for the preload later; unset for the type1 baseline):
 #   SELFTESTS_WRAP, QEMU_WRAP, DPDK_WRAP   command prefixes, e.g. "env LD_PRELOAD=/path/libvfio_shim_preload.so"
-#   SELFTESTS_ONLY, SELFTESTS_EXTRA, L2_DMA_RUNS, HOTPLUG_CYCLES, QEMU_SCENARIOS
+#   SELFTESTS_ONLY, SELFTESTS_EXTRA, L2_DMA_RUNS, HOTPLUG_CYCLES, QEMU_SCENARIOS, QEMU_COMPAT_CPR
 #                                          see selftests.sh / qemu.sh
 # and everything vm.sh reads (VM_TIMEOUT, VM_KERNEL, ...).
 # `run-vm.sh --guest <results-dir> <modes>` is the part that runs inside the guest.
@@ -43,7 +43,7 @@ bash "$here/qemu.sh" stage "$results/qemu-trees" >/dev/null
 bash "$here/dpdk.sh" fetch "$results/dpdk-bin"
 
 envs=()
-for v in SELFTESTS_WRAP QEMU_WRAP DPDK_WRAP SELFTESTS_ONLY SELFTESTS_EXTRA L2_DMA_RUNS HOTPLUG_CYCLES QEMU_SCENARIOS; do
+for v in SELFTESTS_WRAP QEMU_WRAP DPDK_WRAP SELFTESTS_ONLY SELFTESTS_EXTRA L2_DMA_RUNS HOTPLUG_CYCLES QEMU_SCENARIOS QEMU_COMPAT_CPR; do
   [ -n "${!v:-}" ] && envs+=("$v=${!v}")
 done
 set +e

@@ -576,6 +576,38 @@ both_versions!(unmap_and_map_with_vaddr_update_the_address, |v2| {
     assert_eq!(env.mapped(), vec![(0x10_0000, 0x2000), (0x20_0000, 0x1000)]);
 });
 
+both_versions!(a_live_update_sets_vaddrs_the_old_process_invalidated_after_the_handoff, |v2| {
+    // QEMU's cpr-transfer, as it ran on type1 in the VM (programs tier, cpr scenario): the old
+    // process sends its container fd (the receiver's view is taken now), then invalidates every
+    // vaddr (UNMAP_DMA VADDR|ALL) in its own copy; the new process sets them again
+    // (MAP_DMA VADDR), which type1 accepts: one container state for both.
+    let mut old = Env::new(v2);
+    old.map(0x10_0000, 0x2000).unwrap();
+    old.map(0x20_0000, 0x1000).unwrap();
+    let exported = old.shim.export_container(old.c).unwrap();
+    let group = old.shim.export_group(old.g).unwrap();
+    let c = old.shim.import_container(exported.ctx, exported.iommu.clone(), exported.noiommu_driver);
+    let g = old.shim.import_group(group.number, group.noiommu, Some(c), group.devices.clone()).unwrap();
+    assert_eq!(old.unmap_flags(0, 0, VFIO_DMA_UNMAP_FLAG_VADDR | VFIO_DMA_UNMAP_FLAG_ALL), Ok(0x3000));
+    let mut new = Env { shim: old.shim, c, g };
+    let upd = vfio_iommu_type1_dma_map {
+        argsz: 32,
+        flags: VFIO_DMA_MAP_FLAG_VADDR,
+        vaddr: 0x7f00_0000_0000,
+        iova: 0x10_0000,
+        size: 0x2000,
+    };
+    assert_eq!(new.map_raw(upd), Ok(0));
+    assert_eq!(new.map_raw(vfio_iommu_type1_dma_map { iova: 0x20_0000, size: 0x1000, ..upd }), Ok(0));
+    // Set by this process: its own state again, so type1's rules apply to it as before.
+    assert_eq!(new.map_raw(upd), Err(Errno::EINVAL), "vaddr valid");
+    assert_eq!(new.unmap_flags(0x10_0000, 0x2000, VFIO_DMA_UNMAP_FLAG_VADDR), Ok(0x2000));
+    assert_eq!(new.unmap_flags(0x10_0000, 0x2000, VFIO_DMA_UNMAP_FLAG_VADDR), Err(Errno::EINVAL), "twice");
+    assert_eq!(new.map_raw(upd), Ok(0));
+    assert_eq!(new.shim.mappings(c)[0].vaddr, 0x7f00_0000_0000);
+    assert_eq!(new.shim.backend().calls(Op::IoasUnmap), 0, "nothing unmapped natively");
+});
+
 #[test]
 fn set_container_while_vaddr_invalid_is_ebusy() {
     let mut env = Env::new(true);

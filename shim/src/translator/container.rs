@@ -227,6 +227,7 @@ impl<B: Backend> Shim<B> {
             iova_ranges: Vec::new(),
             coherent: false,
             dirty: DirtyBitmaps::default(),
+            foreign_vaddrs: BTreeSet::new(),
         };
         if let Err(e) = Self::refresh_domain_facts(&mut self.backend, ctx, &mut iommu) {
             for g in &groups {

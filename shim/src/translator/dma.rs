@@ -54,9 +54,11 @@ impl<B: Backend> Shim<B> {
         if set_vaddr {
             return match existing {
                 None => Err(Errno::ENOENT),
-                Some(m) if !m.vaddr_invalid || m.iova != iova || m.size != size => Err(Errno::EINVAL),
+                Some(m) if m.iova != iova || m.size != size => Err(Errno::EINVAL),
+                Some(m) if !m.vaddr_invalid && !iommu.foreign_vaddrs.contains(&m.iova) => Err(Errno::EINVAL),
                 Some(m) => {
                     iommu.ledger.set_vaddr(m.iova, false, Some(vaddr));
+                    iommu.foreign_vaddrs.remove(&m.iova);
                     Ok(None)
                 }
             };
@@ -89,7 +91,9 @@ impl<B: Backend> Shim<B> {
                 for _ in 0..count {
                     // The first victim starts at `first`; none straddles it.
                     let m = if count == 1 { iommu.ledger.remove(first) } else { iommu.ledger.pop_first_in(first, end) };
-                    iommu.dirty.unmapped(m.expect("counted at the begin").iova);
+                    let iova = m.expect("counted at the begin").iova;
+                    iommu.dirty.unmapped(iova);
+                    iommu.foreign_vaddrs.remove(&iova);
                 }
                 iommu.dma_avail += count;
                 unmap.size = unmapped;
@@ -172,12 +176,13 @@ impl<B: Backend> Shim<B> {
 
         if invalidate_vaddr {
             let victims = victims(&iommu.ledger);
-            if victims.iter().any(|m| m.vaddr_invalid) {
+            if victims.iter().any(|m| m.vaddr_invalid && !iommu.foreign_vaddrs.contains(&m.iova)) {
                 return Err(Errno::EINVAL);
             }
             let mut unmapped = 0u64;
             for m in &victims {
                 iommu.ledger.set_vaddr(m.iova, true, None);
+                iommu.foreign_vaddrs.remove(&m.iova);
                 unmapped += m.size;
             }
             unmap.size = unmapped;

@@ -17,7 +17,7 @@
 
 #![allow(non_upper_case_globals)] // kernel names (VFIO_TYPE1v2_IOMMU) kept verbatim
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use nix::errno::Errno;
 use zerocopy::IntoBytes;
@@ -82,6 +82,13 @@ struct Iommu {
     iova_ranges: Vec<IovaRange>,
     coherent: bool,
     dirty: DirtyBitmaps,
+    /// Mappings (by IOVA) this process adopted from another one that holds the container too
+    /// (`SCM_RIGHTS`, exec), whose vaddr state it cannot know: type1 has one state for both,
+    /// and the other process may have invalidated or set their vaddrs since the handoff (a
+    /// live update: the old QEMU invalidates, the new one sets). `MAP_DMA` and `UNMAP_DMA`
+    /// with the VADDR flag accept them either way; once this process sets or invalidates a
+    /// vaddr, or unmaps, the mapping's state is its own again.
+    foreign_vaddrs: BTreeSet<u64>,
 }
 
 impl Iommu {

@@ -86,6 +86,7 @@ impl<B: Backend> Shim<B> {
             if e.dirty_tracking {
                 dirty.start(ledger.iter(), info::min_pgsize(e.pgsizes));
             }
+            let foreign_vaddrs = ledger.iter().map(|m| m.iova).collect();
             Iommu {
                 v2: e.v2,
                 ioas: e.ioas,
@@ -95,6 +96,7 @@ impl<B: Backend> Shim<B> {
                 iova_ranges: e.iova_ranges,
                 coherent: e.coherent,
                 dirty,
+                foreign_vaddrs,
             }
         });
         let id = ContainerId(self.fresh_id());
