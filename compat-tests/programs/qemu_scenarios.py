@@ -15,9 +15,11 @@ Scenarios (one QEMU process each):
             register written and read back through the BAR), one container (one container fd;
             through the shim one iommufd with one IOAS), then igb is unplugged, is free, and
             edu's DMA still lands.
-  reset     edu assigned, DMA, QMP system_reset (RESET event): QEMU resets the device through
-            VFIO (its vfio_pci_reset* / vfio_pci_hot_reset* trace events are recorded), L2
-            config space is reset, and after reprogramming a DMA lands again.
+  reset     two edus assigned (00:0a.0, which the kernel cannot reset, and the one behind its
+            own root port, which it can), DMA, QMP system_reset (RESET event): QEMU resets
+            them through VFIO (its vfio_pci_reset* / vfio_pci_hot_reset* trace events are
+            recorded; the second must get VFIO_DEVICE_RESET), L2 config space is reset, and
+            after reprogramming a DMA lands again through each.
   kvm       hotplug under -accel kvm, QEMU run under strace: edu DMA, and the kernel answers 0
             to each KVM_DEV_VFIO_FILE_ADD on QEMU's KVM-VFIO device at device_add and to as many
             KVM_DEV_VFIO_FILE_DEL at device_del (a DEL of a file the device does not hold is
@@ -419,31 +421,46 @@ def scenario_two(args, obs, iommufd_probe):
 
 
 def scenario_reset(args, obs):
-    extra = ["-device", f"vfio-pci,host={args.edu},id=edu0,addr=0x3",
-             "-trace", "vfio_pci_reset*", "-trace", "vfio_pci_hot_reset*"]
+    """system_reset with two edus assigned: the one at 00:0a.0, which the kernel cannot reset
+    (QEMU tries a bus reset and gives up), and the one behind its own root port, which it can
+    (QEMU's VFIO_DEVICE_RESET, a secondary bus reset in the kernel)."""
+    second = resettable_edu([args.edu, os.environ.get("VFIO_TEST_PAIR_EDU", "")])
+    devs = ((args.edu, 3, EDU_BAR), (second, 4, EDU_BAR + 0x100000))
+    extra = ["-trace", "vfio_pci_reset*", "-trace", "vfio_pci_hot_reset*"]
+    for bdf, slot, _ in devs:
+        extra += ["-device", f"vfio-pci,host={bdf},id=edu{slot},addr={slot:#x}"]
     q = Qemu(args, f"{args.tag}.reset", extra)
     try:
-        edu_enable(q.qt, 0, 3, EDU_BAR)
-        edu_roundtrip(q.qt, EDU_BAR, 1)
+        for seed, (_, slot, bar) in enumerate(devs, 1):
+            edu_enable(q.qt, 0, slot, bar)
+            edu_roundtrip(q.qt, bar, seed)
         n0 = len(q.stderr_lines())
         q.qmp.command("system_reset")
         q.qmp.wait_event("RESET", q.timeout)
         time.sleep(0.2)     # trace lines are written by the main loop before RESET; let them land
-        cmd = q.qt.cfg_read(0, 3, 0x04) & 0xFFFF
-        bar = q.qt.cfg_read(0, 3, 0x10) & ~0xF
-        obs("reset", "l2_config_after_reset", f"command={cmd:#x} bar0={bar:#x}")
-        if cmd & 0x6 or bar:
-            raise Fail(f"L2 config not reset: command {cmd:#x}, BAR0 {bar:#x}")
+        configs = []
+        for _, slot, _ in devs:
+            cmd = q.qt.cfg_read(0, slot, 0x04) & 0xFFFF
+            bar = q.qt.cfg_read(0, slot, 0x10) & ~0xF
+            configs.append(f"command={cmd:#x} bar0={bar:#x}")
+            if cmd & 0x6 or bar:
+                raise Fail(f"L2 config of 00:{slot:02x}.0 not reset: command {cmd:#x}, BAR0 {bar:#x}")
+        obs("reset", "l2_config_after_reset", " ".join(configs))
         trace = [re.sub(r"^\d+@[\d.]+:|^[\d.: -]*", "", ln).strip()
                  for ln in q.stderr_lines()[n0:] if "vfio_pci_" in ln]
         obs("reset", "vfio_trace", " | ".join(trace) or "none")
-        if not any(t.startswith("vfio_pci_reset") for t in trace):
-            raise Fail("QEMU traced no vfio_pci_reset at system_reset")
-        edu_enable(q.qt, 0, 3, EDU_BAR)
-        edu_roundtrip(q.qt, EDU_BAR, 2)
-        obs("reset", "edu_dma_after_reset", "ok")
+        for bdf, _, _ in devs:
+            if not any(t.startswith("vfio_pci_reset ") and bdf in t for t in trace):
+                raise Fail(f"QEMU traced no vfio_pci_reset of {bdf} at system_reset")
+        if not any("FLR/VFIO_DEVICE_RESET" in t and second in t for t in trace):
+            raise Fail(f"QEMU did not reset {second} with VFIO_DEVICE_RESET")
+        for seed, (_, slot, bar) in enumerate(devs, 3):
+            edu_enable(q.qt, 0, slot, bar)
+            edu_roundtrip(q.qt, bar, seed)
+        obs("reset", "edu_dma_after_reset", "ok ok")
         q.quit()
-        return f"QEMU {q.version}, DMA, system_reset ({'; '.join(trace)}), DMA again"
+        return (f"QEMU {q.version}, {args.edu} and {second}: DMA, system_reset ({'; '.join(trace)}),"
+                f" DMA again")
     finally:
         q.close()
         obs(q.scenario, "qemu_messages", " | ".join(q.messages()) or "none")
