@@ -73,7 +73,7 @@ libc.syscall.restype = ctypes.c_long
 libc.ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
 
 
-class Bus0QTest(QTest):
+class AnyBusQTest(QTest):
     """Config cycles on any bus (qemu_l2_dma's QTest speaks to bus 0 only)."""
 
     def cfg_read(self, bus, dev, reg):
@@ -144,7 +144,7 @@ class Qemu:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
         if before_connect:
             before_connect(self)
-        self.qt = Bus0QTest(accept(qtest_srv, self.proc, args.timeout, "the qtest socket"))
+        self.qt = AnyBusQTest(accept(qtest_srv, self.proc, args.timeout, "the qtest socket"))
         self.qmp = EventQMP(accept(qmp_srv, self.proc, args.timeout, "the QMP socket"))
         qtest_srv.close()
         qmp_srv.close()
