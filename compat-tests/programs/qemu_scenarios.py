@@ -565,13 +565,29 @@ def scenario_cpr(args, obs):
            "-object", "memory-backend-memfd,id=ram0,size=64M,share=on"]
     dev = ["-device", f"vfio-pci,host={edu},id=edu0,addr=0x3",
            "-trace", "vfio_pci_reset*", "-trace", "vfio_pci_hot_reset*"]
-    old = Qemu(args, f"{args.tag}.cpr-old", mem + dev)
+    biosdir = tempfile.mkdtemp(prefix="qscen-bios-")   # local: the 9p results dir gave ENODATA
+
+    def bios_log(side):
+        # SeaBIOS's own log (port 0x402): it says when it is done with the PCI setup
+        path = os.path.join(biosdir, f"{side}.log")
+        return path, ["-chardev", f"file,id=bios,path={path}", "-device", "isa-debugcon,iobase=0x402,chardev=bios"]
+
+    old_bios, old_con = bios_log("old")
+    old = Qemu(args, f"{args.tag}.cpr-old", mem + dev + old_con)
     new = None
     try:
         old.qmp.command("cont")          # a running guest: SeaBIOS assigns edu's BAR0
+        # Touch the device only once the firmware is past its PCI setup (it is looking for
+        # something to boot): before that, its own PCI_COMMAND writes can race ours.
         end = time.monotonic() + args.timeout
-        while not (bar := old.qt.cfg_read(0, 3, 0x10) & ~0xF) and time.monotonic() < end:
+        while time.monotonic() < end:
+            with open(old_bios, errors="replace") as fh:
+                if re.search(r"Booting from|No bootable device", fh.read()):
+                    break
             time.sleep(0.2)
+        else:
+            raise Fail("SeaBIOS never got to booting")
+        bar = old.qt.cfg_read(0, 3, 0x10) & ~0xF
         if not bar:
             raise Fail("the firmware assigned edu no BAR0")
         old.qt.cfg_write(0, 3, 0x04, old.qt.cfg_read(0, 3, 0x04) | 0x6)
@@ -594,7 +610,8 @@ def scenario_cpr(args, obs):
 
         incoming = [a for c in chans for a in ("-incoming", json.dumps(c))]
         try:
-            new = Qemu(args, f"{args.tag}.cpr-new", mem + dev + incoming, before_connect=migrate)
+            new = Qemu(args, f"{args.tag}.cpr-new", mem + dev + bios_log("new")[1] + incoming,
+                       before_connect=migrate)
         except Fail as e:
             info = old.qmp.command("query-migrate")
             if info.get("status"):
