@@ -32,7 +32,7 @@ for k in full cdev-only; do
   bash "$here/build-kernel.sh" "$k" >/dev/null || die "kernel build ($k) failed"
 done
 (cd "$root" && CARGO_TERM_PROGRESS_WHEN=never cargo build --release -q -p vfio-shim-compat -p vfio-shim-preload \
-  -p vfio-shim-explorer -p vfio-shim-cuse) || die "build failed"
+  -p vfio-shim-explorer -p vfio-shim-cuse -p vfio-shim-cli) || die "build failed"
 bin=$root/target/release
 sh "$root/compat-tests/clients/build.sh" "$out/clients" >&2 || die "client build failed"
 clients=$out/clients/noiommu

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole VM proof tier: host packages, both test kernels (cached), the runner, the preload
 # library, the C clients, the kernel-backend integration test; then boots the full and the
-# cdev-only kernel, runs every client in every mode, and compares the transcripts.
+# cdev-only kernel, runs every client in every mode, and compares the transcripts; checks
+# `vfio-shim doctor` against each kernel (compat-tests/doctor/check.py).
 #
 # Usage: vm-tier.sh            (from anywhere; as root, no TTY needed)
 # Env:   VFIO_SHIM_RESULTS     results dir (default <repo>/compat-tests/out/results; wiped first)
@@ -9,7 +10,8 @@
 #        VFIO_SHIM_CLIENT_TIMEOUT  per-client timeout in the guest, seconds (default 300)
 #        VFIO_EXPLORE_SEQS, VFIO_EXPLORE_SEED  the explorer's budget and seed (2000, 1)
 #        plus vm.sh's VM_* variables.
-# Exit status: 0 only if every kernel booted, the kernel-backend test passed on each, and
+# Exit status: 0 only if every kernel booted, the kernel-backend test and the doctor check
+# passed on each, and
 # `vfio-shim-compat compare` passed. The last line printed is compare's
 # "compat: N passed, M failed" (or a failure line if it never got that far).
 set -euo pipefail
@@ -37,8 +39,8 @@ phase "cargo build --release -p vfio-shim-compat"
 (cd "$root" && cargo build --release -q -p vfio-shim-compat) || die "runner build failed"
 compat=$root/target/release/vfio-shim-compat
 
-phase "cargo build --release -p vfio-shim-preload"
-(cd "$root" && cargo build --release -q -p vfio-shim-preload) || die "preload build failed"
+phase "cargo build --release -p vfio-shim-preload -p vfio-shim-cli"
+(cd "$root" && cargo build --release -q -p vfio-shim-preload -p vfio-shim-cli) || die "preload build failed"
 preload=$root/target/release/libvfio_shim_preload.so
 [ -f "$preload" ] || die "no $preload after the build"
 
@@ -90,6 +92,10 @@ if [ -n $(printf %q "$kb") ]; then
   echo \$? >$(printf %q "$results/$k/kernel-backend.rc")
   echo "guest: kernel-backend test rc=\$(cat $(printf %q "$results/$k/kernel-backend.rc")) (\$(( \$(date +%s) - start )) s)" >&2
 fi
+# vfio-shim doctor, each verdict held against the kernel's own answers (compat-tests/doctor).
+python3 $(printf %q "$root/compat-tests/doctor/check.py") $(printf %q "$root/target/release/vfio-shim") \
+  $(printf %q "$results/$k") >$(printf %q "$results/$k/doctor.log") 2>&1
+echo \$? >$(printf %q "$results/$k/doctor.rc")
 $(printf %q "$compat") run --kernel $k --clients $(printf %q "$clients") --out $(printf %q "$results") \
   --preload $(printf %q "$preload") --timeout ${VFIO_SHIM_CLIENT_TIMEOUT:-300}
 EOF
@@ -116,6 +122,13 @@ for k in $kernels; do
       echo "kernel-backend ($k): FAIL rc=$rc (log: $results/$k/kernel-backend.log)"
       tail -n 30 "$results/$k/kernel-backend.log" 2>/dev/null | sed 's/^/    /' || true
     fi
+  fi
+  rc=$(cat "$results/$k/doctor.rc" 2>/dev/null || echo missing)
+  grep '^doctor (' "$results/$k/doctor.log" 2>/dev/null || true
+  if [ "$rc" != 0 ]; then
+    failed=1
+    echo "doctor ($k): FAIL rc=$rc (log: $results/$k/doctor.log)"
+    grep -v '^doctor (' "$results/$k/doctor.log" 2>/dev/null | tail -n 20 | sed 's/^/    /' || true
   fi
 done
 echo "vm-tier: boot times (s): $(awk '{printf "%s=%s ", $1, $2}' "$results/vm-times.txt" 2>/dev/null)"

@@ -61,6 +61,17 @@ pub struct GroupDevice {
     pub sriov: bool,
 }
 
+impl GroupDevice {
+    /// No driver, or a driver with `driver_managed_dma` (VFIO drivers, pci-stub, pcieport):
+    /// such a device does not claim its group for kernel DMA, so the group stays viable.
+    pub fn allows_user_dma(&self) -> bool {
+        match self.driver.as_deref() {
+            None => true,
+            Some(drv) => drv.contains("vfio") || drv == "pci-stub" || drv == "pcieport",
+        }
+    }
+}
+
 /// A native DMA map or unmap, as the translator asks the backend for one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DmaOp {

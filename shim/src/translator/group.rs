@@ -147,7 +147,7 @@ impl<B: Backend> Shim<B> {
             VFIO_GROUP_FLAGS_CONTAINER_SET | VFIO_GROUP_FLAGS_VIABLE
         } else {
             let devices = node_devices(&mut self.backend, g.number, g.noiommu)?;
-            if devices.iter().all(driver_allows_user_dma) {
+            if devices.iter().all(GroupDevice::allows_user_dma) {
                 VFIO_GROUP_FLAGS_VIABLE
             } else {
                 0
@@ -182,7 +182,7 @@ impl<B: Backend> Shim<B> {
         let infos = node_devices(&mut self.backend, number, noiommu)?;
         // iommu_group_claim_dma_owner: EPERM while a kernel driver uses the group for DMA
         // (a device on a driver without driver_managed_dma). No-IOMMU groups claim nothing.
-        if !noiommu && !infos.iter().all(driver_allows_user_dma) {
+        if !noiommu && !infos.iter().all(GroupDevice::allows_user_dma) {
             return Err(Errno::EPERM);
         }
         // type1 refuses to attach (and pin) while a live update has vaddrs invalid.
@@ -563,14 +563,5 @@ fn open_and_bind<B: Backend>(backend: &mut B, info: &GroupDevice, ctx: IommufdId
             backend.device_close(handle);
             Err(e)
         }
-    }
-}
-
-/// No driver, or a driver with `driver_managed_dma` (VFIO drivers, pci-stub, pcieport): such
-/// devices don't claim the group for kernel DMA, so the group stays viable.
-fn driver_allows_user_dma(d: &GroupDevice) -> bool {
-    match d.driver.as_deref() {
-        None => true,
-        Some(drv) => drv.contains("vfio") || drv == "pci-stub" || drv == "pcieport",
     }
 }

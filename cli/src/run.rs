@@ -1,19 +1,14 @@
 //! `vfio-shim run -- CMD...`: runs CMD with the preload library, so its legacy VFIO calls are
-//! served over iommufd. Refuses statically linked programs (LD_PRELOAD cannot reach them).
+//! served over iommufd; and where that library is. Refuses statically linked programs
+//! (LD_PRELOAD cannot reach them) with what to do instead.
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{exit, Command};
+use std::process::Command;
 
-const LIB: &str = "libvfio_shim_preload.so";
-
-fn usage() -> ! {
-    eprintln!("usage: vfio-shim run -- COMMAND [ARGS...]");
-    eprintln!("  Runs COMMAND with {LIB} preloaded (found next to this binary, or in");
-    eprintln!("  $VFIO_SHIM_PRELOAD). VFIO_SHIM_LOG=debug logs what the shim does.");
-    exit(2)
-}
+/// The preload library's file name, as `make install` and the package install it.
+pub const LIB: &str = "libvfio_shim_preload.so";
 
 fn find_in_path(cmd: &str) -> Option<PathBuf> {
     if cmd.contains('/') {
@@ -45,50 +40,66 @@ fn is_dynamic(path: &Path) -> Result<bool, String> {
     }))
 }
 
-fn library() -> PathBuf {
+/// Where the preload library is, in the order tried: `$VFIO_SHIM_PRELOAD`; next to this
+/// binary (a cargo build: `target/release/`); the multiarch library directory beside this
+/// binary's `bin/` (`make install`, the Debian package: `/usr/lib/x86_64-linux-gnu/`).
+pub fn preload_candidates() -> Vec<PathBuf> {
     if let Some(p) = std::env::var_os("VFIO_SHIM_PRELOAD") {
-        return PathBuf::from(p);
+        return vec![PathBuf::from(p)];
     }
     let exe = std::env::current_exe().unwrap_or_default();
-    exe.parent().map(|d| d.join(LIB)).unwrap_or_else(|| PathBuf::from(LIB))
+    let Some(dir) = exe.parent() else { return vec![PathBuf::from(LIB)] };
+    let mut out = vec![dir.join(LIB)];
+    if let Some(prefix) = dir.parent() {
+        let multiarch = format!("{}-linux-gnu", std::env::consts::ARCH);
+        out.push(prefix.join("lib").join(multiarch).join(LIB));
+        out.push(prefix.join("lib").join(LIB));
+    }
+    out
 }
 
-fn main() {
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let rest = match args.split_first() {
-        Some((sub, rest)) if sub == "run" => rest,
-        _ => usage(),
+/// The first of [`preload_candidates`] that exists.
+pub fn preload_library() -> Option<PathBuf> {
+    preload_candidates().into_iter().find(|p| p.is_file())
+}
+
+/// Runs `cmd` (program and arguments) with the preload library; returns only on failure, with
+/// the exit status to use (126: cannot run it, 127: not found).
+pub fn run(cmd: &[OsString]) -> i32 {
+    let Some((prog, prog_args)) = cmd.split_first() else {
+        eprintln!("vfio-shim run: no command given (usage: vfio-shim run -- COMMAND [ARGS...])");
+        return 2;
     };
-    let cmd = match rest.split_first() {
-        Some((dd, cmd)) if dd == "--" => cmd,
-        _ => rest,
-    };
-    let Some((prog, prog_args)) = cmd.split_first() else { usage() };
     let prog_str = prog.to_string_lossy();
     let Some(path) = find_in_path(&prog_str) else {
         eprintln!("vfio-shim: {prog_str}: command not found");
-        exit(127)
+        return 127;
     };
     match is_dynamic(&path) {
         Ok(true) => {}
         Ok(false) => {
             eprintln!(
-                "vfio-shim: {} is statically linked: LD_PRELOAD cannot interpose on it. \
-                 Use the CUSE node (vfio-shim-cuse) for such programs, or a dynamically linked build.",
+                "vfio-shim: {} is statically linked: LD_PRELOAD cannot interpose on it. Serve it \
+                 /dev/vfio/vfio from the CUSE daemon instead (systemctl start vfio-shim-cuse, then \
+                 run it without vfio-shim), or use a dynamically linked build.",
                 path.display()
             );
-            exit(126)
+            return 126;
         }
         Err(e) => {
             eprintln!("vfio-shim: {e}");
-            exit(126)
+            return 126;
         }
     }
-    let lib = library();
-    if !lib.is_file() {
-        eprintln!("vfio-shim: preload library {} not found", lib.display());
-        exit(127)
-    }
+    let Some(lib) = preload_library() else {
+        let tried: Vec<String> = preload_candidates().iter().map(|p| p.display().to_string()).collect();
+        eprintln!(
+            "vfio-shim: preload library {LIB} not found (tried {}); set VFIO_SHIM_PRELOAD to its path, \
+             or run `vfio-shim doctor`",
+            tried.join(", ")
+        );
+        return 127;
+    };
     let mut preload = OsString::from(lib);
     if let Some(old) = std::env::var_os("LD_PRELOAD") {
         preload.push(":");
@@ -96,7 +107,7 @@ fn main() {
     }
     let err = Command::new(&path).args(prog_args).env("LD_PRELOAD", preload).exec();
     eprintln!("vfio-shim: cannot run {}: {err}", path.display());
-    exit(126)
+    126
 }
 
 #[cfg(test)]

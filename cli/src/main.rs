@@ -1,0 +1,67 @@
+//! The `vfio-shim` command: the operator's front end. `run` starts a program through the
+//! preload library; `doctor` checks whether a host can run legacy VFIO programs and says what
+//! to fix.
+
+mod doctor;
+mod run;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "vfio-shim", version, about = "Legacy VFIO (type1 container and groups) over iommufd")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run COMMAND with the preload library, so its legacy VFIO calls are served over iommufd
+    /// (VFIO_SHIM_LOG=debug logs what the shim does).
+    Run {
+        /// The program and its arguments (put `--` before them when they start with `-`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "COMMAND")]
+        command: Vec<OsString>,
+    },
+    /// Check this host for legacy VFIO programs: kernel, IOMMU, devices, the caller's limits,
+    /// the daemon and the preload library. One line per check with the fix; exit status 1 when
+    /// a check fails.
+    Doctor {
+        /// PCI devices to check (e.g. 0000:00:03.0); default: every device on a VFIO driver.
+        #[arg(value_name = "BDF")]
+        devices: Vec<String>,
+        /// The guest memory the program will map (e.g. 4G), checked against RLIMIT_MEMLOCK.
+        #[arg(long, value_name = "SIZE", value_parser = doctor::parse_size)]
+        memory: Option<u64>,
+        /// The report as one JSON object instead of lines.
+        #[arg(long)]
+        json: bool,
+        /// The filesystem root whose /sys, /dev and /proc are read (for checking another tree).
+        #[arg(long, value_name = "DIR", default_value = "/", hide = true)]
+        root: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Run { command } => ExitCode::from(run::run(&command) as u8),
+        Command::Doctor { devices, memory, json, root } => {
+            let host = doctor::Host::at(root);
+            let report = doctor::examine(&host, &doctor::Request { devices, memory, preload: run::preload_library() });
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_text());
+            }
+            if report.failed() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    }
+}
