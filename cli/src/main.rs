@@ -1,5 +1,5 @@
 //! The `vfio-shim` command: the operator's front end. `run` starts a program through the
-//! preload library; `doctor` checks whether a host can run legacy VFIO programs and says what
+//! preload library; `trace` does the same and logs each legacy call; `doctor` checks whether a host can run legacy VFIO programs and says what
 //! to fix.
 
 mod doctor;
@@ -27,6 +27,19 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "COMMAND")]
         command: Vec<OsString>,
     },
+    /// Run COMMAND as `run` does, writing one line per legacy VFIO call it makes: time, pid,
+    /// the call with its arguments, its result, the native calls it became and its duration.
+    Trace {
+        /// Append the lines to FILE instead of stderr.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The program and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "COMMAND")]
+        command: Vec<OsString>,
+    },
     /// Check this host for legacy VFIO programs: kernel, IOMMU, devices, the caller's limits,
     /// the daemon and the preload library. One line per check with the fix; exit status 1 when
     /// a check fails.
@@ -48,7 +61,20 @@ enum Command {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Run { command } => ExitCode::from(run::run(&command) as u8),
+        Command::Run { command } => ExitCode::from(run::run(&command, &[]) as u8),
+        Command::Trace { output, json, command } => {
+            // Absolute: the program may change its directory before its first call.
+            let dest = match output.map(std::path::absolute) {
+                None => OsString::from("stderr"),
+                Some(Ok(p)) => p.into_os_string(),
+                Some(Err(e)) => {
+                    eprintln!("vfio-shim trace: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let format = OsString::from(if json { "json" } else { "text" });
+            ExitCode::from(run::run(&command, &[("VFIO_SHIM_TRACE", dest), ("VFIO_SHIM_TRACE_FORMAT", format)]) as u8)
+        }
         Command::Doctor { devices, memory, json, root } => {
             let host = doctor::Host::at(root);
             let report = doctor::examine(&host, &doctor::Request { devices, memory, preload: run::preload_library() });

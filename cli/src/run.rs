@@ -63,9 +63,10 @@ pub fn preload_library() -> Option<PathBuf> {
     preload_candidates().into_iter().find(|p| p.is_file())
 }
 
-/// Runs `cmd` (program and arguments) with the preload library; returns only on failure, with
+/// Runs `cmd` (program and arguments) with the preload library and `env` added to its
+/// environment; returns only on failure, with
 /// the exit status to use (126: cannot run it, 127: not found).
-pub fn run(cmd: &[OsString]) -> i32 {
+pub fn run(cmd: &[OsString], env: &[(&str, OsString)]) -> i32 {
     let Some((prog, prog_args)) = cmd.split_first() else {
         eprintln!("vfio-shim run: no command given (usage: vfio-shim run -- COMMAND [ARGS...])");
         return 2;
@@ -105,7 +106,7 @@ pub fn run(cmd: &[OsString]) -> i32 {
         preload.push(":");
         preload.push(old);
     }
-    let err = Command::new(&path).args(prog_args).env("LD_PRELOAD", preload).exec();
+    let err = Command::new(&path).args(prog_args).env("LD_PRELOAD", preload).envs(env.iter().cloned()).exec();
     eprintln!("vfio-shim: cannot run {}: {err}", path.display());
     126
 }

@@ -2,7 +2,8 @@
 # The whole VM proof tier: host packages, both test kernels (cached), the runner, the preload
 # library, the C clients, the kernel-backend integration test; then boots the full and the
 # cdev-only kernel, runs every client in every mode, and compares the transcripts; checks
-# `vfio-shim doctor` against each kernel (compat-tests/doctor/check.py).
+# `vfio-shim doctor` against each kernel (compat-tests/doctor/check.py) and `vfio-shim trace`
+# of qemu_like against strace of it on type1 and through the shim (compat-tests/trace).
 #
 # Usage: vm-tier.sh            (from anywhere; as root, no TTY needed)
 # Env:   VFIO_SHIM_RESULTS     results dir (default <repo>/compat-tests/out/results; wiped first)
@@ -96,6 +97,15 @@ fi
 python3 $(printf %q "$root/compat-tests/doctor/check.py") $(printf %q "$root/target/release/vfio-shim") \
   $(printf %q "$results/$k") >$(printf %q "$results/$k/doctor.log") 2>&1
 echo \$? >$(printf %q "$results/$k/doctor.rc")
+# vfio-shim trace of qemu_like: type1's legacy calls and the shim's native calls by strace
+# (compat-tests/trace; compared on the host once both kernels ran).
+if [ $k = full ]; then
+  python3 $(printf %q "$root/compat-tests/trace/check.py") record-type1 $(printf %q "$clients/qemu_like") \
+    $(printf %q "$results/$k/trace") >$(printf %q "$results/$k/trace.log") 2>&1
+else
+  python3 $(printf %q "$root/compat-tests/trace/check.py") record-shim $(printf %q "$root/target/release/vfio-shim") \
+    $(printf %q "$clients/qemu_like") $(printf %q "$results/$k/trace") >$(printf %q "$results/$k/trace.log") 2>&1
+fi
 $(printf %q "$compat") run --kernel $k --clients $(printf %q "$clients") --out $(printf %q "$results") \
   --preload $(printf %q "$preload") --timeout ${VFIO_SHIM_CLIENT_TIMEOUT:-300}
 EOF
@@ -131,6 +141,9 @@ for k in $kernels; do
     grep -v '^doctor (' "$results/$k/doctor.log" 2>/dev/null | tail -n 20 | sed 's/^/    /' || true
   fi
 done
+if [ -d "$results/full/trace" ] && [ -d "$results/cdev-only/trace" ]; then
+  python3 "$root/compat-tests/trace/check.py" compare "$results/full/trace" "$results/cdev-only/trace" || failed=1
+fi
 echo "vm-tier: boot times (s): $(awk '{printf "%s=%s ", $1, $2}' "$results/vm-times.txt" 2>/dev/null)"
 echo "vm-tier: total $(( $(date +%s) - tier_start )) s; results in $results"
 # The explorer's volume per column, and how far the kernel compat (a peer, not a target) is

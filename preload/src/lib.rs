@@ -15,7 +15,7 @@
 //! This file holds the process state and what every hook uses (`emulate`, `inside`), the
 //! constructor and the fork handlers; the exported hooks live in `hooks/`, a file per family
 //! (open, fd, ioctl, SCM_RIGHTS, exec); container ioctls, which pin without the state lock, in
-//! `dma.rs`.
+//! `dma.rs`; `VFIO_SHIM_TRACE`'s lines in `trace.rs`.
 //!
 //! Locking: one mutex guards the state; a container's MAP or UNMAP releases it for its kernel
 //! call (the pin), with the container marked in flight. Calls on another container go on
@@ -30,6 +30,7 @@ mod hooks;
 mod real;
 pub mod state;
 pub mod table;
+mod trace;
 
 use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_ulong, CStr};
@@ -185,6 +186,7 @@ extern "C" fn after_fork_child() {
 
 extern "C" fn constructor() {
     real::init();
+    trace::init();
     // SAFETY: registering plain extern "C" handlers with no captured state.
     unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork_parent), Some(after_fork_child)) };
     if std::env::var_os("VFIO_SHIM_HANDOFF").is_some() {

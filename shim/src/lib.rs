@@ -14,6 +14,7 @@ pub mod hot_reset;
 pub mod info;
 pub mod ledger;
 pub mod nodes;
+pub mod trace;
 pub mod translator;
 
 pub use backend::Backend;

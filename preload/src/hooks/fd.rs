@@ -15,6 +15,10 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
         Kind::Internal => return not_open(),
         _ => {}
     }
+    crate::trace::traced(|| format!("close(fd={fd})"), || close_ours(fd))
+}
+
+fn close_ours(fd: c_int) -> c_int {
     // The table update and the real close happen under one lock: closing first would let
     // another thread get the same number and have it forgotten here.
     let mut rc = 0;

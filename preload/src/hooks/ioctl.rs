@@ -3,6 +3,7 @@
 //! file is handed to the core, which names the group's device cdevs instead.
 
 use crate::*;
+use vfio_shim::trace::Node;
 
 const KVM_SET_DEVICE_ATTR: c_ulong = vfio_shim::abi::KVM_SET_DEVICE_ATTR as c_ulong;
 
@@ -18,6 +19,11 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: c_ulong) -> c_int {
         // SAFETY: forwarding the caller's arguments.
         return unsafe { (real().ioctl)(fd, req, arg) };
     }
+    let node = match kind {
+        Kind::Container => Node::Container,
+        Kind::Group => Node::Group,
+        _ => Node::Device,
+    };
     match kind {
         Kind::Internal => not_open(),
         // The VFS answers these before any driver; our container and group files are
@@ -29,16 +35,29 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: c_ulong) -> c_int {
         // Device fds are real cdevs: the kernel serves them, except the two requests that
         // carry group ids or group fds.
         Kind::Device => match req as u32 {
-            vfio_shim::abi::VFIO_DEVICE_GET_PCI_HOT_RESET_INFO => emulate(|s| s.hot_reset_info(fd, arg)),
-            vfio_shim::abi::VFIO_DEVICE_PCI_HOT_RESET => emulate(|s| s.hot_reset(fd, arg)),
+            vfio_shim::abi::VFIO_DEVICE_GET_PCI_HOT_RESET_INFO => trace::traced(
+                || trace::describe_ioctl(node, fd, req as u32, arg),
+                || emulate(|s| s.hot_reset_info(fd, arg)),
+            ),
+            vfio_shim::abi::VFIO_DEVICE_PCI_HOT_RESET => {
+                trace::traced(|| trace::describe_ioctl(node, fd, req as u32, arg), || emulate(|s| s.hot_reset(fd, arg)))
+            }
             // SAFETY: forwarding the caller's arguments.
             _ => unsafe { (real().ioctl)(fd, req, arg) },
         },
-        Kind::Container => emulate_locked(|guard| crate::dma::container_ioctl(guard, fd, req as u32, arg)),
-        _ => emulate(|s| match s.object(fd) {
-            Some(Object::Group(id)) => s.closing(|s| s.group_ioctl(id, req as u32, arg)),
-            _ => Err(Errno::EBADF),
-        }),
+        Kind::Container => trace::traced(
+            || trace::describe_ioctl(node, fd, req as u32, arg),
+            || emulate_locked(|guard| crate::dma::container_ioctl(guard, fd, req as u32, arg)),
+        ),
+        _ => trace::traced(
+            || trace::describe_ioctl(node, fd, req as u32, arg),
+            || {
+                emulate(|s| match s.object(fd) {
+                    Some(Object::Group(id)) => s.closing(|s| s.group_ioctl(id, req as u32, arg)),
+                    _ => Err(Errno::EBADF),
+                })
+            },
+        ),
     }
 }
 
@@ -68,10 +87,15 @@ fn kvm_set_device_attr(fd: c_int, arg: c_ulong) -> c_int {
     if table::kind(file_fd) != Kind::Group {
         return passthrough(arg);
     }
-    emulate(|s| {
-        let Some(Object::Group(g)) = s.object(file_fd) else {
-            return Err(Errno::EBADF);
-        };
-        s.shim.kvm_group_file(g, fd, attr.attr == KVM_DEV_VFIO_FILE_ADD).map(|()| 0)
-    })
+    trace::traced(
+        || trace::describe_ioctl(Node::Kvm, fd, KVM_SET_DEVICE_ATTR as u32, arg),
+        || {
+            emulate(|s| {
+                let Some(Object::Group(g)) = s.object(file_fd) else {
+                    return Err(Errno::EBADF);
+                };
+                s.shim.kvm_group_file(g, fd, attr.attr == KVM_DEV_VFIO_FILE_ADD).map(|()| 0)
+            })
+        },
+    )
 }

@@ -61,7 +61,11 @@ macro_rules! open_hook {
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
             // SAFETY: `path` comes from the caller of the libc function: null or a C string.
             match unsafe { classify($path) } {
-                Some(t) if !inside() => open_emulated(t, $flags),
+                Some(t) if !inside() => crate::trace::traced(
+                    // SAFETY: `classify` found a C string at `path`.
+                    || vfio_shim::trace::describe_open(unsafe { CStr::from_ptr($path) }.to_bytes(), $flags),
+                    || open_emulated(t, $flags),
+                ),
                 // SAFETY: forwarding the caller's arguments.
                 _ => unsafe { (real().$real)($($arg),*) },
             }

@@ -429,7 +429,7 @@ fn claim(claims: &mut HashMap<u32, OwnedFd>, key: u32, dir: &Path) -> Result<(),
 impl Backend for KernelBackend {
     fn iommufd_open(&mut self) -> Result<IommufdId, Errno> {
         let path = self.dev.join("iommu");
-        let fd = open(&path, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())?;
+        let fd = open_rw(&path)?;
         // type1 charges RLIMIT_MEMLOCK per process (vfio_iommu_type1.c:769); iommufd
         // defaults to per user. Switching needs CAP_SYS_RESOURCE and an empty context
         // (ioas.c:642-655), so try it now and live with per-user when refused.
@@ -447,7 +447,9 @@ impl Backend for KernelBackend {
 
     fn iommufd_close(&mut self, ctx: IommufdId) {
         self.uncharge(ctx, None, 0, u64::MAX);
-        self.iommufds.remove(&ctx);
+        if self.iommufds.remove(&ctx).is_some() {
+            recorded_close(&self.dev.join("iommu"));
+        }
     }
 
     fn ioas_alloc(&mut self, ctx: IommufdId) -> Result<IoasId, Errno> {
@@ -705,7 +707,7 @@ impl Backend for KernelBackend {
     fn device_open(&mut self, device: &GroupDevice) -> Result<DeviceHandle, Errno> {
         // No cdev: not bound to a VFIO driver, nothing to open.
         let cdev = device.cdev.as_deref().ok_or(Errno::ENODEV)?;
-        let fd = open(cdev, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())?;
+        let fd = open_rw(Path::new(cdev))?;
         let dev = DeviceHandle(self.handle());
         self.devices.insert(dev, Device { fd, cdev: cdev.to_string(), bound: None, attached: None, released: false });
         Ok(dev)
@@ -736,7 +738,9 @@ impl Backend for KernelBackend {
     }
 
     fn device_close(&mut self, dev: DeviceHandle) {
-        self.devices.remove(&dev);
+        if let Some(d) = self.devices.remove(&dev) {
+            recorded_close(Path::new(&d.cdev));
+        }
     }
 
     fn device_hot_reset_info(&mut self, dev: DeviceHandle) -> Result<(u32, Vec<vfio_pci_dependent_device>), Errno> {
@@ -781,7 +785,7 @@ impl Backend for KernelBackend {
 
     fn kvm_file_open(&mut self, device: &GroupDevice) -> Result<KvmFile, Errno> {
         let cdev = device.cdev.as_deref().ok_or(Errno::ENODEV)?;
-        let fd = open(cdev, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())?;
+        let fd = open_rw(Path::new(cdev))?;
         let file = KvmFile(self.handle());
         self.kvm_files.insert(file, fd);
         Ok(file)
@@ -822,7 +826,7 @@ impl Backend for KernelBackend {
         if !d.released && region_mapped(&d.cdev)? {
             return Err(Errno::EBUSY);
         }
-        let fresh = match open(d.cdev.as_str(), OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty()) {
+        let fresh = match open_rw(Path::new(&d.cdev)) {
             Ok(fd) => fd,
             Err(e) => {
                 // The last close still happens (vfio-pci quiesces and resets the device when its
@@ -838,6 +842,7 @@ impl Backend for KernelBackend {
         let iommufd = self.iommufd(ctx)?.try_clone_to_owned().map_err(|e| errno_of(&e))?;
         // The old file goes first (its release is close_device): a cdev binds only once.
         let d = self.devices.get_mut(&dev).expect("checked");
+        recorded_close(Path::new(&d.cdev));
         d.fd = fresh;
         d.released = false;
         d.bound = None;
@@ -911,6 +916,21 @@ fn same_char_device(fd: BorrowedFd<'_>, path: &Path) -> Result<(), Errno> {
         return Err(Errno::EBADF);
     }
     Ok(())
+}
+
+/// `open(path, O_RDWR | O_CLOEXEC)` of an iommufd or a VFIO cdev, recorded for the trace.
+fn open_rw(path: &Path) -> Result<OwnedFd, Errno> {
+    let fd = open(path, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty());
+    crate::native_trace::record(
+        || format!("open({})", path.display()),
+        fd.as_ref().map(|f| f.as_raw_fd() as i64).map_err(|e| *e),
+    );
+    fd
+}
+
+/// Records the close of such a file: the caller drops its last fd.
+fn recorded_close(path: &Path) {
+    crate::native_trace::record(|| format!("close({})", path.display()), Ok(0));
 }
 
 /// Basename of `<dev>/driver` (a sysfs device directory): `None` when no driver is bound (no

@@ -4,7 +4,7 @@
 //! device attribute; [`cuse_node`] the daemon's nodes and handshakes; [`memfd`] sealed handoff
 //! files; [`noiommu`] the group number of a no-IOMMU cdev's device; [`caller`] another
 //! process's memory and files; [`random`] and [`process`] this
-//! process. [`KernelBackend`] implements the core's `Backend` trait on them;
+//! process; [`native_trace`] what they did, for `vfio-shim trace`. [`KernelBackend`] implements the core's `Backend` trait on them;
 //! [`vtd`] derives type1's view of an Intel IOMMU from its registers.
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -15,6 +15,7 @@ pub mod iommufd;
 pub mod kernel;
 pub mod kvm;
 pub mod memfd;
+pub mod native_trace;
 pub mod noiommu;
 pub mod own_memory;
 pub mod privileges;

@@ -9,7 +9,7 @@ use nix::errno::Errno;
 use vfio_bindings::bindings::vfio;
 use vfio_shim::hot_reset::{vfio_pci_hot_reset_header, HEADER_SIZE};
 
-use crate::ioctl::{argsz, ioctl};
+use crate::ioctl::{argsz, ioctl, ioctl_value};
 
 pub use vfio::{vfio_device_attach_iommufd_pt, vfio_device_bind_iommufd, vfio_device_detach_iommufd_pt};
 pub use vfio_shim::abi::{
@@ -91,6 +91,14 @@ pub fn device_dma_buf(device: BorrowedFd<'_>, region_index: u32, offset: u64, le
         offset: u64,
         length: u64,
     }
+    impl crate::native_trace::Describe for Request {
+        fn describe(&self) -> String {
+            format!(
+                "flags={:#x}, region={}, offset={:#x}, length={:#x}",
+                self.flags, self.region_index, self.offset, self.length
+            )
+        }
+    }
     let mut req = Request {
         argsz: std::mem::size_of::<Request>() as u32,
         flags: VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_DMA_BUF,
@@ -103,8 +111,7 @@ pub fn device_dma_buf(device: BorrowedFd<'_>, region_index: u32, offset: u64, le
     };
     // SAFETY: `req` is a complete vfio_device_feature + dma_buf request of `argsz` bytes with
     // no embedded pointers; on success the kernel returns a new fd that we take ownership of.
-    let rc = unsafe { libc::ioctl(device.as_raw_fd(), VFIO_DEVICE_FEATURE as _, &mut req) };
-    let fd = Errno::result(rc)?;
+    let fd = unsafe { ioctl_value(device, VFIO_DEVICE_FEATURE, &mut req) }? as i32;
     // SAFETY: `fd` was just created by the kernel for us and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
