@@ -1,9 +1,11 @@
 //! The `vfio-shim` command: the operator's front end. `run` starts a program through the
-//! preload library; `trace` does the same and logs each legacy call; `doctor` checks whether a host can run legacy VFIO programs and says what
+//! preload library; `trace` does the same and logs each legacy call; `status` lists the live containers;
+//! `doctor` checks whether a host can run legacy VFIO programs and says what
 //! to fix.
 
 mod doctor;
 mod run;
+mod status;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -40,6 +42,14 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "COMMAND")]
         command: Vec<OsString>,
     },
+    /// List the legacy containers open through vfio-shim on this host: the process using
+    /// each, its IOMMU and IOAS, groups, devices, mappings and mapped bytes, and the process's
+    /// pinned memory (VmPin).
+    Status {
+        /// The list as one JSON array.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check this host for legacy VFIO programs: kernel, IOMMU, devices, the caller's limits,
     /// the daemon and the preload library. One line per check with the fix; exit status 1 when
     /// a check fails.
@@ -74,6 +84,15 @@ fn main() -> ExitCode {
             };
             let format = OsString::from(if json { "json" } else { "text" });
             ExitCode::from(run::run(&command, &[("VFIO_SHIM_TRACE", dest), ("VFIO_SHIM_TRACE_FORMAT", format)]) as u8)
+        }
+        Command::Status { json } => {
+            let rows = status::rows();
+            if json {
+                println!("{}", serde_json::to_string(&rows).expect("plain data"));
+            } else {
+                print!("{}", status::text(&rows));
+            }
+            ExitCode::SUCCESS
         }
         Command::Doctor { devices, memory, json, root } => {
             let host = doctor::Host::at(root);

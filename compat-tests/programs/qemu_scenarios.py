@@ -401,12 +401,15 @@ def scenario_two(args, obs, iommufd_probe):
             ioas = iommufd_probe(q.proc.pid, iommufds)
             kind = f"{len(iommufds)} iommufd file(s), IOAS per iommufd {ioas}"
             one = len(iommufds) == 1 and ioas == [1]
+            kind += "; " + status_agrees(args, q.proc.pid, [args.edu, args.igb], ioas)
         obs("two", "one_container", "yes" if one else "no")
         if not one:
             print(f"SCENARIO: QEMU's files: {q.files()}; /dev/iommu fds {q.fds_to('/dev/iommu')}",
                   file=sys.stderr)
             raise Fail(f"not one container: {kind}")
         unplug(q, "igb0", RP1)
+        if not containers:
+            status_agrees(args, q.proc.pid, [args.edu], ioas)
         igb_state = device_free(args.igb)
         obs("two", "igb_after_del", igb_state.split(" ")[0])
         if not igb_state.startswith("free"):
@@ -418,6 +421,27 @@ def scenario_two(args, obs, iommufd_probe):
     finally:
         q.close()
         obs(q.scenario, "qemu_messages", " | ".join(q.messages()) or "none")
+
+
+def status_agrees(args, pid, devices, ioas):
+    """`vfio-shim status` (the binary of --wrap) must list QEMU's one container as the kernel
+    and sysfs show it: the IOAS the probe found in QEMU's iommufd, the groups and devices
+    assigned, TYPE1v2, mappings, and at least the pinned memory the kernel counts (VmPin; a
+    BAR mapped for P2P is mapped but not pinned)."""
+    vfio_shim = shlex.split(args.wrap)[0]
+    out = subprocess.run([vfio_shim, "status", "--json"], capture_output=True, text=True, timeout=30)
+    rows = [r for r in json.loads(out.stdout or "[]") if r["pid"] == pid]
+    groups = sorted(int(os.path.basename(os.readlink(f"/sys/bus/pci/devices/{d}/iommu_group"))) for d in devices)
+    vm_pin = next(int(line.split()[1]) * 1024 for line in open(f"/proc/{pid}/status") if line.startswith("VmPin:"))
+    if len(rows) != 1:
+        raise Fail(f"vfio-shim status lists {len(rows)} containers of QEMU (pid {pid}): {out.stdout} {out.stderr}")
+    r = rows[0]
+    want = {"ioas": ioas[0], "groups": groups, "devices": sorted(devices), "iommu": "TYPE1v2", "served_by": "preload"}
+    got = {"ioas": r["ioas"], "groups": sorted(r["groups"]), "devices": sorted(r["devices"]), "iommu": r["iommu"],
+           "served_by": r["served_by"]}
+    if got != want or r["mappings"] < 1 or not r["mapped_bytes"] >= vm_pin > 0 or r["pinned_bytes"] != vm_pin:
+        raise Fail(f"vfio-shim status shows {r}; the kernel and sysfs: {want}, VmPin {vm_pin}")
+    return f"status: {r['mappings']} mappings, {r['mapped_bytes']} bytes, VmPin {vm_pin}"
 
 
 def scenario_reset(args, obs):

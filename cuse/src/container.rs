@@ -148,9 +148,18 @@ impl<C: Callers> CuseDevice for ContainerDevice<C> {
 
     fn release(&self, fh: u64, _caller: &Caller) {
         self.reg.release(fh);
+        self.reg.publish_status();
     }
 
     fn ioctl(&self, fh: u64, caller: &Caller, io: &Ioctl<'_>) -> IoctlOutcome {
+        let outcome = self.serve_ioctl(fh, caller, io);
+        self.reg.publish_status();
+        outcome
+    }
+}
+
+impl<C: Callers> ContainerDevice<C> {
+    fn serve_ioctl(&self, fh: u64, caller: &Caller, io: &Ioctl<'_>) -> IoctlOutcome {
         match io.cmd {
             VFIO_SHIM_CUSE_ADOPT => return self.reg.adopt(fh, caller),
             VFIO_SHIM_CUSE_IDENTIFY => return self.identify(fh, caller),

@@ -62,9 +62,18 @@ impl<C: Callers> CuseDevice for GroupDevice<C> {
 
     fn release(&self, fh: u64, _caller: &Caller) {
         self.reg.release(fh);
+        self.reg.publish_status();
     }
 
     fn ioctl(&self, fh: u64, caller: &Caller, io: &Ioctl<'_>) -> IoctlOutcome {
+        let outcome = self.serve_ioctl(fh, caller, io);
+        self.reg.publish_status();
+        outcome
+    }
+}
+
+impl<C: Callers> GroupDevice<C> {
+    fn serve_ioctl(&self, fh: u64, caller: &Caller, io: &Ioctl<'_>) -> IoctlOutcome {
         let limit = self.reg.limit;
         let (mut mem, out_len, target) = match io.cmd {
             VFIO_SHIM_CUSE_ADOPT => return self.reg.adopt(fh, caller),

@@ -20,6 +20,7 @@ use log::{debug, info, warn};
 use nix::errno::Errno;
 use vfio_shim::abi::VFIO_SHIM_CUSE_ADOPT_PROTOCOL as ADOPT_PROTOCOL;
 use vfio_shim::{ContainerId, FdTarget, GroupId, Shim};
+use vfio_shim_sys::status_registry::{Publisher, Server};
 
 use crate::callers::{CallerFd, Callers, KernelCallers};
 use crate::device::{Caller, IoctlOutcome};
@@ -84,6 +85,9 @@ pub struct Registry<C: Callers = KernelCallers> {
     /// Callers held, reused while [`Callers::is_current`] (a map then costs two syscalls
     /// instead of opening /proc again).
     held: Mutex<HashMap<u32, Arc<C::Process>>>,
+    /// The daemon's entry for `vfio-shim status` (the kernel registry's only: host tests
+    /// publish nothing).
+    status: Option<Mutex<Publisher>>,
 }
 
 pub(crate) struct Inner<C: Callers> {
@@ -102,11 +106,13 @@ impl Registry<KernelCallers> {
         // The daemon never hands a device fd out (a preload that adopts the group does, and
         // warns in the program's own name), so a no-IOMMU open it refuses is no user's.
         backend.warn_noiommu_opens(false);
-        Registry::with_core(
+        let mut reg = Registry::with_core(
             ioctl_limit,
             KernelCallers,
             Shim::with_config(backend, vfio_shim_sys::type1_params::config_or_default()),
-        )
+        );
+        Arc::get_mut(&mut reg).expect("just made").status = Some(Mutex::new(Publisher::new(Server::Daemon)));
+        reg
     }
 }
 
@@ -120,7 +126,28 @@ impl<C: Callers> Registry<C> {
             dma_done: Condvar::new(),
             container_rdev: OnceLock::new(),
             held: Mutex::new(HashMap::new()),
+            status: None,
         })
+    }
+
+    /// Republishes every container for `vfio-shim status`, each under the pid that opened it
+    /// (after each call that may have changed them).
+    pub(crate) fn publish_status(&self) {
+        let Some(status) = &self.status else { return };
+        let (containers, holders) = {
+            let inner = self.lock_any();
+            let holders: HashMap<ContainerId, i32> = inner
+                .opens
+                .values()
+                .filter_map(|o| match o.state {
+                    OpenState::Container(id) => Some((id, o.pid as i32)),
+                    _ => None,
+                })
+                .collect();
+            (inner.shim.containers_status(), holders)
+        };
+        let mut publisher = status.lock().unwrap_or_else(|e| e.into_inner());
+        publisher.publish(&containers, |id| holders.get(&id).copied().unwrap_or(0));
     }
 
     /// The container node's device number (`st_rdev`), known once its CUSE_INIT is done.

@@ -40,9 +40,13 @@ pub(crate) fn container_ioctl(
     let state = guard.as_mut().expect("the state is made before any call");
     // SAFETY: `arg` is the program's own argument for the request it made.
     let mut mem = unsafe { OwnMemory::new(arg) };
-    let pending = match state.shim.container_ioctl_begin(id, req, arg, &mut mem)? {
-        ContainerStep::Done(v) => return Ok(v as c_int),
-        ContainerStep::Native(pending) => pending,
+    let pending = match state.shim.container_ioctl_begin(id, req, arg, &mut mem) {
+        Ok(ContainerStep::Done(v)) => {
+            state.publish_status();
+            return Ok(v as c_int);
+        }
+        Ok(ContainerStep::Native(pending)) => pending,
+        Err(e) => return Err(e),
     };
     // From here the finish must run, whatever happens: the container is in flight until then.
     let ran = pending.detached().map(|call| {
@@ -50,6 +54,8 @@ pub(crate) fn container_ioctl(
     });
     let state = guard.as_mut().expect("the state outlives every call");
     let result = catch_unwind(AssertUnwindSafe(|| state.shim.container_ioctl_finish(pending, ran, &mut mem)));
+    let counts = state.shim.container_counts(id);
+    state.status.counts(id, counts);
     DMA_DONE.notify_all();
     result.unwrap_or(Err(Errno::EIO)).map(|v| v as c_int)
 }

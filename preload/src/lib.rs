@@ -77,7 +77,9 @@ fn init_logging() {
 fn emulate(f: impl FnOnce(&mut State) -> Result<c_int, Errno>) -> c_int {
     emulate_locked(|guard| {
         let state = quiescent(guard);
-        f(state)
+        let r = f(state);
+        state.publish_status();
+        r
     })
 }
 
@@ -181,6 +183,18 @@ extern "C" fn after_fork_child() {
     unsafe { STATE.force_unlock() };
     if let Some(state) = STATE.lock().as_mut() {
         state.mark_inherited();
+        state.status.forget_in_child();
+        state.publish_status();
+    }
+}
+
+/// At exit the status entry goes (the state itself is never dropped). A thread still inside
+/// a call holds the lock: the entry then stays until `vfio-shim status` sees the pid gone.
+extern "C" fn at_exit() {
+    if let Some(mut guard) = STATE.try_lock() {
+        if let Some(state) = guard.as_mut() {
+            state.status.remove();
+        }
     }
 }
 
@@ -189,6 +203,8 @@ extern "C" fn constructor() {
     trace::init();
     // SAFETY: registering plain extern "C" handlers with no captured state.
     unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork_parent), Some(after_fork_child)) };
+    // SAFETY: registering a plain extern "C" handler with no captured state.
+    unsafe { libc::atexit(at_exit) };
     if std::env::var_os("VFIO_SHIM_HANDOFF").is_some() {
         emulate(|s| {
             if let Some((app_fds, mut kept, h)) = exec::inherited() {

@@ -8,6 +8,7 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use vfio_shim::handoff::Origin;
 use vfio_shim::{ContainerId, DeviceGrant, Errno, FdTarget, GroupId, GroupReply, Shim};
 use vfio_shim_sys::own_memory::OwnMemory;
+use vfio_shim_sys::status_registry::{Publisher, Server};
 use vfio_shim_sys::KernelBackend;
 
 use crate::real::real;
@@ -69,6 +70,8 @@ pub struct State {
     pub(crate) nonce: u64,
     /// Objects named otherwise: received from another process, or inherited over fork.
     pub(crate) origins: HashMap<Object, Origin>,
+    /// This process's entry for `vfio-shim status`.
+    pub(crate) status: Publisher,
 }
 
 /// A duplicate of a descriptor we hold.
@@ -122,7 +125,15 @@ impl State {
             internal: Vec::new(),
             nonce: fresh_nonce(),
             origins: HashMap::new(),
+            status: Publisher::new(Server::Preload),
         }
+    }
+
+    /// Republishes every container for `vfio-shim status`.
+    pub fn publish_status(&mut self) {
+        let containers = self.shim.containers_status();
+        let pid = vfio_shim_sys::process::current_pid();
+        self.status.publish(&containers, |_| pid);
     }
 
     /// In a fork child: everything open now is the parent's as well. Its names stay (a

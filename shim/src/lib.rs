@@ -20,6 +20,6 @@ pub mod translator;
 pub use backend::Backend;
 pub use nix::errno::Errno;
 pub use translator::{
-    BoundDevice, ContainerExport, ContainerId, ContainerStep, DeviceGrant, FdTarget, GroupExport, GroupId, GroupReply,
-    IommuExport, PendingDma, Shim,
+    BoundDevice, ContainerExport, ContainerId, ContainerStatus, ContainerStep, DeviceGrant, FdTarget, GroupExport,
+    GroupId, GroupReply, IommuExport, IommuKind, PendingDma, Shim,
 };

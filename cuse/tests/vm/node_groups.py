@@ -1,8 +1,10 @@
 """Checks of vfio-shim-cuse's container and group nodes WITHOUT the preload, in the cdev-only
 guest (no kernel VFIO groups): what the daemon serves for a client and the documented errno for
 what only the preload can do (docs/cuse.md). Prints one ok/FAIL line per check.
-Usage: node_groups.py <edu-bdf> <edu-group> <dir on a file system other than tmpfs/hugetlbfs>"""
-import ctypes, errno, fcntl, mmap, os, struct, sys
+With a vfio-shim binary as a 4th argument, `vfio-shim status` must list this client's container
+as served by the daemon, with exactly the mappings made.
+Usage: node_groups.py <edu-bdf> <edu-group> <dir on a file system other than tmpfs/hugetlbfs> [vfio-shim]"""
+import ctypes, errno, fcntl, json, mmap, os, struct, subprocess, sys, time
 
 VFIO_SET_IOMMU, VFIO_TYPE1v2 = 0x3B66, 3
 VFIO_GROUP_GET_STATUS, VFIO_GROUP_SET_CONTAINER = 0x3B67, 0x3B68
@@ -26,6 +28,14 @@ def call(fd, req, arg):
         return (0 if isinstance(r, bytes) else r), 0
     except OSError as e:
         return -1, e.errno
+
+
+def status_rows():
+    """`vfio-shim status` rows of this process (None without the binary)."""
+    if len(sys.argv) < 5:
+        return None
+    out = subprocess.run([sys.argv[4], "status", "--json"], capture_output=True, text=True, timeout=30)
+    return [r for r in json.loads(out.stdout or "[]") if r["pid"] == os.getpid()]
 
 
 def addr(m):
@@ -105,6 +115,12 @@ except OSError as e:
 check("MAP_DMA of a shared non-shmem file mapping is the documented errno", r[1] == NOT_WITHOUT_PRELOAD,
       errno.errorcode.get(r[1], str(r)))
 os.close(dfd)
+rows = status_rows()
+if rows is not None:
+    want = {"groups": [group], "devices": [edu], "iommu": "TYPE1v2", "mappings": 2, "mapped_bytes": 4096 + 8192}
+    got = [{k: r[k] for k in want} for r in rows]
+    check("vfio-shim status lists the container as the daemon's, with the 2 mappings made",
+          got == [want] and rows[0]["served_by"].startswith("daemon "), str(rows))
 r, size = dma_unmap(cfd, 0x100000)
 check("UNMAP_DMA of the shared page", r == (0, 0) and size == 4096, f"{r} size={size}")
 r, size = dma_unmap(cfd, 0x200000, 8192)
@@ -119,8 +135,20 @@ r = call(gfd, VFIO_GROUP_UNSET_CONTAINER, 0)
 check("UNSET_CONTAINER", r == (0, 0), str(r))
 r = call(cfd, VFIO_IOMMU_MAP_DMA, struct.pack("IIQQQ", 32, RW, addr(shared), 0x100000, 4096))
 check("MAP_DMA after the last group left is EINVAL", r[1] == errno.EINVAL, str(r))
+rows = status_rows()
+if rows is not None:
+    check("vfio-shim status: no mapping left after the unmaps", [r["mappings"] for r in rows] == [0], str(rows))
 for fd in (cfd, gfd, rp, wp, memfd):
     os.close(fd)
+rows = status_rows()
+# The kernel sends the node's RELEASE after close(2) returns: give the daemon a moment.
+for _ in range(50):
+    if not rows:
+        break
+    time.sleep(0.1)
+    rows = status_rows()
+if rows is not None:
+    check("vfio-shim status: the container is gone with its last fd", rows == [], str(rows))
 # The group is free again: a new open works.
 os.close(os.open(gpath, os.O_RDWR))
 check("group reopens after close", True)

@@ -2,7 +2,7 @@
 # vfio-shim-cuse's nodes WITHOUT the preload (docs/cuse.md), on the cdev-only kernel, where the
 # daemon serves /dev/vfio/vfio and a /dev/vfio/<N> node per VFIO group. Checks:
 #  1. node_groups.py: what the nodes serve, and the documented errno for anonymous memory and
-#     GET_DEVICE_FD;
+#     GET_DEVICE_FD; `vfio-shim status` lists the client's container as the daemon's;
 #  2. every differential client that runs on shared memory (VFIO_TEST_MEMORY=shared) and needs
 #     no device fd (VFIO_TEST_NO_DEVICE_FD=1) gives exactly the transcript real type1 gives in
 #     the same mode (first boot, full kernel), fork_stress (8 processes x 1000 pairs on one
@@ -18,7 +18,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../../.." && pwd)
 out=${1:-$root/compat-tests/out/cuse-node}
 rm -rf "$out"; mkdir -p "$out/type1" "$out/node"; out=$(cd "$out" && pwd)
-(cd "$root" && cargo build --release -q -p vfio-shim-cuse -p vfio-shim-explorer)
+(cd "$root" && cargo build --release -q -p vfio-shim-cuse -p vfio-shim-explorer -p vfio-shim-cli)
 explorer=$root/target/release/explorer
 explore_env="VFIO_EXPLORE_DEVICES=0 VFIO_EXPLORE_MEMORY=shared VFIO_EXPLORE_SEQS=${CUSE_EXPLORE_SEQS:-500}"
 explore_env+=" VFIO_EXPLORE_SEED=1 VFIO_EXPLORE_REGRESSIONS=$root/compat-tests/explorer/regressions"
@@ -54,7 +54,8 @@ caps=\$(grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/\$(pgrep -x vfio-shim-cuse)/
 [ "\$caps" = "CapEff: 0000010000084004 CapBnd: 0000010000084004 NoNewPrivs: 1 " ]; res \$? "daemon dropped privileges (\$caps)"
 
 mkdir -p /run/vfio-shim-ramfs && mount -t ramfs none /run/vfio-shim-ramfs
-timeout 120 python3 "$root/cuse/tests/vm/node_groups.py" "\$VFIO_TEST_EDU" "\$edu_group" /run/vfio-shim-ramfs
+timeout 120 python3 "$root/cuse/tests/vm/node_groups.py" "\$VFIO_TEST_EDU" "\$edu_group" /run/vfio-shim-ramfs \
+  "$root/target/release/vfio-shim"
 grep -q "needs the preload" "$out/node/daemon-1.log"; res \$? "daemon logged the load-the-preload line"
 
 for c in $clients; do

@@ -13,7 +13,8 @@
 //! 7.3 tree (T1 = vfio_iommu_type1.c, CT = container.c, GR = group.c).
 //!
 //! This file holds the object model (ids, the container, group and device records, `Shim`);
-//! `container`, `dma`, `group` and `sharing` hold the calls on them.
+//! `container`, `dma`, `group` and `sharing` hold the calls on them; `status` the view that
+//! `vfio-shim status` shows.
 
 #![allow(non_upper_case_globals)] // kernel names (VFIO_TYPE1v2_IOMMU) kept verbatim
 
@@ -37,8 +38,10 @@ mod dma;
 mod group;
 mod reset;
 mod sharing;
+mod status;
 
 pub use sharing::{ContainerExport, GroupExport, IommuExport};
+pub use status::{ContainerStatus, IommuKind};
 
 /// A legacy container (an open `/dev/vfio/vfio`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

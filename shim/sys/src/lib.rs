@@ -4,7 +4,8 @@
 //! device attribute; [`cuse_node`] the daemon's nodes and handshakes; [`memfd`] sealed handoff
 //! files; [`noiommu`] the group number of a no-IOMMU cdev's device; [`caller`] another
 //! process's memory and files; [`random`] and [`process`] this
-//! process; [`native_trace`] what they did, for `vfio-shim trace`. [`KernelBackend`] implements the core's `Backend` trait on them;
+//! process; [`native_trace`] what they did, for `vfio-shim trace`; [`status_registry`] the
+//! published containers `vfio-shim status` reads. [`KernelBackend`] implements the core's `Backend` trait on them;
 //! [`vtd`] derives type1's view of an Intel IOMMU from its registers.
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -22,6 +23,7 @@ pub mod privileges;
 pub mod process;
 pub mod procfs;
 pub mod random;
+pub mod status_registry;
 pub mod type1_params;
 pub mod vfio_device;
 pub mod vtd;
