@@ -4,14 +4,17 @@
 #   of each cargo fuzz target;
 # - VM tier: builds and caches the two test kernels, boots them under QEMU TCG and runs the
 #   kernel-backend tests and every legacy client in every mode, then compares with type1;
-#   the CUSE daemon (protocol, SIGTERM/kill -9, the nodes without and with the preload); lock
+#   the CUSE daemon (protocol, SIGTERM/kill -9, the nodes without and with the preload); the
+#   Debian package built, installed on the host tree and used in the guest; lock
 #   isolation (a 1 GiB map in one container holds up no other container's calls, 2 vCPUs); then
 #   the kernel's VFIO selftests and QEMU 7.2/10.0 on type1 and through the shim; then the
 #   no-IOMMU tier (a machine without an IOMMU: the no-IOMMU clients, the explorer's no-IOMMU
 #   subset and DPDK in --iova-mode=pa, legacy no-IOMMU against the shim).
 # Both install what they need (Debian packages, virtme-ng) by themselves.
 
-.PHONY: test host-test vm-test bench demo explore
+.PHONY: test host-test vm-test bench demo explore install deb
+
+PREFIX ?= /usr/local
 
 test: host-test vm-test
 
@@ -33,6 +36,7 @@ vm-test:
 	bash cuse/tests/vm/run.sh
 	bash cuse/tests/vm/without-preload.sh
 	bash cuse/tests/vm/with-preload.sh
+	bash packaging/test-package.sh
 	bash compat-tests/scripts/lock-isolation.sh
 	bash compat-tests/scripts/programs-tier.sh
 	bash compat-tests/scripts/noiommu-tier.sh
@@ -50,3 +54,12 @@ demo:
 bench:
 	cargo bench -p vfio-shim --bench translator
 	bash compat-tests/scripts/bench.sh
+
+# Installs the command, the preload, the daemon, its unit, udev and tmpfiles rules, man pages
+# and completions under $(DESTDIR)$(PREFIX) (packaging/install.sh).
+install:
+	bash packaging/install.sh "$(DESTDIR)" "$(PREFIX)"
+
+# The Debian package, in target/debian (packaging/build-deb.sh).
+deb:
+	bash packaging/build-deb.sh

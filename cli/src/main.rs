@@ -14,7 +14,22 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "vfio-shim", version, about = "Legacy VFIO (type1 container and groups) over iommufd")]
+#[command(
+    name = "vfio-shim",
+    version,
+    about = "Legacy VFIO (type1 container and groups) over iommufd",
+    long_about = "Keeps programs that speak VFIO's legacy container API (/dev/vfio/vfio, \
+                  /dev/vfio/<N>, VFIO_SET_IOMMU type1) working on kernels that offer only iommufd, \
+                  with type1's behaviour. Start with `vfio-shim doctor`.",
+    after_long_help = "Environment:\n  \
+        VFIO_SHIM_PRELOAD       the preload library to use (default: next to vfio-shim, or \
+                                lib/<multiarch>/ beside its bin/)\n  \
+        VFIO_SHIM_LOG           the shim's log level in the program (error, warn, info, debug)\n  \
+        VFIO_SHIM_TRACE         a file, or `stderr`: one line per legacy call (what `trace` sets)\n  \
+        VFIO_SHIM_TRACE_FORMAT  `json` for JSON lines\n  \
+        VFIO_SHIM_STATUS_DIR    where programs publish their containers for `status` (default \
+                                /run/vfio-shim/status)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,6 +65,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write vfio-shim(1) and a page per subcommand into DIR (`man DIR`), or print a shell's
+    /// completions (`bash`, `zsh`, `fish`): for packaging.
+    #[command(hide = true)]
+    Generate { what: String, dir: Option<PathBuf> },
     /// Check this host for legacy VFIO programs: kernel, IOMMU, devices, the caller's limits,
     /// the daemon and the preload library. One line per check with the fix; exit status 1 when
     /// a check fails.
@@ -84,6 +103,30 @@ fn main() -> ExitCode {
             };
             let format = OsString::from(if json { "json" } else { "text" });
             ExitCode::from(run::run(&command, &[("VFIO_SHIM_TRACE", dest), ("VFIO_SHIM_TRACE_FORMAT", format)]) as u8)
+        }
+        Command::Generate { what, dir } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            let shell = match (what.as_str(), dir) {
+                ("man", Some(dir)) => {
+                    return match clap_mangen::generate_to(cmd, &dir) {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => {
+                            eprintln!("vfio-shim generate man: {}: {e}", dir.display());
+                            ExitCode::FAILURE
+                        }
+                    };
+                }
+                ("bash", None) => clap_complete::Shell::Bash,
+                ("zsh", None) => clap_complete::Shell::Zsh,
+                ("fish", None) => clap_complete::Shell::Fish,
+                _ => {
+                    eprintln!("vfio-shim generate: man DIR, bash, zsh or fish");
+                    return ExitCode::from(2);
+                }
+            };
+            clap_complete::generate(shell, &mut cmd, "vfio-shim", &mut std::io::stdout());
+            ExitCode::SUCCESS
         }
         Command::Status { json } => {
             let rows = status::rows();

@@ -2,13 +2,15 @@
 # Installs every host package the VM tier needs. Idempotent; cheap when already done.
 set -euo pipefail
 
-stamp=/var/cache/vfio-shim/host-deps.v4
+stamp=/var/cache/vfio-shim/host-deps.v5
 [ -f "$stamp" ] && exit 0
 
 export DEBIAN_FRONTEND=noninteractive
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# strace: qemu_scenarios.py reads the kernel's answers to QEMU's KVM-VFIO calls from it.
+# dpkg-dev (dpkg-shlibdeps) and systemd (systemd-analyze, systemd-tmpfiles): the package
+# test (packaging/). strace: qemu_scenarios.py reads the kernel's answers to QEMU's KVM-VFIO
+# calls from it, compat-tests/trace what the program and the shim asked the kernel.
 # udev: virtme-ng-init needs the host's systemd-udevd to create /dev/virtio-ports/* in the
 # guest, or the command's stdout/stderr/exit status have nowhere to go.
 # bookworm-backports: QEMU 10.0 for the L1 VM, and its qemu-utils (qemu-io, qemu-img,
@@ -31,6 +33,6 @@ sudo_ apt-get install -y -qq --no-install-recommends \
   -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
 sudo_ apt-get install -y -qq --no-install-recommends \
   bc bison flex libelf-dev libssl-dev cpio xz-utils ccache kmod busybox-static \
-  python3-venv gcc make libc6-dev udev strace >/dev/null
+  python3-venv gcc make libc6-dev udev strace dpkg-dev systemd >/dev/null
 sudo_ mkdir -p /var/cache/vfio-shim
 sudo_ touch "$stamp"

@@ -22,7 +22,17 @@ use vfio_shim_cuse::session::{Config, Session, Stopper};
 use vfio_shim_cuse::test_device::TestDevice;
 
 #[derive(Parser, Debug)]
-#[command(name = "vfio-shim-cuse", version, about = "Serve a character device from userspace through CUSE")]
+#[command(
+    name = "vfio-shim-cuse",
+    version,
+    about = "Serve the legacy VFIO container /dev/vfio/vfio (and group nodes) over iommufd through CUSE",
+    long_about = "Serves /dev/vfio/vfio, and /dev/vfio/<N> on kernels without VFIO groups, as real \
+                  character devices through CUSE, with type1's semantics over iommufd. Programs \
+                  that cannot be started with `vfio-shim run` (services, static binaries) find the \
+                  nodes there; memory they map must be shared (shmem, memfd, hugetlbfs) unless the \
+                  preload is loaded too. Detaches once the nodes exist; SIGTERM stops it. Run by \
+                  the vfio-shim-cuse.service unit."
+)]
 struct Args {
     /// Device name under /dev (slashes make directories: vfio/vfio is /dev/vfio/vfio).
     #[arg(long, default_value = "vfio/vfio")]
@@ -47,10 +57,24 @@ struct Args {
     /// needs: CAP_SYS_PTRACE, CAP_CHECKPOINT_RESTORE, CAP_DAC_READ_SEARCH, CAP_IPC_LOCK).
     #[arg(long)]
     keep_privileges: bool,
+    /// Print the man page (roff) and exit: how the package makes vfio-shim-cuse(8).
+    #[arg(long, hide = true)]
+    print_man: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.print_man {
+        use clap::CommandFactory;
+        let man = clap_mangen::Man::new(Args::command()).section("8");
+        return match man.render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vfio-shim-cuse: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let ready = if args.foreground {
         None
