@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks against the kernel, from one run: 4 KiB MAP+UNMAP pairs and mapping 1 GiB through
 # type1, the kernel's iommufd compat layer and the shim (LD_PRELOAD), interleaved in one boot of
-# the full test kernel; the CUSE node without the preload against the preload path, on shared
+# the full test kernel, and the shim again with `vfio-shim trace` on; the CUSE node without the preload against the preload path, on shared
 # memory, interleaved in one boot of the cdev-only kernel; the preload's userspace instructions
 # per 4 KiB MAP and UNMAP at 1,000 live mappings (callgrind, compat-tests/bench/map_insns.c);
 # and the preload's pass-through cost on the host. Prints ratios.
@@ -23,7 +23,7 @@ gcc -O2 -Wall -Wextra -Werror -o "$out/passthrough_bench" "$root/compat-tests/be
 # callgrind (valgrind) counts the preload's userspace instructions per MAP and per UNMAP.
 command -v valgrind >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq --no-install-recommends valgrind >/dev/null; }
 gcc -O2 -Wall -Wextra -Werror -o "$out/map_insns" "$root/compat-tests/bench/map_insns.c"
-rm -f "$out"/type1.* "$out"/compat.* "$out"/shim.* "$out"/host-*.* "$out"/preload-shared.* "$out"/cuse.* "$out"/cg-*
+rm -f "$out"/type1.* "$out"/compat.* "$out"/shim.* "$out"/shim-trace.* "$out"/host-*.* "$out"/preload-shared.* "$out"/cuse.* "$out"/cg-*
 
 {
   echo '#!/usr/bin/env bash'
@@ -36,6 +36,11 @@ rm -f "$out"/type1.* "$out"/compat.* "$out"/shim.* "$out"/host-*.* "$out"/preloa
   echo "  unshare -m --propagation private sh -c 'mkdir -p /run/vfio-hide && mount --bind /dev/vfio /run/vfio-hide &&" \
        "mount -t tmpfs none /dev/vfio && mkdir /dev/vfio/devices && mount --bind /run/vfio-hide/devices /dev/vfio/devices &&" \
        "LD_PRELOAD=$(printf %q "$lib") exec ./map_bench' >shim.\$round"
+  # The same with vfio-shim trace on (text lines into a tmpfs file, as an operator would).
+  echo "  unshare -m --propagation private sh -c 'mkdir -p /run/vfio-hide && mount --bind /dev/vfio /run/vfio-hide &&" \
+       "mount -t tmpfs none /dev/vfio && mkdir /dev/vfio/devices && mount --bind /run/vfio-hide/devices /dev/vfio/devices &&" \
+       "rm -f /tmp/bench-trace.txt && VFIO_SHIM_TRACE=/tmp/bench-trace.txt LD_PRELOAD=$(printf %q "$lib") exec ./map_bench'" \
+       ">shim-trace.\$round"
   echo 'done'
   echo "valgrind --tool=callgrind --collect-atstart=no --callgrind-out-file=cg-type1 ./map_insns >/dev/null 2>cg-type1.log"
   echo "unshare -m --propagation private sh -c 'mkdir -p /run/vfio-hide && mount --bind /dev/vfio /run/vfio-hide &&" \
@@ -92,6 +97,11 @@ for name, key in rows:
     print(f"{name:32} {t:10.2f} {c:10.2f} {s:10.2f} {s/t:11.3f} {s/c:12.3f}")
 t, c, s = best("type1", "pair_4k_best_us"), best("compat", "pair_4k_best_us"), best("shim", "pair_4k_best_us")
 print(f"{'4 KiB pair, best of 15 rounds (us)':32} {t:10.2f} {c:10.2f} {s:10.2f} {s/t:11.3f} {s/c:12.3f}")
+print()
+print(f"{'vfio-shim trace on (same boot)':32} {'shim':>10} {'traced':>10} {'traced/shim':>12}")
+for name, key in rows:
+    s, tr = med("shim", key), med("shim-trace", key)
+    print(f"{name:32} {s:10.2f} {tr:10.2f} {tr/s:12.3f}")
 print()
 print(f"{'cdev-only guest, shared memory':32} {'preload':>10} {'cuse':>10} {'cuse/preload':>13}")
 for name, key in rows:

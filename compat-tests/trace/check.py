@@ -49,7 +49,8 @@ EXTENSIONS = {"VFIO_TYPE1_IOMMU": 1, "VFIO_SPAPR_TCE_IOMMU": 2, "VFIO_TYPE1v2_IO
               "VFIO_UNMAP_ALL": 9, "VFIO_UPDATE_VADDR": 10}
 FD_RESULT = {"open", "VFIO_GROUP_GET_DEVICE_FD"}
 STRACE = ["strace", "-qq", "-e", "trace=openat,ioctl,close", "-e", "raw=ioctl"]
-LINE = re.compile(r'^(openat|ioctl|close)\((.*)\) += (-?\d+|\?)(?: (E[A-Z0-9]+))?')
+# strace -e raw=ioctl prints an ioctl's result in hex too.
+LINE = re.compile(r'^(openat|ioctl|close)\((.*)\) += (-?(?:0x[0-9a-f]+|\d+)|\?)(?: (E[A-Z0-9]+))?')
 
 
 def strace_calls(path):
@@ -58,7 +59,7 @@ def strace_calls(path):
     for line in open(path):
         m = LINE.match(line)
         if m:
-            out.append((m[1], m[2], int(m[3]) if m[3] != "?" else None, m[4]))
+            out.append((m[1], m[2], int(m[3], 0) if m[3] != "?" else None, m[4]))
     return out
 
 
