@@ -8,12 +8,16 @@
 #
 # Usage:
 #   dpdk.sh fetch BINDIR    on the host: installs the DPDK runtime libraries (apt), unpacks
-#                           dpdk-testpmd and dpdk-proc-info from dpdk-dev into the cache (the
-#                           dpdk-dev package itself would pull ~200 packages) and copies them
-#                           to BINDIR (the guest does not see the cache)
-#   dpdk.sh run BINDIR OUTDIR  in the guest (after guest-setup.sh): both processes, wrapped in
-#                           $DPDK_WRAP (e.g. "vfio-shim run --"); writes OUTDIR/summary.txt
-#                           with one "DPDK-SECONDARY: ok|FAIL ..." line; exit 0 iff ok.
+#                           dpdk-testpmd and dpdk-proc-info from dpdk-dev and dpdk-devbind.py
+#                           from dpdk into the cache (the dpdk-dev package itself would pull
+#                           ~200 packages) and copies them to BINDIR (the guest does not see
+#                           the cache)
+#   dpdk.sh run BINDIR OUTDIR  in the guest (after guest-setup.sh): first the operator's bind
+#                           (dpdk-devbind.py -u, -b vfio-pci, --status-dev net: "DPDK-DEVBIND:
+#                           ok|FAIL"), then both processes, wrapped in $DPDK_WRAP (e.g.
+#                           "vfio-shim run --"); writes OUTDIR/summary.txt with those lines and
+#                           one "DPDK-SECONDARY: ok|FAIL ..." line, ok only if the bind was;
+#                           exit 0 iff ok.
 #                           On vm.sh's machine without an IOMMU (VFIO_TEST_NOIOMMU=1) both run
 #                           with --iova-mode=pa: DPDK's no-IOMMU mode, physical addresses from
 #                           /proc/self/pagemap, a VFIO_NOIOMMU_IOMMU container.
@@ -38,8 +42,17 @@ cmd_fetch() {
   if ! { [ -x "$bin/dpdk-testpmd" ] && [ -x "$bin/dpdk-proc-info" ] && ! missing_libs "$bin"; }; then
     fetch_into "$bin"
   fi
+  # dpdk-devbind.py, the operator's tool for the bind (docs/operators.md's recipe), from the
+  # dpdk package of the same release; a python3 script, nothing to install.
+  if [ ! -f "$bin/dpdk-devbind.py" ]; then
+    rm -rf "$cache/unpack-devbind"
+    mkdir -p "$cache/unpack-devbind"
+    (cd "$cache/unpack-devbind" && apt-get download -q dpdk >/dev/null 2>&1 && dpkg -x dpdk_*.deb root)
+    cp "$cache/unpack-devbind/root/usr/bin/dpdk-devbind.py" "$bin/"
+    rm -rf "$cache/unpack-devbind"
+  fi
   mkdir -p "$1"
-  cp "$bin/dpdk-testpmd" "$bin/dpdk-proc-info" "$1/"
+  cp "$bin/dpdk-testpmd" "$bin/dpdk-proc-info" "$bin/dpdk-devbind.py" "$1/"
 }
 
 fetch_into() {
@@ -68,6 +81,16 @@ cmd_run() {
   [ -n "${DPDK_WRAP:-}" ] && read -r -a wrap <<<"$DPDK_WRAP"
   eal=(--file-prefix=vfioshim -a "$VFIO_TEST_IGB" --no-telemetry)
   [ "${VFIO_TEST_NOIOMMU:-0}" = 1 ] && eal+=(--iova-mode=pa)
+  # The recipe's bind: dpdk-devbind.py takes the igb off vfio-pci and binds it again, and
+  # lists it under the DPDK-compatible drivers.
+  local devbind=FAIL igb_driver=/sys/bus/pci/devices/$VFIO_TEST_IGB/driver
+  if python3 "$bin/dpdk-devbind.py" -u "$VFIO_TEST_IGB" >"$out/devbind.log" 2>&1 && [ ! -e "$igb_driver" ] &&
+     python3 "$bin/dpdk-devbind.py" -b vfio-pci "$VFIO_TEST_IGB" >>"$out/devbind.log" 2>&1 &&
+     [ "$(basename "$(readlink -f "$igb_driver")")" = vfio-pci ] &&
+     python3 "$bin/dpdk-devbind.py" --status-dev net >>"$out/devbind.log" 2>&1 &&
+     grep -q "^$VFIO_TEST_IGB .*drv=vfio-pci" "$out/devbind.log"; then
+    devbind=ok
+  fi
   # testpmd waits for commands on a fifo we hold open: interactive, nothing started, so its
   # lcores do not spin the guest's one vCPU away from the secondary.
   rm -f /dev/shm/vfio-shim-testpmd.fifo
@@ -108,8 +131,11 @@ cmd_run() {
   if [ "${VFIO_TEST_NOIOMMU:-0}" = 1 ]; then
     grep -q 'No-IOMMU' "$out/primary.log" || mode_ok=0
   fi
-  if [ $ready = 1 ] && [ $src = 0 ] && [ $prc = 0 ] && [ -n "$stats" ] && [ $mode_ok = 1 ]; then ok=ok; fi
+  if [ $ready = 1 ] && [ $src = 0 ] && [ $prc = 0 ] && [ -n "$stats" ] && [ $mode_ok = 1 ] && [ $devbind = ok ]; then
+    ok=ok
+  fi
   {
+    echo "DPDK-DEVBIND: $devbind (dpdk-devbind.py -u, -b vfio-pci, --status-dev net; $out/devbind.log)"
     echo "DPDK-SECONDARY: $ok (primary ready=$ready rc=$prc, secondary rc=$src) ${stats:-no port 0 statistics}"
     grep -h -m1 'IOMMU type\|No-IOMMU\|IOVA mode\|IOVA as' "$out/primary.log" 2>/dev/null | sed 's/^/  primary: /' || true
     grep -h 'vfio_shim_preload.*\(handed off\|adopted\)' "$out/primary.log" "$out/secondary.log" 2>/dev/null |
@@ -119,7 +145,7 @@ cmd_run() {
   [ $ok = ok ]
 }
 
-usage() { sed -n '8,17p' "$0" >&2; exit 2; }
+usage() { sed -n '9,23p' "$0" >&2; exit 2; }
 case ${1:-} in
   fetch) [ $# = 2 ] || usage; cmd_fetch "$2" ;;
   run) [ $# = 3 ] || usage; cmd_run "$2" "$3" ;;

@@ -9,7 +9,7 @@ export DEBIAN_FRONTEND=noninteractive
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # dpkg-dev (dpkg-shlibdeps) and systemd (systemd-analyze, systemd-tmpfiles): the package
-# test (packaging/). strace: qemu_scenarios.py reads the kernel's answers to QEMU's KVM-VFIO
+# test (packaging/). pciutils: lspci, which dpdk-devbind.py runs (programs/dpdk.sh). strace: qemu_scenarios.py reads the kernel's answers to QEMU's KVM-VFIO
 # calls from it, compat-tests/trace what the program and the shim asked the kernel.
 # udev: virtme-ng-init needs the host's systemd-udevd to create /dev/virtio-ports/* in the
 # guest, or the command's stdout/stderr/exit status have nowhere to go.
@@ -33,6 +33,6 @@ sudo_ apt-get install -y -qq --no-install-recommends \
   -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
 sudo_ apt-get install -y -qq --no-install-recommends \
   bc bison flex libelf-dev libssl-dev cpio xz-utils ccache kmod busybox-static \
-  python3-venv gcc make libc6-dev udev strace dpkg-dev systemd >/dev/null
+  python3-venv gcc make libc6-dev udev strace dpkg-dev systemd pciutils >/dev/null
 sudo_ mkdir -p /var/cache/vfio-shim
 sudo_ touch "$stamp"
