@@ -399,9 +399,10 @@ def scenario_two(args, obs, iommufd_probe):
             one = len(containers) == 1
         else:                     # through the shim: one iommufd, one IOAS in it
             ioas = iommufd_probe(q.proc.pid, iommufds)
-            kind = f"{len(iommufds)} iommufd file(s), IOAS per iommufd {ioas}"
-            one = len(iommufds) == 1 and ioas == [1]
-            kind += "; " + status_agrees(args, q.proc.pid, [args.edu, args.igb], ioas)
+            kind = f"{len(iommufds)} iommufd file(s), IOAS per iommufd {[len(i) for i in ioas]}"
+            one = len(iommufds) == 1 and len(ioas[0]) == 1
+            if one:
+                kind += "; " + status_agrees(args, q.proc.pid, [args.edu, args.igb], ioas[0][0])
         obs("two", "one_container", "yes" if one else "no")
         if not one:
             print(f"SCENARIO: QEMU's files: {q.files()}; /dev/iommu fds {q.fds_to('/dev/iommu')}",
@@ -409,7 +410,7 @@ def scenario_two(args, obs, iommufd_probe):
             raise Fail(f"not one container: {kind}")
         unplug(q, "igb0", RP1)
         if not containers:
-            status_agrees(args, q.proc.pid, [args.edu], ioas)
+            status_agrees(args, q.proc.pid, [args.edu], ioas[0][0])
         igb_state = device_free(args.igb)
         obs("two", "igb_after_del", igb_state.split(" ")[0])
         if not igb_state.startswith("free"):
@@ -425,7 +426,7 @@ def scenario_two(args, obs, iommufd_probe):
 
 def status_agrees(args, pid, devices, ioas):
     """`vfio-shim status` (the binary of --wrap) must list QEMU's one container as the kernel
-    and sysfs show it: the IOAS the probe found in QEMU's iommufd, the groups and devices
+    and sysfs show it: the IOAS id the probe found in QEMU's iommufd, the groups and devices
     assigned, TYPE1v2, mappings, and at least the pinned memory the kernel counts (VmPin; a
     BAR mapped for P2P is mapped but not pinned)."""
     vfio_shim = shlex.split(args.wrap)[0]
@@ -436,7 +437,7 @@ def status_agrees(args, pid, devices, ioas):
     if len(rows) != 1:
         raise Fail(f"vfio-shim status lists {len(rows)} containers of QEMU (pid {pid}): {out.stdout} {out.stderr}")
     r = rows[0]
-    want = {"ioas": ioas[0], "groups": groups, "devices": sorted(devices), "iommu": "TYPE1v2", "served_by": "preload"}
+    want = {"ioas": ioas, "groups": groups, "devices": sorted(devices), "iommu": "TYPE1v2", "served_by": "preload"}
     got = {"ioas": r["ioas"], "groups": sorted(r["groups"]), "devices": sorted(r["devices"]), "iommu": r["iommu"],
            "served_by": r["served_by"]}
     if got != want or r["mappings"] < 1 or not r["mapped_bytes"] >= vm_pin > 0 or r["pinned_bytes"] != vm_pin:
@@ -686,7 +687,7 @@ def pidfd_getfd(pidfd, fd):
 
 
 def iommufd_probe(pid, iommufds):
-    """For each of the process's iommufds: how many object ids 1..64 are IOASes
+    """For each of the process's iommufds: which object ids 1..64 are IOASes
     (IOMMU_IOAS_IOVA_RANGES answers anything but ENOENT)."""
     out = []
     pidfd = os.pidfd_open(pid)
@@ -694,12 +695,12 @@ def iommufd_probe(pid, iommufds):
         for fd in iommufds:
             mine = pidfd_getfd(pidfd, fd)
             try:
-                n = 0
+                ids = []
                 for obj in range(1, 65):
                     buf = ctypes.create_string_buffer(struct.pack("IIIIQQ", 32, obj, 0, 0, 0, 0), 32)
                     if libc.ioctl(mine, IOMMU_IOAS_IOVA_RANGES, buf) == 0 or ctypes.get_errno() != 2:
-                        n += 1
-                out.append(n)
+                        ids.append(obj)
+                out.append(ids)
             finally:
                 os.close(mine)
     finally:
