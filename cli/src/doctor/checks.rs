@@ -265,7 +265,7 @@ fn kernel_checks(host: &Host, k: &Kernel, daemon: &Daemon, r: &mut Report) {
 fn vfio_bound_devices(host: &Host) -> Vec<String> {
     host.list("/sys/bus/pci/devices")
         .into_iter()
-        .filter(|b| host.link_name(&format!("/sys/bus/pci/devices/{b}/driver")).is_some_and(|d| d.contains("vfio")))
+        .filter(|b| host.pci_driver(b).is_some_and(|d| d.contains("vfio")))
         .collect()
 }
 
@@ -366,7 +366,7 @@ fn device_checks(host: &Host, k: &Kernel, daemon: &Daemon, bdf: &str, r: &mut Re
         return;
     }
     let bind = format!("bind it to vfio-pci: `driverctl set-override {bdf} vfio-pci`.");
-    let driver = host.link_name(&format!("{sys}/driver"));
+    let driver = host.pci_driver(bdf);
     let on_vfio = driver.as_deref().is_some_and(|d| d.contains("vfio"));
     match &driver {
         Some(d) if on_vfio => r.pass(id("driver"), format!("bound to {d}")),
@@ -375,7 +375,7 @@ fn device_checks(host: &Host, k: &Kernel, daemon: &Daemon, bdf: &str, r: &mut Re
     }
 
     if on_vfio {
-        let cdev = host.list(&format!("{sys}/vfio-dev")).into_iter().find(|n| n.starts_with("vfio"));
+        let cdev = host.pci_cdev(bdf).filter(|n| n.starts_with("vfio"));
         match cdev {
             None if k.cdevs => r.push(
                 id("cdev"),

@@ -44,6 +44,16 @@ impl Host {
         Some(target.file_name()?.to_string_lossy().into_owned())
     }
 
+    /// The bound driver of PCI device `bdf`, as the shim reads it (`None`: none, or unreadable).
+    pub fn pci_driver(&self, bdf: &str) -> Option<String> {
+        vfio_shim_sys::kernel::driver_name(&self.path(&format!("/sys/bus/pci/devices/{bdf}"))).ok().flatten()
+    }
+
+    /// The VFIO cdev name (`vfioN`) of PCI device `bdf`, as the shim finds it.
+    pub fn pci_cdev(&self, bdf: &str) -> Option<String> {
+        vfio_shim_sys::kernel::vfio_cdev(&self.path(&format!("/sys/bus/pci/devices/{bdf}")))
+    }
+
     /// The shim's own view of IOMMU groups and devices: the backend the preload and the daemon
     /// use, on this root, so `doctor` judges a group as they will.
     pub fn backend(&self) -> KernelBackend {

@@ -946,7 +946,7 @@ pub fn driver_name(dev: &Path) -> Result<Option<String>, Errno> {
 
 /// The `vfioN` (or, in no-IOMMU mode, `noiommu-vfioN`) entry of `<dev>/vfio-dev/`, present
 /// while a VFIO driver with cdev support is bound.
-pub(crate) fn vfio_cdev(dev: &Path) -> Option<String> {
+pub fn vfio_cdev(dev: &Path) -> Option<String> {
     let mut names: Vec<String> = fs::read_dir(dev.join("vfio-dev"))
         .ok()?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())

@@ -113,6 +113,10 @@ pub struct StatusPage {
 unsafe impl Send for StatusPage {}
 
 impl StatusPage {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Creates `<dir>/<pid>` (and `dir`) for this process.
     pub fn create(dir: &Path, server: Server) -> Result<StatusPage, Errno> {
         let io = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
@@ -238,12 +242,6 @@ impl Drop for StatusPage {
         if crate::process::current_pid() == self.pid {
             let _ = fs::remove_file(&self.path);
         }
-    }
-}
-
-impl StatusPage {
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 
