@@ -10,7 +10,13 @@
 #  3. `vfio-shim doctor` finds the installed preload and the running daemon;
 #  4. every differential client through the installed `vfio-shim run` (the preload found in
 #     the multiarch directory beside /usr/bin), against type1's transcripts;
-#  5. SIGTERM (the unit's KillSignal) stops the daemon and its node goes.
+#  5. the README's operator path to a running VM: QEMU (the host's, /usr/bin) with the edu
+#     assigned through the installed `vfio-shim run`, its L2 DMA checked (qemu_l2_dma.py);
+#  6. the libvirt recipe of docs/operators.md (libvirt_l2_dma.py): libvirtd starts a domain
+#     with a <hostdev> whose emulator wrapper runs QEMU through the installed `vfio-shim run`,
+#     as libvirt-qemu, in libvirt's namespace and cgroup; L2 DMA, `vfio-shim status`, destroy;
+#     and without the recipe's cgroup_device_acl entries the domain fails, saying why;
+#  7. SIGTERM (the unit's KillSignal) stops the daemon and its node goes.
 # Then `dpkg -r` leaves nothing behind. Usage: test-package.sh [results-dir]
 # The last line is "package: N passed, M failed".
 set -euo pipefail
@@ -62,6 +68,16 @@ for c in "$out"/clients/*; do
   timeout 300 /usr/bin/vfio-shim run -- "\$c" >"$out/\$n.out" 2>"$out/\$n.err"
   diff -q "$type1/\$n.out" "$out/\$n.out" >/dev/null; res \$? "client \$n through /usr/bin/vfio-shim run = type1"
 done
+# 5. the README's path: the command the operator had, behind /usr/bin/vfio-shim run
+python3 $root/compat-tests/programs/qemu_l2_dma.py --wrap "/usr/bin/vfio-shim run --" --logdir "$out/readme-qemu" \
+  --tag readme /usr/bin/qemu-system-x86_64 "\$VFIO_TEST_EDU" >"$out/readme-qemu.txt" 2>"$out/readme-qemu.err"
+for v in L2-DMA L2-BAR-MAP; do
+  line=\$(grep "^\$v: " "$out/readme-qemu.txt"); [ "\${line#\$v: ok}" != "\$line" ]
+  res \$? "README path: /usr/bin/vfio-shim run -- qemu-system-x86_64 ... -device vfio-pci,host=\$VFIO_TEST_EDU: \$line"
+done
+# 6. the libvirt recipe (its own ok/FAIL lines)
+timeout 900 python3 $root/compat-tests/programs/libvirt_l2_dma.py /usr/bin/vfio-shim "\$VFIO_TEST_EDU" "$out/libvirt" 2>"$out/libvirt.err"
+res \$? "libvirt recipe (libvirt_l2_dma.py) exit status"
 pkill -TERM -x vfio-shim-cuse
 for _ in \$(seq 50); do [ -e /dev/vfio/vfio ] || break; sleep 0.1; done
 [ ! -e /dev/vfio/vfio ]; res \$? "SIGTERM stops the daemon and its node goes"

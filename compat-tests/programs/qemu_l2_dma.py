@@ -231,6 +231,57 @@ def edu_dma(qt, bar, src, dst, count, to_ram, timeout=30.0):
     raise Fail(f"edu DMA ({'device->RAM' if to_ram else 'RAM->device'}) still busy after {timeout} s")
 
 
+def edu_l2_dma(qt):
+    """Through qtest: finds edu on L2's bus 0, enables it, moves a pattern L2 RAM -> edu ->
+    L2 RAM by edu's DMA engine and checks it landed. Returns what it did; raises Fail."""
+    dev = find_edu(qt)
+    qt.cfg_writel(dev, 0x10, BAR0_ADDR)                         # BAR0 (32-bit memory)
+    bar = qt.cfg_readl(dev, 0x10) & ~0xF
+    if bar != BAR0_ADDR:
+        raise Fail(f"BAR0 reads back {bar:#x}, wrote {BAR0_ADDR:#x}")
+    qt.cfg_writel(dev, 0x04, 0x0006)                            # memory + bus master
+    if qt.cfg_readl(dev, 0x04) & 0x6 != 0x6:
+        raise Fail("PCI_COMMAND did not take memory + bus master")
+    ident = qt.val(f"readl {bar:#x}")
+    if ident != EDU_IDENT:
+        raise Fail(f"edu ident {ident:#x}, expected {EDU_IDENT:#x}")
+    qt.cmd(f"writel {bar + 4:#x} 0x12345678")                   # liveness: reads back ~x
+    if qt.val(f"readl {bar + 4:#x}") != (~0x12345678 & 0xFFFFFFFF):
+        raise Fail("edu liveness register did not invert")
+
+    pattern = bytes((i * 7 + 0x5A) & 0xFF for i in range(LEN))
+    qt.mem_write(SRC_GPA, pattern)
+    qt.mem_write(DST_GPA, bytes(LEN))
+    if qt.mem_read(SRC_GPA, LEN) != pattern:
+        raise Fail("pattern did not stick in L2 RAM")
+    edu_dma(qt, bar, SRC_GPA, EDU_BUF, LEN, to_ram=False)
+    edu_dma(qt, bar, EDU_BUF, DST_GPA, LEN, to_ram=True)
+    got = qt.mem_read(DST_GPA, LEN)
+    if got != pattern:
+        first = next(i for i in range(LEN) if got[i] != pattern[i])
+        raise Fail(f"mismatch at byte {first}: got {got[first]:#04x} want {pattern[first]:#04x}"
+                   f" ({sum(a != b for a, b in zip(got, pattern))} bytes differ)")
+    return (f"edu at L2 00:{dev:02x}.0 BAR0 {bar:#x},"
+            f" {LEN} bytes L2 RAM {SRC_GPA:#x} -> edu {EDU_BUF:#x} -> L2 RAM {DST_GPA:#x}")
+
+
+def device_free(bdf):
+    """After QEMU is gone: the device is free for the next user (its group viable with no
+    container, or, without group nodes, its cdev binds to a fresh iommufd). Raises Fail."""
+    group = group_of(bdf)
+    flags, why = group_status(group)
+    if flags is None and not os.path.exists(f"/dev/vfio/{group}"):
+        free, why = cdev_free(bdf)
+        if not free:
+            raise Fail(f"after exit the device is not free: {why}")
+        return "device free after exit (its cdev binds to a fresh iommufd)"
+    if flags is None:
+        raise Fail(f"after exit the group cannot be checked: {why}")
+    if flags & VFIO_GROUP_FLAGS_CONTAINER_SET or not flags & VFIO_GROUP_FLAGS_VIABLE:
+        raise Fail(f"after exit the group is not free (GET_STATUS flags {flags:#x})")
+    return "group free after exit (viable, no container)"
+
+
 def run(args):
     t0 = time.monotonic()
     times = {}
@@ -264,36 +315,8 @@ def run(args):
         qemu_version = f"{ver.get('major')}.{ver.get('minor')}.{ver.get('micro')}"
 
         t1 = time.monotonic()
-        dev = find_edu(qt)
-        qt.cfg_writel(dev, 0x10, BAR0_ADDR)                         # BAR0 (32-bit memory)
-        bar = qt.cfg_readl(dev, 0x10) & ~0xF
-        if bar != BAR0_ADDR:
-            raise Fail(f"BAR0 reads back {bar:#x}, wrote {BAR0_ADDR:#x}")
-        qt.cfg_writel(dev, 0x04, 0x0006)                            # memory + bus master
-        if qt.cfg_readl(dev, 0x04) & 0x6 != 0x6:
-            raise Fail("PCI_COMMAND did not take memory + bus master")
-        ident = qt.val(f"readl {bar:#x}")
-        if ident != EDU_IDENT:
-            raise Fail(f"edu ident {ident:#x}, expected {EDU_IDENT:#x}")
-        qt.cmd(f"writel {bar + 4:#x} 0x12345678")                   # liveness: reads back ~x
-        if qt.val(f"readl {bar + 4:#x}") != (~0x12345678 & 0xFFFFFFFF):
-            raise Fail("edu liveness register did not invert")
-
-        pattern = bytes((i * 7 + 0x5A) & 0xFF for i in range(LEN))
-        qt.mem_write(SRC_GPA, pattern)
-        qt.mem_write(DST_GPA, bytes(LEN))
-        if qt.mem_read(SRC_GPA, LEN) != pattern:
-            raise Fail("pattern did not stick in L2 RAM")
-        edu_dma(qt, bar, SRC_GPA, EDU_BUF, LEN, to_ram=False)
-        edu_dma(qt, bar, EDU_BUF, DST_GPA, LEN, to_ram=True)
-        got = qt.mem_read(DST_GPA, LEN)
+        detail = f"QEMU {qemu_version}, " + edu_l2_dma(qt)
         times["dma"] = time.monotonic() - t1
-        if got != pattern:
-            first = next(i for i in range(LEN) if got[i] != pattern[i])
-            raise Fail(f"mismatch at byte {first}: got {got[first]:#04x} want {pattern[first]:#04x}"
-                       f" ({sum(a != b for a, b in zip(got, pattern))} bytes differ)")
-        detail = (f"QEMU {qemu_version}, edu at L2 00:{dev:02x}.0 BAR0 {bar:#x},"
-                  f" {LEN} bytes L2 RAM {SRC_GPA:#x} -> edu {EDU_BUF:#x} -> L2 RAM {DST_GPA:#x}")
 
         t2 = time.monotonic()
         qmp.command("quit")
@@ -304,18 +327,7 @@ def run(args):
         times["quit"] = time.monotonic() - t2
         if rc != 0:
             raise Fail(f"QEMU exit status {rc} after quit")
-        flags, why = group_status(group_of(args.bdf))
-        if flags is None and not os.path.exists(f"/dev/vfio/{group_of(args.bdf)}"):
-            free, why = cdev_free(args.bdf)
-            if not free:
-                raise Fail(f"after exit the device is not free: {why}")
-            detail += "; device free after exit (its cdev binds to a fresh iommufd)"
-        elif flags is None:
-            raise Fail(f"after exit the group cannot be checked: {why}")
-        elif flags & VFIO_GROUP_FLAGS_CONTAINER_SET or not flags & VFIO_GROUP_FLAGS_VIABLE:
-            raise Fail(f"after exit the group is not free (GET_STATUS flags {flags:#x})")
-        else:
-            detail += "; group free after exit (viable, no container)"
+        detail += "; " + device_free(args.bdf)
         result = "ok"
     except Fail as e:
         detail = str(e)

@@ -106,6 +106,25 @@ fn in_table(fd: c_int) -> Result<c_int, Errno> {
     Ok(fd)
 }
 
+/// The program reports "cannot open /dev/vfio/vfio" with our errno, while what it lacks is
+/// /dev/iommu (typically a libvirt domain's or a container's private /dev): say so once, on
+/// stderr, with the next step.
+fn say_iommu_unreachable(e: Errno) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if matches!(e, Errno::ENOENT | Errno::EACCES | Errno::EPERM)
+        && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "vfio-shim: /dev/vfio/vfio is served over /dev/iommu, which this process cannot open ({}): \
+             make /dev/iommu and the devices' /dev/vfio/devices/vfio* visible and open to it \
+             (libvirt: cgroup_device_acl in qemu.conf; see vfio-shim doctor and docs/operators.md)",
+            e.desc()
+        );
+    }
+}
+
 /// If `path` (`/dev/vfio/vfio` or `/dev/vfio/<N>`) is vfio-shim's CUSE node, its adopted open
 /// (see `vfio_shim_sys::cuse_node::open_adopted`), when the fd table can hold it.
 fn cuse_node_with(path: &std::ffi::CStr, flags: c_int) -> Result<Option<c_int>, Errno> {
@@ -285,6 +304,7 @@ impl State {
         }
     }
 
+    /// `open("/dev/vfio/vfio")`: the daemon's node when it serves one, then a fresh iommufd.
     pub fn open_container(&mut self, flags: c_int) -> Result<c_int, Errno> {
         let cloexec = flags & libc::O_CLOEXEC != 0;
         let node = cuse_node_with(c"/dev/vfio/vfio", flags)?;
@@ -295,6 +315,7 @@ impl State {
                     // SAFETY: closing the node opened just above.
                     unsafe { (real().close)(fd) };
                 }
+                say_iommu_unreachable(e);
                 return Err(e);
             }
         };
