@@ -28,8 +28,10 @@ type1=$root/compat-tests/out/results/full/type1
 pass=0 fail=0
 res() { if [ "$1" = 0 ]; then pass=$((pass + 1)); echo "ok   $2"; else fail=$((fail + 1)); echo "FAIL $2"; fi; }
 
-deb=$(bash "$root/packaging/build-deb.sh" "$out/deb" | tail -n1)
-res $? "build-deb.sh: $(basename "$deb") ($(du -k "$deb" | cut -f1) KiB)"
+# As the README's install step has it: make deb, then dpkg -i target/debian/vfio-shim_*.deb.
+rm -rf "$root/target/debian"
+deb=$(make -s -C "$root" deb | tail -n1)
+res $? "make deb: $(basename "$deb") ($(du -k "$deb" | cut -f1) KiB)"
 dpkg -i "$deb" >"$out/dpkg-install.log" 2>&1
 res $? "dpkg -i $(basename "$deb")"
 trap 'dpkg -r vfio-shim >"$out/dpkg-remove.log" 2>&1 || true' EXIT
@@ -68,13 +70,21 @@ for c in "$out"/clients/*; do
   timeout 300 /usr/bin/vfio-shim run -- "\$c" >"$out/\$n.out" 2>"$out/\$n.err"
   diff -q "$type1/\$n.out" "$out/\$n.out" >/dev/null; res \$? "client \$n through /usr/bin/vfio-shim run = type1"
 done
-# 5. the README's path: the command the operator had, behind /usr/bin/vfio-shim run
+# 5. the README's path. Diagnose: nothing fails for the device and the guest's RAM.
+/usr/bin/vfio-shim doctor "\$VFIO_TEST_EDU" --memory 64M >"$out/doctor-edu.txt" 2>&1
+res \$? "README path: vfio-shim doctor \$VFIO_TEST_EDU --memory 64M exits 0 (\$(grep -c '^PASS' "$out/doctor-edu.txt") PASS, \$(grep -c '^WARN' "$out/doctor-edu.txt") WARN, \$(grep -c '^FAIL' "$out/doctor-edu.txt") FAIL)"
+# Run: the command the operator had, behind /usr/bin/vfio-shim run
 python3 $root/compat-tests/programs/qemu_l2_dma.py --wrap "/usr/bin/vfio-shim run --" --logdir "$out/readme-qemu" \
   --tag readme /usr/bin/qemu-system-x86_64 "\$VFIO_TEST_EDU" >"$out/readme-qemu.txt" 2>"$out/readme-qemu.err"
 for v in L2-DMA L2-BAR-MAP; do
   line=\$(grep "^\$v: " "$out/readme-qemu.txt"); [ "\${line#\$v: ok}" != "\$line" ]
   res \$? "README path: /usr/bin/vfio-shim run -- qemu-system-x86_64 ... -device vfio-pci,host=\$VFIO_TEST_EDU: \$line"
 done
+# Watch: vfio-shim trace of a legacy program writes its calls.
+/usr/bin/vfio-shim trace -o "$out/trace.log" -- "$out/clients/qemu_like" >/dev/null 2>&1
+res \$? "README path: vfio-shim trace -o FILE -- qemu_like exits 0"
+grep -q "VFIO_IOMMU_MAP_DMA" "$out/trace.log"
+res \$? "README path: the trace holds qemu_like's calls (\$(wc -l <"$out/trace.log") lines)"
 # 6. the libvirt recipe (its own ok/FAIL lines)
 timeout 900 python3 $root/compat-tests/programs/libvirt_l2_dma.py /usr/bin/vfio-shim "\$VFIO_TEST_EDU" "$out/libvirt" 2>"$out/libvirt.err"
 res \$? "libvirt recipe (libvirt_l2_dma.py) exit status"

@@ -80,9 +80,10 @@ pub fn run(cmd: &[OsString], env: &[(&str, OsString)]) -> i32 {
         Ok(true) => {}
         Ok(false) => {
             eprintln!(
-                "vfio-shim: {} is statically linked: LD_PRELOAD cannot interpose on it. Serve it \
-                 /dev/vfio/vfio from the CUSE daemon instead (systemctl start vfio-shim-cuse, then \
-                 run it without vfio-shim), or use a dynamically linked build.",
+                "vfio-shim: {} is statically linked: LD_PRELOAD cannot interpose on it. Use a \
+                 dynamically linked build; or start the CUSE daemon (systemctl start \
+                 vfio-shim-cuse) and run it without vfio-shim: the daemon serves its container \
+                 and group calls, but cannot give it device fds (docs/cuse.md).",
                 path.display()
             );
             return 126;
