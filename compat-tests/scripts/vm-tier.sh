@@ -3,7 +3,8 @@
 # library, the C clients, the kernel-backend integration test; then boots the full and the
 # cdev-only kernel, runs every client in every mode, and compares the transcripts; checks
 # `vfio-shim doctor` against each kernel (compat-tests/doctor/check.py) and `vfio-shim trace`
-# of qemu_like against strace of it on type1 and through the shim (compat-tests/trace).
+# of qemu_like against strace of it on type1 and through the shim (compat-tests/trace); asks
+# the cdev-only kernel the facts docs/supervisor.md rests on (compat-tests/kernel-facts).
 #
 # Usage: vm-tier.sh            (from anywhere; as root, no TTY needed)
 # Env:   VFIO_SHIM_RESULTS     results dir (default <repo>/compat-tests/out/results; wiped first)
@@ -12,8 +13,7 @@
 #        VFIO_EXPLORE_SEQS, VFIO_EXPLORE_SEED  the explorer's budget and seed (2000, 1)
 #        plus vm.sh's VM_* variables.
 # Exit status: 0 only if every kernel booted, the kernel-backend test and the doctor check
-# passed on each, and
-# `vfio-shim-compat compare` passed. The last line printed is compare's
+# passed on each, the kernel facts held, and `vfio-shim-compat compare` passed. The last line printed is compare's
 # "compat: N passed, M failed" (or a failure line if it never got that far).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -68,6 +68,12 @@ for line in sys.stdin:
         print(m["executable"])') || die "kernel-backend test build failed"
 [ -n "$kb" ] || die "kernel-backend test built but no executable found"
 
+# The kernel facts the supervisor's design rests on (compat-tests/kernel-facts), asked in the
+# cdev-only boot.
+facts=$results/cdev-only/kernel-facts
+rm -rf "$facts"; mkdir -p "$facts"
+bash "$root/compat-tests/kernel-facts/run.sh" build "$facts" || die "kernel-facts probes did not build"
+
 # The guest side, one script per kernel; $results is the guest's only writable host directory.
 declare -A vm_rc
 for k in $kernels; do
@@ -106,6 +112,7 @@ else
   python3 $(printf %q "$root/compat-tests/trace/check.py") record-shim $(printf %q "$root/target/release/vfio-shim") \
     $(printf %q "$clients/qemu_like") $(printf %q "$results/$k/trace") >$(printf %q "$results/$k/trace.log") 2>&1
 fi
+[ $k = cdev-only ] && bash $(printf %q "$root/compat-tests/kernel-facts/run.sh") guest $(printf %q "$facts")
 $(printf %q "$compat") run --kernel $k --clients $(printf %q "$clients") --out $(printf %q "$results") \
   --preload $(printf %q "$preload") --timeout ${VFIO_SHIM_CLIENT_TIMEOUT:-300}
 EOF
@@ -141,6 +148,9 @@ for k in $kernels; do
     grep -v '^doctor (' "$results/$k/doctor.log" 2>/dev/null | tail -n 20 | sed 's/^/    /' || true
   fi
 done
+if [[ " $kernels " == *" cdev-only "* ]]; then
+  bash "$root/compat-tests/kernel-facts/run.sh" judge "$facts" || failed=1
+fi
 if [ -d "$results/full/trace" ] && [ -d "$results/cdev-only/trace" ]; then
   python3 "$root/compat-tests/trace/check.py" compare "$results/full/trace" "$results/cdev-only/trace" || failed=1
 fi
