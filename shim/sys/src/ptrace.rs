@@ -1,0 +1,103 @@
+//! ptrace for the supervisor (docs/supervisor.md, "Pinning"): a supervised thread stopped at
+//! a seccomp trace stop runs a call of the supervisor's choosing in its own context (so
+//! `IOMMU_IOAS_MAP` records its mm), then returns to the program with the result the
+//! supervisor sets and its argument registers as they were. x86-64 only.
+
+use nix::errno::Errno;
+use nix::sys::ptrace;
+use nix::sys::uio::{process_vm_writev, RemoteIoVec};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+/// The x86-64 System V red zone: the 128 bytes below the stack pointer a leaf function may
+/// use without moving it; scratch data goes below them.
+const RED_ZONE: u64 = 128;
+
+/// A thread stopped at `PTRACE_EVENT_SECCOMP` (the filter's `SECCOMP_RET_TRACE`), with the
+/// registers it stopped with.
+#[derive(Debug)]
+pub struct TraceStop {
+    tid: Pid,
+    entry: libc::user_regs_struct,
+}
+
+impl TraceStop {
+    /// Reads the registers of `tid`, which the caller saw stop at `PTRACE_EVENT_SECCOMP`.
+    pub fn at(tid: Pid) -> Result<Self, Errno> {
+        Ok(TraceStop { tid, entry: ptrace::getregs(tid)? })
+    }
+
+    /// The stopped thread.
+    pub fn tid(&self) -> Pid {
+        self.tid
+    }
+
+    /// The call it stopped in: number and arguments.
+    pub fn call(&self) -> (i64, [u64; 6]) {
+        let r = &self.entry;
+        (r.orig_rax as i64, [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9])
+    }
+
+    /// Runs call `nr` in the thread instead of the one it stopped in. `scratch` is first
+    /// copied to the thread's stack below its red zone; `args` gets that copy's address and
+    /// returns the call's arguments. Returns the call's raw result (negative errno on failure)
+    /// and leaves the thread stopped at the call's exit; [`TraceStop::finish`] lets it go.
+    ///
+    /// The scratch copy is the thread's own memory: another thread of the program can change
+    /// it before the kernel reads it, and the call then acts on what it finds, with the
+    /// thread's rights (docs/supervisor.md, "TOCTOU").
+    pub fn run_instead(&mut self, nr: i64, scratch: &[u8], args: impl FnOnce(u64) -> [u64; 6]) -> Result<i64, Errno> {
+        let at = (self.entry.rsp - RED_ZONE - scratch.len() as u64) & !15;
+        if !scratch.is_empty() {
+            let remote = [RemoteIoVec { base: at as usize, len: scratch.len() }];
+            let written = process_vm_writev(self.tid, &[std::io::IoSlice::new(scratch)], &remote)?;
+            if written != scratch.len() {
+                return Err(Errno::EFAULT);
+            }
+        }
+        let a = args(at);
+        let mut regs = self.entry;
+        regs.orig_rax = nr as u64;
+        (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9) = (a[0], a[1], a[2], a[3], a[4], a[5]);
+        ptrace::setregs(self.tid, regs)?;
+        ptrace::syscall(self.tid, None)?;
+        match waitpid(self.tid, None)? {
+            WaitStatus::PtraceSyscall(_) | WaitStatus::Stopped(_, nix::sys::signal::Signal::SIGTRAP) => {}
+            WaitStatus::Exited(..) | WaitStatus::Signaled(..) => return Err(Errno::ESRCH),
+            other => {
+                log::warn!("ptrace: {other:?} instead of the syscall-exit stop of {}", self.tid);
+                return Err(Errno::EIO);
+            }
+        }
+        Ok(ptrace::getregs(self.tid)?.rax as i64)
+    }
+
+    /// Lets the thread go on from [`TraceStop::run_instead`]'s exit stop: its registers as it
+    /// stopped, the call returning `result` (a value, or -1 and the errno).
+    pub fn finish(self, result: Result<i64, Errno>) -> Result<(), Errno> {
+        let mut regs = self.entry;
+        regs.rax = raw(result);
+        ptrace::setregs(self.tid, regs)?;
+        ptrace::cont(self.tid, None)
+    }
+
+    /// Lets the thread go on from the trace stop without running its call: it returns
+    /// `result`, as seccomp(2) documents for a call number set to -1.
+    pub fn skip(self, result: Result<i64, Errno>) -> Result<(), Errno> {
+        let mut regs = self.entry;
+        regs.orig_rax = u64::MAX;
+        regs.rax = raw(result);
+        ptrace::setregs(self.tid, regs)?;
+        ptrace::cont(self.tid, None)
+    }
+}
+
+fn raw(result: Result<i64, Errno>) -> u64 {
+    match result {
+        Ok(v) => v as u64,
+        Err(e) => (-(e as i64)) as u64,
+    }
+}
+
+#[cfg(test)]
+mod tests;
