@@ -27,7 +27,7 @@ build() {
 guest() {
   local out=$1 rc=0 cdev
   cdev=/dev/vfio/devices/$(ls "/sys/bus/pci/devices/$VFIO_TEST_EDU/vfio-dev")
-  { "$out/supervisor_pinning" "$cdev" || rc=1; "$out/supervisor_lifetime" || rc=1; } >"$out/facts.txt" 2>&1
+  { "$out/supervisor_pinning" "$cdev" || rc=1; "$out/supervisor_lifetime" "$cdev" || rc=1; } >"$out/facts.txt" 2>&1
   echo "$rc" >"$out/facts.rc"
 }
 
@@ -53,6 +53,10 @@ judge() {
     need "FACT $c: last fd closed: signalled" "$c: the release of the last reference is signalled"
   done
   need "FACT inotify: the stand-in is a character device 1:3" "the private node is a character device"
+  need "FACT iommufd: through a private node: IOAS_ALLOC = 0, device bound = 0" "an iommufd opened through a private node works"
+  need "FACT iommufd: its last fd closed, the device still bound: not signalled" "a bound device keeps the iommufd's file alive"
+  need "FACT iommufd: the device attaches to its IOAS after that = 0" "and usable"
+  need "FACT iommufd: the device closed: signalled" "the iommufd's release is signalled when its last device goes"
   [ "$(cat "$out/facts.rc" 2>/dev/null)" = 0 ] || { not=$((not + 1)); echo "kernel-facts: DID NOT HOLD: the probes ran"; }
   echo "kernel-facts: $held held, $not did not"
   [ "$not" = 0 ]

@@ -5,13 +5,17 @@
 // last reference to that open file description is gone, without trapping close(). Type1
 // releases a group or container exactly then (the file's release), and a supervisor holds
 // device claims for groups, so it must know. Run as root:
-//   supervisor_lifetime
+//   supervisor_lifetime [/dev/vfio/devices/vfioN]
 // Candidates, each a stand-in file handed over and released in steps (fork: parent and child
 // hold it; dup in the child; SCM_RIGHTS in flight; closes):
 //   pipe:   the stand-in is a pipe's write end; the keeper polls the read end (POLLHUP);
 //   inotify: the stand-in is a private character node (mknod c 1 3, /dev/null's numbers, in a
 //           private tmpfs); the keeper watches it for IN_CLOSE_WRITE | IN_CLOSE_NOWRITE;
-// and whether kcmp(KCMP_FILE) exists here to tell descriptions apart.
+// and whether kcmp(KCMP_FILE) exists here to tell descriptions apart. With a device cdev
+// argument (supervisor_lifetime /dev/vfio/devices/vfioN), the same for an iommufd opened
+// through a private node of /dev/iommu with the device bound to it: does the bound device keep
+// the iommufd's file alive after its last fd closes, and is its release signalled when the
+// device goes?
 // Prints "FACT <candidate>: <after step>: <signalled or not>" lines.
 #define _GNU_SOURCE
 #include <errno.h>
@@ -21,7 +25,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/iommufd.h>
+#include <linux/vfio.h>
 #include <sys/inotify.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -125,7 +132,32 @@ static void run(int kind, const char *name, int standin, int keeper)
 	close(sv[1]);
 }
 
-int main(void)
+// An iommufd through a private node, a device bound to it; the iommufd's fd closed first.
+static void iommufd_held_by_device(int in, const char *cdev)
+{
+	struct stat st;
+	if (stat("/dev/iommu", &st) || mknod("/run/vfio-shim-facts/iommu", S_IFCHR | 0600, st.st_rdev)) {
+		printf("FACT iommufd: private node: %s\n", strerrorname_np(errno));
+		return;
+	}
+	inotify_add_watch(in, "/run/vfio-shim-facts/iommu", IN_CLOSE_WRITE | IN_CLOSE_NOWRITE);
+	int ctx = open("/run/vfio-shim-facts/iommu", O_RDWR | O_CLOEXEC);
+	struct iommu_ioas_alloc a = { .size = sizeof(a) };
+	int alloc = ioctl(ctx, IOMMU_IOAS_ALLOC, &a);
+	int dev = open(cdev, O_RDWR | O_CLOEXEC);
+	struct vfio_device_bind_iommufd bind = { .argsz = sizeof(bind), .iommufd = ctx };
+	int bound = ioctl(dev, VFIO_DEVICE_BIND_IOMMUFD, &bind);
+	printf("FACT iommufd: through a private node: IOAS_ALLOC = %d, device bound = %d\n", alloc, bound);
+	close(ctx);
+	printf("FACT iommufd: its last fd closed, the device still bound: %s\n", released(1, in) ? "signalled" : "not signalled");
+	struct vfio_device_attach_iommufd_pt at = { .argsz = sizeof(at), .pt_id = a.out_ioas_id };
+	int attach = ioctl(dev, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &at);
+	printf("FACT iommufd: the device attaches to its IOAS after that = %s\n", attach ? strerrorname_np(errno) : "0");
+	close(dev);
+	printf("FACT iommufd: the device closed: %s\n", released(1, in) ? "signalled" : "not signalled");
+}
+
+int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	int fds[2];
@@ -151,6 +183,8 @@ int main(void)
 		printf("FACT inotify: the stand-in is %s %u:%u\n", S_ISCHR(st.st_mode) ? "a character device" : "not a character device",
 		       major(st.st_rdev), minor(st.st_rdev));
 		run(1, "inotify", standin, in);
+		if (argc > 1)
+			iommufd_held_by_device(in, argv[1]);
 	}
 	int a = open("/dev/null", O_RDONLY), b = dup(a), c = open("/dev/null", O_RDONLY);
 	long same = syscall(SYS_kcmp, getpid(), getpid(), KCMP_FILE, a, b);

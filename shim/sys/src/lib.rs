@@ -19,6 +19,7 @@ pub mod memfd;
 pub mod native_trace;
 pub mod noiommu;
 pub mod own_memory;
+pub mod private_nodes;
 pub mod privileges;
 pub mod process;
 pub mod procfs;
