@@ -74,7 +74,7 @@ mod tests {
     fn reads_and_writes_what_is_mapped_and_faults_the_rest() {
         let me = Pid::this();
         let mut buf = [1u8, 2, 3, 4, 5, 6, 7, 8];
-        let mut mem = RemoteMemory::new(me, buf.as_ptr() as u64);
+        let mut mem = RemoteMemory::new(me, buf.as_mut_ptr() as u64);
         let mut got = [0u8; 4];
         mem.read(2, &mut got).unwrap();
         assert_eq!(got, [3, 4, 5, 6]);
