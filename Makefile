@@ -7,7 +7,8 @@
 #   the CUSE daemon (protocol, SIGTERM/kill -9, the nodes without and with the preload); the
 #   Debian package built, installed on the host tree and used in the guest; lock
 #   isolation (a 1 GiB map in one container holds up no other container's calls, 2 vCPUs); then
-#   the kernel's VFIO selftests and QEMU 7.2/10.0 on type1 and through the shim; then the
+#   the kernel's VFIO selftests, QEMU 7.2/10.0, DPDK and a rust-vmm client (vfio-ioctls,
+#   dynamic and static) on type1 and through the shim; then the
 #   no-IOMMU tier (a machine without an IOMMU: the no-IOMMU clients, the explorer's no-IOMMU
 #   subset and DPDK in --iova-mode=pa, legacy no-IOMMU against the shim).
 # Both install what they need (Debian packages, virtme-ng) by themselves.

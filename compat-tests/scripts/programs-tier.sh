@@ -12,7 +12,10 @@
 #      observations (docs/differences.md lists the exceptions); cpr on the kernel compat must
 #      be refused as recorded (no VFIO_UPDATE_VADDR);
 #   5. a DPDK secondary (dpdk-proc-info) must open the primary's (testpmd) igb through the
-#      container and group fds it receives over SCM_RIGHTS, on type1 and through the shim.
+#      container and group fds it receives over SCM_RIGHTS, on type1 and through the shim;
+#   6. a rust-vmm client (vfio-ioctls + kvm-ioctls, compat-tests/programs/vfio-ioctls-edu)
+#      must move edu's DMA on type1 built both ways, and through the shim built dynamically;
+#      its static build is refused by `vfio-shim run` and fails alone (no supervisor yet).
 # Usage: programs-tier.sh [results-dir]   (default compat-tests/out/programs-tier; wiped)
 # The last line is "programs: N passed, M failed, K skipped".
 set -euo pipefail
@@ -34,7 +37,7 @@ set +e
 QEMU_COMPAT_CPR=1 bash "$root/compat-tests/programs/run-vm.sh" full "$out/type1" >"$out/type1.log" 2>&1
 type1_rc=$?
 echo "=== programs-tier: through the shim on the cdev-only kernel (vfio-shim run)" >&2
-SELFTESTS_WRAP="$run run --" QEMU_WRAP="$run run --" DPDK_WRAP="$run run --" \
+SELFTESTS_WRAP="$run run --" QEMU_WRAP="$run run --" DPDK_WRAP="$run run --" RUSTVMM_WRAP="$run run --" \
   bash "$root/compat-tests/programs/run-vm.sh" cdev-only "$out/shim" >"$out/shim.log" 2>&1
 shim_rc=$?
 set -e
@@ -155,6 +158,28 @@ failed += not ok
 print(f"DPDK primary + secondary (SCM_RIGHTS), type1 then shim: {'pass' if ok else 'FAIL'}")
 for l in (t1d[:1] or ["   type1: no summary"]) + (shd or ["   shim: no summary"]):
     print("   " + l.strip())
+print()
+def rustvmm(side):
+    p = out / side / "vfio-ioctls-edu.txt"
+    return {l.split(":", 1)[0][4:]: l for l in (p.read_text().splitlines() if p.exists() else []) if l.startswith("RUN ")}
+t1r, shr = rustvmm("type1"), rustvmm("shim")
+checks = (
+    ("rust-vmm client (vfio-ioctls + kvm-ioctls) on type1, dynamic and static",
+     [t1r.get(k, "") for k in ("dynamic", "static")], lambda l: ": exit 0: VFIO-IOCTLS-EDU: ok" in l),
+    ("rust-vmm client through vfio-shim run (dynamic)", [shr.get("dynamic, wrapped", "")],
+     lambda l: ": exit 0: VFIO-IOCTLS-EDU: ok" in l),
+    ("rust-vmm client static: vfio-shim run refuses it", [shr.get("static, wrapped", "")],
+     lambda l: ": exit 126: " in l and "statically linked" in l),
+    ("rust-vmm client static, alone: fails (no legacy container, no supervisor yet)", [shr.get("static", "")],
+     lambda l: ": exit 1: VFIO-IOCTLS-EDU: FAIL" in l),
+)
+for what, lines, good in checks:
+    ok = all(lines) and all(good(l) for l in lines)
+    passed += ok
+    failed += not ok
+    print(f"{what}: {'pass' if ok else 'FAIL'}")
+    for l in lines:
+        print("   " + (l or "no result"))
 print(f"programs: {passed} passed, {failed} failed, {skipped} skipped")
 sys.exit(1 if failed else 0)
 PY
