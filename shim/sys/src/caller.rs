@@ -153,15 +153,7 @@ impl CallerProcess {
 
     /// A duplicate of the caller's fd `fd` (`pidfd_getfd`): `EBADF` when it is not open.
     pub fn dup_fd(&self, fd: i32) -> Result<OwnedFd, Errno> {
-        if fd < 0 {
-            return Err(Errno::EBADF);
-        }
-        // SAFETY: pidfd_getfd takes a pidfd, an fd number and flags; no pointers. The result
-        // is a new fd in this process (O_CLOEXEC set by the kernel) or -1.
-        let rc = unsafe { libc::syscall(libc::SYS_pidfd_getfd, self.pidfd.as_raw_fd(), fd, 0) };
-        let new = Errno::result(rc)? as i32;
-        // SAFETY: `new` was just created by the kernel for us and is owned by nobody else.
-        Ok(unsafe { OwnedFd::from_raw_fd(new) })
+        take_fd(self.pidfd.as_fd(), fd)
     }
 
     /// The file behind `[vaddr, vaddr + length)` of the caller's memory, if that range is one
@@ -296,6 +288,20 @@ fn thread_lives(pidfd: BorrowedFd<'_>) -> bool {
         libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), 0, std::ptr::null::<libc::siginfo_t>(), 0)
     };
     rc == 0 || Errno::last() == Errno::EPERM
+}
+
+/// A duplicate of fd `fd` of the process `pidfd` names (`pidfd_getfd`): the same open file,
+/// as ours. `EBADF` when it is not open.
+pub fn take_fd(pidfd: BorrowedFd<'_>, fd: i32) -> Result<OwnedFd, Errno> {
+    if fd < 0 {
+        return Err(Errno::EBADF);
+    }
+    // SAFETY: pidfd_getfd takes a pidfd, an fd number and flags; no pointers. The result is a
+    // new fd in this process (O_CLOEXEC set by the kernel) or -1.
+    let rc = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    let new = Errno::result(rc)? as i32;
+    // SAFETY: `new` was just created by the kernel for us and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
 /// Copies `buf.len()` bytes at `addr` of thread `tid`'s memory (`process_vm_readv`):

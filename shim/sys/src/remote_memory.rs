@@ -2,38 +2,27 @@
 //! written with `process_vm_readv/writev` on its thread, as the kernel would copy from and to
 //! it. Anything the process has not mapped readable (or writable, for writes) is `EFAULT`.
 
-use std::io::{IoSlice, IoSliceMut};
-
 use nix::errno::Errno;
-use nix::sys::uio::{process_vm_readv, process_vm_writev, RemoteIoVec};
-use nix::unistd::Pid;
 use vfio_shim::arg::ArgMemory;
+
+use crate::caller::{read_thread_memory, write_thread_memory};
 
 /// The ioctl argument at `arg` in the process of thread `tid`.
 #[derive(Debug, Clone, Copy)]
 pub struct RemoteMemory {
-    tid: Pid,
+    tid: u32,
     arg: u64,
 }
 
 impl RemoteMemory {
     /// Argument memory at `arg` in `tid`'s process. The thread must stay the caller's (a
     /// notified call still pending, or a trace stop) while it is used.
-    pub fn new(tid: Pid, arg: u64) -> Self {
+    pub fn new(tid: u32, arg: u64) -> Self {
         RemoteMemory { tid, arg }
     }
 
     fn at(&self, offset: usize) -> Result<u64, Errno> {
         self.arg.checked_add(offset as u64).ok_or(Errno::EFAULT)
-    }
-}
-
-/// Partial transfers are a fault in the rest, as for the kernel's `copy_from_user`.
-fn whole(done: Result<usize, Errno>, len: usize) -> Result<(), Errno> {
-    match done {
-        Ok(n) if n == len => Ok(()),
-        Ok(_) | Err(Errno::EFAULT) => Err(Errno::EFAULT),
-        Err(e) => Err(e),
     }
 }
 
@@ -48,21 +37,19 @@ impl ArgMemory for RemoteMemory {
         self.write_user(at, bytes)
     }
 
+    // The thread's copies, partial ones a fault in the rest (`caller`'s, shared with the daemon).
     fn read_user(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
         if buf.is_empty() {
             return Ok(());
         }
-        let len = buf.len();
-        let remote = [RemoteIoVec { base: addr as usize, len }];
-        whole(process_vm_readv(self.tid, &mut [IoSliceMut::new(buf)], &remote), len)
+        read_thread_memory(self.tid, addr, buf)
     }
 
     fn write_user(&mut self, addr: u64, bytes: &[u8]) -> Result<(), Errno> {
         if bytes.is_empty() {
             return Ok(());
         }
-        let remote = [RemoteIoVec { base: addr as usize, len: bytes.len() }];
-        whole(process_vm_writev(self.tid, &[IoSlice::new(bytes)], &remote), bytes.len())
+        write_thread_memory(self.tid, addr, bytes)
     }
 }
 
@@ -72,7 +59,7 @@ mod tests {
 
     #[test]
     fn reads_and_writes_what_is_mapped_and_faults_the_rest() {
-        let me = Pid::this();
+        let me = std::process::id();
         let mut buf = [1u8, 2, 3, 4, 5, 6, 7, 8];
         let mut mem = RemoteMemory::new(me, buf.as_mut_ptr() as u64);
         let mut got = [0u8; 4];

@@ -1,9 +1,9 @@
 //! seccomp for the supervisor (docs/supervisor.md): the filter a supervised program runs
 //! under, which sends its VFIO opens and ioctls to the supervisor and lets everything else
 //! through, and the listener's side of user notification (receive, answer, continue, install
-//! an fd in the caller).
+//! an fd in the caller). A caller's fds are taken with `caller::take_fd`.
 
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 
@@ -193,14 +193,6 @@ impl Listener {
         // SAFETY: `id` is a live u64 the kernel reads.
         unsafe { libc::ioctl(self.0.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_ID_VALID, &mut id) == 0 }
     }
-}
-
-/// Takes fd `fd` of the process `pidfd` names (`pidfd_getfd`): the same open file, as ours.
-pub fn take_fd(pidfd: BorrowedFd<'_>, fd: RawFd) -> Result<OwnedFd, Errno> {
-    // SAFETY: integer arguments; a new fd on success.
-    let ours = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
-    // SAFETY: the fd the kernel just made for us, owned by no one else.
-    Errno::result(ours).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! supervisor's filter and this test answers its calls.
 
 use super::*;
-use std::os::fd::AsFd;
+use crate::caller::take_fd;
+use std::os::fd::{AsFd, FromRawFd};
 
 const VFIO_GET_API_VERSION: u32 = 0x3b64; // _IO(';', 100)
 const VFIO_CHECK_EXTENSION: u32 = 0x3b65; // _IO(';', 101)
