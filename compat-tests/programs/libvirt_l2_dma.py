@@ -20,7 +20,6 @@ of the recipe, each checked:
 Prints one "ok   ..." or "FAIL ..." line per check (the package test counts them).
 Usage: libvirt_l2_dma.py <vfio-shim-binary> <edu-bdf> <workdir>
 """
-import json
 import os
 import pwd
 import socket
@@ -30,7 +29,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from qemu_l2_dma import (  # noqa: E402
-    QTest, Fail, device_free, dma_map_warnings, edu_l2_dma, group_of,
+    QTest, Fail, device_free, dma_map_warnings, edu_l2_dma, group_of, status_of, stop_process,
 )
 
 WRAPPER = "/usr/local/libexec/qemu-vfio-shim"
@@ -106,17 +105,6 @@ def daemon(work, name, tag, ready):
     return None
 
 
-def stop(proc):
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def start_libvirt(work, tag):
     """virtlogd (QEMU's stdio goes through it) and libvirtd."""
     virtlogd = daemon(work, "virtlogd", tag, lambda: sh(["virt-admin", "-c", "virtlogd:///system", "version"]).returncode == 0)
@@ -141,9 +129,7 @@ def log_size():
 
 
 def status_row(vfio_shim, pid, bdf):
-    out = sh([vfio_shim, "status", "--json"], timeout=30)
-    rows = [r for r in json.loads(out.stdout or "[]") if r["pid"] == pid]
-    vm_pin = next(int(ln.split()[1]) * 1024 for ln in open(f"/proc/{pid}/status") if ln.startswith("VmPin:"))
+    rows, vm_pin, out = status_of(vfio_shim, pid)
     if len(rows) != 1:
         raise Fail(f"vfio-shim status lists {len(rows)} containers of QEMU (pid {pid}): {out.stdout} {out.stderr}")
     r = rows[0]
@@ -235,7 +221,7 @@ def main():
 
     # 4. the recipe's qemu.conf
     for d in reversed(daemons):
-        stop(d)
+        stop_process(d, 30)
     write_qemu_conf(["/dev/iommu", cdev])
     daemons = start_libvirt(work, "recipe")
     if not check(None not in daemons, f"virtlogd and libvirtd run (cgroup_device_acl + /dev/iommu, {cdev})"):
@@ -281,7 +267,7 @@ def main():
     check(warnings == [], f"{DOMAIN_LOG}: QEMU reported no failed DMA map"
           + (f": {' | '.join(warnings[:3])}" if warnings else ""))
     for d in reversed(daemons):
-        stop(d)
+        stop_process(d, 30)
     return 0 if all(results) else 1
 
 

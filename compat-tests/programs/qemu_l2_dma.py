@@ -127,6 +127,27 @@ class QMP(LineSock):
             # events (e.g. SHUTDOWN) are skipped
 
 
+def stop_process(proc, timeout):
+    """Ends `proc` if it still runs: SIGTERM, then SIGKILL after `timeout` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def status_of(vfio_shim, pid):
+    """`vfio-shim status --json`'s rows for process `pid`, that process's VmPin in bytes, and
+    the command's output (for messages)."""
+    out = subprocess.run([vfio_shim, "status", "--json"], capture_output=True, text=True, timeout=30)
+    rows = [r for r in json.loads(out.stdout or "[]") if r["pid"] == pid]
+    vm_pin = next(int(line.split()[1]) * 1024 for line in open(f"/proc/{pid}/status") if line.startswith("VmPin:"))
+    return rows, vm_pin, out
+
+
 def listen(path):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(path)
@@ -332,13 +353,7 @@ def run(args):
     except Fail as e:
         detail = str(e)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, 10)
         for p in (qtest_path, qmp_path):
             try:
                 os.unlink(p)

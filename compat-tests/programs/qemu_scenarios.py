@@ -56,7 +56,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from qemu_l2_dma import (  # noqa: E402
     EDU_BUF, EDU_IDENT, EDU_VENDOR_DEVICE, LEN, QMP, QTest, Fail, accept, cdev_free, edu_dma,
-    group_of, group_status, listen, VFIO_GROUP_FLAGS_CONTAINER_SET, VFIO_GROUP_FLAGS_VIABLE)
+    group_of, group_status, listen, status_of, stop_process, VFIO_GROUP_FLAGS_CONTAINER_SET,
+    VFIO_GROUP_FLAGS_VIABLE)
 
 IGB_VENDOR_DEVICE = 0x10C98086
 IGB_RDBAL0 = 0xC000             # receive descriptor base low, queue 0: a plain RW register
@@ -165,13 +166,7 @@ class Qemu:
             raise Fail(f"QEMU exit status {rc} after quit")
 
     def close(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 10)
         for name in ("qtest.sock", "qmp.sock"):
             try:
                 os.unlink(os.path.join(self.tmp, name))
@@ -429,11 +424,8 @@ def status_agrees(args, pid, devices, ioas):
     and sysfs show it: the IOAS id the probe found in QEMU's iommufd, the groups and devices
     assigned, TYPE1v2, mappings, and at least the pinned memory the kernel counts (VmPin; a
     BAR mapped for P2P is mapped but not pinned)."""
-    vfio_shim = shlex.split(args.wrap)[0]
-    out = subprocess.run([vfio_shim, "status", "--json"], capture_output=True, text=True, timeout=30)
-    rows = [r for r in json.loads(out.stdout or "[]") if r["pid"] == pid]
+    rows, vm_pin, out = status_of(shlex.split(args.wrap)[0], pid)
     groups = sorted(int(os.path.basename(os.readlink(f"/sys/bus/pci/devices/{d}/iommu_group"))) for d in devices)
-    vm_pin = next(int(line.split()[1]) * 1024 for line in open(f"/proc/{pid}/status") if line.startswith("VmPin:"))
     if len(rows) != 1:
         raise Fail(f"vfio-shim status lists {len(rows)} containers of QEMU (pid {pid}): {out.stdout} {out.stderr}")
     r = rows[0]
