@@ -40,6 +40,10 @@ enum Command {
     /// Run COMMAND with the preload library, so its legacy VFIO calls are served over iommufd
     /// (VFIO_SHIM_LOG=debug logs what the shim does).
     Run {
+        /// Serve it with the seccomp supervisor, not the preload library (the default for a
+        /// statically linked program, which the preload cannot reach).
+        #[arg(long)]
+        supervise: bool,
         /// The program and its arguments (put `--` before them when they start with `-`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "COMMAND")]
         command: Vec<OsString>,
@@ -90,7 +94,10 @@ enum Command {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Run { command } => ExitCode::from(run::run(&command, &[]) as u8),
+        Command::Run { supervise, command } => {
+            let glue = if supervise { run::Glue::Supervisor } else { run::Glue::Chosen };
+            ExitCode::from(run::run(&command, &[], glue) as u8)
+        }
         Command::Trace { output, json, command } => {
             // Absolute: the program may change its directory before its first call.
             let dest = match output.map(std::path::absolute) {
@@ -102,7 +109,11 @@ fn main() -> ExitCode {
                 }
             };
             let format = OsString::from(if json { "json" } else { "text" });
-            ExitCode::from(run::run(&command, &[("VFIO_SHIM_TRACE", dest), ("VFIO_SHIM_TRACE_FORMAT", format)]) as u8)
+            ExitCode::from(run::run(
+                &command,
+                &[("VFIO_SHIM_TRACE", dest), ("VFIO_SHIM_TRACE_FORMAT", format)],
+                run::Glue::Preload,
+            ) as u8)
         }
         Command::Generate { what, dir } => {
             use clap::CommandFactory;

@@ -1,6 +1,6 @@
 //! `vfio-shim run -- CMD...`: runs CMD with the preload library, so its legacy VFIO calls are
-//! served over iommufd; and where that library is. Refuses statically linked programs
-//! (LD_PRELOAD cannot reach them) with what to do instead.
+//! served over iommufd, and where that library is; a statically linked CMD (which LD_PRELOAD
+//! cannot reach), or any with `--supervise`, runs under the seccomp supervisor instead.
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -63,10 +63,21 @@ pub fn preload_library() -> Option<PathBuf> {
     preload_candidates().into_iter().find(|p| p.is_file())
 }
 
+/// How `run` serves the program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Glue {
+    /// The preload for a dynamic program, the supervisor for a static one.
+    Chosen,
+    /// The supervisor, whatever the program (`--supervise`).
+    Supervisor,
+    /// The preload only (`trace`, which the supervisor does not record yet).
+    Preload,
+}
+
 /// Runs `cmd` (program and arguments) with the preload library and `env` added to its
-/// environment; returns only on failure, with
-/// the exit status to use (126: cannot run it, 127: not found).
-pub fn run(cmd: &[OsString], env: &[(&str, OsString)]) -> i32 {
+/// environment, or under the supervisor (`glue`); returns the exit status to use (126: cannot
+/// run it, 127: not found; the program's own under the supervisor).
+pub fn run(cmd: &[OsString], env: &[(&str, OsString)], glue: Glue) -> i32 {
     let Some((prog, prog_args)) = cmd.split_first() else {
         eprintln!("vfio-shim run: no command given (usage: vfio-shim run -- COMMAND [ARGS...])");
         return 2;
@@ -77,13 +88,13 @@ pub fn run(cmd: &[OsString], env: &[(&str, OsString)]) -> i32 {
         return 127;
     };
     match is_dynamic(&path) {
-        Ok(true) => {}
-        Ok(false) => {
+        Ok(true) if glue != Glue::Supervisor => {}
+        Ok(dynamic) if glue != Glue::Preload => return supervise(&path, cmd, env, dynamic),
+        Ok(_) => {
             eprintln!(
-                "vfio-shim: {} is statically linked: LD_PRELOAD cannot interpose on it. Use a \
-                 dynamically linked build; or start the CUSE daemon (systemctl start \
-                 vfio-shim-cuse) and run it without vfio-shim: the daemon serves its container \
-                 and group calls, but cannot give it device fds (docs/cuse.md).",
+                "vfio-shim: {} is statically linked: LD_PRELOAD cannot interpose on it, and \
+                 `trace` records only through it. Run it with `vfio-shim run` (the supervisor \
+                 serves static programs) or trace a dynamically linked build.",
                 path.display()
             );
             return 126;
@@ -110,6 +121,49 @@ pub fn run(cmd: &[OsString], env: &[(&str, OsString)]) -> i32 {
     let err = Command::new(&path).args(prog_args).env("LD_PRELOAD", preload).envs(env.iter().cloned()).exec();
     eprintln!("vfio-shim: cannot run {}: {err}", path.display());
     126
+}
+
+/// Runs `path` under the seccomp supervisor (docs/supervisor.md) until it and every process it
+/// started are gone.
+fn supervise(path: &Path, cmd: &[OsString], env: &[(&str, OsString)], dynamic: bool) -> i32 {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |s: &std::ffi::OsStr| CString::new(s.as_bytes()).ok();
+    let Some(argv) = cmd.iter().map(|a| c(a)).collect::<Option<Vec<_>>>() else {
+        eprintln!("vfio-shim: an argument holds a NUL byte");
+        return 2;
+    };
+    let mut vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    for (k, v) in env {
+        vars.retain(|(name, _)| name != k);
+        vars.push((OsString::from(k), v.clone()));
+    }
+    let envp: Option<Vec<CString>> = vars
+        .iter()
+        .map(|(k, v)| {
+            let mut kv = k.clone();
+            kv.push("=");
+            kv.push(v);
+            c(&kv)
+        })
+        .collect();
+    let Some(envp) = envp else {
+        eprintln!("vfio-shim: an environment variable holds a NUL byte");
+        return 2;
+    };
+    if std::env::var_os("VFIO_SHIM_LOG").is_some() {
+        let _ = env_logger::Builder::from_env(env_logger::Env::new().filter("VFIO_SHIM_LOG"))
+            .format_timestamp(None)
+            .try_init();
+    }
+    log::debug!("supervising {} ({})", path.display(), if dynamic { "dynamic" } else { "static" });
+    match vfio_shim_supervisor::run(path, &argv, &envp) {
+        Ok(status) => status,
+        Err(e) => {
+            eprintln!("vfio-shim: cannot supervise {}: {} (see vfio-shim doctor)", path.display(), e.desc());
+            126
+        }
+    }
 }
 
 #[cfg(test)]

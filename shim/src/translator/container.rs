@@ -29,6 +29,11 @@ impl<B: Backend> Shim<B> {
         self.containers.get(&id).map(|c| c.ctx)
     }
 
+    /// Whether groups are set on the container (they keep it, and its context, alive).
+    pub fn container_has_groups(&self, id: ContainerId) -> bool {
+        self.containers.get(&id).is_some_and(|c| !c.groups.is_empty())
+    }
+
     /// `close()` of a container fd. Groups still set on it keep it alive (CT: kref per group).
     pub fn close_container(&mut self, id: ContainerId) {
         // A close is a VFIO call too: a device whose mapping went since the last call is

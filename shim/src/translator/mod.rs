@@ -255,6 +255,11 @@ impl<D> PendingDma<D> {
     pub fn container(&self) -> ContainerId {
         self.container
     }
+
+    /// The context, IOAS and native call it waits for (a glue that runs the call itself).
+    pub fn native(&self) -> (IommufdId, IoasId, DmaOp) {
+        (self.ctx, self.ioas, self.op)
+    }
 }
 
 /// What the finish of a [`PendingDma`] records once the native call succeeded.

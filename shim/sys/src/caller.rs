@@ -75,12 +75,7 @@ pub struct SharedBacking {
 impl CallerProcess {
     /// Pins thread `tid` (an id in the daemon's pid namespace, as CUSE requests carry it).
     pub fn open(tid: u32) -> Result<CallerProcess, Errno> {
-        let tid_c = libc::pid_t::try_from(tid).map_err(|_| Errno::ESRCH)?;
-        // SAFETY: pidfd_open takes a pid and flags, no pointers; the result is a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, tid_c, PIDFD_THREAD) };
-        let fd = Errno::result(fd)? as i32;
-        // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let pidfd = thread_pidfd(tid)?;
         let proc_dir = nix::fcntl::open(
             format!("/proc/{tid}").as_str(),
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -288,6 +283,15 @@ fn thread_lives(pidfd: BorrowedFd<'_>) -> bool {
         libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), 0, std::ptr::null::<libc::siginfo_t>(), 0)
     };
     rc == 0 || Errno::last() == Errno::EPERM
+}
+
+/// A pidfd of thread `tid` (`PIDFD_THREAD`): what [`take_fd`] takes a thread's fds through.
+pub fn thread_pidfd(tid: u32) -> Result<OwnedFd, Errno> {
+    let tid = libc::pid_t::try_from(tid).map_err(|_| Errno::ESRCH)?;
+    // SAFETY: pidfd_open takes a pid and flags, no pointers; the result is a new fd or -1.
+    let fd = Errno::result(unsafe { libc::syscall(libc::SYS_pidfd_open, tid, PIDFD_THREAD) })? as i32;
+    // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// A duplicate of fd `fd` of the process `pidfd` names (`pidfd_getfd`): the same open file,

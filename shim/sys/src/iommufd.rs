@@ -8,8 +8,8 @@
 //! Every command is `_IO(';', nr)`: the kernel reads the struct's leading `size` field to learn
 //! how much to copy, so each wrapper fills it with `size_of` the whole struct.
 //!
-//! Wrappers the backend never uses (`IOMMU_VFIO_IOAS`, IOAS copy and allowed IOVAs, HWPT
-//! dirty tracking) exist for the kernel-backend tests, behind the `test-wrappers` feature.
+//! Wrappers the backend never uses (`IOMMU_VFIO_IOAS`, allowed IOVAs, HWPT dirty tracking)
+//! exist for the kernel-backend tests, behind the `test-wrappers` feature.
 //! `IOMMU_VFIO_IOAS` in particular: the backend must never drive the kernel's
 //! container compat layer, which is what the shim replaces.
 #![allow(non_upper_case_globals)]
@@ -225,8 +225,11 @@ pub fn ioas_allow_iovas(iommufd: BorrowedFd<'_>, ioas_id: u32, ranges: &[iommu_i
 }
 
 /// `IOMMU_IOAS_COPY` of an existing mapping `[src_iova, src_iova + length)` of
-/// `src_ioas_id` into `dst_ioas_id`; returns the destination IOVA.
-#[cfg(any(test, feature = "test-wrappers"))]
+/// `src_ioas_id` into `dst_ioas_id`; returns the destination IOVA. The pages are pinned again,
+/// for the destination, from the mm the source mapping recorded (the supervisor's map of a
+/// program's memory: docs/supervisor.md).
+///
+/// Safe: it gives devices access only to pages an earlier map already made device memory.
 pub fn ioas_copy(
     iommufd: BorrowedFd<'_>,
     dst_ioas_id: u32,

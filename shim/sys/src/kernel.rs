@@ -22,6 +22,8 @@ use crate::iommufd::{self, HwInfo};
 use crate::vfio_device;
 use crate::vtd::{self, VtdBootParams};
 
+mod supervised;
+
 /// The kernel's `PAGE_SIZE`: the pinning granule, and type1's floor for `iova_pgsizes`.
 fn page_size() -> u64 {
     // SAFETY: sysconf has no memory-safety preconditions.
@@ -88,6 +90,9 @@ pub struct KernelBackend {
     rawio_caller: Option<Box<dyn Fn() -> bool + Send>>,
     /// `warn_noiommu_opens(false)`.
     quiet_noiommu_opens: bool,
+    /// Serving a supervised program (docs/supervisor.md): how files are opened, and each
+    /// context's staging IOAS.
+    supervised: Option<supervised::Supervised>,
 }
 
 impl Default for KernelBackend {
@@ -120,6 +125,7 @@ impl KernelBackend {
             rawio_caller: None,
             quiet_noiommu_opens: false,
             kvm_files: HashMap::new(),
+            supervised: None,
         }
     }
 
@@ -429,7 +435,7 @@ fn claim(claims: &mut HashMap<u32, OwnedFd>, key: u32, dir: &Path) -> Result<(),
 impl Backend for KernelBackend {
     fn iommufd_open(&mut self) -> Result<IommufdId, Errno> {
         let path = self.dev.join("iommu");
-        let fd = open_rw(&path)?;
+        let fd = self.open_object(&path)?;
         // type1 charges RLIMIT_MEMLOCK per process (vfio_iommu_type1.c:769); iommufd
         // defaults to per user. Switching needs CAP_SYS_RESOURCE and an empty context
         // (ioas.c:642-655), so try it now and live with per-user when refused.
@@ -442,6 +448,10 @@ impl Backend for KernelBackend {
         }
         let ctx = IommufdId(self.handle());
         self.iommufds.insert(ctx, Arc::new(fd));
+        if let Err(e) = self.alloc_staging(ctx) {
+            self.iommufds.remove(&ctx);
+            return Err(e);
+        }
         Ok(ctx)
     }
 
@@ -707,7 +717,7 @@ impl Backend for KernelBackend {
     fn device_open(&mut self, device: &GroupDevice) -> Result<DeviceHandle, Errno> {
         // No cdev: not bound to a VFIO driver, nothing to open.
         let cdev = device.cdev.as_deref().ok_or(Errno::ENODEV)?;
-        let fd = open_rw(Path::new(cdev))?;
+        let fd = self.open_object(Path::new(cdev))?;
         let dev = DeviceHandle(self.handle());
         self.devices.insert(dev, Device { fd, cdev: cdev.to_string(), bound: None, attached: None, released: false });
         Ok(dev)
@@ -826,7 +836,8 @@ impl Backend for KernelBackend {
         if !d.released && region_mapped(&d.cdev)? {
             return Err(Errno::EBUSY);
         }
-        let fresh = match open_rw(Path::new(&d.cdev)) {
+        let cdev = PathBuf::from(&d.cdev);
+        let fresh = match self.open_object(&cdev) {
             Ok(fd) => fd,
             Err(e) => {
                 // The last close still happens (vfio-pci quiesces and resets the device when its

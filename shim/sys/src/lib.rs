@@ -6,8 +6,8 @@
 //! process's memory and files; [`random`] and [`process`] this
 //! process; [`native_trace`] what they did, for `vfio-shim trace`; [`status_registry`] the
 //! published containers `vfio-shim status` reads; for the static-binary supervisor
-//! (docs/supervisor.md): [`seccomp`] its filter and listener, [`ptrace`] a call rewritten at a
-//! trace stop, [`private_nodes`] object identity and lifetime, [`remote_memory`] a supervised
+//! (docs/supervisor.md): [`supervised_start`] the program's start, [`seccomp`] its filter and
+//! listener, [`ptrace`] a call rewritten at a trace stop and the tasks' events, [`private_nodes`] object identity and lifetime, [`remote_memory`] a supervised
 //! program's argument memory. [`KernelBackend`] implements the core's `Backend` trait on them;
 //! [`vtd`] derives type1's view of an Intel IOMMU from its registers.
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -31,6 +31,7 @@ pub mod random;
 pub mod remote_memory;
 pub mod seccomp;
 pub mod status_registry;
+pub mod supervised_start;
 pub mod type1_params;
 pub mod vfio_device;
 pub mod vtd;

@@ -6,7 +6,7 @@
 use nix::errno::Errno;
 use nix::sys::ptrace;
 use nix::sys::uio::{process_vm_writev, RemoteIoVec};
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 /// The x86-64 System V red zone: the 128 bytes below the stack pointer a leaf function may
@@ -19,12 +19,20 @@ const RED_ZONE: u64 = 128;
 pub struct TraceStop {
     tid: Pid,
     entry: libc::user_regs_struct,
+    /// [`TraceStop::run_instead`] ran a call: the thread is at that call's exit.
+    ran: bool,
 }
 
 impl TraceStop {
     /// Reads the registers of `tid`, which the caller saw stop at `PTRACE_EVENT_SECCOMP`.
     pub fn at(tid: Pid) -> Result<Self, Errno> {
-        Ok(TraceStop { tid, entry: ptrace::getregs(tid)? })
+        Ok(TraceStop { tid, entry: ptrace::getregs(tid)?, ran: false })
+    }
+
+    /// Whether [`TraceStop::run_instead`] ran a call (finish with [`TraceStop::finish`]),
+    /// or not (finish with [`TraceStop::skip`] or [`TraceStop::resume`]).
+    pub fn ran(&self) -> bool {
+        self.ran
     }
 
     /// The stopped thread.
@@ -61,7 +69,9 @@ impl TraceStop {
         (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9) = (a[0], a[1], a[2], a[3], a[4], a[5]);
         ptrace::setregs(self.tid, regs)?;
         ptrace::syscall(self.tid, None)?;
-        match waitpid(self.tid, None)? {
+        self.ran = true;
+        // __WALL: the thread may be any thread of the program, not only a leader.
+        match waitpid(self.tid, Some(WaitPidFlag::__WALL))? {
             WaitStatus::PtraceSyscall(_) | WaitStatus::Stopped(_, nix::sys::signal::Signal::SIGTRAP) => {}
             WaitStatus::Exited(..) | WaitStatus::Signaled(..) => return Err(Errno::ESRCH),
             other => {
@@ -81,6 +91,12 @@ impl TraceStop {
         ptrace::cont(self.tid, None)
     }
 
+    /// Lets the thread go on from the trace stop with its own call, untouched (a call on a
+    /// file that is not the supervisor's).
+    pub fn resume(self) -> Result<(), Errno> {
+        ptrace::cont(self.tid, None)
+    }
+
     /// Lets the thread go on from the trace stop without running its call: it returns
     /// `result`, as seccomp(2) documents for a call number set to -1.
     pub fn skip(self, result: Result<i64, Errno>) -> Result<(), Errno> {
@@ -89,6 +105,82 @@ impl TraceStop {
         regs.rax = raw(result);
         ptrace::setregs(self.tid, regs)?;
         ptrace::cont(self.tid, None)
+    }
+}
+
+/// What a supervised task reports that the supervisor must act on; every other stop is
+/// handled by [`next_event`] itself.
+#[derive(Debug)]
+pub enum TraceEvent {
+    /// A traced call (the filter's `SECCOMP_RET_TRACE`), stopped before it runs.
+    Seccomp(Box<TraceStop>),
+    /// A task exited with this status.
+    Exited(Pid, i32),
+    /// A task was killed by this signal.
+    Killed(Pid, i32),
+}
+
+/// The next event of any supervised task: `None` when none is pending (`block == false`),
+/// `ECHILD` once no task is left. New threads and processes, execs and group-stops are let go
+/// on; a signal is delivered as it was sent. (A job-control stop does not stop a supervised
+/// program: its group-stop is continued; docs/supervisor.md, limits.)
+pub fn next_event(block: bool) -> Result<Option<TraceEvent>, Errno> {
+    let mut flags = WaitPidFlag::__WALL;
+    if !block {
+        flags |= WaitPidFlag::WNOHANG;
+    }
+    loop {
+        let status = waitpid(None::<Pid>, Some(flags))?;
+        match status {
+            WaitStatus::StillAlive => return Ok(None),
+            WaitStatus::Exited(pid, code) => return Ok(Some(TraceEvent::Exited(pid, code))),
+            WaitStatus::Signaled(pid, sig, _) => return Ok(Some(TraceEvent::Killed(pid, sig as i32))),
+            WaitStatus::PtraceEvent(pid, _, libc::PTRACE_EVENT_SECCOMP) => match TraceStop::at(pid) {
+                Ok(stop) => return Ok(Some(TraceEvent::Seccomp(Box::new(stop)))),
+                // Killed meanwhile: its exit is the next event.
+                Err(Errno::ESRCH) => continue,
+                Err(e) => return Err(e),
+            },
+            WaitStatus::PtraceEvent(pid, _, _) | WaitStatus::PtraceSyscall(pid) => go_on(pid, None),
+            WaitStatus::Stopped(pid, sig) => go_on(pid, Some(sig)),
+            WaitStatus::Continued(_) => {}
+        }
+    }
+}
+
+/// A file that polls readable when a supervised task has something to report (`SIGCHLD`,
+/// blocked for the process and read through a signalfd), so one `poll` waits for tasks,
+/// notifications and releases together.
+#[derive(Debug)]
+pub struct ChildEvents(nix::sys::signalfd::SignalFd);
+
+impl ChildEvents {
+    /// Blocks `SIGCHLD` in the calling thread (the supervisor's only one) and opens the fd.
+    pub fn new() -> Result<Self, Errno> {
+        use nix::sys::signal::{SigSet, Signal};
+        use nix::sys::signalfd::{SfdFlags, SignalFd};
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGCHLD);
+        set.thread_block()?;
+        Ok(ChildEvents(SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?))
+    }
+
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.0.as_fd()
+    }
+
+    /// Empties the fd: the events themselves are read with [`next_event`].
+    pub fn drain(&mut self) {
+        while let Ok(Some(_)) = self.0.read_signal() {}
+    }
+}
+
+/// Lets a stopped task go on; one that died meanwhile reports its exit next.
+fn go_on(pid: Pid, sig: Option<nix::sys::signal::Signal>) {
+    match ptrace::cont(pid, sig) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(e) => log::warn!("ptrace: cannot continue {pid}: {e}"),
     }
 }
 

@@ -1,0 +1,57 @@
+//! `VFIO_IOMMU_MAP_DMA`, traced (docs/supervisor.md, "Pinning"): the core applies every type1
+//! rule at the thread's stop, then the backend pins the range in the thread's own context.
+
+use vfio_shim::ContainerStep;
+use vfio_shim_sys::ptrace::TraceStop;
+use vfio_shim_sys::remote_memory::RemoteMemory;
+
+use crate::objects::Object;
+use crate::target::Caller;
+use crate::Supervisor;
+
+impl Supervisor {
+    pub(crate) fn traced_call(&mut self, mut stop: Box<TraceStop>) {
+        let (_, args) = stop.call();
+        let (fd, arg) = (args[0] as i32, args[2]);
+        let tid = stop.tid().as_raw() as u32;
+        let found = Caller::new(tid).and_then(|caller| caller.file_and_node(fd));
+        let (file, node) = match found {
+            Ok(found) => found,
+            Err(e) => {
+                let r = if e == nix::errno::Errno::EBADF { stop.skip(Err(e)) } else { stop.resume() };
+                log_lost(r);
+                return;
+            }
+        };
+        let Some(Object::Container(id)) = self.objects.get(node).cloned() else {
+            // Not a container of ours: the kernel's call, untouched.
+            log_lost(stop.resume());
+            return;
+        };
+        let Some(ctx) = self.shim.container_iommufd(id) else {
+            log_lost(stop.skip(Err(nix::errno::Errno::EBADF)));
+            return;
+        };
+        self.shim.backend_mut().lend_iommufd(ctx, file);
+        let mut mem = RemoteMemory::new(tid, arg);
+        let result = match self.shim.container_ioctl_begin(id, vfio_shim::abi::VFIO_IOMMU_MAP_DMA, arg, &mut mem) {
+            Ok(ContainerStep::Done(v)) => Ok(v),
+            Err(e) => Err(e),
+            Ok(ContainerStep::Native(pending)) => {
+                let (ctx, ioas, op) = pending.native();
+                let ran = self.shim.backend_mut().map_in_stopped_thread(&mut stop, ctx, ioas, op);
+                self.shim.container_ioctl_finish(pending, Some(ran), &mut mem)
+            }
+        };
+        log_lost(if stop.ran() { stop.finish(result) } else { stop.skip(result) });
+    }
+}
+
+/// A thread killed while stopped reports its exit next; nothing else to do.
+fn log_lost(r: Result<(), nix::errno::Errno>) {
+    if let Err(e) = r {
+        if e != nix::errno::Errno::ESRCH {
+            log::warn!("supervisor: letting a traced thread go on: {e}");
+        }
+    }
+}
