@@ -2,7 +2,7 @@
 //! files the supervisor gave, and KVM's `KVM_SET_DEVICE_ATTR` naming a group. Each is answered
 //! from the core with the preload's semantics, or let run as the program made it.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -132,9 +132,6 @@ impl Supervisor {
     }
 
     fn ioctl(&mut self, caller: &Caller, fd: i32, req: u32, arg: u64) -> Answer {
-        if req == abi::KVM_SET_DEVICE_ATTR {
-            return self.kvm_set_device_attr(caller, fd, arg);
-        }
         let (file, node) = match caller.file_and_node(fd) {
             Ok(found) => found,
             Err(Errno::EBADF) => return Answer::Result(Err(Errno::EBADF)),
@@ -249,33 +246,6 @@ impl Supervisor {
                 Answer::Result(Err(e))
             }
         }
-    }
-
-    /// `KVM_SET_DEVICE_ATTR(KVM_DEV_VFIO_FILE, FILE_ADD or FILE_DEL)` naming one of our groups:
-    /// the core names the group's device cdevs to KVM instead. Anything else is KVM's.
-    fn kvm_set_device_attr(&mut self, caller: &Caller, fd: i32, arg: u64) -> Answer {
-        use abi::{kvm_device_attr, KVM_DEV_VFIO_FILE, KVM_DEV_VFIO_FILE_ADD, KVM_DEV_VFIO_FILE_DEL};
-        let Ok(attr) = caller.read::<kvm_device_attr>(arg) else {
-            return Answer::Continue;
-        };
-        if attr.group != KVM_DEV_VFIO_FILE
-            || !(attr.attr == KVM_DEV_VFIO_FILE_ADD || attr.attr == KVM_DEV_VFIO_FILE_DEL)
-        {
-            return Answer::Continue;
-        }
-        let Ok(group_fd) = caller.read::<i32>(attr.addr) else {
-            return Answer::Continue;
-        };
-        let group = match caller.file_and_node(group_fd).map(|(_, n)| self.objects.get(n).cloned()) {
-            Ok(Some(Object::Group(g))) => g,
-            _ => return Answer::Continue,
-        };
-        let kvm_device = match caller.file(fd) {
-            Ok(f) => f,
-            Err(e) => return Answer::Result(Err(e)),
-        };
-        let add = attr.attr == KVM_DEV_VFIO_FILE_ADD;
-        Answer::Result(self.shim.kvm_group_file(group, kvm_device.as_raw_fd(), add).map(|()| 0))
     }
 }
 

@@ -5,6 +5,7 @@
 //! connects the kernel's notifications to the core; every syscall is `vfio_shim_sys`'s.
 
 mod calls;
+mod kvm;
 mod map;
 mod objects;
 mod target;
@@ -42,7 +43,7 @@ pub fn run(path: &Path, argv: &[CString], envp: &[CString]) -> Result<i32, Errno
     use std::os::unix::ffi::OsStrExt;
     let path = CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
     let events = ChildEvents::new()?;
-    let filter = FilterProgram::supervisor(&[vfio_shim::abi::VFIO_IOMMU_MAP_DMA]);
+    let filter = FilterProgram::supervisor(&[vfio_shim::abi::VFIO_IOMMU_MAP_DMA, vfio_shim::abi::KVM_SET_DEVICE_ATTR]);
     let started = vfio_shim_sys::supervised_start::start(&path, argv, envp, &filter)?;
     // After the fork: the program keeps the system's mount namespace.
     std::fs::create_dir_all(NODE_DIR).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc_eio())))?;

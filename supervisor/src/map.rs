@@ -1,10 +1,12 @@
-//! `VFIO_IOMMU_MAP_DMA`, traced (docs/supervisor.md, "Pinning"): the core applies every type1
-//! rule at the thread's stop, then the backend pins the range in the thread's own context.
+//! The traced calls: `VFIO_IOMMU_MAP_DMA` (docs/supervisor.md, "Pinning": the core applies
+//! every type1 rule at the thread's stop, then the backend pins the range in the thread's own
+//! context) and `KVM_SET_DEVICE_ATTR` (crate::kvm).
 
 use vfio_shim::ContainerStep;
 use vfio_shim_sys::ptrace::TraceStop;
 use vfio_shim_sys::remote_memory::RemoteMemory;
 
+use crate::kvm::KvmCall;
 use crate::objects::Object;
 use crate::target::Caller;
 use crate::Supervisor;
@@ -12,6 +14,9 @@ use crate::Supervisor;
 impl Supervisor {
     pub(crate) fn traced_call(&mut self, mut stop: Box<TraceStop>) {
         let (_, args) = stop.call();
+        if args[1] as u32 == vfio_shim::abi::KVM_SET_DEVICE_ATTR {
+            return self.traced_kvm_call(stop);
+        }
         let (fd, arg) = (args[0] as i32, args[2]);
         let tid = stop.tid().as_raw() as u32;
         let found = Caller::new(tid).and_then(|caller| caller.file_and_node(fd));
@@ -44,6 +49,26 @@ impl Supervisor {
             }
         };
         log_lost(if stop.ran() { stop.finish(result) } else { stop.skip(result) });
+    }
+}
+
+impl Supervisor {
+    fn traced_kvm_call(&mut self, mut stop: Box<TraceStop>) {
+        let (_, args) = stop.call();
+        let tid = stop.tid().as_raw() as u32;
+        let call = match Caller::new(tid) {
+            Ok(caller) => self.kvm_call(&caller, args[2]),
+            Err(_) => KvmCall::Kernel,
+        };
+        let KvmCall::Group(group, add) = call else {
+            log_lost(stop.resume());
+            return;
+        };
+        let (result, deferred) = self.kvm_group_file(&mut stop, args[0], group, add);
+        log_lost(if stop.ran() { stop.finish(result) } else { stop.skip(result) });
+        for call in deferred {
+            self.notified_call(call);
+        }
     }
 }
 

@@ -506,12 +506,23 @@ impl<B: Backend> Shim<B> {
     /// file as it does for the group's. A group file is added whole or not at all: a failed
     /// ADD takes back what it added.
     pub fn kvm_group_file(&mut self, id: GroupId, kvm_device: i32, add: bool) -> Result<(), Errno> {
+        self.kvm_group_file_with(id, add, &mut |backend, file, add| backend.kvm_device_file(kvm_device, file, add))
+    }
+
+    /// As [`Shim::kvm_group_file`], each request made by `issue` (a glue that must make it in
+    /// the program's own context: KVM answers only the VM's process).
+    pub fn kvm_group_file_with(
+        &mut self,
+        id: GroupId,
+        add: bool,
+        issue: &mut dyn FnMut(&mut B, KvmFile, bool) -> Result<(), Errno>,
+    ) -> Result<(), Errno> {
         let files = self.group_kvm_files(id)?;
         for (n, &file) in files.iter().enumerate() {
-            if let Err(e) = self.backend.kvm_device_file(kvm_device, file, add) {
+            if let Err(e) = issue(&mut self.backend, file, add) {
                 if add {
                     for &done in &files[..n] {
-                        logged("KVM_DEV_VFIO_FILE_DEL", self.backend.kvm_device_file(kvm_device, done, false));
+                        logged("KVM_DEV_VFIO_FILE_DEL", issue(&mut self.backend, done, false));
                     }
                 }
                 return Err(e);
@@ -520,8 +531,6 @@ impl<B: Backend> Shim<B> {
         Ok(())
     }
 
-    /// The group's KVM files, opened at its first KVM call: one per device bound to a VFIO
-    /// driver (the devices that have a cdev, as a group file stands for them on type1).
     fn group_kvm_files(&mut self, id: GroupId) -> Result<Vec<KvmFile>, Errno> {
         let g = self.groups.get(&id).ok_or(Errno::EBADF)?;
         if !g.kvm_files.is_empty() {

@@ -46,6 +46,12 @@ impl TraceStop {
         (r.orig_rax as i64, [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9])
     }
 
+    /// Where [`TraceStop::run`] puts `len` scratch bytes: below the thread's red zone, 16-byte
+    /// aligned (the same address for the same length, so a caller can point into them).
+    pub fn scratch_at(&self, len: usize) -> u64 {
+        (self.entry.rsp - RED_ZONE - len as u64) & !15
+    }
+
     /// Runs call `nr` in the thread instead of the one it stopped in. `scratch` is first
     /// copied to the thread's stack below its red zone; `args` gets that copy's address and
     /// returns the call's arguments. Returns the call's raw result (negative errno on failure)
@@ -55,7 +61,21 @@ impl TraceStop {
     /// it before the kernel reads it, and the call then acts on what it finds, with the
     /// thread's rights (docs/supervisor.md, "TOCTOU").
     pub fn run_instead(&mut self, nr: i64, scratch: &[u8], args: impl FnOnce(u64) -> [u64; 6]) -> Result<i64, Errno> {
-        let at = (self.entry.rsp - RED_ZONE - scratch.len() as u64) & !15;
+        self.run(nr, scratch, args, || Ok(()))
+    }
+
+    /// As [`TraceStop::run_instead`], and again from the exit of a call run before (the
+    /// thread executes its `syscall` instruction once more): calls in sequence in the
+    /// thread's context. `while_in_call` runs once the thread is in the call, before its
+    /// result is waited for: a call the filter sends to the listener is answered there.
+    pub fn run(
+        &mut self,
+        nr: i64,
+        scratch: &[u8],
+        args: impl FnOnce(u64) -> [u64; 6],
+        while_in_call: impl FnOnce() -> Result<(), Errno>,
+    ) -> Result<i64, Errno> {
+        let at = self.scratch_at(scratch.len());
         if !scratch.is_empty() {
             let remote = [RemoteIoVec { base: at as usize, len: scratch.len() }];
             let written = process_vm_writev(self.tid, &[std::io::IoSlice::new(scratch)], &remote)?;
@@ -65,19 +85,38 @@ impl TraceStop {
         }
         let a = args(at);
         let mut regs = self.entry;
-        regs.orig_rax = nr as u64;
         (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9) = (a[0], a[1], a[2], a[3], a[4], a[5]);
+        let again = self.ran;
+        if again {
+            // From an exit stop: back to the `syscall` instruction (2 bytes), number in rax.
+            regs.rip -= 2;
+            regs.rax = nr as u64;
+        }
+        regs.orig_rax = nr as u64;
         ptrace::setregs(self.tid, regs)?;
         ptrace::syscall(self.tid, None)?;
         self.ran = true;
-        // __WALL: the thread may be any thread of the program, not only a leader.
-        match waitpid(self.tid, Some(WaitPidFlag::__WALL))? {
-            WaitStatus::PtraceSyscall(_) | WaitStatus::Stopped(_, nix::sys::signal::Signal::SIGTRAP) => {}
-            WaitStatus::Exited(..) | WaitStatus::Signaled(..) => return Err(Errno::ESRCH),
-            other => {
-                log::warn!("ptrace: {other:?} instead of the syscall-exit stop of {}", self.tid);
-                return Err(Errno::EIO);
+        while_in_call()?;
+        // A call entered again stops at its entry first, and at a seccomp stop when the filter
+        // traces it; the call's own exit stop is the second syscall stop.
+        let mut syscall_stops = if again { 2 } else { 1 };
+        loop {
+            // __WALL: the thread may be any thread of the program, not only a leader.
+            match waitpid(self.tid, Some(WaitPidFlag::__WALL))? {
+                WaitStatus::PtraceSyscall(_) | WaitStatus::Stopped(_, nix::sys::signal::Signal::SIGTRAP) => {
+                    syscall_stops -= 1;
+                    if syscall_stops == 0 {
+                        break;
+                    }
+                }
+                WaitStatus::PtraceEvent(_, _, libc::PTRACE_EVENT_SECCOMP) => {}
+                WaitStatus::Exited(..) | WaitStatus::Signaled(..) => return Err(Errno::ESRCH),
+                other => {
+                    log::warn!("ptrace: {other:?} instead of a syscall stop of {}", self.tid);
+                    return Err(Errno::EIO);
+                }
             }
+            ptrace::syscall(self.tid, None)?;
         }
         Ok(ptrace::getregs(self.tid)?.rax as i64)
     }

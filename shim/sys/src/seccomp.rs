@@ -89,6 +89,10 @@ impl FilterProgram {
     }
 }
 
+/// The call a trace stop runs to receive a file from the supervisor ([`Listener::deliver`]):
+/// an ioctl on fd -1 with `VFIO_GET_API_VERSION`, which the filter sends to the listener.
+pub const DELIVERY_REQUEST: u32 = 0x3b64;
+
 /// `KVM_SET_DEVICE_ATTR`: `_IOW(KVMIO, 0xe1, struct kvm_device_attr)` (include/uapi/linux/kvm.h).
 pub const KVM_SET_DEVICE_ATTR: u32 = 0x4018_aee1;
 
@@ -184,6 +188,31 @@ impl Listener {
         // SAFETY: `addfd` is a live seccomp_notif_addfd the kernel reads; `file` is open.
         let fd = unsafe { libc::ioctl(self.0.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_ADDFD, &mut addfd) };
         Errno::result(fd)
+    }
+
+    /// Installs `file` in thread `tid`, which the caller made enter a call the filter sends
+    /// here (a trace stop running [`DELIVERY_REQUEST`] on fd -1): that call's result is the
+    /// new fd (close-on-exec). The notifications of other threads received meanwhile are
+    /// returned, to be answered after. `ETIMEDOUT` when the thread's call does not come.
+    pub fn deliver(&self, tid: u32, file: BorrowedFd<'_>) -> Result<Vec<Notification>, Errno> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let mut others = Vec::new();
+        loop {
+            let mut fds = [PollFd::new(self.as_fd(), PollFlags::POLLIN)];
+            if poll(&mut fds, PollTimeout::from(10_000u16))? == 0 {
+                return Err(Errno::ETIMEDOUT);
+            }
+            let n = match self.receive() {
+                Ok(n) => n,
+                Err(Errno::ENOENT) => continue,
+                Err(e) => return Err(e),
+            };
+            if n.tid == tid && n.args[1] as u32 == DELIVERY_REQUEST && n.args[0] as i32 == -1 {
+                self.install_fd(n.id, file, true, true)?;
+                return Ok(others);
+            }
+            others.push(n);
+        }
     }
 
     /// Whether call `id` still waits for its answer (`SECCOMP_IOCTL_NOTIF_ID_VALID`): what

@@ -2,14 +2,14 @@
 //! the supervisor's private nodes, a staging IOAS first in every context, contexts and device
 //! files lent by the program for a call, and a map pinned in the program's own thread.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
-use vfio_shim::backend::{DeviceHandle, DmaOp, IoasId, IommufdId};
+use vfio_shim::backend::{DeviceHandle, DmaOp, IoasId, IommufdId, KvmFile};
 
 use super::{map_flags, open_rw, KernelBackend};
 use crate::iommufd;
@@ -65,6 +65,12 @@ impl KernelBackend {
     /// A duplicate of the backend's file of `ctx` (close-on-exec), to give the program.
     pub fn iommufd_file(&self, ctx: IommufdId) -> Result<OwnedFd, Errno> {
         self.iommufd(ctx)?.try_clone_to_owned().map_err(|e| super::errno_of(&e))
+    }
+
+    /// The file opened for KVM's VFIO device (`Backend::kvm_file_open`), to deliver to the
+    /// program, whose own call names it to KVM.
+    pub fn kvm_file(&self, file: KvmFile) -> Result<BorrowedFd<'_>, Errno> {
+        self.kvm_files.get(&file).map(|f| f.as_fd()).ok_or(Errno::EBADF)
     }
 
     /// Whether the backend holds a file of `ctx` now.
