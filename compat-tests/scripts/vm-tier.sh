@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole VM proof tier: host packages, both test kernels (cached), the runner, the preload
-# library, the C clients, the kernel-backend integration test; then boots the full and the
-# cdev-only kernel, runs every client in every mode, and compares the transcripts; checks
+# library, the C clients (dynamic, and static for the supervisor), the kernel-backend
+# integration test; then boots the full and the cdev-only kernel, runs every client in every
+# mode (the cdev-only kernel: the preload and the seccomp supervisor), and compares the
+# transcripts; checks
 # `vfio-shim doctor` against each kernel (compat-tests/doctor/check.py) and `vfio-shim trace`
 # of qemu_like against strace of it on type1 and through the shim (compat-tests/trace); asks
 # the cdev-only kernel the facts docs/supervisor.md rests on (compat-tests/kernel-facts).
@@ -52,6 +54,9 @@ rm -rf "$clients"
 mkdir -p "$clients"
 phase "clients"
 sh "$root/compat-tests/clients/build.sh" "$clients" >&2 || die "client build failed"
+# The same clients linked statically, which LD_PRELOAD cannot reach: the runner's supervisor
+# mode runs these under `vfio-shim run --supervise` (docs/supervisor.md).
+EXTRA_CFLAGS=-static sh "$root/compat-tests/clients/build.sh" "$clients/static" >&2 || die "static client build failed"
 # The sequence explorer is one more client: the runner runs it in every mode and compare
 # holds each mode's transcript against type1's.
 (cd "$root" && cargo build --release -q -p vfio-shim-explorer) || die "explorer build failed"
@@ -114,7 +119,8 @@ else
 fi
 [ $k = cdev-only ] && bash $(printf %q "$root/compat-tests/kernel-facts/run.sh") guest $(printf %q "$facts")
 $(printf %q "$compat") run --kernel $k --clients $(printf %q "$clients") --out $(printf %q "$results") \
-  --preload $(printf %q "$preload") --timeout ${VFIO_SHIM_CLIENT_TIMEOUT:-300}
+  --preload $(printf %q "$preload") --vfio-shim $(printf %q "$root/target/release/vfio-shim") \
+  --timeout ${VFIO_SHIM_CLIENT_TIMEOUT:-300}
 EOF
   phase "boot $k"
   set +e
@@ -158,7 +164,7 @@ echo "vm-tier: boot times (s): $(awk '{printf "%s=%s ", $1, $2}' "$results/vm-ti
 echo "vm-tier: total $(( $(date +%s) - tier_start )) s; results in $results"
 # The explorer's volume per column, and how far the kernel compat (a peer, not a target) is
 # from type1 in it: sequences whose records differ at all.
-python3 "$here/explorer-summary.py" "$results" full/kernel-compat full/shim cdev-only/shim || true
+python3 "$here/explorer-summary.py" "$results" full/kernel-compat full/shim cdev-only/shim cdev-only/supervisor || true
 set +e
 "$compat" compare "$results" --differences "$root/docs/differences.md" | tee "$results/compare.txt"
 crc=${PIPESTATUS[0]}

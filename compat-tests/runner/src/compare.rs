@@ -332,14 +332,15 @@ mod tests {
         put(&root, "full/kernel-compat", "beta", "0", T1);
         put(&root, "full/shim", "beta", "127", "");
         put(&root, "cdev-only/shim", "beta", "0", T1);
+        put(&root, "cdev-only/supervisor", "beta", "0", T1);
         let entries =
             doc("| alpha | unmap.* | kernel-compat | compat reports the range asked |\n| zeta | x | shim | stale |\n");
         let r = Report::build(&root, &entries, &[]).unwrap();
         assert_eq!(r.rows.len(), 2);
         let cells = |i: usize| r.rows[i].1.iter().map(|c| c.to_string()).collect::<Vec<_>>();
-        assert_eq!(cells(0), ["pass", "pass (1 listed)", "pass", "missing"]);
-        assert_eq!(cells(1), ["pass", "pass", "FAIL rc=127", "pass"]);
-        assert_eq!(r.counts(), (6, 2));
+        assert_eq!(cells(0), ["pass", "pass (1 listed)", "pass", "missing", "missing"]);
+        assert_eq!(cells(1), ["pass", "pass", "FAIL rc=127", "pass", "pass"]);
+        assert_eq!(r.counts(), (7, 3));
         assert!(r.failed());
         let text = r.render(&entries);
         assert!(text.contains("| alpha "), "{text}");
@@ -355,6 +356,7 @@ mod tests {
         put(&root, "full/kernel-compat", "alpha", "0", T1);
         put(&root, "full/shim", "alpha", "0", &T1.replace("errno=EEXIST", "errno=EINVAL"));
         put(&root, "cdev-only/shim", "alpha", "0", T1);
+        put(&root, "cdev-only/supervisor", "alpha", "0", T1);
         let r = Report::build(&root, &[], &[]).unwrap();
         assert_eq!(r.unlisted.len(), 1);
         let text = r.render(&[]);
@@ -362,19 +364,19 @@ mod tests {
         assert!(text.contains("full/type1: CALL map.overlap ret=-1 errno=EEXIST"), "{text}");
         assert!(text.contains("full/shim : CALL map.overlap ret=-1 errno=EINVAL"), "{text}");
         assert!(r.failed());
-        assert_eq!(r.counts(), (3, 1));
+        assert_eq!(r.counts(), (4, 1));
         fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn all_green_does_not_fail_and_empty_results_do() {
         let root = tmpdir("green");
-        for col in ["full/type1", "full/kernel-compat", "full/shim", "cdev-only/shim"] {
+        for col in ["full/type1", "full/kernel-compat", "full/shim", "cdev-only/shim", "cdev-only/supervisor"] {
             put(&root, col, "alpha", "0", T1);
         }
         let r = Report::build(&root, &[], &[]).unwrap();
         assert!(!r.failed());
-        assert_eq!(r.counts(), (4, 0));
+        assert_eq!(r.counts(), (5, 0));
         let empty = tmpdir("empty");
         assert!(Report::build(&empty, &[], &[]).unwrap().failed());
         fs::remove_dir_all(&root).unwrap();

@@ -20,6 +20,7 @@ pub enum ModeSel {
     Shim,
     ShimFull,
     ShimCdevOnly,
+    Supervisor,
 }
 
 impl ModeSel {
@@ -29,6 +30,7 @@ impl ModeSel {
             "shim" => ModeSel::Shim,
             "shim@full" => ModeSel::ShimFull,
             "shim@cdev-only" => ModeSel::ShimCdevOnly,
+            "supervisor" => ModeSel::Supervisor,
             _ => return None,
         })
     }
@@ -39,6 +41,7 @@ impl ModeSel {
             ModeSel::Shim => col.mode == Mode::Shim,
             ModeSel::ShimFull => col.kernel == Kernel::Full && col.mode == Mode::Shim,
             ModeSel::ShimCdevOnly => col.kernel == Kernel::CdevOnly && col.mode == Mode::Shim,
+            ModeSel::Supervisor => col.mode == Mode::Supervisor,
         }
     }
 }
@@ -239,5 +242,12 @@ Trailing prose.
         assert!(!e[3].matches("info_caps", "info.iommu", CDEV));
         // type1 is never matched
         assert!(!e[1].matches("x", "unmap.v1.inside", Column::ORACLE));
+        // the supervisor column only by its own rows: a shim row says nothing about it
+        const SUP: Column = Column { kernel: Kernel::CdevOnly, mode: Mode::Supervisor };
+        assert!(!e[1].matches("anything", "unmap.v1.inside", SUP));
+        let h = "| client | label | mode | reason |\n|---|---|---|---|\n";
+        let sup = parse(&format!("{h}| a | b.* | supervisor | r |\n")).unwrap();
+        assert!(sup[0].matches("a", "b.c", SUP));
+        assert!(!sup[0].matches("a", "b.c", CDEV));
     }
 }

@@ -54,6 +54,10 @@ enum Cmd {
         /// The preload library shim mode runs the clients under (libvfio_shim_preload.so).
         #[arg(long)]
         preload: Option<PathBuf>,
+        /// The `vfio-shim` command supervisor mode runs the clients under (`run --supervise`;
+        /// the static builds in <clients>/static/ where they exist).
+        #[arg(long)]
+        vfio_shim: Option<PathBuf>,
     },
     /// Compare every mode's transcripts with full/type1 and print the client x mode table.
     /// Exits 1 if any cell fails (see docs/testing.md for the policy), 2 on usage errors.
@@ -89,7 +93,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     match Cli::parse().cmd {
-        Cmd::Run { kernel, clients, out, mode, client, timeout, preload } => {
+        Cmd::Run { kernel, clients, out, mode, client, timeout, preload, vfio_shim } => {
             let opts = run::RunOpts {
                 kernel,
                 clients_dir: clients,
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
                 clients: client,
                 timeout: Duration::from_secs(timeout),
                 preload,
+                vfio_shim,
             };
             match run::run(&opts) {
                 Ok(bad) => {

@@ -22,7 +22,7 @@ impl Kernel {
     pub fn modes(self) -> &'static [Mode] {
         match self {
             Kernel::Full => &[Mode::Type1, Mode::KernelCompat, Mode::Shim],
-            Kernel::CdevOnly => &[Mode::Shim],
+            Kernel::CdevOnly => &[Mode::Shim, Mode::Supervisor],
         }
     }
 }
@@ -41,6 +41,9 @@ pub enum Mode {
     KernelCompat,
     /// Legacy nodes hidden; the plain build under `LD_PRELOAD`. The product.
     Shim,
+    /// The static build (the dynamic one where there is none) under the seccomp supervisor
+    /// (`vfio-shim run --supervise`): the product for programs the preload cannot reach.
+    Supervisor,
 }
 
 impl Mode {
@@ -49,6 +52,7 @@ impl Mode {
             Mode::Type1 => "type1",
             Mode::KernelCompat => "kernel-compat",
             Mode::Shim => "shim",
+            Mode::Supervisor => "supervisor",
         }
     }
 }
@@ -70,11 +74,12 @@ impl Column {
     pub const ORACLE: Column = Column { kernel: Kernel::Full, mode: Mode::Type1 };
 
     /// Every column, in table order.
-    pub const ALL: [Column; 4] = [
+    pub const ALL: [Column; 5] = [
         Column::ORACLE,
         Column { kernel: Kernel::Full, mode: Mode::KernelCompat },
         Column { kernel: Kernel::Full, mode: Mode::Shim },
         Column { kernel: Kernel::CdevOnly, mode: Mode::Shim },
+        Column { kernel: Kernel::CdevOnly, mode: Mode::Supervisor },
     ];
 
     /// Whether a failing cell in this column makes `compare` exit non-zero.
@@ -82,7 +87,7 @@ impl Column {
     /// Policy (also in docs/testing.md):
     /// - `full/type1` gates: it is the oracle; if a client cannot run to its end on real type1,
     ///   nothing else in its row means anything.
-    /// - both `shim` columns gate: they are the product.
+    /// - both `shim` columns and `supervisor` gate: they are the product.
     /// - `full/kernel-compat` gates too. The kernel's own compat layer is the competitor, and
     ///   docs/differences.md is where we describe how it departs from type1. An unlisted
     ///   difference there is a documentation bug (the docs would misdescribe the competitor),
@@ -91,7 +96,7 @@ impl Column {
     pub fn gates(self) -> bool {
         match (self.kernel, self.mode) {
             (Kernel::Full, Mode::Type1) => true,
-            (_, Mode::Shim) => true,
+            (_, Mode::Shim) | (_, Mode::Supervisor) => true,
             (Kernel::Full, Mode::KernelCompat) => true,
             // Not produced by `run`; listed for completeness.
             (Kernel::CdevOnly, _) => true,
@@ -105,7 +110,10 @@ impl std::str::FromStr for Column {
     /// `kernel/mode`, as the table's header writes it (`cdev-only/shim`).
     fn from_str(s: &str) -> Result<Column, String> {
         Column::ALL.into_iter().find(|c| c.to_string() == s).ok_or_else(|| {
-            format!("no column {s:?} (one of: full/type1, full/kernel-compat, full/shim, cdev-only/shim)")
+            format!(
+                "no column {s:?} (one of: full/type1, full/kernel-compat, full/shim, cdev-only/shim, \
+                 cdev-only/supervisor)"
+            )
         })
     }
 }

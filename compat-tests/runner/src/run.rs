@@ -68,6 +68,8 @@ pub struct RunOpts {
     pub timeout: Duration,
     /// The preload library (`libvfio_shim_preload.so`) that shim mode runs the clients under.
     pub preload: Option<PathBuf>,
+    /// The `vfio-shim` command whose `run --supervise` supervisor mode runs the clients under.
+    pub vfio_shim: Option<PathBuf>,
 }
 
 /// Checks that the machine is the kernel we were told it is.
@@ -80,7 +82,7 @@ fn check_kernel(kernel: Kernel) -> Result<(), String> {
     }
 }
 
-pub(crate) fn command_for(kernel: Kernel, mode: Mode, bin: &Path) -> Command {
+pub(crate) fn command_for(kernel: Kernel, mode: Mode, bin: &Path, vfio_shim: Option<&Path>) -> Command {
     let wrapped = |script: &str| {
         let mut c = Command::new("unshare");
         c.args(["-m", "--propagation", "private", "sh", "-ec", script, "sh"]).arg(bin);
@@ -91,6 +93,11 @@ pub(crate) fn command_for(kernel: Kernel, mode: Mode, bin: &Path) -> Command {
         (_, Mode::KernelCompat) => wrapped(KERNEL_COMPAT_SH),
         (Kernel::Full, Mode::Shim) => wrapped(HIDE_LEGACY_SH),
         (Kernel::CdevOnly, Mode::Shim) => Command::new(bin),
+        (_, Mode::Supervisor) => {
+            let mut c = Command::new(vfio_shim.expect("checked by run"));
+            c.args(["run", "--supervise", "--"]).arg(bin);
+            c
+        }
     }
 }
 
@@ -167,14 +174,22 @@ pub fn run(opts: &RunOpts) -> Result<usize, String> {
                     (None, _, _) => Some(format!("no client {client} in {}", opts.clients_dir.display())),
                     (_, Mode::Shim, None) => Some("shim mode needs --preload".to_string()),
                     (_, Mode::Shim, Some(p)) if !p.is_file() => Some(format!("no preload library {}", p.display())),
-                    _ => None,
+                    _ => match (mode, &opts.vfio_shim) {
+                        (Mode::Supervisor, None) => Some("supervisor mode needs --vfio-shim".to_string()),
+                        (Mode::Supervisor, Some(p)) if !p.is_file() => Some(format!("no vfio-shim {}", p.display())),
+                        _ => None,
+                    },
                 };
                 if let Some(why) = missing {
                     File::create(&outp)?;
                     fs::write(&errp, format!("vfio-shim-compat: {why}\n"))?;
                     return Ok("127".into());
                 }
-                let mut cmd = command_for(opts.kernel, mode, bin.as_ref().expect("checked"));
+                let bin = bin.as_ref().expect("checked");
+                // Supervisor mode runs the static build where there is one (clients/static/).
+                let static_bin = bin.parent().map(|d| d.join("static").join(client)).filter(|p| p.is_file());
+                let bin = if mode == Mode::Supervisor { static_bin.as_ref().unwrap_or(bin) } else { bin };
+                let mut cmd = command_for(opts.kernel, mode, bin, opts.vfio_shim.as_deref());
                 if mode == Mode::Shim {
                     cmd.env("LD_PRELOAD", opts.preload.as_ref().expect("checked"));
                 }

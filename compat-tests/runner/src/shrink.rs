@@ -88,7 +88,7 @@ fn run_both(opts: &ShrinkOpts, ops: &[String]) -> io::Result<(String, String)> {
     fs::write(&corpus, format!("== x\n{}\n", ops.join("\n")))?;
     let mut out = Vec::new();
     for mode in [Mode::Type1, Mode::Shim] {
-        let mut cmd: Command = command_for(Kernel::Full, mode, &opts.explorer);
+        let mut cmd: Command = command_for(Kernel::Full, mode, &opts.explorer, None);
         cmd.env("VFIO_EXPLORE_CORPUS", &corpus);
         if mode == Mode::Shim {
             cmd.env("LD_PRELOAD", &opts.preload);
