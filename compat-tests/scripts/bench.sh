@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Benchmarks against the kernel, from one run: 4 KiB MAP+UNMAP pairs and mapping 1 GiB through
-# type1, the kernel's iommufd compat layer and the shim (LD_PRELOAD), interleaved in one boot of
-# the full test kernel, and the shim again with `vfio-shim trace` on; the CUSE node without the preload against the preload path, on shared
+# type1, the kernel's iommufd compat layer, the shim (LD_PRELOAD) and the seccomp supervisor
+# (the benchmark linked statically, under `vfio-shim run`), interleaved in one boot of the full
+# test kernel, and the shim again with `vfio-shim trace` on; the CUSE node without the preload against the preload path, on shared
 # memory, interleaved in one boot of the cdev-only kernel; the preload's userspace instructions
 # per 4 KiB MAP and UNMAP at 1,000 live mappings (callgrind, compat-tests/bench/map_insns.c);
-# and the preload's pass-through cost on the host. Prints ratios.
+# and the preload's and the supervisor's pass-through cost on the host. Prints ratios.
 # Usage: bench.sh [results-dir]     (default target/bench)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -16,14 +17,16 @@ out=$(cd "$out" && pwd)
 bash "$here/host-deps.sh"
 bash "$here/build-kernel.sh" full >/dev/null
 bash "$here/build-kernel.sh" cdev-only >/dev/null
-(cd "$root" && cargo build -q --release -p vfio-shim-preload -p vfio-shim-cuse)
+(cd "$root" && cargo build -q --release -p vfio-shim-preload -p vfio-shim-cuse -p vfio-shim-cli)
 lib=$root/target/release/libvfio_shim_preload.so
+cli=$root/target/release/vfio-shim
 gcc -O2 -Wall -Wextra -Werror -o "$out/map_bench" "$root/compat-tests/bench/map_bench.c"
+gcc -O2 -Wall -Wextra -Werror -static -o "$out/map_bench-static" "$root/compat-tests/bench/map_bench.c"
 gcc -O2 -Wall -Wextra -Werror -o "$out/passthrough_bench" "$root/compat-tests/bench/passthrough_bench.c"
 # callgrind (valgrind) counts the preload's userspace instructions per MAP and per UNMAP.
 command -v valgrind >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq --no-install-recommends valgrind >/dev/null; }
 gcc -O2 -Wall -Wextra -Werror -o "$out/map_insns" "$root/compat-tests/bench/map_insns.c"
-rm -f "$out"/type1.* "$out"/compat.* "$out"/shim.* "$out"/shim-trace.* "$out"/host-*.* "$out"/preload-shared.* "$out"/cuse.* "$out"/cg-*
+rm -f "$out"/type1.* "$out"/compat.* "$out"/shim.* "$out"/supervisor.* "$out"/shim-trace.* "$out"/host-*.* "$out"/preload-shared.* "$out"/cuse.* "$out"/cg-*
 
 {
   echo '#!/usr/bin/env bash'
@@ -36,6 +39,10 @@ rm -f "$out"/type1.* "$out"/compat.* "$out"/shim.* "$out"/shim-trace.* "$out"/ho
   echo "  unshare -m --propagation private sh -c 'mkdir -p /run/vfio-hide && mount --bind /dev/vfio /run/vfio-hide &&" \
        "mount -t tmpfs none /dev/vfio && mkdir /dev/vfio/devices && mount --bind /run/vfio-hide/devices /dev/vfio/devices &&" \
        "LD_PRELOAD=$(printf %q "$lib") exec ./map_bench' >shim.\$round"
+  # The static build, which only the supervisor serves (vfio-shim run picks it for a static program).
+  echo "  unshare -m --propagation private sh -c 'mkdir -p /run/vfio-hide && mount --bind /dev/vfio /run/vfio-hide &&" \
+       "mount -t tmpfs none /dev/vfio && mkdir /dev/vfio/devices && mount --bind /run/vfio-hide/devices /dev/vfio/devices &&" \
+       "exec $(printf %q "$cli") run -- ./map_bench-static' >supervisor.\$round"
   # The same with vfio-shim trace on (text lines into a tmpfs file, as an operator would).
   echo "  unshare -m --propagation private sh -c 'mkdir -p /run/vfio-hide && mount --bind /dev/vfio /run/vfio-hide &&" \
        "mount -t tmpfs none /dev/vfio && mkdir /dev/vfio/devices && mount --bind /run/vfio-hide/devices /dev/vfio/devices &&" \
@@ -69,6 +76,7 @@ VM_MEMORY=${VM_MEMORY:-4G} bash "$here/vm.sh" cdev-only "$out" -- bash "$out/gue
 for round in 1 2 3 4 5; do
   "$out/passthrough_bench" >"$out/host-plain.$round"
   LD_PRELOAD=$lib "$out/passthrough_bench" >"$out/host-preload.$round"
+  "$cli" run --supervise -- "$out/passthrough_bench" >"$out/host-supervisor.$round"
 done
 
 python3 - "$out" <<'PY'
@@ -98,6 +106,11 @@ for name, key in rows:
 t, c, s = best("type1", "pair_4k_best_us"), best("compat", "pair_4k_best_us"), best("shim", "pair_4k_best_us")
 print(f"{'4 KiB pair, best of 15 rounds (us)':32} {t:10.2f} {c:10.2f} {s:10.2f} {s/t:11.3f} {s/c:12.3f}")
 print()
+print(f"{'supervisor, static build (same boot)':32} {'type1':>10} {'preload':>10} {'supervisor':>10} {'sup/type1':>11} {'sup/preload':>12}")
+for name, key in rows:
+    t, s, v = med("type1", key), med("shim", key), med("supervisor", key)
+    print(f"{name:32} {t:10.2f} {s:10.2f} {v:10.2f} {v/t:11.3f} {v/s:12.3f}")
+print()
 print(f"{'vfio-shim trace on (same boot)':32} {'shim':>10} {'traced':>10} {'traced/shim':>12}")
 for name, key in rows:
     s, tr = med("shim", key), med("shim-trace", key)
@@ -120,9 +133,9 @@ for name, part in [("4 KiB MAP, 1,000 live", 1), ("4 KiB UNMAP, 1,000 live", 2)]
     t, s = insns("cg-type1", part) / 200, insns("cg-shim", part) / 200
     print(f"{name:32} {t:10.0f} {s:10.0f} {s - t:13.0f}")
 print()
-print(f"{'host pass-through, median of 5':32} {'plain':>10} {'preload':>10} {'ratio':>11}")
+print(f"{'host pass-through, median of 5':32} {'plain':>10} {'preload':>10} {'ratio':>11} {'supervisor':>11} {'ratio':>8}")
 for name, key in [("ioctl(FIONREAD) on a pipe (ns)", "ioctl_pipe_ns"), ("close(dup(pipe)) (ns)", "dup_close_pipe_ns"),
                   ("sendmsg+recvmsg, 1 byte (ns)", "msg_pair_ns"), ("the same with 1 fd (ns)", "msg_fd_pair_ns")]:
-    p, q = med("host-plain", key), med("host-preload", key)
-    print(f"{name:32} {p:10.1f} {q:10.1f} {q/p:11.3f}")
+    p, q, v = med("host-plain", key), med("host-preload", key), med("host-supervisor", key)
+    print(f"{name:32} {p:10.1f} {q:10.1f} {q/p:11.3f} {v:11.1f} {v/p:8.3f}")
 PY

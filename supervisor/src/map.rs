@@ -2,9 +2,14 @@
 //! every type1 rule at the thread's stop, then the backend pins the range in the thread's own
 //! context) and `KVM_SET_DEVICE_ATTR` (crate::kvm).
 
+use nix::errno::Errno;
+use vfio_shim::backend::{DmaOp, IoasId, IommufdId};
 use vfio_shim::ContainerStep;
+use vfio_shim_sys::caller::CallerProcess;
+use vfio_shim_sys::private_nodes::NodeId;
 use vfio_shim_sys::ptrace::TraceStop;
 use vfio_shim_sys::remote_memory::RemoteMemory;
+use vfio_shim_sys::vfio_device::pci_region_of_offset;
 
 use crate::kvm::KvmCall;
 use crate::objects::Object;
@@ -23,7 +28,7 @@ impl Supervisor {
         let (file, node) = match found {
             Ok(found) => found,
             Err(e) => {
-                let r = if e == nix::errno::Errno::EBADF { stop.skip(Err(e)) } else { stop.resume() };
+                let r = if e == Errno::EBADF { stop.skip(Err(e)) } else { stop.resume() };
                 log_lost(r);
                 return;
             }
@@ -34,7 +39,7 @@ impl Supervisor {
             return;
         };
         let Some(ctx) = self.shim.container_iommufd(id) else {
-            log_lost(stop.skip(Err(nix::errno::Errno::EBADF)));
+            log_lost(stop.skip(Err(Errno::EBADF)));
             return;
         };
         self.shim.backend_mut().lend_iommufd(ctx, file);
@@ -44,7 +49,11 @@ impl Supervisor {
             Err(e) => Err(e),
             Ok(ContainerStep::Native(pending)) => {
                 let (ctx, ioas, op) = pending.native();
-                let ran = self.shim.backend_mut().map_in_stopped_thread(&mut stop, ctx, ioas, op);
+                let ran = match self.shim.backend_mut().map_in_stopped_thread(&mut stop, ctx, ioas, op) {
+                    // Memory that cannot be pinned: a device region the program mapped?
+                    Err(Errno::EFAULT) => self.map_device_region(tid, ctx, ioas, op).unwrap_or(Err(Errno::EFAULT)),
+                    ran => ran,
+                };
                 self.shim.container_ioctl_finish(pending, Some(ran), &mut mem)
             }
         };
@@ -53,6 +62,32 @@ impl Supervisor {
 }
 
 impl Supervisor {
+    /// A MAP_DMA of a device region the program mapped (peer-to-peer): `None` when the range
+    /// is not one region of a device file of ours that the program still holds an fd of.
+    fn map_device_region(&mut self, tid: u32, ctx: IommufdId, ioas: IoasId, op: DmaOp) -> Option<Result<u64, Errno>> {
+        let DmaOp::Map { vaddr, length, .. } = op else {
+            return None;
+        };
+        let process = CallerProcess::open(tid).ok()?;
+        let vma = process.vma_at(vaddr).ok()??;
+        if !vma.has_file || vaddr.checked_add(length)? > vma.end {
+            return None;
+        }
+        let node = NodeId::from_maps(vma.dev.0, vma.dev.1, vma.inode);
+        let Some(Object::Device(handle, _)) = self.objects.get(node).cloned() else {
+            return None;
+        };
+        let (region, offset) = pci_region_of_offset(vma.offset + (vaddr - vma.start));
+        let file = Caller::new(tid).ok()?.find_file(node)?;
+        let backend = self.shim.backend_mut();
+        let inert = backend.lend_device_file(handle, file).ok()?;
+        let mapped = backend.map_device_region(ctx, ioas, handle, region, offset, op);
+        if let Err(e) = backend.lend_device_file(handle, inert) {
+            log::error!("supervisor: device file not given back: {e}");
+        }
+        Some(mapped)
+    }
+
     fn traced_kvm_call(&mut self, mut stop: Box<TraceStop>) {
         let (_, args) = stop.call();
         let tid = stop.tid().as_raw() as u32;
@@ -75,7 +110,7 @@ impl Supervisor {
 /// A thread killed while stopped reports its exit next; nothing else to do.
 fn log_lost(r: Result<(), nix::errno::Errno>) {
     if let Err(e) = r {
-        if e != nix::errno::Errno::ESRCH {
+        if e != Errno::ESRCH {
             log::warn!("supervisor: letting a traced thread go on: {e}");
         }
     }

@@ -212,7 +212,6 @@ impl KernelBackend {
     /// device, the region index and the offset in the region (vfio-pci encodes the region in
     /// the file offset: `index << VFIO_PCI_OFFSET_SHIFT`, 40).
     fn device_bar_at(&self, vaddr: u64, length: u64) -> Option<(DeviceHandle, u32, u64)> {
-        const VFIO_PCI_OFFSET_SHIFT: u32 = 40;
         let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
         let end = vaddr.checked_add(length)?;
         for line in maps.lines() {
@@ -229,8 +228,8 @@ impl KernelBackend {
             let offset = u64::from_str_radix(f.nth(1)?, 16).ok()? + (vaddr - start);
             let path = f.nth(2)?;
             let dev = self.devices.iter().find(|(_, d)| d.cdev == path).map(|(h, _)| *h)?;
-            let region = (offset >> VFIO_PCI_OFFSET_SHIFT) as u32;
-            return Some((dev, region, offset & ((1 << VFIO_PCI_OFFSET_SHIFT) - 1)));
+            let (region, offset) = vfio_device::pci_region_of_offset(offset);
+            return Some((dev, region, offset));
         }
         None
     }

@@ -24,6 +24,12 @@ pub struct NodeId {
 }
 
 impl NodeId {
+    /// The node of a file mapped at some address, as `/proc/<pid>/maps` names it: the device
+    /// numbers of its filesystem and its inode.
+    pub fn from_maps(major: u32, minor: u32, ino: u64) -> Self {
+        NodeId { dev: nix::sys::stat::makedev(u64::from(major), u64::from(minor)), ino }
+    }
+
     /// The identity of an open file (its inode), to look up among the nodes.
     pub fn of(file: BorrowedFd<'_>) -> Result<Self, Errno> {
         let st = fstat(file)?;

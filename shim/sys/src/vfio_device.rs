@@ -72,6 +72,13 @@ pub fn device_pci_hot_reset_cdev(device: BorrowedFd<'_>) -> Result<(), Errno> {
 }
 
 pub const VFIO_DEVICE_FEATURE_GET: u32 = 1 << 16;
+/// vfio-pci's region of a file offset of the device's file, and the offset in that region:
+/// it encodes the region in the offset, `index << VFIO_PCI_OFFSET_SHIFT` (40).
+pub fn pci_region_of_offset(offset: u64) -> (u32, u64) {
+    const VFIO_PCI_OFFSET_SHIFT: u32 = 40;
+    ((offset >> VFIO_PCI_OFFSET_SHIFT) as u32, offset & ((1 << VFIO_PCI_OFFSET_SHIFT) - 1))
+}
+
 /// `VFIO_DEVICE_FEATURE_DMA_BUF` (vfio.h, 7.3).
 pub const VFIO_DEVICE_FEATURE_DMA_BUF: u32 = 11;
 

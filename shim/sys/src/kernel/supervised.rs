@@ -67,6 +67,29 @@ impl KernelBackend {
         self.iommufd(ctx)?.try_clone_to_owned().map_err(|e| super::errno_of(&e))
     }
 
+    /// A map of a device region the program mapped (peer-to-peer DMA to a BAR: its pages
+    /// cannot be pinned, so the map of the thread's memory failed `EFAULT`): the device's
+    /// file, lent by the program, exports `[offset, offset + length)` of region `region` as a
+    /// dma-buf, which is mapped at `iova` (as the preload's fallback does for its own maps).
+    pub fn map_device_region(
+        &mut self,
+        ctx: IommufdId,
+        ioas: IoasId,
+        dev: DeviceHandle,
+        region: u32,
+        offset: u64,
+        op: DmaOp,
+    ) -> Result<u64, Errno> {
+        let DmaOp::Map { iova, length, prot, .. } = op else {
+            return Err(Errno::EINVAL);
+        };
+        let buf = crate::vfio_device::device_dma_buf(self.device(dev)?.fd.as_fd(), region, offset, length)?;
+        // SAFETY: a dma-buf of the device's own BAR, which the program mapped and asked to map
+        // for DMA (peer-to-peer, as type1 maps its PFNs).
+        unsafe { iommufd::ioas_map_file(self.iommufd(ctx)?, ioas.0, map_flags(prot), buf.as_fd(), 0, length, iova) }
+            .map(|_| 0)
+    }
+
     /// The file opened for KVM's VFIO device (`Backend::kvm_file_open`), to deliver to the
     /// program, whose own call names it to KVM.
     pub fn kvm_file(&self, file: KvmFile) -> Result<BorrowedFd<'_>, Errno> {
