@@ -17,6 +17,9 @@
 # Environment passed into the guest (for the preload later; unset for the type1 baseline):
 #   SELFTESTS_WRAP, QEMU_WRAP, DPDK_WRAP, RUSTVMM_WRAP
 #                                          command prefixes, e.g. "env LD_PRELOAD=/path/libvfio_shim_preload.so"
+#   SUPERVISOR_WRAP                        a second pass in the same boot: the selftests into
+#                                          <results-dir>/selftests-supervisor and QEMU 10.0's L2
+#                                          DMA into <results-dir>/qemu-supervisor under it
 #   SELFTESTS_ONLY, SELFTESTS_EXTRA, L2_DMA_RUNS, HOTPLUG_CYCLES, QEMU_SCENARIOS, QEMU_COMPAT_CPR
 #                                          see selftests.sh / qemu.sh
 # and everything vm.sh reads (VM_TIMEOUT, VM_KERNEL, ...).
@@ -33,9 +36,19 @@ if [ "${1:-}" = --guest ]; then
   bash "$here/qemu.sh" l2-dma-all "$results/qemu" "$results/qemu-trees" || rc=1
   bash "$here/qemu.sh" scenarios-all "$results/qemu" "$results/qemu-trees" || rc=1
   bash "$here/dpdk.sh" run "$results/dpdk-bin" "$results/dpdk" || rc=1
+  # The seccomp supervisor, in the same boot: the selftests again and QEMU 10.0's L2 DMA, each
+  # program under $SUPERVISOR_WRAP (vfio-shim run --supervise --).
+  if [ -n "${SUPERVISOR_WRAP:-}" ]; then
+    SELFTESTS_WRAP=$SUPERVISOR_WRAP bash "$here/selftests.sh" run "$results/selftests-bins" "$modes" \
+      "$results/selftests-supervisor" || rc=1
+    mkdir -p "$results/qemu-supervisor"
+    QEMU_TREES=$results/qemu-trees QEMU_WRAP=$SUPERVISOR_WRAP bash "$here/qemu.sh" l2-dma 10.0 "$VFIO_TEST_EDU" \
+      "$results/qemu-supervisor" >"$results/qemu-supervisor/l2-dma-10.0.txt" 2>&1 || rc=1
+  fi
   # The rust-vmm client, each build: "RUN <how>: exit <status>: <its last line>". Without a
   # wrapper (type1) both builds; with one, the dynamic build through it, and the static build
-  # through it and alone (LD_PRELOAD cannot reach it: refused, and failing without the shim).
+  # through it (vfio-shim run serves a static program with the supervisor) and alone (failing
+  # without the shim).
   b=$results/vfio-ioctls-edu-bin
   rustvmm() {   # <label> <command...>: runs it on the edu, one line
     local label=$1 out=$results/vfio-ioctls-edu.last st
@@ -69,7 +82,7 @@ bash "$here/dpdk.sh" fetch "$results/dpdk-bin"
 bash "$here/vfio-ioctls-edu/build.sh" "$results/vfio-ioctls-edu-bin"
 
 envs=()
-for v in SELFTESTS_WRAP QEMU_WRAP DPDK_WRAP RUSTVMM_WRAP SELFTESTS_ONLY SELFTESTS_EXTRA L2_DMA_RUNS HOTPLUG_CYCLES QEMU_SCENARIOS QEMU_COMPAT_CPR; do
+for v in SELFTESTS_WRAP QEMU_WRAP DPDK_WRAP RUSTVMM_WRAP SUPERVISOR_WRAP SELFTESTS_ONLY SELFTESTS_EXTRA L2_DMA_RUNS HOTPLUG_CYCLES QEMU_SCENARIOS QEMU_COMPAT_CPR; do
   [ -n "${!v:-}" ] && envs+=("$v=${!v}")
 done
 set +e

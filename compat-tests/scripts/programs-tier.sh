@@ -14,8 +14,10 @@
 #   5. a DPDK secondary (dpdk-proc-info) must open the primary's (testpmd) igb through the
 #      container and group fds it receives over SCM_RIGHTS, on type1 and through the shim;
 #   6. a rust-vmm client (vfio-ioctls + kvm-ioctls, compat-tests/programs/vfio-ioctls-edu)
-#      must move edu's DMA on type1 built both ways, and through the shim built dynamically;
-#      its static build is refused by `vfio-shim run` and fails alone (no supervisor yet).
+#      must move edu's DMA on type1 built both ways, and through `vfio-shim run` built both
+#      ways (the static build under the seccomp supervisor); its static build fails alone;
+#   7. the seccomp supervisor (`vfio-shim run --supervise`), in the shim boot: every selftest
+#      case as on type1, and QEMU 10.0's L2 DMA and BAR map.
 # Usage: programs-tier.sh [results-dir]   (default compat-tests/out/programs-tier; wiped)
 # The last line is "programs: N passed, M failed, K skipped".
 set -euo pipefail
@@ -38,6 +40,7 @@ QEMU_COMPAT_CPR=1 bash "$root/compat-tests/programs/run-vm.sh" full "$out/type1"
 type1_rc=$?
 echo "=== programs-tier: through the shim on the cdev-only kernel (vfio-shim run)" >&2
 SELFTESTS_WRAP="$run run --" QEMU_WRAP="$run run --" DPDK_WRAP="$run run --" RUSTVMM_WRAP="$run run --" \
+  SUPERVISOR_WRAP="$run run --supervise --" \
   bash "$root/compat-tests/programs/run-vm.sh" cdev-only "$out/shim" >"$out/shim.log" 2>&1
 shim_rc=$?
 set -e
@@ -51,8 +54,8 @@ out = pathlib.Path(sys.argv[1])
 root = pathlib.Path(sys.argv[2])
 passed = failed = skipped = 0
 
-def cases(side):
-    p = out / side / "selftests" / "summary.tsv"
+def cases(side, run="selftests"):
+    p = out / side / run / "summary.tsv"
     if not p.exists():
         return None
     rows = {}
@@ -83,6 +86,22 @@ else:
         print(f"{' / '.join(key):96} {a:>6} {b:>6}{mark}")
 
 print()
+# The supervisor's pass: each case as on type1.
+sv = cases("shim", "selftests-supervisor")
+if t1 is None or sv is None or not t1:
+    print("selftests under the supervisor: no summary")
+    failed += 1
+else:
+    same = [k for k in t1 if t1[k] == sv.get(k)]
+    diff = sorted(k for k in set(t1) | set(sv) if t1.get(k, "-") != sv.get(k, "-"))
+    ok = not diff
+    passed += ok
+    failed += not ok
+    print(f"selftests under the supervisor: {'pass' if ok else 'FAIL'} ({len(same)} cases as on type1"
+          f"{', ' + str(len(diff)) + ' differ' if diff else ''})")
+    for k in diff:
+        print(f"   {' / '.join(k)}: type1 {t1.get(k, '-')}, supervisor {sv.get(k, '-')}")
+print()
 for version in ("7.2", "10.0"):
     p = out / "shim" / "qemu" / f"l2-dma-{version}.txt"
     text = p.read_text() if p.exists() else ""
@@ -96,6 +115,16 @@ for version in ("7.2", "10.0"):
           f"({len(dma)} L2 DMA runs, {len(bar)} BAR maps)")
     for l in dma[:1] + bar[:1]:
         print("   " + l.strip())
+p = out / "shim" / "qemu-supervisor" / "l2-dma-10.0.txt"
+text = p.read_text() if p.exists() else ""
+dma = [l for l in text.splitlines() if l.strip().startswith("L2-DMA:") and not l.strip().startswith("L2-DMA: starting")]
+bar = [l for l in text.splitlines() if l.strip().startswith("L2-BAR-MAP:")]
+ok = bool(dma) and all(": ok" in l for l in dma) and bool(bar) and all(": ok" in l for l in bar)
+passed += ok
+failed += not ok
+print(f"QEMU 10.0 under the supervisor: {'pass' if ok else 'FAIL'} ({len(dma)} L2 DMA runs, {len(bar)} BAR maps)")
+for l in (dma[:1] + bar[:1]) or text.splitlines()[-5:]:
+    print("   " + l.strip())
 print()
 # QEMU's VFIO lifecycle scenarios (qemu_scenarios.py): each must pass in both, and every
 # observation through the shim must equal type1's unless docs/differences.md lists it (client
@@ -168,9 +197,9 @@ checks = (
      [t1r.get(k, "") for k in ("dynamic", "static")], lambda l: ": exit 0: VFIO-IOCTLS-EDU: ok" in l),
     ("rust-vmm client through vfio-shim run (dynamic)", [shr.get("dynamic, wrapped", "")],
      lambda l: ": exit 0: VFIO-IOCTLS-EDU: ok" in l),
-    ("rust-vmm client static: vfio-shim run refuses it", [shr.get("static, wrapped", "")],
-     lambda l: ": exit 126: " in l and "statically linked" in l),
-    ("rust-vmm client static, alone: fails (no legacy container, no supervisor yet)", [shr.get("static", "")],
+    ("rust-vmm client static through vfio-shim run (the supervisor)", [shr.get("static, wrapped", "")],
+     lambda l: ": exit 0: VFIO-IOCTLS-EDU: ok" in l),
+    ("rust-vmm client static, alone: fails (no legacy container)", [shr.get("static", "")],
      lambda l: ": exit 1: VFIO-IOCTLS-EDU: FAIL" in l),
 )
 for what, lines, good in checks:

@@ -20,7 +20,7 @@ use crate::target::Caller;
 use crate::Supervisor;
 
 /// What to do with a notified call.
-enum Answer {
+pub(crate) enum Answer {
     /// Return this to the caller.
     Result(Result<i64, Errno>),
     /// Install this file in the caller; its fd number is the call's result.
@@ -131,7 +131,8 @@ impl Supervisor {
         }
     }
 
-    fn ioctl(&mut self, caller: &Caller, fd: i32, req: u32, arg: u64) -> Answer {
+    /// An ioctl on fd `fd` of the caller: the core's answer for a file of ours.
+    pub(crate) fn ioctl(&mut self, caller: &Caller, fd: i32, req: u32, arg: u64) -> Answer {
         let (file, node) = match caller.file_and_node(fd) {
             Ok(found) => found,
             Err(Errno::EBADF) => return Answer::Result(Err(Errno::EBADF)),
@@ -229,10 +230,12 @@ impl Supervisor {
 
     /// The file for a `GET_DEVICE_FD`: the device's bound file, given to the program (type1
     /// installs device fds close-on-exec). A second grant while the program holds the file
-    /// is that same file again.
+    /// is that same file again; while only a mapping of a region holds it (no fd left), none
+    /// can be had: `EBADF` (docs/supervisor.md, limits).
     fn device_file(&mut self, caller: &Caller, grant: DeviceGrant) -> Answer {
         let file = match self.objects.device_node(grant.handle) {
-            Some(node) => caller.find_file(node).ok_or(Errno::EBADF),
+            // The program holds the device's file already (here or in another process).
+            Some(node) => crate::target::find_file_anywhere(caller, node).ok_or(Errno::EBADF),
             None => self.shim.backend_mut().hand_out_device(grant.handle),
         };
         let file = file.and_then(|f| Ok((NodeId::of(f.as_fd())?, f)));

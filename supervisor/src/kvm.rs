@@ -7,7 +7,7 @@
 use nix::errno::Errno;
 use vfio_shim::abi::{kvm_device_attr, KVM_DEV_VFIO_FILE, KVM_DEV_VFIO_FILE_ADD, KVM_DEV_VFIO_FILE_DEL};
 use vfio_shim_sys::ptrace::TraceStop;
-use vfio_shim_sys::seccomp::{Notification, DELIVERY_REQUEST};
+use vfio_shim_sys::seccomp::{Notification, DELIVERY_REQUEST, SUPERVISOR_MARK};
 use zerocopy::IntoBytes;
 
 use crate::objects::Object;
@@ -79,7 +79,8 @@ impl Supervisor {
             let mut scratch = attr.as_bytes().to_vec();
             scratch.extend_from_slice(&(fd as i32).to_ne_bytes());
             scratch.resize(32, 0);
-            let request = u64::from(vfio_shim::abi::KVM_SET_DEVICE_ATTR);
+            // Marked: the filter lets it run, with no second trace stop.
+            let request = SUPERVISOR_MARK | u64::from(vfio_shim::abi::KVM_SET_DEVICE_ATTR);
             let named = stop.run(libc::SYS_ioctl, &scratch, |at| [kvm_fd, request, at, 0, 0, 0], || Ok(()));
             let closed = stop.run(libc::SYS_close, &[], |_| [fd as u64, 0, 0, 0, 0, 0], || Ok(()));
             if !matches!(closed, Ok(0)) {

@@ -11,6 +11,7 @@ use vfio_shim_sys::ptrace::TraceStop;
 use vfio_shim_sys::remote_memory::RemoteMemory;
 use vfio_shim_sys::vfio_device::pci_region_of_offset;
 
+use crate::calls::Answer;
 use crate::kvm::KvmCall;
 use crate::objects::Object;
 use crate::target::Caller;
@@ -22,10 +23,13 @@ impl Supervisor {
         if args[1] as u32 == vfio_shim::abi::KVM_SET_DEVICE_ATTR {
             return self.traced_kvm_call(stop);
         }
-        let (fd, arg) = (args[0] as i32, args[2]);
+        let (fd, req, arg) = (args[0] as i32, args[1] as u32, args[2]);
         let tid = stop.tid().as_raw() as u32;
-        let found = Caller::new(tid).and_then(|caller| caller.file_and_node(fd));
-        let (file, node) = match found {
+        let Ok(caller) = Caller::new(tid) else {
+            log_lost(stop.resume());
+            return;
+        };
+        let (file, node) = match caller.file_and_node(fd) {
             Ok(found) => found,
             Err(e) => {
                 let r = if e == Errno::EBADF { stop.skip(Err(e)) } else { stop.resume() };
@@ -33,10 +37,25 @@ impl Supervisor {
                 return;
             }
         };
-        let Some(Object::Container(id)) = self.objects.get(node).cloned() else {
-            // Not a container of ours: the kernel's call, untouched.
-            log_lost(stop.resume());
-            return;
+        let id = match self.objects.get(node).cloned() {
+            Some(Object::Container(id)) => id,
+            // The same number on a group or device file (a device's PCI_HOT_RESET is MAP_DMA's
+            // number): answered as the listener answers it, from here.
+            Some(_) => {
+                drop(file);
+                let r = match self.ioctl(&caller, fd, req, arg) {
+                    Answer::Result(r) => stop.skip(r),
+                    Answer::Continue => stop.resume(),
+                    Answer::File(..) => stop.skip(Err(Errno::EIO)),
+                };
+                log_lost(r);
+                return;
+            }
+            // Not a file of ours: the kernel's call, untouched.
+            None => {
+                log_lost(stop.resume());
+                return;
+            }
         };
         let Some(ctx) = self.shim.container_iommufd(id) else {
             log_lost(stop.skip(Err(Errno::EBADF)));
@@ -78,7 +97,7 @@ impl Supervisor {
             return None;
         };
         let (region, offset) = pci_region_of_offset(vma.offset + (vaddr - vma.start));
-        let file = Caller::new(tid).ok()?.find_file(node)?;
+        let file = crate::target::find_file_anywhere(&Caller::new(tid).ok()?, node)?;
         let backend = self.shim.backend_mut();
         let inert = backend.lend_device_file(handle, file).ok()?;
         let mapped = backend.map_device_region(ctx, ioas, handle, region, offset, op);

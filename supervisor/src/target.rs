@@ -68,3 +68,27 @@ impl Caller {
             .map(|(file, _)| file)
     }
 }
+
+/// The file of `node` from any supervised process that holds an fd of it (this one's tracees,
+/// by `TracerPid` in `/proc/<pid>/status`), the caller's first: a device file one process
+/// holds while another asks for the device (`GET_DEVICE_FD` after `SCM_RIGHTS`, fork).
+pub(crate) fn find_file_anywhere(caller: &Caller, node: NodeId) -> Option<OwnedFd> {
+    if let Some(file) = caller.find_file(node) {
+        return Some(file);
+    }
+    let me = std::process::id().to_string();
+    let pids = std::fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok());
+    for pid in pids {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let traced_by_us = status.lines().any(|l| l.strip_prefix("TracerPid:").is_some_and(|v| v.trim() == me));
+        if !traced_by_us || pid == caller.tid {
+            continue;
+        }
+        if let Some(file) = Caller::new(pid).ok().and_then(|c| c.find_file(node)) {
+            return Some(file);
+        }
+    }
+    None
+}

@@ -10,11 +10,14 @@ use nix::errno::Errno;
 /// `AUDIT_ARCH_X86_64` (include/uapi/linux/audit.h): `EM_X86_64 | __AUDIT_ARCH_64BIT |
 /// __AUDIT_ARCH_LE`.
 const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
-/// VFIO's ioctl type and the range of its command numbers (`VFIO_BASE` 100 up to iommufd's
-/// first, 0x80, which shares the type): include/uapi/linux/vfio.h, iommufd.h.
+/// VFIO's ioctl type, which iommufd shares (include/uapi/linux/vfio.h, iommufd.h).
 const VFIO_TYPE: u32 = b';' as u32;
-const VFIO_NR_FIRST: u32 = 100;
-const VFIO_NR_END: u32 = 0x80;
+
+/// The upper 32 bits of the requests the supervisor makes a supervised thread issue itself
+/// (the rewritten map, the KVM request naming a file): the kernel's `ioctl` takes an
+/// `unsigned int` request and never sees them; the filter lets such a request run. A program
+/// that sets them only makes its own call reach the kernel unserved.
+pub const SUPERVISOR_MARK: u64 = 0x7666_7368 << 32;
 
 /// Offsets in `struct seccomp_data`.
 const DATA_NR: u32 = 0;
@@ -22,6 +25,8 @@ const DATA_ARCH: u32 = 4;
 /// The low 32 bits of `args[1]` (little-endian): the kernel's `ioctl` takes an `unsigned int`
 /// request, so those bits are the request it acts on, whatever the upper half holds.
 const DATA_ARG1_LOW: u32 = 16 + 8;
+/// Its upper 32 bits: [`SUPERVISOR_MARK`].
+const DATA_ARG1_HIGH: u32 = 16 + 12;
 
 /// A classic BPF program for `SECCOMP_SET_MODE_FILTER`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,15 +41,17 @@ fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
 }
 
 impl FilterProgram {
-    /// The supervisor's filter: `open`, `openat`, `openat2`, VFIO ioctls (`;`, 100..=127) and
-    /// `KVM_SET_DEVICE_ATTR` go to the listener; the requests in `trace` to the tracer
-    /// (`SECCOMP_RET_TRACE`: they need the caller's own context, see docs/supervisor.md);
-    /// everything else runs. A call of another architecture (`int 0x80`) runs untouched: its
-    /// numbers are another table's.
+    /// The supervisor's filter: `open`, `openat`, `openat2`, every ioctl of VFIO's and
+    /// iommufd's type `;` (a container is an iommufd, and type1 answers every request on its
+    /// file) and `KVM_SET_DEVICE_ATTR` go to the listener; the requests in `trace` to the
+    /// tracer (`SECCOMP_RET_TRACE`: they need the caller's own context, see
+    /// docs/supervisor.md); a request marked [`SUPERVISOR_MARK`] and everything else runs. A
+    /// call of another architecture (`int 0x80`) runs untouched: its numbers are another
+    /// table's.
     pub fn supervisor(trace: &[u32]) -> Self {
         use libc::{
-            BPF_ABS, BPF_ALU, BPF_AND, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_RSH, BPF_W,
-            SECCOMP_RET_ALLOW, SECCOMP_RET_TRACE, SECCOMP_RET_USER_NOTIF,
+            BPF_ABS, BPF_ALU, BPF_AND, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_RSH, BPF_W, SECCOMP_RET_ALLOW,
+            SECCOMP_RET_TRACE, SECCOMP_RET_USER_NOTIF,
         };
         let notify = [libc::SYS_open, libc::SYS_openat, libc::SYS_openat2];
         let mut p = vec![
@@ -59,7 +66,10 @@ impl FilterProgram {
         }
         p.push(jump(BPF_JMP | BPF_JEQ | BPF_K, libc::SYS_ioctl as u32, 1, 0));
         p.push(stmt(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
-        // ioctl: the requests traced, then KVM_SET_DEVICE_ATTR, then VFIO's range.
+        // ioctl: the supervisor's own, the requests traced, KVM_SET_DEVICE_ATTR, type ';'.
+        p.push(stmt(BPF_LD | BPF_W | BPF_ABS, DATA_ARG1_HIGH));
+        p.push(jump(BPF_JMP | BPF_JEQ | BPF_K, (SUPERVISOR_MARK >> 32) as u32, 0, 1));
+        p.push(stmt(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
         for &request in trace {
             p.push(stmt(BPF_LD | BPF_W | BPF_ABS, DATA_ARG1_LOW));
             p.push(jump(BPF_JMP | BPF_JEQ | BPF_K, request, 0, 1));
@@ -71,13 +81,7 @@ impl FilterProgram {
         // (request >> 8) & 0xff == ';'
         p.push(stmt(BPF_ALU | BPF_RSH | BPF_K, 8));
         p.push(stmt(BPF_ALU | BPF_AND | BPF_K, 0xff));
-        p.push(jump(BPF_JMP | BPF_JEQ | BPF_K, VFIO_TYPE, 1, 0));
-        p.push(stmt(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
-        // 100 <= (request & 0xff) < 0x80
-        p.push(stmt(BPF_LD | BPF_W | BPF_ABS, DATA_ARG1_LOW));
-        p.push(stmt(BPF_ALU | BPF_AND | BPF_K, 0xff));
-        p.push(jump(BPF_JMP | BPF_JGE | BPF_K, VFIO_NR_END, 2, 0));
-        p.push(jump(BPF_JMP | BPF_JGE | BPF_K, VFIO_NR_FIRST, 0, 1));
+        p.push(jump(BPF_JMP | BPF_JEQ | BPF_K, VFIO_TYPE, 0, 1));
         p.push(stmt(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF));
         p.push(stmt(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
         FilterProgram(p)

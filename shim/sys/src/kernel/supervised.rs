@@ -147,8 +147,10 @@ impl KernelBackend {
         native.extend_from_slice(&vaddr.to_ne_bytes());
         native.extend_from_slice(&length.to_ne_bytes());
         native.extend_from_slice(&iova.to_ne_bytes());
-        let ran =
-            stop.run_instead(libc::SYS_ioctl, &native, |at| [fd, u64::from(iommufd::IOMMU_IOAS_MAP), at, 0, 0, 0])?;
+        // Marked: the filter lets the thread's own IOAS_MAP run (seccomp::SUPERVISOR_MARK).
+        let ran = stop.run_instead(libc::SYS_ioctl, &native, |at| {
+            [fd, crate::seccomp::SUPERVISOR_MARK | u64::from(iommufd::IOMMU_IOAS_MAP), at, 0, 0, 0]
+        })?;
         if ran < 0 {
             return Err(Errno::from_raw(-ran as i32));
         }

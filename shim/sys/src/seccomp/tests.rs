@@ -8,8 +8,8 @@ use std::os::fd::{AsFd, FromRawFd};
 const VFIO_GET_API_VERSION: u32 = 0x3b64; // _IO(';', 100)
 const VFIO_CHECK_EXTENSION: u32 = 0x3b65; // _IO(';', 101)
 const VFIO_IOMMU_MAP_DMA: u32 = 0x3b71; // _IO(';', 113)
-const IOMMU_IOAS_ALLOC: u32 = 0x3b81; // _IO(';', 0x81): iommufd's, never sent
-const RESULTS: usize = 7;
+const IOMMU_IOAS_ALLOC: u32 = 0x3b81; // _IO(';', 0x81): iommufd's, sent unless marked
+const RESULTS: usize = 8;
 
 fn errno_or(rc: libc::c_long) -> i64 {
     if rc < 0 {
@@ -35,7 +35,8 @@ fn child(program: &FilterProgram, report: RawFd) -> ! {
         out[1] = errno_or(libc::syscall(libc::SYS_ioctl, vfio, VFIO_GET_API_VERSION as libc::c_ulong));
         // the request's upper 32 bits are not the kernel's: still a VFIO call
         out[2] = errno_or(libc::syscall(libc::SYS_ioctl, vfio, 0xdead_0000_0000_0000u64 | VFIO_CHECK_EXTENSION as u64));
-        out[3] = errno_or(libc::syscall(libc::SYS_ioctl, vfio, IOMMU_IOAS_ALLOC as libc::c_ulong, 0usize));
+        out[3] = errno_or(libc::syscall(libc::SYS_ioctl, vfio, SUPERVISOR_MARK | IOMMU_IOAS_ALLOC as u64, 0usize));
+        out[7] = errno_or(libc::syscall(libc::SYS_ioctl, vfio, IOMMU_IOAS_ALLOC as libc::c_ulong, 0usize));
         out[4] = errno_or(libc::syscall(libc::SYS_ioctl, vfio, VFIO_IOMMU_MAP_DMA as libc::c_ulong, 0usize));
         let other = libc::open(c"/proc/self/stat".as_ptr(), libc::O_RDONLY);
         out[5] = errno_or(other as libc::c_long);
@@ -93,6 +94,10 @@ fn the_filter_sends_vfio_calls_and_opens_and_lets_the_rest_run() {
     let n = listener.receive().unwrap();
     assert_eq!(n.args[1] as u32, VFIO_CHECK_EXTENSION);
     listener.answer(n.id, Err(Errno::EINVAL)).unwrap();
+    // iommufd's IOAS_ALLOC, unmarked: notified (the container is an iommufd), answered EPERM
+    let n = listener.receive().unwrap();
+    assert_eq!(n.args[1], IOMMU_IOAS_ALLOC as u64);
+    listener.answer(n.id, Err(Errno::EPERM)).unwrap();
     // /proc/self/stat: notified (every open is), continued: the kernel opens it
     let n = listener.receive().unwrap();
     assert_eq!(n.nr, libc::SYS_openat);
@@ -105,7 +110,8 @@ fn the_filter_sends_vfio_calls_and_opens_and_lets_the_rest_run() {
     assert_eq!(out[0], fd as i64, "open got the installed fd");
     assert_eq!(out[1], 7, "GET_API_VERSION got the answer");
     assert_eq!(out[2], -(Errno::EINVAL as i64), "CHECK_EXTENSION got the errno");
-    assert_eq!(out[3], -(Errno::ENOTTY as i64), "iommufd's request ran: /dev/null does not know it");
+    assert_eq!(out[3], -(Errno::ENOTTY as i64), "the marked request ran: /dev/null does not know it");
+    assert_eq!(out[7], -(Errno::EPERM as i64), "the unmarked one got the answer");
     assert_eq!(out[4], -(Errno::ENOSYS as i64), "MAP_DMA traced, and no tracer: ENOSYS");
     assert!(out[5] >= 0, "the continued open ran: {}", out[5]);
     assert_eq!(out[6], 256 + 3, "the installed fd is /dev/null (1:3)");
