@@ -118,6 +118,14 @@ else
     $(printf %q "$clients/qemu_like") $(printf %q "$results/$k/trace") >$(printf %q "$results/$k/trace.log") 2>&1
 fi
 [ $k = cdev-only ] && bash $(printf %q "$root/compat-tests/kernel-facts/run.sh") guest $(printf %q "$facts")
+# The static clients alone, without the supervisor: each must fail (no legacy container here).
+if [ $k = cdev-only ]; then
+  for c in $(printf %q "$clients/static")/*; do
+    [ -f "\$c" ] && [ -x "\$c" ] || continue
+    timeout 60 "\$c" >/dev/null 2>$(printf %q "$results/$k/static-alone.err"); st=\$?
+    echo "\$(basename "\$c") \$st \$(tail -n1 $(printf %q "$results/$k/static-alone.err"))"
+  done >$(printf %q "$results/$k/static-alone.txt")
+fi
 $(printf %q "$compat") run --kernel $k --clients $(printf %q "$clients") --out $(printf %q "$results") \
   --preload $(printf %q "$preload") --vfio-shim $(printf %q "$root/target/release/vfio-shim") \
   --timeout ${VFIO_SHIM_CLIENT_TIMEOUT:-300}
@@ -156,6 +164,19 @@ for k in $kernels; do
 done
 if [[ " $kernels " == *" cdev-only "* ]]; then
   bash "$root/compat-tests/kernel-facts/run.sh" judge "$facts" || failed=1
+fi
+# Without the supervisor the static clients must fail on the cdev-only kernel, as they did
+# before it existed (they reach /dev/vfio/vfio, which is not there).
+if [[ " $kernels " == *" cdev-only "* ]]; then
+  alone=$results/cdev-only/static-alone.txt
+  n=$(grep -c . "$alone" 2>/dev/null || true)
+  bad=$(awk '$2 == 0' "$alone" 2>/dev/null | wc -l)
+  if [ "${n:-0}" -gt 0 ] && [ "$bad" = 0 ]; then
+    echo "static clients alone (cdev-only, no supervisor): pass (all $n fail, e.g. $(head -n1 "$alone"))"
+  else
+    failed=1
+    echo "static clients alone (cdev-only, no supervisor): FAIL ($n run, $bad exited 0; $alone)"
+  fi
 fi
 if [ -d "$results/full/trace" ] && [ -d "$results/cdev-only/trace" ]; then
   python3 "$root/compat-tests/trace/check.py" compare "$results/full/trace" "$results/cdev-only/trace" || failed=1

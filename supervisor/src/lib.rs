@@ -82,7 +82,6 @@ impl Supervisor {
                     Err(e) => return Err(e),
                 }
             }
-            self.releases();
             self.park_idle_contexts();
             let (notified, released, tasks) = {
                 let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
