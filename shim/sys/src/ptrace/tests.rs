@@ -1,6 +1,6 @@
 //! A call rewritten at a seccomp trace stop, against the host's kernel: a forked child makes
-//! a traced ioctl, this test runs a `write` of scratch bytes in its place, then sets the
-//! ioctl's result; a second traced ioctl is skipped with an errno.
+//! a traced ioctl, this test runs a `write` of scratch bytes in its place and another from its
+//! exit, then sets the ioctl's result; a second traced ioctl is skipped with an errno.
 
 use super::*;
 use crate::seccomp::{install_with_listener, FilterProgram};
@@ -98,6 +98,12 @@ fn a_traced_call_runs_another_call_then_returns_the_chosen_result() {
     // SAFETY: an 8-byte buffer.
     assert_eq!(unsafe { libc::read(scratch_read.as_raw_fd(), got.as_mut_ptr().cast(), 8) }, 8);
     assert_eq!(&got, b"scratch!", "from the copy below the child's red zone");
+    // Then another call from that call's exit: the thread runs its syscall instruction again.
+    let again = stop.run(libc::SYS_write, b"again!!!", |at| [scratch[1] as u64, at, 8, 0, 0, 0], || Ok(())).unwrap();
+    assert_eq!(again, 8, "the second write ran in the child");
+    // SAFETY: an 8-byte buffer.
+    assert_eq!(unsafe { libc::read(scratch_read.as_raw_fd(), got.as_mut_ptr().cast(), 8) }, 8);
+    assert_eq!(&got, b"again!!!");
     stop.finish(Ok(1234)).unwrap();
 
     // Second: skipped with EPERM.
