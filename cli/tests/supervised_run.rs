@@ -34,4 +34,38 @@ fn a_static_program_runs_under_the_supervisor() {
     assert_eq!(code, 0, "stderr: {err}");
     assert_eq!(out, "read\nrefused\n", "stderr: {err}");
     assert!(err.contains("No such file") || err.contains("no such file"), "the shim's ENOENT: {err}");
+    // It runs with its caller's signal mask, not the supervisor's (which blocks SIGCHLD and the
+    // signals it passes on).
+    let mask = |status: &str| status.lines().find(|l| l.starts_with("SigBlk:")).map(str::to_owned);
+    let ours = mask(&std::fs::read_to_string("/proc/self/status").unwrap());
+    let (code, out, err) = run("exec /bin/busybox cat /proc/self/status");
+    assert_eq!(code, 0, "stderr: {err}");
+    assert_eq!(mask(&out), ours);
+}
+
+#[test]
+fn a_signal_sent_to_vfio_shim_reaches_the_supervised_program() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: the supervisor needs root");
+        return;
+    }
+    // What a service manager or libvirt does to stop the command it started: SIGTERM to its pid.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vfio-shim"))
+        .args(["run", "--", "/bin/busybox", "sh", "-c"])
+        .arg("trap 'echo term; exit 3' TERM; echo ready; while :; do sleep 0.1; done")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("vfio-shim runs");
+    let mut out = BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "term\n", "the program's own handler ran");
+    assert_eq!(child.wait().unwrap().code(), Some(3), "its status is the command's");
 }

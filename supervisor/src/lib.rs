@@ -42,9 +42,10 @@ pub(crate) struct Supervisor {
 pub fn run(path: &Path, argv: &[CString], envp: &[CString]) -> Result<i32, Errno> {
     use std::os::unix::ffi::OsStrExt;
     let path = CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
-    let events = ChildEvents::new()?;
     let filter = FilterProgram::supervisor(&[vfio_shim::abi::VFIO_IOMMU_MAP_DMA, vfio_shim::abi::KVM_SET_DEVICE_ATTR]);
     let started = vfio_shim_sys::supervised_start::start(&path, argv, envp, &filter)?;
+    // After the start: the program runs with its caller's signal mask, not ours.
+    let events = ChildEvents::new()?;
     // After the fork: the program keeps the system's mount namespace.
     std::fs::create_dir_all(NODE_DIR).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc_eio())))?;
     let nodes = Arc::new(Mutex::new(PrivateNodes::create(Path::new(NODE_DIR))?));
@@ -98,7 +99,9 @@ impl Supervisor {
                 (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]))
             };
             if tasks {
-                events.drain();
+                for sig in events.forwarded() {
+                    events.forward(first, sig);
+                }
             }
             if released {
                 self.releases();

@@ -187,19 +187,32 @@ pub fn next_event(block: bool) -> Result<Option<TraceEvent>, Errno> {
     }
 }
 
-/// A file that polls readable when a supervised task has something to report (`SIGCHLD`,
-/// blocked for the process and read through a signalfd), so one `poll` waits for tasks,
-/// notifications and releases together.
+/// A file that polls readable when a supervised task has something to report (`SIGCHLD`) or
+/// a signal came for the program (see [`ChildEvents::forwarded`]): both blocked for the
+/// process and read through a signalfd, so one `poll` waits for tasks, notifications and
+/// releases together.
 #[derive(Debug)]
 pub struct ChildEvents(nix::sys::signalfd::SignalFd);
 
+/// The signals a supervisor passes on to the program: what a service manager, libvirt or a
+/// user sends the command's pid to stop or steer the program behind it.
+const FORWARDED: [nix::sys::signal::Signal; 6] = {
+    use nix::sys::signal::Signal::*;
+    [SIGTERM, SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2]
+};
+
 impl ChildEvents {
-    /// Blocks `SIGCHLD` in the calling thread (the supervisor's only one) and opens the fd.
+    /// Blocks `SIGCHLD` and the forwarded signals in the calling thread (the supervisor's only
+    /// one) and opens the fd. Call it after the program started: a mask is inherited through
+    /// fork and exec, and the program must run with its caller's.
     pub fn new() -> Result<Self, Errno> {
         use nix::sys::signal::{SigSet, Signal};
         use nix::sys::signalfd::{SfdFlags, SignalFd};
         let mut set = SigSet::empty();
         set.add(Signal::SIGCHLD);
+        for sig in FORWARDED {
+            set.add(sig);
+        }
         set.thread_block()?;
         Ok(ChildEvents(SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?))
     }
@@ -209,9 +222,31 @@ impl ChildEvents {
         self.0.as_fd()
     }
 
-    /// Empties the fd: the events themselves are read with [`next_event`].
-    pub fn drain(&mut self) {
-        while let Ok(Some(_)) = self.0.read_signal() {}
+    /// Empties the fd (task events themselves are read with [`next_event`]) and returns the
+    /// signals another process sent the supervisor, to pass on to the program. One the kernel
+    /// sent (a terminal's ^C goes to the whole foreground process group, the program
+    /// included) is not passed on again.
+    pub fn forwarded(&mut self) -> Vec<nix::sys::signal::Signal> {
+        let mut out = Vec::new();
+        while let Ok(Some(info)) = self.0.read_signal() {
+            let Ok(sig) = nix::sys::signal::Signal::try_from(info.ssi_signo as i32) else {
+                continue;
+            };
+            // SI_USER (kill), SI_QUEUE (sigqueue), SI_TKILL (tgkill): a process sent it.
+            let from_process = matches!(info.ssi_code, libc::SI_USER | libc::SI_QUEUE | libc::SI_TKILL);
+            if FORWARDED.contains(&sig) && from_process {
+                out.push(sig);
+            }
+        }
+        out
+    }
+
+    /// Passes `sig` on to process `pid`.
+    pub fn forward(&self, pid: Pid, sig: nix::sys::signal::Signal) {
+        match nix::sys::signal::kill(pid, sig) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(e) => log::warn!("supervisor: passing {sig} on to {pid}: {e}"),
+        }
     }
 }
 
