@@ -13,6 +13,7 @@
 #        VFIO_SHIM_KERNELS     which kernels to boot (default "full cdev-only")
 #        VFIO_SHIM_CLIENT_TIMEOUT  per-client timeout in the guest, seconds (default 300)
 #        VFIO_EXPLORE_SEQS, VFIO_EXPLORE_SEED  the explorer's budget and seed (2000, 1)
+#        VFIO_SHIM_SERIAL_BOOTS=1  boot the kernels one after the other (default: side by side)
 #        plus vm.sh's VM_* variables.
 # Exit status: 0 only if every kernel booted, the kernel-backend test and the doctor check
 # passed on each, the kernel facts held, and `vfio-shim-compat compare` passed. The last line printed is compare's
@@ -130,11 +131,26 @@ $(printf %q "$compat") run --kernel $k --clients $(printf %q "$clients") --out $
   --preload $(printf %q "$preload") --vfio-shim $(printf %q "$root/target/release/vfio-shim") \
   --timeout ${VFIO_SHIM_CLIENT_TIMEOUT:-300}
 EOF
+done
+# The two boots are independent (each kernel's guest writes only under $results/<kernel>), so
+# they run side by side, one TCG vCPU each on the machine's cores; VFIO_SHIM_SERIAL_BOOTS=1 runs
+# them one after the other. Each boot's output is printed when it ends.
+declare -A vm_pid
+for k in $kernels; do
   phase "boot $k"
+  bash "$here/vm.sh" "$k" "$results" -- bash "$results/$k/guest.sh" </dev/null >"$results/boot-$k.log" 2>&1 &
+  vm_pid[$k]=$!
+  if [ "${VFIO_SHIM_SERIAL_BOOTS:-0}" = 1 ]; then
+    wait "${vm_pid[$k]}" || true
+  fi
+done
+for k in $kernels; do
   set +e
-  bash "$here/vm.sh" "$k" "$results" -- bash "$gscript" </dev/null
+  wait "${vm_pid[$k]}"
   vm_rc[$k]=$?
   set -e
+  phase "$k guest ended (rc=${vm_rc[$k]})"
+  cat "$results/boot-$k.log" >&2
   [ "${vm_rc[$k]}" = 0 ] || failed=1
 done
 

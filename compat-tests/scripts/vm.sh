@@ -50,13 +50,18 @@ vstderr=$results/vm-$variant.stderr
 # --- virtme-ng in a private venv (idempotent) --------------------------------------------------
 venv=$cache/venv
 vng_version=1.42
+# Under a lock: boots may start side by side (vm-tier.sh), and only one may install.
+mkdir -p "$cache"
+exec 9>"$cache/venv.lock"
+flock 9
 if [ ! -x "$venv/bin/vng" ] || [ ! -f "$venv/.virtme-ng-$vng_version" ]; then
   echo "vm.sh: installing virtme-ng $vng_version into $venv" >&2
-  mkdir -p "$cache"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "virtme-ng==$vng_version" >&2
   touch "$venv/.virtme-ng-$vng_version"
 fi
+flock -u 9
+exec 9>&-
 export PATH=$venv/bin:$PATH   # vng runs virtme-run from PATH
 
 # --- kernel ---------------------------------------------------------------------------------------
