@@ -22,6 +22,9 @@
 #                                          DMA into <results-dir>/qemu-supervisor under it
 #   SELFTESTS_ONLY, SELFTESTS_EXTRA, L2_DMA_RUNS, HOTPLUG_CYCLES, QEMU_SCENARIOS, QEMU_COMPAT_CPR
 #                                          see selftests.sh / qemu.sh
+#   RUN_VM_PREPARE_ONLY=1, RUN_VM_PREPARED=1
+#                                          only the host side (builds, downloads, staging into
+#                                          <results-dir>), or all but it
 # and everything vm.sh reads (VM_TIMEOUT, VM_KERNEL, ...).
 # `run-vm.sh --guest <results-dir> <modes>` is the part that runs inside the guest.
 set -euo pipefail
@@ -75,11 +78,16 @@ fi
 variant=$1 results=$2 modes=${3:-type1}
 mkdir -p "$results"; results=$(cd "$results" && pwd)
 
-bash "$here/selftests.sh" build "$results/selftests-bins"
-bash "$here/qemu.sh" fetch >/dev/null
-bash "$here/qemu.sh" stage "$results/qemu-trees" >/dev/null
-bash "$here/dpdk.sh" fetch "$results/dpdk-bin"
-bash "$here/vfio-ioctls-edu/build.sh" "$results/vfio-ioctls-edu-bin"
+# The host side (builds and downloads into shared caches): RUN_VM_PREPARED=1 skips it when a
+# RUN_VM_PREPARE_ONLY=1 call made it already, so two boots can then run side by side.
+if [ "${RUN_VM_PREPARED:-0}" != 1 ]; then
+  bash "$here/selftests.sh" build "$results/selftests-bins"
+  bash "$here/qemu.sh" fetch >/dev/null
+  bash "$here/qemu.sh" stage "$results/qemu-trees" >/dev/null
+  bash "$here/dpdk.sh" fetch "$results/dpdk-bin"
+  bash "$here/vfio-ioctls-edu/build.sh" "$results/vfio-ioctls-edu-bin"
+fi
+[ "${RUN_VM_PREPARE_ONLY:-0}" = 1 ] && exit 0
 
 envs=()
 for v in SELFTESTS_WRAP QEMU_WRAP DPDK_WRAP RUSTVMM_WRAP SUPERVISOR_WRAP SELFTESTS_ONLY SELFTESTS_EXTRA L2_DMA_RUNS HOTPLUG_CYCLES QEMU_SCENARIOS QEMU_COMPAT_CPR; do
