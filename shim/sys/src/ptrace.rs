@@ -161,7 +161,7 @@ pub enum TraceEvent {
 
 /// The next event of any supervised task: `None` when none is pending (`block == false`),
 /// `ECHILD` once no task is left. New threads and processes, execs and group-stops are let go
-/// on; a signal is delivered as it was sent. (A job-control stop does not stop a supervised
+/// on, and a task about to exit is detached (its exit then reaches only its parent); a signal is delivered as it was sent. (A job-control stop does not stop a supervised
 /// program: its group-stop is continued; docs/supervisor.md, limits.)
 pub fn next_event(block: bool) -> Result<Option<TraceEvent>, Errno> {
     let mut flags = WaitPidFlag::__WALL;
@@ -179,6 +179,13 @@ pub fn next_event(block: bool) -> Result<Option<TraceEvent>, Errno> {
                 // Killed meanwhile: its exit is the next event.
                 Err(Errno::ESRCH) => continue,
                 Err(e) => return Err(e),
+            },
+            // A task about to exit is let go: its parent must be able to wait for it as soon as
+            // it is gone (a tracer holds a traced task's exit back from its parent until it has
+            // seen it: the kselftest harness polls the child's pidfd, then waits WNOHANG).
+            WaitStatus::PtraceEvent(pid, _, libc::PTRACE_EVENT_EXIT) => match ptrace::detach(pid, None) {
+                Ok(()) | Err(Errno::ESRCH) => {}
+                Err(e) => log::warn!("ptrace: cannot let exiting {pid} go: {e}"),
             },
             WaitStatus::PtraceEvent(pid, _, _) | WaitStatus::PtraceSyscall(pid) => go_on(pid, None),
             WaitStatus::Stopped(pid, sig) => go_on(pid, Some(sig)),

@@ -69,6 +69,7 @@ pub fn start(path: &CString, argv: &[CString], envp: &[CString], filter: &Filter
             | Options::PTRACE_O_TRACEFORK
             | Options::PTRACE_O_TRACEVFORK
             | Options::PTRACE_O_TRACEEXEC
+            | Options::PTRACE_O_TRACEEXIT
             | Options::PTRACE_O_EXITKILL;
         ptrace::seize(pid, options)?;
         kill(pid, Signal::SIGCONT)?;
