@@ -71,7 +71,12 @@ impl Supervisor {
             // Tasks first: a traced MAP waits in a stop, and exits end the loop.
             loop {
                 match next_event(false) {
-                    Ok(Some(TraceEvent::Seccomp(stop))) => self.traced_call(stop),
+                    Ok(Some(TraceEvent::Seccomp(stop))) => {
+                        // A file the caller closed before this call is released first, as
+                        // the kernel released it (close runs the release before returning).
+                        self.releases();
+                        self.traced_call(stop)
+                    }
                     Ok(Some(TraceEvent::Exited(pid, code))) if pid == first => status = Some(code),
                     Ok(Some(TraceEvent::Killed(pid, sig))) if pid == first => status = Some(128 + sig),
                     Ok(Some(_)) => {}
@@ -108,7 +113,10 @@ impl Supervisor {
             }
             if notified {
                 match self.listener.receive() {
-                    Ok(call) => self.notified_call(call),
+                    Ok(call) => {
+                        self.releases();
+                        self.notified_call(call)
+                    }
                     // The caller went away (killed, or a signal restarted its call).
                     Err(Errno::ENOENT) | Err(Errno::EINTR) => {}
                     Err(e) => return Err(e),
