@@ -51,6 +51,7 @@ impl Supervisor {
     }
 
     fn answer(&mut self, caller: &Caller, call: &Notification) -> Answer {
+        self.checks_of(caller.tid);
         let a = call.args;
         match call.nr {
             n if n == libc::SYS_open => self.open(caller, a[0], a[1] as i32),
@@ -249,6 +250,17 @@ impl Supervisor {
                 Answer::Result(Err(e))
             }
         }
+    }
+}
+
+impl Supervisor {
+    /// The no-IOMMU checks (`CAP_SYS_RAWIO`, the kernel's `capable()`) ask thread `tid`, the
+    /// caller of the call being served, not the supervisor.
+    pub(crate) fn checks_of(&mut self, tid: u32) {
+        use vfio_shim_sys::privileges::{sets_of, CAP_SYS_RAWIO};
+        self.shim.backend_mut().rawio_of(Some(Box::new(move || {
+            sets_of(tid as libc::pid_t).is_ok_and(|(effective, _)| effective & (1 << CAP_SYS_RAWIO) != 0)
+        })));
     }
 }
 

@@ -29,6 +29,7 @@ impl Supervisor {
             log_lost(stop.resume());
             return;
         };
+        self.checks_of(tid);
         let (file, node) = match caller.file_and_node(fd) {
             Ok(found) => found,
             Err(e) => {
