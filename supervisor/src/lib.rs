@@ -47,7 +47,7 @@ pub fn run(path: &Path, argv: &[CString], envp: &[CString]) -> Result<i32, Errno
     // After the start: the program runs with its caller's signal mask, not ours.
     let events = ChildEvents::new()?;
     // After the fork: the program keeps the system's mount namespace.
-    std::fs::create_dir_all(NODE_DIR).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc_eio())))?;
+    std::fs::create_dir_all(NODE_DIR).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(Errno::EIO as i32)))?;
     let nodes = Arc::new(Mutex::new(PrivateNodes::create(Path::new(NODE_DIR))?));
     let mut backend = KernelBackend::new();
     let opener_nodes = Arc::clone(&nodes);
@@ -58,10 +58,6 @@ pub fn run(path: &Path, argv: &[CString], envp: &[CString]) -> Result<i32, Errno
     let shim = Shim::with_config(backend, vfio_shim_sys::type1_params::config_or_default());
     let mut sup = Supervisor { shim, nodes, objects: Objects::default(), listener: started.listener };
     sup.serve(started.pid, events)
-}
-
-fn libc_eio() -> i32 {
-    Errno::EIO as i32
 }
 
 impl Supervisor {

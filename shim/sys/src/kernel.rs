@@ -290,16 +290,31 @@ impl KernelBackend {
         match ran {
             Err(Errno::EFAULT) => match self.device_bar_at(vaddr, length) {
                 Some((dev, region, offset)) => {
-                    let buf = vfio_device::device_dma_buf(self.device(dev)?.fd.as_fd(), region, offset, length)?;
-                    // SAFETY: a dma-buf of the device's own BAR, which the application mapped at
-                    // `vaddr` and asked to map for DMA (peer-to-peer, as type1 maps its PFNs).
-                    unsafe { iommufd::ioas_map_file(self.iommufd(ctx)?, ioas.0, flags, buf.as_fd(), 0, length, iova) }
-                        .map(drop)
+                    self.map_region_dma_buf(ctx, ioas, dev, (region, offset), length, iova, flags)
                 }
                 None => Err(Errno::EFAULT),
             },
             other => other,
         }
+    }
+
+    /// Maps `[offset, offset + length)` of device `dev`'s region (`region`, `offset`) at `iova`
+    /// through a VFIO dma-buf of it: a BAR range a program mapped and asked to map for DMA.
+    #[allow(clippy::too_many_arguments)]
+    fn map_region_dma_buf(
+        &self,
+        ctx: IommufdId,
+        ioas: IoasId,
+        dev: DeviceHandle,
+        (region, offset): (u32, u64),
+        length: u64,
+        iova: u64,
+        flags: u32,
+    ) -> Result<(), Errno> {
+        let buf = vfio_device::device_dma_buf(self.device(dev)?.fd.as_fd(), region, offset, length)?;
+        // SAFETY: a dma-buf of the device's own BAR, which the application mapped and asked to
+        // map for DMA (peer-to-peer, as type1 maps its PFNs).
+        unsafe { iommufd::ioas_map_file(self.iommufd(ctx)?, ioas.0, flags, buf.as_fd(), 0, length, iova) }.map(drop)
     }
 
     /// The memlock charge `detach_dma` took for a CUSE caller's map, taken out (no hashing on

@@ -83,11 +83,7 @@ impl KernelBackend {
         let DmaOp::Map { iova, length, prot, .. } = op else {
             return Err(Errno::EINVAL);
         };
-        let buf = crate::vfio_device::device_dma_buf(self.device(dev)?.fd.as_fd(), region, offset, length)?;
-        // SAFETY: a dma-buf of the device's own BAR, which the program mapped and asked to map
-        // for DMA (peer-to-peer, as type1 maps its PFNs).
-        unsafe { iommufd::ioas_map_file(self.iommufd(ctx)?, ioas.0, map_flags(prot), buf.as_fd(), 0, length, iova) }
-            .map(|_| 0)
+        self.map_region_dma_buf(ctx, ioas, dev, (region, offset), length, iova, map_flags(prot)).map(|()| 0)
     }
 
     /// The file opened for KVM's VFIO device (`Backend::kvm_file_open`), to deliver to the
