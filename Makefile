@@ -32,15 +32,11 @@ host-test:
 	@# docs/testing.md).
 	SECONDS_PER_TARGET=10 bash fuzz/run.sh
 
+# The VM tiers in two lanes that share the machine's cores (compat-tests/scripts/vm-test.sh):
+# vm-tier.sh, lock-isolation.sh and programs-tier.sh in one; the daemon's three VM tests
+# (cuse/tests/vm), the package (packaging/test-package.sh) and noiommu-tier.sh in the other.
 vm-test:
-	bash compat-tests/scripts/vm-tier.sh
-	bash cuse/tests/vm/run.sh
-	bash cuse/tests/vm/without-preload.sh
-	bash cuse/tests/vm/with-preload.sh
-	bash packaging/test-package.sh
-	bash compat-tests/scripts/lock-isolation.sh
-	bash compat-tests/scripts/programs-tier.sh
-	bash compat-tests/scripts/noiommu-tier.sh
+	bash compat-tests/scripts/vm-test.sh
 
 # The sequence explorer alone at any volume, judged against type1 (compat-tests/scripts/explore.sh):
 # make explore SEQS=100000 SEED=3 [FIRST=0] [COLUMNS="cdev-only/shim"]

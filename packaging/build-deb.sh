@@ -10,7 +10,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$root/target/debian}
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/cli/Cargo.toml" | head -n1)
 arch=$(dpkg --print-architecture)
-(cd "$root" && cargo build --release -q -p vfio-shim-cli -p vfio-shim-cuse -p vfio-shim-preload)
+# The same build the tiers test (one feature resolution for every binary).
+bash "$root/compat-tests/scripts/build-release.sh"
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 pkg=$stage/pkg

@@ -16,7 +16,7 @@ destdir=${1:-}
 prefix=${2:-/usr/local}
 build=${BUILD:-$root/target/release}
 if [ ! -x "$build/vfio-shim" ] || [ ! -x "$build/vfio-shim-cuse" ] || [ ! -f "$build/libvfio_shim_preload.so" ]; then
-  (cd "$root" && cargo build --release -q -p vfio-shim-cli -p vfio-shim-cuse -p vfio-shim-preload)
+  bash "$root/compat-tests/scripts/build-release.sh"
 fi
 multiarch=$(gcc -print-multiarch 2>/dev/null || echo "$(uname -m)-linux-gnu")
 d=$destdir$prefix

@@ -12,7 +12,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 seqs=${GOLDEN_SEQS:-400} seed=${GOLDEN_SEED:-11}
-(cd "$root" && cargo build --release -q -p vfio-shim-explorer)
+bash "$root/compat-tests/scripts/build-release.sh"
 explorer=$root/target/release/explorer
 golden=$here/golden
 out=$root/compat-tests/out/golden

@@ -17,7 +17,7 @@ out=$(cd "$out" && pwd)
 bash "$here/host-deps.sh"
 bash "$here/build-kernel.sh" full >/dev/null
 bash "$here/build-kernel.sh" cdev-only >/dev/null
-(cd "$root" && cargo build -q --release -p vfio-shim-preload -p vfio-shim-cuse -p vfio-shim-cli)
+bash "$here/build-release.sh"
 lib=$root/target/release/libvfio_shim_preload.so
 cli=$root/target/release/vfio-shim
 gcc -O2 -Wall -Wextra -Werror -o "$out/map_bench" "$root/compat-tests/bench/map_bench.c"

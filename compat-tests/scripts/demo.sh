@@ -12,7 +12,7 @@ out=$(cd "$out" && pwd)
 
 bash "$here/host-deps.sh"
 bash "$here/build-kernel.sh" cdev-only >/dev/null
-(cd "$root" && cargo build --release -q -p vfio-shim-preload -p vfio-shim-cli)
+bash "$here/build-release.sh"
 bash "$root/compat-tests/programs/qemu.sh" fetch >/dev/null
 bash "$root/compat-tests/programs/qemu.sh" stage "$out/qemu-trees" >/dev/null
 

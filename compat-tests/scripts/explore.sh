@@ -25,7 +25,7 @@ for c in $columns; do
 done
 
 bash "$here/host-deps.sh" >&2
-(cd "$root" && cargo build --release -q -p vfio-shim-preload -p vfio-shim-explorer -p vfio-shim-compat)
+bash "$here/build-release.sh"
 bin=$root/target/release
 rm -rf "$out"
 mkdir -p "$out/clients"

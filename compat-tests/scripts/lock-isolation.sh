@@ -28,7 +28,7 @@ rm -f "$out"/*.lock "$out"/*.err  # appended to by both runs
 
 bash "$here/host-deps.sh" >&2
 if [ -z "${BIN:-}" ]; then
-  (cd "$root" && cargo build -q --release -p vfio-shim-preload -p vfio-shim-cuse)
+  bash "$here/build-release.sh"
 fi
 bin=${BIN:-$root/target/release}
 gcc -O2 -Wall -Wextra -Werror -pthread -o "$out/lock_isolation" "$root/compat-tests/bench/lock_isolation.c"

@@ -31,15 +31,14 @@ bash "$here/host-deps.sh"
 for k in full cdev-only; do
   bash "$here/build-kernel.sh" "$k" >/dev/null || die "kernel build ($k) failed"
 done
-(cd "$root" && CARGO_TERM_PROGRESS_WHEN=never cargo build --release -q -p vfio-shim-compat -p vfio-shim-preload \
-  -p vfio-shim-explorer -p vfio-shim-cuse -p vfio-shim-cli) || die "build failed"
+bash "$here/build-release.sh" || die "build failed"
 bin=$root/target/release
 sh "$root/compat-tests/clients/build.sh" "$out/clients" >&2 || die "client build failed"
 clients=$out/clients/noiommu
 cp "$bin/explorer" "$clients/explorer"
 bash "$root/compat-tests/programs/dpdk.sh" fetch "$out/dpdk-bin" || die "DPDK fetch failed"
 
-declare -A vm_rc mixed_rc
+declare -A vm_rc mixed_rc vm_pid
 for k in full cdev-only; do
   wrap=""
   [ $k = cdev-only ] && wrap="$bin/vfio-shim run --"
@@ -77,24 +76,39 @@ fi
 exit \$rc
 EOF
   echo "=== noiommu-tier: boot $k ($(( $(date +%s) - start )) s)" >&2
-  set +e
-  VM_NOIOMMU=1 VM_TIMEOUT=${VM_TIMEOUT:-2400} bash "$here/vm.sh" "$k" "$out" -- bash "$gscript" </dev/null
-  vm_rc[$k]=$?
-  set -e
+  VM_NOIOMMU=1 VM_TIMEOUT=${VM_TIMEOUT:-2400} bash "$here/vm.sh" "$k" "$out" -- bash "$gscript" \
+    </dev/null >"$out/boot-$k.log" 2>&1 &
+  vm_pid[$k]=$!
+  if [ "${VFIO_SHIM_SERIAL_BOOTS:-0}" = 1 ]; then wait "${vm_pid[$k]}" || true; fi
 done
+# Each pair of boots is independent (each guest writes only its own kernel's files), so the
+# two kernels boot side by side, one TCG vCPU each on the machine's cores, as in vm-tier.sh;
+# VFIO_SHIM_SERIAL_BOOTS=1 boots them one after the other. A boot's output shows when it ends.
+collect() { # collect <rc array name> <log name>
+  local -n rcs=$1
+  for k in full cdev-only; do
+    set +e
+    wait "${vm_pid[$k]}"
+    rcs[$k]=$?
+    set -e
+    cat "$2-$k.log" >&2
+  done
+}
+collect vm_rc "$out/boot"
 
+mkdir -p "$out/mixed"
 for k in full cdev-only; do
   modes=""
   [ $k = cdev-only ] && modes="--mode shim"
   echo "=== noiommu-tier: boot $k, mixed machine ($(( $(date +%s) - start )) s)" >&2
-  mkdir -p "$out/mixed"
-  set +e
   VM_NOIOMMU=mixed bash "$here/vm.sh" "$k" "$out/mixed" -- bash "$here/guest-setup.sh" \
     "$bin/vfio-shim-compat" run --kernel "$k" --clients "$out/clients/mixed" --out "$out/mixed/results" \
-    $modes --preload "$bin/libvfio_shim_preload.so" --timeout 300 </dev/null
-  mixed_rc[$k]=$?
-  set -e
+    $modes --preload "$bin/libvfio_shim_preload.so" --timeout 300 </dev/null >"$out/mixed/boot-$k.log" 2>&1 &
+  vm_pid[$k]=$!
+  if [ "${VFIO_SHIM_SERIAL_BOOTS:-0}" = 1 ]; then wait "${vm_pid[$k]}" || true; fi
 done
+collect mixed_rc "$out/mixed/boot"
+echo "=== noiommu-tier: boots ended ($(( $(date +%s) - start )) s)" >&2
 # One comparison for both machines: the mixed clients' transcripts join the others.
 [ -d "$out/mixed/results" ] && cp -r "$out/mixed/results/." "$out/results/"
 

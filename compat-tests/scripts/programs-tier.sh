@@ -28,7 +28,7 @@ rm -rf "$out"
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 
-(cd "$root" && cargo build --release -q -p vfio-shim-preload -p vfio-shim-cli)
+bash "$root/compat-tests/scripts/build-release.sh"
 # One L2 DMA run per QEMU version: the hotplug scenario takes the device 20 times in one QEMU
 # process and checks it is free after each, which is what a second run would show.
 export L2_DMA_RUNS=${L2_DMA_RUNS:-1}

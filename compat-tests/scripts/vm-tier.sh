@@ -39,12 +39,9 @@ for k in $kernels; do
 done
 
 export CARGO_TERM_PROGRESS_WHEN=never
-phase "cargo build --release -p vfio-shim-compat"
-(cd "$root" && cargo build --release -q -p vfio-shim-compat) || die "runner build failed"
+phase "release build (build-release.sh)"
+bash "$here/build-release.sh" || die "release build failed"
 compat=$root/target/release/vfio-shim-compat
-
-phase "cargo build --release -p vfio-shim-preload -p vfio-shim-cli"
-(cd "$root" && cargo build --release -q -p vfio-shim-preload -p vfio-shim-cli) || die "preload build failed"
 preload=$root/target/release/libvfio_shim_preload.so
 [ -f "$preload" ] || die "no $preload after the build"
 
@@ -59,8 +56,7 @@ sh "$root/compat-tests/clients/build.sh" "$clients" >&2 || die "client build fai
 # mode runs these under `vfio-shim run --supervise` (docs/supervisor.md).
 EXTRA_CFLAGS=-static sh "$root/compat-tests/clients/build.sh" "$clients/static" >&2 || die "static client build failed"
 # The sequence explorer is one more client: the runner runs it in every mode and compare
-# holds each mode's transcript against type1's.
-(cd "$root" && cargo build --release -q -p vfio-shim-explorer) || die "explorer build failed"
+# holds each mode's transcript against type1's (built above).
 cp "$root/target/release/explorer" "$clients/explorer"
 
 phase "kernel-backend integration test (build)"

@@ -15,7 +15,8 @@
 # Exit status: the command's, or 125 if the VM did not produce one (boot failure, timeout,
 # panic); on any failure the tails of the console log and stderr are printed.
 #
-# Environment: VM_TIMEOUT (seconds, default 900), VM_CPUS (1), VM_MEMORY (4G), VM_RETRIES (1),
+# Environment: VM_TIMEOUT (seconds, default 900; counted from the boot, not the wait for a
+# slot), VFIO_SHIM_VM_SLOTS (vCPUs of all VMs at once, default nproc), VM_CPUS (1), VM_MEMORY (4G), VM_RETRIES (1),
 # VM_HUGEPAGES (2 MiB pages reserved at boot, default 64), VM_HUGEPAGES_1G (1 GiB pages, 1), VM_IVSHMEM_SIZE (256M),
 # VM_NVME_IMAGE (a raw image file: adds QEMU's nvme controller backed by it, serial vfioshim0),
 # VM_APPEND (more kernel parameters, space-separated), VM_NOIOMMU=1 (a machine without an IOMMU,
@@ -71,6 +72,44 @@ else
   kernel=$(bash "$here/build-kernel.sh" "$variant" | tail -n1)
 fi
 [ -f "$kernel" ] || { echo "vm.sh: no kernel image ($kernel)" >&2; exit 125; }
+
+# --- one slot per vCPU -------------------------------------------------------------------------------
+# Tiers may run side by side (vm-test.sh): at most VFIO_SHIM_VM_SLOTS (default: the host's
+# cores) TCG vCPUs run at once, so a guest's vCPU never waits for another guest's, and every
+# tier's timeouts keep their meaning. A VM takes one slot per vCPU (a lock on
+# $cache/vm-slot.<n>) before it boots, holds none while it waits (no deadlock between VMs that
+# want two), and its slots free themselves when it exits.
+slots=${VFIO_SHIM_VM_SLOTS:-$(nproc)}
+want=${VM_CPUS:-1}
+[ "$want" -le "$slots" ] || want=$slots
+# VM_SLOT_YIELD=1 (vm-test.sh's second lane): take no slot while another VM waits for one.
+held=() waited=0 want_file=$cache/vm-slot-want.$$
+yielding() {
+  [ "${VM_SLOT_YIELD:-0}" = 1 ] || return 1
+  local f
+  for f in "$cache"/vm-slot-want.*; do
+    [ -e "$f" ] && kill -0 "${f##*.}" 2>/dev/null && return 0
+  done
+  return 1
+}
+while :; do
+  if ! yielding; then
+    for ((i = 0; i < slots && ${#held[@]} < want; i++)); do
+      exec {fd}>"$cache/vm-slot.$i"
+      if flock -n "$fd"; then held+=("$fd"); else exec {fd}>&-; fi
+    done
+    [ "${#held[@]}" -ge "$want" ] && break
+    for fd in "${held[@]}"; do exec {fd}>&-; done
+    held=()
+  fi
+  if [ $waited = 0 ]; then
+    echo "vm.sh: $variant waits for $want of $slots VM slots" >&2
+    [ "${VM_SLOT_YIELD:-0}" = 1 ] || { : >"$want_file"; trap 'rm -f "$want_file"' EXIT; }
+    waited=1
+  fi
+  sleep 2
+done
+rm -f "$want_file"
 
 # --- QEMU machine ----------------------------------------------------------------------------------
 # q35 with a split irqchip is what intel-iommu's interrupt remapping needs. caching-mode is NOT

@@ -14,7 +14,7 @@ out=${1:-$root/compat-tests/out/cuse-preload}
 mkdir -p "$out"; out=$(cd "$out" && pwd)
 type1=$root/compat-tests/out/results/full/type1
 [ -d "$type1" ] || { echo "run compat-tests/scripts/vm-tier.sh first (type1 transcripts)" >&2; exit 2; }
-(cd "$root" && cargo build --release -q -p vfio-shim-preload -p vfio-shim-cuse)
+bash "$root/compat-tests/scripts/build-release.sh"
 sh "$root/compat-tests/clients/build.sh" "$out/clients" >/dev/null
 
 cat >"$out/guest.sh" <<GUEST

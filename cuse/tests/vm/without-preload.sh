@@ -18,7 +18,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../../.." && pwd)
 out=${1:-$root/compat-tests/out/cuse-node}
 rm -rf "$out"; mkdir -p "$out/type1" "$out/node"; out=$(cd "$out" && pwd)
-(cd "$root" && cargo build --release -q -p vfio-shim-cuse -p vfio-shim-explorer -p vfio-shim-cli)
+bash "$root/compat-tests/scripts/build-release.sh"
 explorer=$root/target/release/explorer
 explore_env="VFIO_EXPLORE_DEVICES=0 VFIO_EXPLORE_MEMORY=shared VFIO_EXPLORE_SEQS=${CUSE_EXPLORE_SEQS:-500}"
 explore_env+=" VFIO_EXPLORE_SEED=1 VFIO_EXPLORE_REGRESSIONS=$root/compat-tests/explorer/regressions"
