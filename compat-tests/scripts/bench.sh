@@ -5,7 +5,8 @@
 # test kernel, and the shim again with `vfio-shim trace` on; the CUSE node without the preload against the preload path, on shared
 # memory, interleaved in one boot of the cdev-only kernel; the preload's userspace instructions
 # per 4 KiB MAP and UNMAP at 1,000 live mappings (callgrind, compat-tests/bench/map_insns.c);
-# and the preload's and the supervisor's pass-through cost on the host. Prints ratios.
+# and the preload's and the supervisor's pass-through cost on the host, with seccomp's own floor
+# (an allow-everything filter, compat-tests/bench/seccomp_floor.c). Prints ratios.
 # Usage: bench.sh [results-dir]     (default target/bench)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -23,6 +24,7 @@ cli=$root/target/release/vfio-shim
 gcc -O2 -Wall -Wextra -Werror -o "$out/map_bench" "$root/compat-tests/bench/map_bench.c"
 gcc -O2 -Wall -Wextra -Werror -static -o "$out/map_bench-static" "$root/compat-tests/bench/map_bench.c"
 gcc -O2 -Wall -Wextra -Werror -o "$out/passthrough_bench" "$root/compat-tests/bench/passthrough_bench.c"
+gcc -O2 -Wall -Wextra -Werror -o "$out/seccomp_floor" "$root/compat-tests/bench/seccomp_floor.c"
 # callgrind (valgrind) counts the preload's userspace instructions per MAP and per UNMAP.
 command -v valgrind >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get install -y -qq --no-install-recommends valgrind >/dev/null; }
 gcc -O2 -Wall -Wextra -Werror -o "$out/map_insns" "$root/compat-tests/bench/map_insns.c"
@@ -73,9 +75,12 @@ VM_MEMORY=${VM_MEMORY:-4G} bash "$here/vm.sh" full "$out" -- bash "$out/guest.sh
 } >"$out/guest-cdev.sh"
 VM_MEMORY=${VM_MEMORY:-4G} bash "$here/vm.sh" cdev-only "$out" -- bash "$out/guest-cdev.sh" </dev/null >/dev/null
 
-for round in 1 2 3 4 5; do
+# Interleaved, so the host's drift falls on every column alike; the floor is the same program
+# under a filter that allows everything (seccomp_floor.c): seccomp's own entry cost.
+for round in $(seq 1 "${BENCH_HOST_RUNS:-9}"); do
   "$out/passthrough_bench" >"$out/host-plain.$round"
   LD_PRELOAD=$lib "$out/passthrough_bench" >"$out/host-preload.$round"
+  "$out/seccomp_floor" "$out/passthrough_bench" >"$out/host-floor.$round"
   "$cli" run --supervise -- "$out/passthrough_bench" >"$out/host-supervisor.$round"
 done
 
@@ -133,9 +138,14 @@ for name, part in [("4 KiB MAP, 1,000 live", 1), ("4 KiB UNMAP, 1,000 live", 2)]
     t, s = insns("cg-type1", part) / 200, insns("cg-shim", part) / 200
     print(f"{name:32} {t:10.0f} {s:10.0f} {s - t:13.0f}")
 print()
-print(f"{'host pass-through, median of 5':32} {'plain':>10} {'preload':>10} {'ratio':>11} {'supervisor':>11} {'ratio':>8}")
-for name, key in [("ioctl(FIONREAD) on a pipe (ns)", "ioctl_pipe_ns"), ("close(dup(pipe)) (ns)", "dup_close_pipe_ns"),
-                  ("sendmsg+recvmsg, 1 byte (ns)", "msg_pair_ns"), ("the same with 1 fd (ns)", "msg_fd_pair_ns")]:
-    p, q, v = med("host-plain", key), med("host-preload", key), med("host-supervisor", key)
-    print(f"{name:32} {p:10.1f} {q:10.1f} {q/p:11.3f} {v:11.1f} {v/p:8.3f}")
+passthrough = [("ioctl(FIONREAD) on a pipe (ns)", "ioctl_pipe_ns"), ("close(dup(pipe)) (ns)", "dup_close_pipe_ns"),
+               ("sendmsg+recvmsg, 1 byte (ns)", "msg_pair_ns"), ("the same with 1 fd (ns)", "msg_fd_pair_ns")]
+print(f"{'host pass-through, median of runs':34} {'plain':>8} {'preload':>8} {'ratio':>6} {'floor':>8} {'ratio':>6} {'supervisor':>10} {'ratio':>6} {'sup/floor':>9}")
+for name, key in passthrough:
+    p, q, f, v = med("host-plain", key), med("host-preload", key), med("host-floor", key), med("host-supervisor", key)
+    print(f"{name:34} {p:8.1f} {q:8.1f} {q/p:6.3f} {f:8.1f} {f/p:6.3f} {v:10.1f} {v/p:6.3f} {v/f:9.3f}")
+print(f"{'the same, best run (least disturbed)':34}")
+for name, key in passthrough:
+    p, q, f, v = best("host-plain", key), best("host-preload", key), best("host-floor", key), best("host-supervisor", key)
+    print(f"{name:34} {p:8.1f} {q:8.1f} {q/p:6.3f} {f:8.1f} {f/p:6.3f} {v:10.1f} {v/p:6.3f} {v/f:9.3f}")
 PY
