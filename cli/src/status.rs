@@ -59,6 +59,7 @@ pub fn rows() -> Vec<Row> {
                 served_by: match p.server {
                     Server::Preload => "preload".into(),
                     Server::Daemon => format!("daemon {}", p.pid),
+                    Server::Supervisor => format!("supervisor {}", p.pid),
                 },
                 container: r.container,
                 iommu: match u64::from(r.iommu) {

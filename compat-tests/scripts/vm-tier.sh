@@ -5,8 +5,10 @@
 # mode (the cdev-only kernel: the preload and the seccomp supervisor), and compares the
 # transcripts; checks
 # `vfio-shim doctor` against each kernel (compat-tests/doctor/check.py) and `vfio-shim trace`
-# of qemu_like against strace of it on type1 and through the shim (compat-tests/trace); asks
-# the cdev-only kernel the facts docs/supervisor.md rests on (compat-tests/kernel-facts).
+# of qemu_like against strace of it on type1 and through the shim (compat-tests/trace), and
+# `vfio-shim status` of a program served by the preload and by the supervisor against the
+# kernel (compat-tests/status); asks the cdev-only kernel the facts docs/supervisor.md rests on
+# (compat-tests/kernel-facts).
 #
 # Usage: vm-tier.sh            (from anywhere; as root, no TTY needed)
 # Env:   VFIO_SHIM_RESULTS     results dir (default <repo>/compat-tests/out/results; wiped first)
@@ -70,6 +72,11 @@ for line in sys.stdin:
         print(m["executable"])') || die "kernel-backend test build failed"
 [ -n "$kb" ] || die "kernel-backend test built but no executable found"
 
+# `vfio-shim status` of a program served by the preload and by the supervisor
+# (compat-tests/status), checked in the cdev-only boot.
+mkdir -p "$out/status"
+gcc -O2 -Wall -Wextra -Werror -o "$out/status/hold" "$root/compat-tests/status/hold.c" || die "status hold build failed"
+
 # The kernel facts the supervisor's design rests on (compat-tests/kernel-facts), asked in the
 # cdev-only boot.
 facts=$results/cdev-only/kernel-facts
@@ -115,6 +122,12 @@ else
     $(printf %q "$clients/qemu_like") $(printf %q "$results/$k/trace") >$(printf %q "$results/$k/trace.log") 2>&1
 fi
 [ $k = cdev-only ] && bash $(printf %q "$root/compat-tests/kernel-facts/run.sh") guest $(printf %q "$facts")
+if [ $k = cdev-only ]; then
+  for m in preload supervisor; do
+    python3 $(printf %q "$root/compat-tests/status/check.py") $(printf %q "$root/target/release/vfio-shim") \
+      $(printf %q "$out/status/hold") "\$VFIO_TEST_EDU" \$m
+  done >$(printf %q "$results/$k/status.txt") 2>&1
+fi
 # The static clients alone, without the supervisor: each must fail (no legacy container here).
 if [ $k = cdev-only ]; then
   mkdir -p $(printf %q "$results/$k/static-alone")
@@ -205,6 +218,13 @@ else:
           f"{', '.join(passing) or 'none run'})")
     sys.exit(1)
 PY
+fi
+if [[ " $kernels " == *" cdev-only "* ]]; then
+  st=$results/cdev-only/status.txt
+  cat "$st" 2>/dev/null || true
+  for m in preload supervisor; do
+    grep -q "^status ($m): pass" "$st" 2>/dev/null || { failed=1; echo "status ($m): FAIL (no pass in $st)"; }
+  done
 fi
 if [ -d "$results/full/trace" ] && [ -d "$results/cdev-only/trace" ]; then
   python3 "$root/compat-tests/trace/check.py" compare "$results/full/trace" "$results/cdev-only/trace" || failed=1

@@ -10,6 +10,7 @@ use nix::fcntl::OFlag;
 use vfio_shim::abi;
 use vfio_shim::backend::DeviceHandle;
 use vfio_shim::{ContainerId, ContainerStep, DeviceGrant, FdTarget, GroupId, GroupReply, Shim};
+use vfio_shim_sys::caller::CallerProcess;
 use vfio_shim_sys::private_nodes::NodeId;
 use vfio_shim_sys::remote_memory::RemoteMemory;
 use vfio_shim_sys::seccomp::Notification;
@@ -77,7 +78,7 @@ impl Supervisor {
         };
         let cloexec = flags & libc::O_CLOEXEC != 0;
         if vfio_shim::nodes::is_container_path(&path) {
-            return self.open_container(cloexec);
+            return self.open_container(caller, cloexec);
         }
         let group = match (vfio_shim::nodes::group_number(&path), vfio_shim::nodes::noiommu_group_number(&path)) {
             (Some(n), _) => (n, false),
@@ -87,11 +88,14 @@ impl Supervisor {
         self.open_group(group.0, group.1, flags)
     }
 
-    fn open_container(&mut self, cloexec: bool) -> Answer {
+    fn open_container(&mut self, caller: &Caller, cloexec: bool) -> Answer {
         let id = match self.shim.open_container() {
             Ok(id) => id,
             Err(e) => return Answer::Result(Err(e)),
         };
+        if let Ok(process) = CallerProcess::open(caller.tid) {
+            self.holders.insert(id, process.tgid() as i32);
+        }
         let ctx = self.shim.container_iommufd(id).expect("just opened");
         let file = self.shim.backend().iommufd_file(ctx).and_then(|file| Ok((NodeId::of(file.as_fd())?, file)));
         match file {

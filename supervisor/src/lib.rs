@@ -10,6 +10,7 @@ mod map;
 mod objects;
 mod target;
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -17,10 +18,11 @@ use std::sync::{Arc, Mutex};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use vfio_shim::Shim;
+use vfio_shim::{ContainerId, Shim};
 use vfio_shim_sys::private_nodes::PrivateNodes;
 use vfio_shim_sys::ptrace::{next_event, ChildEvents, TraceEvent};
 use vfio_shim_sys::seccomp::{FilterProgram, Listener};
+use vfio_shim_sys::status_registry::{Publisher, Server};
 use vfio_shim_sys::KernelBackend;
 
 use objects::Objects;
@@ -34,6 +36,9 @@ pub(crate) struct Supervisor {
     nodes: Arc<Mutex<PrivateNodes>>,
     objects: Objects,
     listener: Listener,
+    /// What `vfio-shim status` lists: each container under the process that opened it.
+    status: Publisher,
+    holders: HashMap<ContainerId, i32>,
 }
 
 /// Runs `path` with `argv` and `envp` under the supervisor until every task of it is gone;
@@ -56,7 +61,14 @@ pub fn run(path: &Path, argv: &[CString], envp: &[CString]) -> Result<i32, Errno
         nodes.open(device, OFlag::O_RDWR).map(|(file, _)| file)
     }));
     let shim = Shim::with_config(backend, vfio_shim_sys::type1_params::config_or_default());
-    let mut sup = Supervisor { shim, nodes, objects: Objects::default(), listener: started.listener };
+    let mut sup = Supervisor {
+        shim,
+        nodes,
+        objects: Objects::default(),
+        listener: started.listener,
+        status: Publisher::new(Server::Supervisor),
+        holders: HashMap::new(),
+    };
     sup.serve(started.pid, events)
 }
 
@@ -85,6 +97,7 @@ impl Supervisor {
                 }
             }
             self.park_idle_contexts();
+            self.publish_status();
             let (notified, released, tasks) = {
                 let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
                 let mut fds = [
@@ -138,6 +151,15 @@ impl Supervisor {
                 object.release(&mut self.shim);
             }
         }
+    }
+
+    /// Republishes the containers for `vfio-shim status` before each wait, so the list is
+    /// current whenever the program is not in a call of ours.
+    fn publish_status(&mut self) {
+        let containers = self.shim.containers_status();
+        self.holders.retain(|id, _| containers.iter().any(|c| c.id == *id));
+        let holders = &self.holders;
+        self.status.publish(&containers, |id| holders.get(&id).copied().unwrap_or(0));
     }
 
     /// Contexts without groups are not held: the program's last close of its container fd

@@ -1,5 +1,5 @@
 //! The status registry that `vfio-shim status` reads: each process that holds legacy
-//! containers (a preload process, the CUSE daemon) publishes them in a small file of its own,
+//! containers (a preload process, the CUSE daemon, a seccomp supervisor) publishes them in a small file of its own,
 //! `<dir>/<pid>`, mapped shared and rewritten in place after each call that changes them, so
 //! publishing costs no syscall. A sequence count (odd while a write is under way) lets a
 //! reader take a consistent copy with plain reads. The file goes at exit; a reader skips the
@@ -30,6 +30,8 @@ const FILE_SIZE: usize = 8192;
 pub enum Server {
     Preload = 1,
     Daemon = 2,
+    /// vfio-shim-supervisor: the containers of the programs it serves.
+    Supervisor = 3,
 }
 
 #[repr(C)]
@@ -384,7 +386,11 @@ fn read_one(path: &Path) -> Option<Published> {
         if start_time(header.pid)? != header.start_time {
             return None;
         }
-        let server = if header.server == Server::Daemon as u32 { Server::Daemon } else { Server::Preload };
+        let server = match header.server {
+            s if s == Server::Daemon as u32 => Server::Daemon,
+            s if s == Server::Supervisor as u32 => Server::Supervisor,
+            _ => Server::Preload,
+        };
         let n = (header.count as usize).min(MAX_CONTAINERS);
         let size = std::mem::size_of::<Record>();
         let records = (0..n)
@@ -434,6 +440,20 @@ mod tests {
         assert!(!file.exists());
         assert!(read_all(std::slice::from_ref(&dir)).is_empty());
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn each_server_reads_back_as_itself() {
+        for server in [Server::Preload, Server::Daemon, Server::Supervisor] {
+            let dir = std::env::temp_dir().join(format!("vfio-shim-status-kind-{}-{server:?}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            let page = StatusPage::create(&dir, server).unwrap();
+            let got = read_all(std::slice::from_ref(&dir));
+            assert_eq!(got.len(), 1, "{got:?}");
+            assert_eq!(got[0].server, server);
+            drop(page);
+            fs::remove_dir_all(&dir).unwrap();
+        }
     }
 
     #[test]
