@@ -52,7 +52,7 @@ pub fn run(path: &Path, argv: &[CString], envp: &[CString]) -> Result<i32, Errno
     // After the start: the program runs with its caller's signal mask, not ours.
     let events = ChildEvents::new()?;
     // After the fork: the program keeps the system's mount namespace.
-    std::fs::create_dir_all(NODE_DIR).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(Errno::EIO as i32)))?;
+    std::fs::create_dir_all(NODE_DIR).map_err(vfio_shim_sys::errno_of)?;
     let nodes = Arc::new(Mutex::new(PrivateNodes::create(Path::new(NODE_DIR))?));
     let mut backend = KernelBackend::new();
     let opener_nodes = Arc::clone(&nodes);

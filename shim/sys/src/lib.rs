@@ -37,3 +37,9 @@ pub mod vfio_device;
 pub mod vtd;
 
 pub use kernel::KernelBackend;
+
+/// The errno of a std I/O error (`EIO` for one the kernel did not give), so std's file calls
+/// carry errno like the rest of the layer.
+pub fn errno_of(e: std::io::Error) -> nix::errno::Errno {
+    nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}

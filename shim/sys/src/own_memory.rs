@@ -52,8 +52,7 @@ fn pid() -> i32 {
 /// from `/proc/self/maps`. The fake backend's model of IOMMU_IOAS_MAP's pin in host tests.
 pub fn pinnable(vaddr: u64, length: u64, write: bool) -> Result<(), Errno> {
     let end = vaddr.checked_add(length).ok_or(Errno::EFAULT)?;
-    let maps =
-        std::fs::read_to_string("/proc/self/maps").map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
+    let maps = std::fs::read_to_string("/proc/self/maps").map_err(crate::errno_of)?;
     let mut at = vaddr;
     for line in maps.lines() {
         if at >= end {

@@ -62,7 +62,7 @@ impl PrivateNodes {
     /// Opens the character device `device` (e.g. `/dev/iommu`, a VFIO cdev) through a new node
     /// with its numbers: the device's own file, under an inode of its own, watched.
     pub fn open(&mut self, device: &Path, flags: OFlag) -> Result<(OwnedFd, NodeId), Errno> {
-        let meta = std::fs::metadata(device).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        let meta = std::fs::metadata(device).map_err(crate::errno_of)?;
         if !meta.file_type().is_char_device() {
             return Err(Errno::ENODEV);
         }
@@ -110,7 +110,7 @@ impl PrivateNodes {
                     // The watch goes with the node's inode anyway (IN_IGNORED); removing it
                     // first only spares that event, so its failure changes nothing.
                     let _ = self.inotify.rm_watch(ev.wd);
-                    std::fs::remove_file(&node).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+                    std::fs::remove_file(&node).map_err(crate::errno_of)?;
                     gone.push(id);
                 }
             }

@@ -56,7 +56,7 @@ pub fn held_by_another_process(path: &std::path::Path) -> Result<bool, Errno> {
     let gone = |e: &std::io::Error| {
         matches!(e.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied) || e.raw_os_error() == Some(libc::ESRCH)
     };
-    let errno = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+    let errno = crate::errno_of;
     let maps_name = path.to_str().ok_or(Errno::EINVAL)?;
     for entry in std::fs::read_dir("/proc").map_err(errno)? {
         let entry = entry.map_err(errno)?;

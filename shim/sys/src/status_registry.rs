@@ -121,7 +121,7 @@ impl StatusPage {
 
     /// Creates `<dir>/<pid>` (and `dir`) for this process.
     pub fn create(dir: &Path, server: Server) -> Result<StatusPage, Errno> {
-        let io = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+        let io = crate::errno_of;
         if !dir.is_dir() {
             fs::DirBuilder::new().recursive(true).mode(0o1777).create(dir).map_err(io)?;
             // The mode is filtered by the umask; the registry must stay open to all users.

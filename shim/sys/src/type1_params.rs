@@ -32,7 +32,7 @@ fn config_from(param: &Path, env: Option<&str>) -> Result<Config, Errno> {
     let text = match std::fs::read_to_string(param) {
         Ok(t) => Some(t),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => env.map(str::to_owned),
-        Err(e) => return Err(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))),
+        Err(e) => return Err(crate::errno_of(e)),
     };
     let dma_entry_limit = match text {
         Some(t) => t.trim().parse().map_err(|_| Errno::EINVAL)?,
