@@ -11,7 +11,7 @@
 # Usage: explore.sh             (make explore SEQS=N SEED=S FIRST=I COLUMNS="...")
 # Env:   SEQS (2000), SEED (1), FIRST (0: the first sequence's index, so a long run can be
 #        split into ranges), COLUMNS (default: full/kernel-compat full/shim cdev-only/shim;
-#        full/type1 always runs), EXPLORE_OUT (compat-tests/out/explore), vm.sh's VM_* variables.
+#        cdev-only/supervisor too on request; full/type1 always runs), EXPLORE_OUT (compat-tests/out/explore), vm.sh's VM_* variables.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -19,8 +19,8 @@ seqs=${SEQS:-2000} seed=${SEED:-1} first=${FIRST:-0}
 columns=${COLUMNS-full/kernel-compat full/shim cdev-only/shim}
 out=${EXPLORE_OUT:-$root/compat-tests/out/explore}
 for c in $columns; do
-  case $c in full/kernel-compat|full/shim|cdev-only/shim) ;;
-    *) echo "explore: no column $c (full/kernel-compat, full/shim, cdev-only/shim)" >&2; exit 2 ;;
+  case $c in full/kernel-compat|full/shim|cdev-only/shim|cdev-only/supervisor) ;;
+    *) echo "explore: no column $c (full/kernel-compat, full/shim, cdev-only/shim, cdev-only/supervisor)" >&2; exit 2 ;;
   esac
 done
 
@@ -49,7 +49,8 @@ for k in full cdev-only; do
       VFIO_EXPLORE_REGRESSIONS="$root/compat-tests/explorer/regressions" \
     bash "$here/guest-setup.sh" \
     "$bin/vfio-shim-compat" run --kernel "$k" --clients "$out/clients" --out "$out" $modes \
-      --client explorer --preload "$bin/libvfio_shim_preload.so" --timeout "$client_timeout" \
+      --client explorer --preload "$bin/libvfio_shim_preload.so" --vfio-shim "$bin/vfio-shim" \
+      --timeout "$client_timeout" \
     >"$out/vm-$k.log" 2>&1
   echo "explore: $k VM rc=$? ($(tail -n1 "$out/vm-times.txt" | cut -d' ' -f2) s; log $out/vm-$k.log)" >&2
   set -e
