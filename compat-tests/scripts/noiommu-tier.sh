@@ -79,11 +79,10 @@ EOF
   VM_NOIOMMU=1 VM_TIMEOUT=${VM_TIMEOUT:-2400} bash "$here/vm.sh" "$k" "$out" -- bash "$gscript" \
     </dev/null >"$out/boot-$k.log" 2>&1 &
   vm_pid[$k]=$!
-  if [ "${VFIO_SHIM_SERIAL_BOOTS:-0}" = 1 ]; then wait "${vm_pid[$k]}" || true; fi
 done
 # Each pair of boots is independent (each guest writes only its own kernel's files), so the
 # two kernels boot side by side, one TCG vCPU each on the machine's cores, as in vm-tier.sh;
-# VFIO_SHIM_SERIAL_BOOTS=1 boots them one after the other. A boot's output shows when it ends.
+# vm.sh's VFIO_SHIM_VM_SLOTS=1 boots them one after the other. A boot's output shows when it ends.
 collect() { # collect <rc array name> <log name>
   local -n rcs=$1
   for k in full cdev-only; do
@@ -105,7 +104,6 @@ for k in full cdev-only; do
     "$bin/vfio-shim-compat" run --kernel "$k" --clients "$out/clients/mixed" --out "$out/mixed/results" \
     $modes --preload "$bin/libvfio_shim_preload.so" --timeout 300 </dev/null >"$out/mixed/boot-$k.log" 2>&1 &
   vm_pid[$k]=$!
-  if [ "${VFIO_SHIM_SERIAL_BOOTS:-0}" = 1 ]; then wait "${vm_pid[$k]}" || true; fi
 done
 collect mixed_rc "$out/mixed/boot"
 echo "=== noiommu-tier: boots ended ($(( $(date +%s) - start )) s)" >&2

@@ -35,7 +35,7 @@ export L2_DMA_RUNS=${L2_DMA_RUNS:-1}
 run=$root/target/release/vfio-shim
 
 # The host side first, for both (shared caches: one writer at a time); then the two boots side
-# by side, one TCG vCPU each (PROGRAMS_SERIAL_BOOTS=1: one after the other).
+# by side, one TCG vCPU each (vm.sh's VFIO_SHIM_VM_SLOTS=1: one after the other).
 echo "=== programs-tier: host side (builds, downloads)" >&2
 RUN_VM_PREPARE_ONLY=1 bash "$root/compat-tests/programs/run-vm.sh" full "$out/type1" >"$out/prepare.log" 2>&1 \
   && RUN_VM_PREPARE_ONLY=1 bash "$root/compat-tests/programs/run-vm.sh" cdev-only "$out/shim" >>"$out/prepare.log" 2>&1 \
@@ -44,13 +44,12 @@ echo "=== programs-tier: type1 baseline on the full kernel; through the shim on 
 set +e
 QEMU_COMPAT_CPR=1 RUN_VM_PREPARED=1 bash "$root/compat-tests/programs/run-vm.sh" full "$out/type1" >"$out/type1.log" 2>&1 &
 type1_pid=$!
-type1_rc=
-if [ "${PROGRAMS_SERIAL_BOOTS:-0}" = 1 ]; then wait $type1_pid; type1_rc=$?; fi
 SELFTESTS_WRAP="$run run --" QEMU_WRAP="$run run --" DPDK_WRAP="$run run --" RUSTVMM_WRAP="$run run --" \
   SUPERVISOR_WRAP="$run run --supervise --" RUN_VM_PREPARED=1 \
   bash "$root/compat-tests/programs/run-vm.sh" cdev-only "$out/shim" >"$out/shim.log" 2>&1
 shim_rc=$?
-if [ -z "$type1_rc" ]; then wait $type1_pid; type1_rc=$?; fi
+wait $type1_pid
+type1_rc=$?
 set -e
 echo "programs-tier: run-vm.sh exit status: type1 $type1_rc, shim $shim_rc" >&2
 [ "$type1_rc" = 0 ] || tail -n 40 "$out/type1.log" >&2

@@ -15,7 +15,6 @@
 #        VFIO_SHIM_KERNELS     which kernels to boot (default "full cdev-only")
 #        VFIO_SHIM_CLIENT_TIMEOUT  per-client timeout in the guest, seconds (default 300)
 #        VFIO_EXPLORE_SEQS, VFIO_EXPLORE_SEED  the explorer's budget and seed (2000, 1)
-#        VFIO_SHIM_SERIAL_BOOTS=1  boot the kernels one after the other (default: side by side)
 #        plus vm.sh's VM_* variables.
 # Exit status: 0 only if every kernel booted, the kernel-backend test and the doctor check
 # passed on each, the kernel facts held, and `vfio-shim-compat compare` passed. The last line printed is compare's
@@ -75,7 +74,8 @@ for line in sys.stdin:
 # `vfio-shim status` of a program served by the preload and by the supervisor
 # (compat-tests/status), checked in the cdev-only boot.
 mkdir -p "$out/status"
-gcc -O2 -Wall -Wextra -Werror -o "$out/status/hold" "$root/compat-tests/status/hold.c" || die "status hold build failed"
+gcc -O2 -Wall -Wextra -Werror -std=gnu11 -pthread -I"$root/compat-tests/clients" -o "$out/status/hold" \
+  "$root/compat-tests/status/hold.c" "$root/compat-tests/clients/common.c" || die "status hold build failed"
 
 # The kernel facts the supervisor's design rests on (compat-tests/kernel-facts), asked in the
 # cdev-only boot.
@@ -144,16 +144,13 @@ $(printf %q "$compat") run --kernel $k --clients $(printf %q "$clients") --out $
 EOF
 done
 # The two boots are independent (each kernel's guest writes only under $results/<kernel>), so
-# they run side by side, one TCG vCPU each on the machine's cores; VFIO_SHIM_SERIAL_BOOTS=1 runs
-# them one after the other. Each boot's output is printed when it ends.
+# they run side by side, one TCG vCPU each on the machine's cores (vm.sh's VFIO_SHIM_VM_SLOTS=1
+# runs them one after the other). Each boot's output is printed when it ends.
 declare -A vm_pid
 for k in $kernels; do
   phase "boot $k"
   bash "$here/vm.sh" "$k" "$results" -- bash "$results/$k/guest.sh" </dev/null >"$results/boot-$k.log" 2>&1 &
   vm_pid[$k]=$!
-  if [ "${VFIO_SHIM_SERIAL_BOOTS:-0}" = 1 ]; then
-    wait "${vm_pid[$k]}" || true
-  fi
 done
 for k in $kernels; do
   set +e

@@ -86,8 +86,8 @@ pub struct KernelBackend {
     /// Device cdev files opened for KVM's VFIO device alone (`Backend::kvm_file_open`).
     kvm_files: HashMap<KvmFile, OwnedFd>,
     /// Whose `CAP_SYS_RAWIO` the no-IOMMU checks ask for: the calling thread's when unset (a
-    /// preload process); a CUSE daemon sets its caller's for the call it serves.
-    rawio_caller: Option<Box<dyn Fn() -> bool + Send>>,
+    /// preload process); the daemon and the supervisor set their caller's thread.
+    rawio_caller: Option<u32>,
     /// `warn_noiommu_opens(false)`.
     quiet_noiommu_opens: bool,
     /// Serving a supervised program (docs/supervisor.md): how files are opened, and each
@@ -145,10 +145,11 @@ impl KernelBackend {
         self.quiet_noiommu_opens = !on;
     }
 
-    /// Whose `CAP_SYS_RAWIO` the no-IOMMU checks ask for until the next call of this: a CUSE
-    /// daemon names its caller's thread for the call it serves; `None` is the calling thread.
-    pub fn rawio_of(&mut self, check: Option<Box<dyn Fn() -> bool + Send>>) {
-        self.rawio_caller = check;
+    /// Whose `CAP_SYS_RAWIO` the no-IOMMU checks ask for until the next call of this: the
+    /// CUSE daemon and the supervisor name the thread whose call they serve; `None` is the
+    /// calling thread.
+    pub fn rawio_of(&mut self, tid: Option<u32>) {
+        self.rawio_caller = tid;
     }
 
     /// Every fd the backend holds open (iommufds and device cdevs), for glue that must keep
@@ -701,10 +702,12 @@ impl Backend for KernelBackend {
     }
 
     fn caller_has_rawio(&mut self) -> bool {
-        match &self.rawio_caller {
-            Some(check) => check(),
-            None => crate::privileges::effective().is_ok_and(|e| e & (1 << crate::privileges::CAP_SYS_RAWIO) != 0),
-        }
+        use crate::privileges::{effective, sets_of, CAP_SYS_RAWIO};
+        let effective = match self.rawio_caller {
+            Some(tid) => sets_of(tid as libc::pid_t).map(|(effective, _)| effective),
+            None => effective(),
+        };
+        effective.is_ok_and(|e| e & (1 << CAP_SYS_RAWIO) != 0)
     }
 
     fn noiommu_device_opened(&mut self, name: &str) {
